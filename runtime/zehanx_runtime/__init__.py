@@ -1,0 +1,1 @@
+"""The small runtime every Zehanx service shares: settings, logging, errors, server start, clients."""

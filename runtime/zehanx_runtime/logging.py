@@ -1,0 +1,52 @@
+"""structlog, configured once per process.
+
+``merge_contextvars`` comes first so that the request id, job id and RPC name bound by the logging
+interceptor appear on every line written while a call runs. JSON when stderr is not a terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def configure_logging(level: str = "info", json: bool | None = None, *, service: str | None = None) -> None:
+    """Configure structlog for this process (idempotent: the last call wins)."""
+    if json is None:
+        json = not sys.stderr.isatty()
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if service:
+        processors.append(_add_service(service))
+    if json:
+        processors += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+    else:
+        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level.lower(), logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def _add_service(service: str) -> Any:
+    def processor(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        event.setdefault("service", service)
+        return event
+
+    return processor
+
+
+def get_logger(name: str | None = None, **bind: Any) -> Any:
+    """Return a structlog logger, optionally with values bound."""
+    log = structlog.get_logger(name) if name else structlog.get_logger()
+    return log.bind(**bind) if bind else log
