@@ -88,7 +88,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                     yield item
 
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream, request_deserializer=deserialize, response_serializer=handler.response_serializer
+                unary_stream,
+                request_deserializer=deserialize,
+                response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             inner_su = handler.stream_unary
@@ -97,7 +99,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 return await self._run_unary(method, exempt, self._checked(requests), context, inner_su)
 
             return grpc.stream_unary_rpc_method_handler(
-                stream_unary, request_deserializer=deserialize, response_serializer=handler.response_serializer
+                stream_unary,
+                request_deserializer=deserialize,
+                response_serializer=handler.response_serializer,
             )
         inner_ss = handler.stream_stream
 
@@ -213,7 +217,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     async def _abort_unexpected(self, context: grpc.aio.ServicerContext, outcome: str) -> None:
         if outcome == "UNIMPLEMENTED":
-            await self._abort(context, errors.Unimplemented("method not implemented", reason="NOT_IMPLEMENTED"))
+            await self._abort(
+                context, errors.Unimplemented("method not implemented", reason="NOT_IMPLEMENTED")
+            )
         if outcome == "INTERNAL":
             self._log.exception("unhandled error in handler")
             await self._abort(context, errors.Internal("internal error; see the service log"))

@@ -17,7 +17,9 @@ def not_built_servicer(base: type, service_name: str, issue: str) -> Any:
     def make(rpc: str) -> Any:
         async def method(self: Any, request: Any, context: Any) -> Any:
             raise Unimplemented(
-                f"{service_name}.{rpc} is not built yet ({issue})", reason="NOT_BUILT_YET", metadata={"rpc": rpc}
+                f"{service_name}.{rpc} is not built yet ({issue})",
+                reason="NOT_BUILT_YET",
+                metadata={"rpc": rpc},
             )
 
         method.__name__ = rpc

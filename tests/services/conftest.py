@@ -1,0 +1,1 @@
+from svc_harness import service_factory  # noqa: F401  (fixture)
