@@ -33,6 +33,7 @@ class ServiceProcess:
     address: str
     token: str
     log: Path
+    api_key: str = ""
 
     def wait_serving(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -93,10 +94,15 @@ def start_service(
 
 
 @pytest.fixture
-def service_factory(tmp_path: Path) -> Iterator:
+def service_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator:
     started: list[ServiceProcess] = []
 
     def factory(name: str, **kw: object) -> ServiceProcess:
+        if name == "gateway":
+            # The gateway keeps its registry in PostgreSQL: give it the session's real server.
+            env = {"ZX_GATEWAY_DATABASE_URL": request.getfixturevalue("postgres_url")}
+            env.update(kw.pop("extra_env", None) or {})  # type: ignore[arg-type]
+            kw["extra_env"] = env
         svc = start_service(name, tmp_path, **kw)  # type: ignore[arg-type]
         started.append(svc)
         return svc

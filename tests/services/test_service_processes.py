@@ -7,9 +7,13 @@ process left behind.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -76,10 +80,29 @@ INTERNAL = {"crawler", "codegen", "trainer", "executor"}
 def running(request: pytest.FixtureRequest, service_factory: Any) -> ServiceProcess:
     svc = service_factory(request.param)
     svc.wait_serving(timeout=60)
+    if svc.name == "gateway":
+        svc.api_key = _api_key(request.getfixturevalue("postgres_url"))
     return svc
 
 
+def _api_key(database_url: str) -> str:
+    """A real gateway API key, made the way a user makes one (``zx keys create``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZX_")}
+    env["ZX_GATEWAY_DATABASE_URL"] = database_url
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("zx")), "keys", "create", "--user", "process-test", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["key"]
+
+
 def _token(svc: ServiceProcess) -> list[tuple[str, str]]:
+    if svc.name == "gateway":
+        return [("authorization", f"Bearer {svc.api_key}")]
     return [("x-zx-service-token", svc.token)]
 
 
@@ -99,16 +122,24 @@ def test_service_serves_health_reflection_and_validates(running: ServiceProcess)
         assert info is not None and info.domain == f"{running.name}.zehanx"
 
 
-def test_internal_service_refuses_missing_or_wrong_token(running: ServiceProcess) -> None:
-    if running.name not in INTERNAL:
-        pytest.skip("the gateway is public: it authenticates users (issue 6), not the service token")
+def test_service_refuses_missing_or_wrong_credentials(running: ServiceProcess) -> None:
+    """Internal services want the service token; the public gateway wants a user's API key or JWT."""
     _, rpc_factory, bad_request, _ = SERVICES[running.name]
-    with grpc.insecure_channel(running.address) as channel:
-        call = rpc_factory(channel)
-        for metadata, reason in (
+    if running.name in INTERNAL:
+        cases: tuple[tuple[Any, str], ...] = (
             ((), "SERVICE_TOKEN_MISSING"),
             ((("x-zx-service-token", "wrong"),), "SERVICE_TOKEN_INVALID"),
-        ):
+        )
+    else:
+        key_id = running.api_key[: len("zx_") + 16]  # zx_<key id>_<secret>: keep the id, forge the secret
+        cases = (
+            ((), "CREDENTIALS_MISSING"),
+            ((("x-zx-service-token", running.token),), "CREDENTIALS_MISSING"),  # no back door
+            ((("authorization", f"Bearer {key_id}_{'A' * 43}"),), "API_KEY_INVALID"),
+        )
+    with grpc.insecure_channel(running.address) as channel:
+        call = rpc_factory(channel)
+        for metadata, reason in cases:
             with pytest.raises(grpc.RpcError) as caught:
                 call(bad_request, metadata=metadata, timeout=10)
             assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED

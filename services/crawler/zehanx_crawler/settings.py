@@ -1,16 +1,99 @@
-"""Settings of the crawler service (environment prefix ``ZX_CRAWLER_``)."""
+"""Settings of the crawler service (environment prefix ``ZX_CRAWLER_``), built once at start."""
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+import os
+from pathlib import Path
+from typing import Literal
 
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
 from zehanx_runtime.settings import ServiceSettings
+
+MiB = 1024 * 1024
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("ZX_HOME") or "~/.zehanx").expanduser()
 
 
 class CrawlerSettings(ServiceSettings):
-    """Everything the crawler service reads from its environment, built once at start."""
+    """Everything the crawler reads from its environment. Domain code gets values from here, never env."""
 
     model_config = SettingsConfigDict(env_prefix="ZX_CRAWLER_", extra="ignore")
 
     port: int = Field(47102, ge=0, le=65535, description="Port of the crawler service.")
+    data_dir: Path | None = Field(
+        None, description="Dataset store folder; unset means $ZX_HOME/datasets (ZX_HOME defaults to ~/.zehanx)."
+    )
+    default_seed: int = Field(42, ge=0, description="Split seed used when a request does not give one.")
+    build_timeout_s: float = Field(600.0, gt=0, le=86_400, description="Wall-clock budget of one BuildDataset.")
+
+    # Sources on this machine.
+    local_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders that local_path sources may read (after resolving symlinks). Empty: local paths "
+        "are refused, so a caller of an internal service cannot read arbitrary files of the host.",
+    )
+
+    # HTTP fetching (the local crawler).
+    user_agent: str = Field("zehanx-crawler/0.1", description="User-Agent sent with every request and matched "
+                            "against robots.txt.")
+    respect_robots: bool = Field(True, description="Obey robots.txt (a missing robots.txt allows everything).")
+    per_host_rps: float = Field(2.0, gt=0, le=1000, description="Requests per second per host, at most.")
+    connect_timeout_s: float = Field(10.0, gt=0, le=300, description="TCP/TLS connect timeout per request.")
+    read_timeout_s: float = Field(30.0, gt=0, le=600, description="Longest wait for the next bytes of a response.")
+    fetch_timeout_s: float = Field(180.0, gt=0, le=3600, description="Whole-download budget of one resource.")
+    retries: int = Field(3, ge=0, le=10, description="Retries after a connect error, timeout, 429 or 5xx.")
+    backoff_s: float = Field(0.5, ge=0, le=60, description="First retry delay; doubles per retry, with jitter.")
+    backoff_max_s: float = Field(10.0, ge=0, le=600, description="Longest retry delay (Retry-After is capped too).")
+    max_source_bytes: int = Field(256 * MiB, ge=1024, description="Largest single download or file read.")
+    max_total_bytes: int = Field(1024 * MiB, ge=1024, description="Most bytes one build may fetch and read.")
+    allow_private_networks: bool = Field(
+        False,
+        description="Let URL sources reach loopback, private and link-local addresses. Off by default so a "
+        "request cannot make the crawler probe the internal network; local development may turn it on.",
+    )
+    max_pages: int = Field(20, ge=1, le=1000, description="Pages and files fetched per source when following "
+                           "links from a seed page.")
+    max_link_depth: int = Field(1, ge=0, le=3, description="Link hops from a seed page to data files.")
+
+    # Archives and decompression.
+    max_uncompressed_bytes: int = Field(512 * MiB, ge=1024, description="Most bytes one archive may expand to.")
+    max_archive_members: int = Field(1000, ge=1, description="Most members read from one archive.")
+    max_compression_ratio: float = Field(
+        250.0, gt=1, description="Expansion ratio beyond which a member of more than 8 MiB is called a bomb."
+    )
+    max_archive_depth: int = Field(2, ge=1, le=5, description="Archives inside archives, at most this deep.")
+    max_files: int = Field(200, ge=1, description="Most files read from one local folder.")
+
+    # Tables.
+    max_rows: int = Field(2_000_000, ge=1, description="Rows kept at most (a larger table is refused).")
+    max_columns: int = Field(10_000, ge=1, description="Columns accepted at most.")
+
+    # Firecrawl (cloud backend).
+    backend: Literal["auto", "local", "firecrawl"] = Field(
+        "auto", description="auto: Firecrawl when an API key is set, else the local crawler."
+    )
+    firecrawl_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("ZX_CRAWLER_FIRECRAWL_API_KEY", "FIRECRAWL_API_KEY"),
+        description="Firecrawl API key (FIRECRAWL_API_KEY is read too).",
+    )
+    firecrawl_api_url: str = Field("https://api.firecrawl.dev", description="Firecrawl API base URL.")
+    firecrawl_timeout_s: float = Field(60.0, gt=0, le=600, description="Timeout of one Firecrawl request.")
+    firecrawl_search_limit: int = Field(5, ge=1, le=50, description="Search results considered per prompt.")
+    firecrawl_crawl_limit: int = Field(10, ge=1, le=1000, description="Pages per Firecrawl crawl.")
+
+    @property
+    def datasets_dir(self) -> Path:
+        """Where datasets are stored."""
+        return (self.data_dir or _default_home() / "datasets").expanduser()
+
+    @property
+    def use_firecrawl(self) -> bool:
+        if self.backend == "local":
+            return False
+        if self.backend == "firecrawl":
+            return True
+        return self.firecrawl_api_key is not None and bool(self.firecrawl_api_key.get_secret_value())

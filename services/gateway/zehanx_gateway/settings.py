@@ -2,22 +2,94 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
-from pydantic_settings import SettingsConfigDict
+import os
+from pathlib import Path
 
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
 from zehanx_runtime.settings import ServiceSettings
 
 
 class GatewaySettings(ServiceSettings):
-    """The public door: where it listens, its database, and the internal services it calls."""
+    """The public door: where it listens, its database, how it authenticates, and the internal services."""
 
-    model_config = SettingsConfigDict(env_prefix="ZX_GATEWAY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="ZX_GATEWAY_", extra="ignore", populate_by_name=True)
 
     port: int = Field(47101, ge=0, le=65535, description="Port of the public gateway API.")
     database_url: SecretStr | None = Field(
-        None, description="PostgreSQL URL (the embedded one started by zx up, or any other, Supabase's included)."
+        None,
+        validation_alias=AliasChoices("ZX_GATEWAY_DATABASE_URL", "ZX_DATABASE_URL"),
+        description="PostgreSQL URL (the embedded one started by zx up, or any other, Supabase's included); "
+        "ZX_DATABASE_URL is read too. Required: the gateway keeps every job and event there.",
+    )
+    database_pool_size: int = Field(10, ge=1, le=500, description="Most connections the gateway opens.")
+    database_prepared_statements: bool = Field(
+        True,
+        description="Use server-side prepared statements. Turn off behind a transaction-mode pooler "
+        "(Supabase's pooler on port 6543).",
+    )
+    jwt_secret: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("ZX_GATEWAY_JWT_SECRET", "SUPABASE_JWT_SECRET"),
+        description="HS256 secret of Supabase Auth JWTs (the project's JWT secret; SUPABASE_JWT_SECRET is "
+        "read too). Unset with no JWKS: only API keys are accepted.",
+    )
+    jwt_jwks_url: str | None = Field(
+        None,
+        description="JWKS URL for asymmetric (RS256/ES256) JWTs, e.g. "
+        "https://<ref>.supabase.co/auth/v1/.well-known/jwks.json.",
+    )
+    jwt_jwks_json: str | None = Field(None, description="A JWKS document itself, instead of a URL.")
+    jwt_audience: str | None = Field(
+        "authenticated", description="Required `aud` of JWTs (Supabase: authenticated); empty: not checked."
+    )
+    jwt_issuer: str | None = Field(
+        None,
+        description="Required `iss` of JWTs (Supabase: https://<ref>.supabase.co/auth/v1); unset: not checked.",
+    )
+    jwt_leeway_seconds: float = Field(0.0, ge=0, le=300, description="Clock skew allowed on `exp`/`nbf`.")
+    max_active_jobs_per_user: int = Field(
+        4,
+        ge=1,
+        le=10_000,
+        description="Unfinished jobs a user may have; CreateJob beyond: RESOURCE_EXHAUSTED.",
+    )
+    artifact_dir: Path | None = Field(
+        None,
+        description="Folder of the local artifact store; default $ZX_HOME/artifacts (~/.zehanx/artifacts).",
+    )
+    watch_buffer: int = Field(
+        1024,
+        ge=16,
+        le=1_000_000,
+        description="Events buffered per WatchJob subscriber; one further behind re-reads from the database.",
+    )
+    event_batch_max: int = Field(
+        1000, ge=1, le=100_000, description="Most events written in one transaction."
+    )
+    event_poll_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="How often watched jobs are polled for events from other replicas, as a backstop to "
+        "LISTEN/NOTIFY (0: never).",
+    )
+    event_listen: bool = Field(
+        True, description="LISTEN for other replicas' events (turn off where the database URL is a pooler)."
     )
     crawler_address: str = Field("127.0.0.1:47102", description="Address of the crawler service.")
     codegen_address: str = Field("127.0.0.1:47103", description="Address of the codegen service.")
     executor_address: str = Field("127.0.0.1:47104", description="Address of the executor service.")
     trainer_address: str = Field("127.0.0.1:47105", description="Address of the trainer service.")
+
+    @model_validator(mode="after")
+    def _one_jwks(self) -> GatewaySettings:
+        if self.jwt_jwks_url and self.jwt_jwks_json:
+            raise ValueError("set ZX_GATEWAY_JWT_JWKS_URL or ZX_GATEWAY_JWT_JWKS_JSON, not both")
+        return self
+
+    @property
+    def artifact_root(self) -> Path:
+        if self.artifact_dir is not None:
+            return self.artifact_dir.expanduser()
+        return Path(os.environ.get("ZX_HOME", "~/.zehanx")).expanduser() / "artifacts"

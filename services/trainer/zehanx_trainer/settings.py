@@ -1,16 +1,137 @@
-"""Settings of the trainer service (environment prefix ``ZX_TRAINER_``)."""
+"""Settings of the trainer service (environment prefix ``ZX_TRAINER_``), built once at start."""
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+import glob
+import os
+from pathlib import Path
 
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
 from zehanx_runtime.settings import ServiceSettings
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("ZX_HOME") or Path.home() / ".zehanx")
 
 
 class TrainerSettings(ServiceSettings):
-    """Everything the trainer service reads from its environment, built once at start."""
+    """Everything the trainer service reads from its environment. Domain code gets values from here."""
 
     model_config = SettingsConfigDict(env_prefix="ZX_TRAINER_", extra="ignore")
 
     port: int = Field(47105, ge=0, le=65535, description="Port of the trainer service.")
+    home: Path = Field(
+        default_factory=_default_home,
+        validation_alias=AliasChoices("ZX_TRAINER_HOME", "ZX_HOME"),
+        description="Local state folder (ZX_HOME, default ~/.zehanx).",
+    )
+
+    # The executor.
+    executor_address: str = Field("127.0.0.1:47104", description="host:port of the executor service.")
+    executor_token: SecretStr | None = Field(
+        None, description="Service token sent to the executor; unset: this service's own service_token."
+    )
+
+    # Data and artifacts.
+    dataset_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders the trainer may read dataset files from (file:// URIs); empty: $ZX_HOME/datasets.",
+    )
+    artifact_dir: Path | None = Field(None, description="Local artifact store; unset: $ZX_HOME/artifacts.")
+    max_dataset_bytes: int = Field(
+        48 * MiB,
+        ge=MiB,
+        description="Largest split file staged into a sandbox. Files travel inside one Execute request, "
+        "which the gRPC message limit (64 MiB by default) bounds.",
+    )
+    supabase_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("ZX_TRAINER_SUPABASE_URL", "SUPABASE_URL"),
+        description="Supabase project URL; with a service key it selects Supabase Storage for artifacts.",
+    )
+    supabase_service_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("ZX_TRAINER_SUPABASE_SERVICE_KEY", "SUPABASE_SERVICE_ROLE_KEY"),
+        description="Supabase service-role key (server side only).",
+    )
+    supabase_bucket: str = Field("zehanx-artifacts", min_length=3, max_length=63)
+
+    # Runs.
+    max_concurrent_runs: int = Field(
+        2, ge=1, le=64, description="Training runs at once; more get RESOURCE_EXHAUSTED."
+    )
+    smoke_timeout_s: float = Field(
+        120.0, gt=0, le=3600, description="Wall-clock limit of the smoke run (and of its predict check)."
+    )
+    smoke_predict_rows: int = Field(
+        8, ge=1, le=1000, description="Validation rows predict.py answers in the smoke run."
+    )
+    default_training_s: float = Field(
+        1800.0, gt=0, le=86400, description="Full-run budget when the request sets none."
+    )
+    max_training_s: float = Field(
+        86400.0, gt=0, le=86400, description="Ceiling on a requested training budget."
+    )
+    training_grace_s: float = Field(
+        60.0, ge=0, le=3600, description="Kill a full run this long after its budget (at least 10 % of it)."
+    )
+    eval_timeout_s: float = Field(
+        600.0, gt=0, le=86400, description="Wall-clock limit of predict.py on the test split."
+    )
+    memory_bytes: int = Field(4 * GiB, ge=64 * MiB, description="Sandbox memory when the request sets none.")
+    max_memory_bytes: int = Field(16 * GiB, ge=64 * MiB, description="Ceiling on requested sandbox memory.")
+    max_processes: int = Field(
+        512, ge=16, le=4096, description="Processes and threads per sandbox (torch and DataLoader use many)."
+    )
+    disk_bytes: int = Field(
+        1 * GiB,
+        ge=16 * MiB,
+        description="Sandbox working folder (a tmpfs on the local executor: counts as memory).",
+    )
+    output_bytes: int = Field(64 * MiB, ge=1024, description="stdout + stderr bytes a run may write.")
+    max_model_bytes: int = Field(
+        1 * GiB, ge=MiB, description="Largest output/ content collected from a run (the model and its files)."
+    )
+    gpus: int | None = Field(
+        None, ge=0, le=64, description="GPUs this host grants to runs; unset: counted from /dev/nvidia[0-9]*."
+    )
+    seed: int = Field(42, ge=0, le=2**31 - 1, description="ZX_SEED when the plan names no seed.")
+    log_lines_per_s: float = Field(
+        50.0, gt=0, description="Program output lines forwarded per second (burst 200)."
+    )
+
+    # Predictions.
+    predict_timeout_s: float = Field(120.0, gt=0, le=3600)
+    predict_cache_models: int = Field(
+        8, ge=1, le=1024, description="Models kept staged in memory for Predict."
+    )
+    predict_cache_bytes: int = Field(2 * GiB, ge=MiB)
+
+    @property
+    def resolved_dataset_roots(self) -> list[Path]:
+        return [p.resolve() for p in (self.dataset_roots or [self.home / "datasets"])]
+
+    @property
+    def resolved_artifact_dir(self) -> Path:
+        return self.artifact_dir or self.home / "artifacts"
+
+    @property
+    def resolved_gpus(self) -> int:
+        if self.gpus is not None:
+            return self.gpus
+        return len([p for p in glob.glob("/dev/nvidia[0-9]*") if p[len("/dev/nvidia") :].isdigit()])
+
+    @property
+    def executor_token_value(self) -> str | None:
+        token = self.executor_token or self.service_token
+        return token.get_secret_value() if token else None
+
+    @property
+    def use_supabase(self) -> bool:
+        return bool(
+            self.supabase_url and self.supabase_service_key and self.supabase_service_key.get_secret_value()
+        )

@@ -1,0 +1,47 @@
+# Zehanx developer commands. `make` alone lists them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+VENV := .venv
+PY := $(VENV)/bin/python
+ZX := $(VENV)/bin/zx
+# Per-test limit (pytest-timeout); the whole suite stays well under 20 minutes on 2 cores.
+PYTEST_TIMEOUT ?= 300
+PYTEST_ARGS ?=
+
+.PHONY: help setup proto lint test bench demo clean distclean
+
+help: ## List the targets
+	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+setup: ## Create .venv (Python 3.11), install pinned deps, sandbox tools, Node tooling (fast when done)
+	@scripts/setup.sh
+
+proto: setup ## Regenerate gen/python (and protos/build) from protos/
+	$(PY) scripts/gen_protos.py
+
+lint: setup ## ruff check, ruff format --check, buf lint + format, generated code up to date
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	@if [[ -x scripts/buf_check.sh ]]; then scripts/buf_check.sh; fi
+	$(PY) scripts/gen_protos.py --check
+
+test: setup ## Run every test (after checking that generated code matches protos/)
+	$(PY) scripts/gen_protos.py --check
+	$(VENV)/bin/pytest -q --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS) tests/
+
+bench: setup ## Run every bench/bench_*.py
+	@shopt -s nullglob; benches=(bench/bench_*.py); \
+	if (( $${#benches[@]} == 0 )); then echo "no bench/bench_*.py yet"; exit 0; fi; \
+	for bench in "$${benches[@]}"; do echo "== $$bench"; $(PY) "$$bench"; done
+
+demo: setup ## Start the suite (zx up --detach), show its status, stop it (zx down)
+	@rc=0; $(ZX) up --detach && $(ZX) status || rc=$$?; $(ZX) down || rc=$$?; exit $$rc
+
+clean: ## Remove caches and build outputs (keeps .venv and node_modules)
+	find . -path ./.venv -prune -o -path ./node_modules -prune -o -name __pycache__ -type d -exec rm -rf {} +
+	rm -rf .pytest_cache .ruff_cache .hypothesis build protos/build
+
+distclean: clean ## Also remove .venv and node_modules (the next make setup starts from scratch)
+	rm -rf $(VENV) node_modules

@@ -1,0 +1,161 @@
+"""``zx keys create|list|revoke``: the gateway's API keys, managed straight in its database.
+
+The database is the one ``ZX_GATEWAY_DATABASE_URL`` (or ``ZX_DATABASE_URL``) names, else the one the
+local suite uses (``zx up``: its external URL, or the embedded PostgreSQL, which must be running). The
+gateway's own migrations and repository are used, so a key made here works at once on every gateway
+replica, and a key revoked here stops working at once. A key is shown once, when it is created; only
+its SHA-256 is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from zehanx_gateway import db
+from zehanx_gateway.auth import new_api_key, parse_api_key
+from zehanx_gateway.domain import ApiKey
+from zehanx_gateway.repository import PostgresRegistry
+from zehanx_gateway.settings import GatewaySettings
+from zehanx_runtime.errors import DomainError
+
+from zehanx_cli.errors import LaunchError
+from zehanx_cli.postgres import EmbeddedPostgres
+from zehanx_cli.settings import LauncherSettings
+
+T = TypeVar("T")
+
+app = typer.Typer(help="API keys for the gateway: create, list, revoke.", no_args_is_help=True)
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def database_url() -> str:
+    """The gateway's database URL, from the environment or the local suite."""
+    try:
+        configured = GatewaySettings().database_url
+    except ValidationError as exc:
+        raise LaunchError(f"invalid gateway settings: {exc}") from None
+    if configured is not None:
+        return configured.get_secret_value()
+
+    launcher = LauncherSettings()
+    if launcher.gateway_database_url is not None:
+        return launcher.gateway_database_url.get_secret_value()
+    postgres = EmbeddedPostgres(
+        launcher.home, host=launcher.host, port=launcher.postgres_port, os_user=launcher.postgres_user
+    )
+    if not postgres.password_file.exists() or not postgres.ready():
+        raise LaunchError(
+            f"no database to keep keys in: the embedded PostgreSQL of {launcher.home} is not running. "
+            "Start the suite with `zx up --detach`, or set ZX_GATEWAY_DATABASE_URL."
+        )
+    return postgres.url()
+
+
+def _with_registry(action: Callable[[PostgresRegistry], Awaitable[T]]) -> T:
+    url = database_url()
+
+    async def run() -> T:
+        try:
+            await db.migrate(url)
+        except Exception as exc:
+            raise LaunchError(f"cannot prepare the database ({db.redact(url)}): {exc}") from exc
+        pool = await db.open_pool(url, min_size=1, max_size=2)
+        try:
+            return await action(PostgresRegistry(pool))
+        finally:
+            await pool.close()
+
+    try:
+        return asyncio.run(run())
+    except (LaunchError, RuntimeError, DomainError) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def create(
+    user: Annotated[str, typer.Option("--user", "-u", help="Owner of the key (made on first use).")],
+    label: Annotated[str, typer.Option("--label", "-l", help="A note to recognise the key by.")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """Create an API key for USER and print it (once: it is not stored, only its hash)."""
+    if not user.strip() or len(user) > 200:
+        err_console.print("[bold red]error:[/] --user must be 1 to 200 characters")
+        raise typer.Exit(2)
+    if len(label) > 200:
+        err_console.print("[bold red]error:[/] --label must be at most 200 characters")
+        raise typer.Exit(2)
+
+    async def action(registry: PostgresRegistry) -> tuple[str, str, str]:
+        user_id = await registry.user_by_name(user.strip(), create=True)
+        key = new_api_key()
+        await registry.add_api_key(user_id, key.key_id, key.secret_sha256, label)
+        return key.key_id, str(user_id), key.token
+
+    key_id, user_id, token = _with_registry(action)
+    if as_json:
+        print(json.dumps({"id": key_id, "user": user.strip(), "user_id": user_id, "key": token}))
+        return
+    console.print(f"API key [bold]{key_id}[/] for {user.strip()} ({user_id}):", highlight=False)
+    print(token)
+    err_console.print(
+        "Keep it secret; it is shown only now. Send it as 'authorization: Bearer <key>'.", highlight=False
+    )
+
+
+@app.command("list")
+def list_keys(
+    user: Annotated[str | None, typer.Option("--user", "-u", help="Only this user's keys.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """List API keys (ids, owners, labels, when made and revoked; never the keys)."""
+
+    async def action(registry: PostgresRegistry) -> list[ApiKey]:
+        user_id = await registry.user_by_name(user) if user else None
+        return await registry.list_api_keys(user_id)
+
+    keys = _with_registry(action)
+    if as_json:
+        rows = [
+            {
+                "id": k.id,
+                "user": k.user_name,
+                "user_id": str(k.user_id),
+                "label": k.label,
+                "create_time": k.create_time.isoformat(),
+                "revoke_time": k.revoke_time.isoformat() if k.revoke_time else None,
+            }
+            for k in keys
+        ]
+        print(json.dumps(rows))
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("ID", "USER", "LABEL", "CREATED", "STATUS"):
+        table.add_column(column)
+    for k in keys:
+        status = f"[red]revoked {k.revoke_time:%Y-%m-%d %H:%M}[/]" if k.revoke_time else "[green]active[/]"
+        table.add_row(k.id, k.user_name or str(k.user_id), k.label, f"{k.create_time:%Y-%m-%d %H:%M}", status)
+    console.print(table)
+
+
+@app.command()
+def revoke(
+    key: Annotated[str, typer.Argument(help="The key's id (as `zx keys list` shows it) or the key itself.")],
+) -> None:
+    """Revoke an API key: every gateway refuses it from the next call on."""
+    parsed = parse_api_key(key)
+    key_id = parsed[0] if parsed else key
+
+    async def action(registry: PostgresRegistry) -> ApiKey:
+        return await registry.revoke_api_key(key_id)
+
+    revoked = _with_registry(action)
+    console.print(f"revoked {revoked.id} ({revoked.user_name or revoked.user_id})", highlight=False)

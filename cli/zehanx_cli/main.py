@@ -1,0 +1,192 @@
+"""``zx``: run the Zehanx suite on this machine (``zx up`` / ``zx status`` / ``zx down``) and talk to it."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from zehanx_cli import health, keys, sandbox
+from zehanx_cli.errors import LaunchError
+from zehanx_cli.settings import LauncherSettings
+from zehanx_cli.suite import POSTGRES, Health, Suite
+
+app = typer.Typer(
+    help="Zehanx turns a prompt into a trained PyTorch model. zx runs its services on this machine.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+# Sub-apps: `zx sandbox …` (the executor's isolation probe) and `zx keys …` (the gateway's API keys).
+app.add_typer(sandbox.app, name="sandbox")
+app.add_typer(keys.app, name="keys")
+
+
+def _settings() -> LauncherSettings:
+    try:
+        return LauncherSettings()
+    except ValidationError as exc:
+        lines = []
+        for problem in exc.errors():
+            where = "_".join(str(p) for p in problem["loc"]).upper()
+            message = problem["msg"].removeprefix("Value error, ")
+            lines.append(f"  ZX_{where}: {message}" if where else f"  {message}")
+        _fail("invalid settings:\n" + "\n".join(lines))
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+def _table(rows: list[Health], suite: Suite) -> Table:
+    table = Table(box=None, pad_edge=False)
+    table.add_column("SERVICE")
+    table.add_column("ADDRESS")
+    table.add_column("HEALTH")
+    table.add_column("PID", justify="right")
+    for row in rows:
+        colour = "green" if row.health == health.SERVING else "red"
+        address = row.address
+        if row.name == POSTGRES and row.pid is not None:  # the embedded one: show how to connect
+            address = suite.postgres.url(redact=True)
+        table.add_row(row.name, address, f"[{colour}]{row.health}[/]", str(row.pid or "-"))
+    return table
+
+
+def _run(action: Callable[[], int]) -> None:
+    try:
+        code = action()
+    except LaunchError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        err_console.print("interrupted; everything zx started was stopped")
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def up(
+    detach: bool = typer.Option(
+        False, "--detach", "-d", help="Return once every service is SERVING and leave the suite running."
+    ),
+) -> None:
+    """Start PostgreSQL and every service as local processes and wait until all are SERVING."""
+    settings = _settings()
+    suite = Suite(settings, say=lambda text: console.print(text, highlight=False, soft_wrap=True))
+
+    def ready(rows: list[Health]) -> None:
+        console.print(_table(rows, suite))
+        console.print(f"Logs: {settings.logs_dir}", highlight=False)
+        if detach:
+            console.print("Stop it with: zx down")
+        else:
+            console.print("Press Ctrl-C to stop everything.")
+
+    _run(lambda: suite.up(detach=detach, on_ready=ready, watch=_watch))
+
+
+def _watch(suite: Suite, should_stop: Callable[[], bool]) -> str:
+    """Foreground: refresh the status table until a signal, a process exiting, or zx down elsewhere."""
+    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
+    last_refresh = 0.0
+    try:
+        if live is not None:
+            live.start()
+        while not should_stop():
+            try:
+                state = suite.read_state()
+            except LaunchError:
+                state = None
+            if state is None:
+                return "gone"
+            dead = [r for r in state.records if not r.alive()]
+            if dead:
+                for record in dead:
+                    tail = "\n".join(Path(record.log).read_text(errors="replace").splitlines()[-20:])
+                    err_console.print(
+                        f"[bold red]{record.name} exited[/]; last lines of {record.log}:\n{tail}",
+                        highlight=False,
+                    )
+                return "exited: " + ", ".join(r.name for r in dead)
+            if live is not None and time.monotonic() - last_refresh > 2.0:
+                live.update(_table(suite.health(state), suite), refresh=True)
+                last_refresh = time.monotonic()
+            time.sleep(0.2)
+        return "signal"
+    finally:
+        if live is not None:
+            live.stop()
+
+
+@app.command()
+def status(
+    as_json: bool = typer.Option(
+        False, "--json", help="Machine-readable: name, address, health of each part."
+    ),
+) -> None:
+    """Show the health of every service and of PostgreSQL. Exit status 0 only when all are SERVING."""
+    settings = _settings()
+    suite = Suite(settings)
+
+    def show() -> int:
+        rows = suite.health()
+        all_serving = bool(rows) and all(r.health == health.SERVING for r in rows)
+        if as_json:
+            print(
+                json.dumps(
+                    {
+                        "home": str(settings.home),
+                        "running": bool(rows),
+                        "services": [r.as_json() for r in rows],
+                    },
+                    indent=2,
+                )
+            )
+        elif not rows:
+            console.print(f"Zehanx is not running (ZX_HOME={settings.home}). Start it with: zx up")
+        else:
+            console.print(_table(rows, suite))
+        return 0 if all_serving else 1
+
+    _run(show)
+
+
+@app.command()
+def down(
+    purge: bool = typer.Option(
+        False, "--purge", help="Also delete the embedded PostgreSQL's data and password (logs stay)."
+    ),
+) -> None:
+    """Stop every service and PostgreSQL and check that no process is left behind."""
+    settings = _settings()
+    suite = Suite(settings, say=lambda text: console.print(text, highlight=False, soft_wrap=True))
+
+    def stop() -> int:
+        had_state = settings.state_file.exists()
+        stopped = suite.down(purge=purge)
+        if not had_state and not stopped:
+            console.print(f"Zehanx was not running (ZX_HOME={settings.home}).")
+        for item in stopped:
+            console.print(f"{item.name:<9} {item.how} ({item.seconds:.1f}s)", highlight=False)
+        if stopped:
+            console.print("Stopped; no process left.")
+        if purge:
+            console.print("Deleted the embedded PostgreSQL data.")
+        return 0
+
+    _run(stop)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,113 @@
+"""Settings of the local launcher (``zx up`` / ``zx status`` / ``zx down``), environment prefix ``ZX_``.
+
+The per-service port variables are the very ones each service reads (``ZX_GATEWAY_PORT`` is both the
+launcher's idea of where the gateway listens and the gateway's own setting), so one variable means one
+thing everywhere. ``zx up`` passes them, the host and the service token on to every child.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Services in start order: dependencies first, the public gateway last.
+SERVICES = ("executor", "crawler", "codegen", "trainer", "gateway")
+
+
+class LauncherSettings(BaseSettings):
+    """Where the local suite keeps its state and where each part of it listens."""
+
+    model_config = SettingsConfigDict(env_prefix="ZX_", extra="ignore")
+
+    home: Path = Field(
+        Path("~/.zehanx"),
+        description="Local state: service token, logs, run state, PostgreSQL password (and data, see README).",
+    )
+    host: str = Field("127.0.0.1", description="Address every service and PostgreSQL binds to.")
+    gateway_port: int = Field(47101, ge=1, le=65535, description="Port of the public gateway API.")
+    crawler_port: int = Field(47102, ge=1, le=65535, description="Port of the crawler service.")
+    codegen_port: int = Field(47103, ge=1, le=65535, description="Port of the codegen service.")
+    executor_port: int = Field(47104, ge=1, le=65535, description="Port of the executor service.")
+    trainer_port: int = Field(47105, ge=1, le=65535, description="Port of the trainer service.")
+    postgres_port: int = Field(47110, ge=1, le=65535, description="Port of the embedded PostgreSQL (TCP).")
+    postgres_user: str = Field(
+        "nobody",
+        description="When zx runs as root: the unprivileged system user that runs the embedded PostgreSQL "
+        "(PostgreSQL refuses to run as root).",
+    )
+    gateway_database_url: SecretStr | None = Field(
+        None,
+        description="Set it to use an existing PostgreSQL (Supabase's included): zx up then starts no "
+        "embedded one and hands this URL to the gateway.",
+    )
+    startup_timeout: float = Field(
+        120.0, gt=0, le=3600, description="Seconds zx up waits for every service to report SERVING."
+    )
+    stop_timeout: float = Field(
+        15.0,
+        gt=0,
+        le=600,
+        description="Seconds zx down waits after SIGTERM before it SIGKILLs a service's process group.",
+    )
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return Path(value).expanduser().absolute()
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> LauncherSettings:
+        seen: dict[int, str] = {}
+        for name, port in self.ports().items():
+            if port in seen:
+                raise ValueError(
+                    f"{_port_variable(name)} and {_port_variable(seen[port])} are both {port}: "
+                    "every service needs its own port"
+                )
+            seen[port] = name
+        return self
+
+    def ports(self) -> dict[str, int]:
+        """Port of every part of the suite, PostgreSQL included, by name."""
+        ports = {name: getattr(self, f"{name}_port") for name in SERVICES}
+        ports["postgres"] = self.postgres_port
+        return ports
+
+    @property
+    def connect_host(self) -> str:
+        """The host a client on this machine dials (a wildcard bind is reached over loopback)."""
+        if self.host in ("0.0.0.0", ""):
+            return "127.0.0.1"
+        if self.host == "::":
+            return "[::1]"
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    def address(self, name: str) -> str:
+        return f"{self.connect_host}:{self.ports()[name]}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def state_file(self) -> Path:
+        return self.run_dir / "state.json"
+
+    @property
+    def token_file(self) -> Path:
+        return self.home / "service-token"
+
+
+def _port_variable(name: str) -> str:
+    return f"ZX_{name.upper()}_PORT"
+
+
+def port_variable(name: str) -> str:
+    """The environment variable that sets the port of ``name`` (``ZX_GATEWAY_PORT``)."""
+    return _port_variable(name)

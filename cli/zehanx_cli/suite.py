@@ -1,0 +1,504 @@
+"""The local suite: start every service as its own process (plus PostgreSQL), watch it, stop it.
+
+Every child is started with exec in a session of its own, its output appended to
+``$ZX_HOME/logs/<name>.log``, and its environment marked with ``ZX_SUITE_HOME=<ZX_HOME>``. Pids, start
+times and addresses go to ``$ZX_HOME/run/state.json``. ``down`` sends SIGTERM to each process group,
+waits, SIGKILLs what is left, stops PostgreSQL, sweeps any process that still carries the marker and
+removes the state file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+
+from zehanx_cli import health, procs
+from zehanx_cli.errors import LaunchError
+from zehanx_cli.postgres import EmbeddedPostgres, _port_taken_message
+from zehanx_cli.settings import SERVICES, LauncherSettings
+
+STATE_VERSION = 1
+POSTGRES = "postgres"
+
+
+@dataclass
+class Record:
+    """One process of the suite, as written to the state file."""
+
+    name: str
+    pid: int
+    started: int | None  # kernel start time: a reused pid is never mistaken for ours
+    address: str
+    log: str
+
+    def alive(self) -> bool:
+        return procs.is_alive(self.pid, self.started)
+
+
+@dataclass
+class State:
+    home: str
+    launched_at: str
+    launcher_pid: int | None  # set while a foreground ``zx up`` watches the suite
+    launcher_started: int | None
+    external_database: bool
+    records: list[Record] = field(default_factory=list)
+
+    def record(self, name: str) -> Record | None:
+        return next((r for r in self.records if r.name == name), None)
+
+
+@dataclass
+class Health:
+    name: str
+    address: str
+    health: str
+    pid: int | None
+
+    def as_json(self) -> dict[str, object]:
+        return {"name": self.name, "address": self.address, "health": self.health, "pid": self.pid}
+
+
+@dataclass
+class Stopped:
+    name: str
+    how: str  # "SIGTERM", "SIGKILL", "not running"
+    seconds: float
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class Suite:
+    """The suite that belongs to one ZX_HOME."""
+
+    def __init__(self, settings: LauncherSettings, *, say: Callable[[str], None] = print) -> None:
+        self.settings = settings
+        self.home = settings.home
+        self.say = say
+        self.postgres = EmbeddedPostgres(
+            self.home,
+            host=settings.host,
+            port=settings.postgres_port,
+            os_user=settings.postgres_user,
+        )
+
+    # -- state file ------------------------------------------------------------------------------
+
+    def read_state(self) -> State | None:
+        try:
+            raw = json.loads(self.settings.state_file.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise LaunchError(
+                f"cannot read {self.settings.state_file} ({exc}); zx down cleans up and removes it"
+            ) from None
+        if raw.get("version") != STATE_VERSION:
+            raise LaunchError(f"{self.settings.state_file} has an unknown format; zx down removes it")
+        records = [Record(**r) for r in raw.pop("records")]
+        raw.pop("version")
+        return State(**raw, records=records)
+
+    def _write_state(self, state: State) -> None:
+        path = self.settings.state_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"version": STATE_VERSION, **asdict(state)}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+        tmp.replace(path)
+
+    def _remove_state(self) -> None:
+        self.settings.state_file.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One zx up / zx down at a time per ZX_HOME."""
+        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.settings.run_dir / "lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LaunchError(
+                    f"another zx up or zx down is working on {self.home} right now; try again when it ends"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # -- health ----------------------------------------------------------------------------------
+
+    def health(self, state: State | None = None) -> list[Health]:
+        """Health of every part of a running suite (empty when it is not running)."""
+        state = state if state is not None else self.read_state()
+        if state is None:
+            return []
+        found = []
+        for record in state.records:
+            if not record.alive():
+                value = health.EXITED
+            elif record.name == POSTGRES:
+                value = health.SERVING if self.postgres.ready() else health.UNREACHABLE
+            else:
+                value = health.check(record.address)
+            found.append(Health(record.name, record.address, value, record.pid))
+        if state.external_database:
+            found.append(Health(POSTGRES, self._external_database_address(), self._external_health(), None))
+        return found
+
+    def _external_database_address(self) -> str:
+        url = self.settings.gateway_database_url
+        if url is None:
+            return "(unset)"
+        info = psycopg.conninfo.conninfo_to_dict(url.get_secret_value())
+        return f"{info.get('host', '?')}:{info.get('port', 5432)}"
+
+    def _external_health(self) -> str:
+        url = self.settings.gateway_database_url
+        if url is None:
+            return health.UNREACHABLE
+        try:
+            with psycopg.connect(url.get_secret_value(), connect_timeout=3) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error:
+            return health.UNREACHABLE
+        return health.SERVING
+
+    # -- up --------------------------------------------------------------------------------------
+
+    def _check_ports(self, names: list[str]) -> None:
+        problems = [
+            _port_taken_message(name, self.settings.host, self.settings.ports()[name])
+            for name in names
+            if not procs.port_free(self.settings.host, self.settings.ports()[name])
+        ]
+        if problems:
+            raise LaunchError("\n".join(problems))
+
+    def _token(self) -> str:
+        """The service token, generated once (mode 0600). Never printed."""
+        path = self.settings.token_file
+        try:
+            token = path.read_text().strip()
+        except FileNotFoundError:
+            token = ""
+        if token:
+            if path.stat().st_mode & 0o077:
+                os.chmod(path, 0o600)
+            return token
+        token = secrets.token_urlsafe(32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+        return token
+
+    def _child_env(self, name: str, token: str, database_url: str | None) -> dict[str, str]:
+        others = tuple(f"ZX_{other.upper()}_" for other in SERVICES if other != name)
+        # Each child sees its own ZX_<NAME>_* variables, not another service's (the database URL stays
+        # with the gateway); cloud API keys and the rest of the environment pass through.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(others)}
+        prefix = f"ZX_{name.upper()}_"
+        env.update(
+            {
+                "ZX_HOME": str(self.home),
+                procs.SUITE_MARKER: str(self.home),
+                "PYTHONUNBUFFERED": "1",
+                f"{prefix}HOST": self.settings.host,
+                f"{prefix}PORT": str(self.settings.ports()[name]),
+                f"{prefix}SERVICE_TOKEN": token,
+            }
+        )
+        if name == "gateway":
+            if database_url:
+                env["ZX_GATEWAY_DATABASE_URL"] = database_url
+            for other in ("crawler", "codegen", "executor", "trainer"):
+                env[f"ZX_GATEWAY_{other.upper()}_ADDRESS"] = self.settings.address(other)
+        if name == "trainer":
+            env["ZX_TRAINER_EXECUTOR_ADDRESS"] = self.settings.address("executor")
+        return env
+
+    def _spawn(self, name: str, env: dict[str, str]) -> subprocess.Popen:
+        module = f"zehanx_{name}"
+        if importlib.util.find_spec(module) is None or importlib.util.find_spec(f"{module}.__main__") is None:
+            raise LaunchError(
+                f"the {name} service is not installed (no module {module}.__main__): run make setup"
+            )
+        log_path = self.settings.logs_dir / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            log.write(f"\n--- zx up {datetime.now(UTC).isoformat()} ---\n".encode())
+            log.flush()
+            return subprocess.Popen(
+                [sys.executable, "-m", module],
+                env=env,
+                cwd=self.home,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: zx down signals the whole group
+                close_fds=True,
+            )
+
+    def up(
+        self,
+        *,
+        detach: bool,
+        on_ready: Callable[[list[Health]], None],
+        watch: Callable[[Suite, Callable[[], bool]], str] | None = None,
+    ) -> int:
+        """Start the suite and wait until every part is SERVING.
+
+        ``detach``: return once healthy, leaving it running. Otherwise ``watch(suite, should_stop)``
+        runs until Ctrl-C / SIGTERM / a process exiting, and everything is stopped before returning.
+        """
+        stop_requested = _StopFlag()
+        # Ctrl-C / SIGTERM while starting stops what was started, in both modes.
+        with stop_requested.installed():
+            with self._locked():
+                state = self.read_state()
+                if state is not None:
+                    if all(r.alive() for r in state.records) and state.records:
+                        self.say(f"Zehanx is already up (ZX_HOME={self.home}).")
+                        on_ready(self.health(state))
+                        return 0
+                    if any(r.alive() for r in state.records):
+                        gone = ", ".join(r.name for r in state.records if not r.alive())
+                        raise LaunchError(
+                            f"the suite in {self.home} is partly running ({gone} exited; logs in "
+                            f"{self.settings.logs_dir}): run zx down, then zx up"
+                        )
+                    self.say("Cleaning up a stale state file (its processes are gone).")
+                    self._sweep()
+                    self._remove_state()
+                leftovers = procs.marked(self.home)
+                if leftovers:
+                    raise LaunchError(
+                        f"processes of an earlier suite in {self.home} still run (pids "
+                        f"{', '.join(map(str, leftovers))}): run zx down first"
+                    )
+                state = self._start(stop_requested)
+            if detach:
+                on_ready(self.health(state))
+                return 0
+            state.launcher_pid = os.getpid()
+            state.launcher_started = procs.start_time(os.getpid())
+            self._write_state(state)
+            on_ready(self.health(state))
+            assert watch is not None
+            reason = watch(self, stop_requested.is_set)
+            if reason == "gone":  # zx down ran from elsewhere and already stopped everything
+                return 0
+            self.say("Stopping the suite...")
+            self._stop_state(state)
+            self._sweep()
+            self._remove_state()
+            return 1 if reason.startswith("exited") else 0
+
+    def _start(self, stop_requested: _StopFlag) -> State:
+        settings = self.settings
+        external = settings.gateway_database_url is not None
+        names = [*SERVICES] if external else [POSTGRES, *SERVICES]
+        self._check_ports(names)
+        token = self._token()
+        state = State(
+            home=str(self.home),
+            launched_at=datetime.now(UTC).isoformat(),
+            launcher_pid=None,
+            launcher_started=None,
+            external_database=external,
+        )
+        children: list[subprocess.Popen] = []
+        try:
+            if external:
+                database_url = settings.gateway_database_url.get_secret_value()  # type: ignore[union-attr]
+            else:
+                proc = self.postgres.start(
+                    log_path=settings.logs_dir / "postgres.log",
+                    env={procs.SUITE_MARKER: str(self.home)},
+                    timeout=min(60.0, settings.startup_timeout),
+                )
+                children.append(proc)
+                state.records.append(
+                    Record(
+                        POSTGRES,
+                        proc.pid,
+                        procs.start_time(proc.pid),
+                        settings.address(POSTGRES),
+                        str(settings.logs_dir / "postgres.log"),
+                    )
+                )
+                self._write_state(state)
+                database_url = self.postgres.url()
+            for name in SERVICES:
+                proc = self._spawn(name, self._child_env(name, token, database_url))
+                children.append(proc)
+                state.records.append(
+                    Record(
+                        name,
+                        proc.pid,
+                        procs.start_time(proc.pid),
+                        settings.address(name),
+                        str(settings.logs_dir / f"{name}.log"),
+                    )
+                )
+                self._write_state(state)
+            self._wait_serving(state, stop_requested)
+        except BaseException:
+            self.say("Start-up failed; stopping what was started.")
+            self._stop_state(state)
+            for child in children:
+                with contextlib.suppress(Exception):
+                    child.wait(timeout=1)
+            raise
+        return state
+
+    def _wait_serving(self, state: State, stop_requested: _StopFlag) -> None:
+        deadline = time.monotonic() + self.settings.startup_timeout
+        pending = {r.name for r in state.records if r.name != POSTGRES}
+        while pending:
+            if stop_requested.is_set():
+                raise KeyboardInterrupt
+            for record in state.records:
+                if record.name not in pending:
+                    continue
+                if not record.alive():
+                    raise LaunchError(
+                        f"{record.name} exited while starting; last lines of {record.log}:\n"
+                        f"{_tail(Path(record.log))}"
+                    )
+                if health.check(record.address, timeout=0.5) == health.SERVING:
+                    pending.discard(record.name)
+            if pending and time.monotonic() > deadline:
+                raise LaunchError(
+                    f"not SERVING after {self.settings.startup_timeout:.0f}s: {', '.join(sorted(pending))} "
+                    f"(logs in {self.settings.logs_dir}; ZX_STARTUP_TIMEOUT sets the wait)"
+                )
+            if pending:
+                time.sleep(0.2)
+
+    # -- down ------------------------------------------------------------------------------------
+
+    def down(self, *, purge: bool = False) -> list[Stopped]:
+        """Stop everything of this ZX_HOME; raise if any process survives."""
+        with self._locked():
+            try:
+                state = self.read_state()
+            except LaunchError:
+                state = None  # unreadable: the marker sweep below still finds every process
+            stopped: list[Stopped] = []
+            if state is not None:
+                self._stop_launcher(state)
+                stopped = self._stop_state(state)
+            self._sweep()
+            survivors = procs.marked(self.home)
+            if state is not None:
+                survivors += [r.pid for r in state.records if r.alive() and r.pid not in survivors]
+            if survivors:
+                raise LaunchError(
+                    f"these processes survived SIGKILL: {', '.join(map(str, survivors))} "
+                    "(state file kept; run zx down again)"
+                )
+            self._remove_state()
+            if purge:
+                stale = self.postgres.running_pid()
+                if stale is not None:
+                    self.postgres.stop(stale, timeout=self.settings.stop_timeout)
+                self.postgres.purge()
+            return stopped
+
+    def _stop_launcher(self, state: State) -> None:
+        """A foreground zx up watching this suite: ask it to stop the suite itself, and wait."""
+        pid = state.launcher_pid
+        if pid is None or pid == os.getpid() or not procs.is_alive(pid, state.launcher_started):
+            return
+        self.say(f"Asking the foreground zx up (pid {pid}) to stop the suite...")
+        procs.signal_pid(pid, signal.SIGTERM)
+        procs.wait_gone([pid], self.settings.stop_timeout + 20)
+
+    def _stop_state(self, state: State) -> list[Stopped]:
+        """SIGTERM every service group at once, SIGKILL after the timeout, then stop PostgreSQL."""
+        results: list[Stopped] = []
+        services = [r for r in reversed(state.records) if r.name != POSTGRES]
+        started = time.monotonic()
+        signalled = []
+        for record in services:
+            if record.alive():
+                procs.signal_group(record.pid, signal.SIGTERM)
+                signalled.append(record)
+            else:
+                results.append(Stopped(record.name, "not running", 0.0))
+        groups = {r.pid: r for r in signalled}
+        deadline = started + self.settings.stop_timeout
+        ended_at: dict[str, float] = {}
+        while groups and time.monotonic() < deadline:
+            for pgid, record in list(groups.items()):
+                if not procs.group_members(pgid):
+                    ended_at[record.name] = time.monotonic() - started
+                    del groups[pgid]
+            if groups:
+                time.sleep(0.05)
+        for record in signalled:
+            if record.pid in groups:
+                procs.signal_group(record.pid, signal.SIGKILL)
+                procs.wait_gone(procs.group_members(record.pid), 5.0)
+                results.append(Stopped(record.name, "SIGKILL", time.monotonic() - started))
+            else:
+                results.append(Stopped(record.name, "SIGTERM", ended_at.get(record.name, 0.0)))
+        pg = state.record(POSTGRES)
+        if pg is not None:
+            t0 = time.monotonic()
+            if pg.alive():
+                self.postgres.stop(pg.pid, timeout=self.settings.stop_timeout)
+                results.append(Stopped(POSTGRES, "SIGINT (fast shutdown)", time.monotonic() - t0))
+            else:
+                results.append(Stopped(POSTGRES, "not running", 0.0))
+        return results
+
+    def _sweep(self) -> None:
+        """SIGKILL any process still carrying this suite's marker (its services' own children included)."""
+        pids = procs.marked(self.home)
+        for pid in pids:
+            procs.signal_pid(pid, signal.SIGKILL)
+        procs.wait_gone(pids, 5.0)
+
+
+class _StopFlag:
+    """Set by SIGINT / SIGTERM while a foreground zx up runs."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def _handler(self, signum: int, frame: object) -> None:
+        self._set = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -1,0 +1,60 @@
+"""Predict with the trained text classifier: python predict.py INPUT.jsonl OUTPUT.jsonl
+
+Loads the model from $ZX_OUTPUT (safetensors and JSON only) and writes one JSON object per input
+row: {"prediction": label, "probabilities": {label: p}}.
+"""
+
+import json
+import os
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+from features import tfidf_bags
+from model import TextClassifier
+
+#% if use_encoder
+from encoder import SentenceEncoder
+#% endif
+
+
+def load(output_dir):
+    with open(os.path.join(output_dir, "model_config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    tensors = load_file(os.path.join(output_dir, "model.safetensors"))
+    idf = tensors.pop("idf")
+    model = TextClassifier(len(config["vocabulary"]), config["sentence_dim"], len(config["classes"]))
+    model.load_state_dict(tensors)
+    return model.eval(), idf, config
+
+
+def predict(model, idf, config, rows):
+    texts = ["" if r.get(config["text_column"]) is None else str(r[config["text_column"]]) for r in rows]
+    ids, weights, offsets = tfidf_bags(texts, config["vocabulary"], idf, config["ngram_max"])
+    sentences = None
+#% if use_encoder
+    sentences = SentenceEncoder(config["encoder_max_tokens"]).encode(texts)
+#% endif
+    with torch.no_grad():
+        probabilities = model(ids, weights, offsets, sentences).softmax(1)
+    classes = config["classes"]
+    out = []
+    for p in probabilities.tolist():
+        best = max(range(len(classes)), key=lambda i: p[i])
+        out.append({"prediction": classes[best], "probabilities": {str(c): q for c, q in zip(classes, p)}})
+    return out
+
+
+def main():
+    input_path, output_path = sys.argv[1], sys.argv[2]
+    model, idf, config = load(os.environ["ZX_OUTPUT"])
+    with open(input_path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    with open(output_path, "w", encoding="utf-8") as f:
+        for result in predict(model, idf, config, rows):
+            f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

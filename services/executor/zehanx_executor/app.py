@@ -1,0 +1,139 @@
+"""Building the executor from its settings: pick the backend, probe the host, self-test the sandbox.
+
+A host that cannot sandbox makes :func:`build_executor` raise :class:`SandboxUnavailableError` with a
+message that names what is missing; the service then refuses to start. The unsafe development runner
+is used only when ``ZX_EXECUTOR_UNSAFE_DEV_NO_SANDBOX=1`` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+
+from zehanx_runtime.logging import get_logger
+
+from zehanx_executor.sandbox.e2b import E2BConfig, E2BFactory, E2BSandbox
+from zehanx_executor.sandbox.local import LocalSandbox, LocalSandboxConfig
+from zehanx_executor.sandbox.model import ExitReason, Finished, JobFile, JobSpec, Limits, Output, Stream
+from zehanx_executor.sandbox.probe import ISOLATION_PROBE, isolation_problems, probe
+from zehanx_executor.sandbox.unsafe import WARNING, UnsafeDevRunner
+from zehanx_executor.service import EnvPolicy, Executor, LimitPolicy, SlotPool
+from zehanx_executor.settings import ExecutorSettings
+
+log = get_logger("zehanx.executor")
+
+
+class SandboxUnavailableError(RuntimeError):
+    """The host cannot run the local sandbox; the message says what is missing."""
+
+
+def limit_policy(s: ExecutorSettings) -> LimitPolicy:
+    defaults = Limits(
+        wall_time_s=s.default_wall_s,
+        cpu_time_s=s.max_cpu_s,
+        memory_bytes=s.default_memory_bytes,
+        max_processes=s.default_processes,
+        disk_bytes=s.default_disk_bytes,
+        output_bytes=s.default_output_bytes,
+        file_size_bytes=s.default_file_size_bytes,
+        open_files=s.open_files,
+        tmp_bytes=s.tmp_bytes,
+    )
+    ceilings = Limits(
+        wall_time_s=s.max_wall_s,
+        cpu_time_s=s.max_cpu_s,
+        memory_bytes=s.max_memory_bytes,
+        max_processes=s.max_processes,
+        disk_bytes=s.max_disk_bytes,
+        output_bytes=s.max_output_bytes,
+        file_size_bytes=s.max_file_size_bytes,
+        open_files=s.open_files,
+        tmp_bytes=s.tmp_bytes,
+    )
+    return LimitPolicy(defaults, ceilings, s.default_collect_bytes, s.max_collect_bytes)
+
+
+def local_config(s: ExecutorSettings) -> LocalSandboxConfig:
+    return LocalSandboxConfig(
+        work_dir=s.work_dir,
+        uid_base=s.uid_base,
+        python_roots=tuple(s.resolved_python_roots()),
+        path_dirs=(s.python_bin_dir(),),
+        runtime_dir=s.runtime_dir,
+        extra_ro_binds=tuple(s.extra_ro_binds),
+    )
+
+
+async def self_test(box: LocalSandbox, slot: int = 0) -> None:
+    """Run the isolation probe in the sandbox; raise SandboxUnavailableError unless it is isolated."""
+    spec = JobSpec(
+        execution_id=f"selftest-{uuid.uuid4().hex[:8]}",
+        command=("python", "-I", "probe.py"),
+        files=(JobFile("probe.py", ISOLATION_PROBE.encode()),),
+        limits=Limits(
+            wall_time_s=30, cpu_time_s=30, memory_bytes=256 << 20, max_processes=16, disk_bytes=1 << 20
+        ),
+    )
+    out = b""
+    finished: Finished | None = None
+    events = box.start(spec, slot).events()
+    try:
+        async for event in events:
+            if isinstance(event, Output) and event.stream is Stream.STDOUT:
+                out += event.data
+            elif isinstance(event, Output):
+                out += b"[stderr] " + event.data
+            elif isinstance(event, Finished):
+                finished = event
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+    if finished is None or finished.reason is not ExitReason.COMPLETED:
+        raise SandboxUnavailableError(
+            f"the sandbox self-test did not run: {finished.message if finished else 'no result'}; "
+            f"output: {out.decode(errors='replace')[-400:]}"
+        )
+    problems = isolation_problems(out.decode(errors="replace"))
+    if problems:
+        raise SandboxUnavailableError(
+            "the sandbox self-test found it is not isolated: " + "; ".join(problems)
+        )
+
+
+async def build_executor(s: ExecutorSettings, *, e2b_factory: E2BFactory | None = None) -> Executor:
+    slots = SlotPool(s.max_concurrent, max_waiting=s.max_queue, wait_timeout_s=s.queue_timeout_s)
+    policy = limit_policy(s)
+    env = EnvPolicy(tuple(s.env_allowlist))
+    if s.unsafe_dev_no_sandbox:
+        log.warning(WARNING)
+        return Executor(
+            UnsafeDevRunner(python_bin_dir=s.python_bin_dir()), slots=slots, limits=policy, env=env
+        )
+    if s.use_e2b:
+        if s.e2b_api_key is None or not s.e2b_api_key.get_secret_value():
+            raise SandboxUnavailableError("backend=e2b needs an E2B API key (E2B_API_KEY)")
+        config = E2BConfig(
+            api_key=s.e2b_api_key.get_secret_value(),
+            template=s.e2b_template,
+            domain=s.e2b_domain,
+            request_timeout_s=s.e2b_request_timeout_s,
+            lifetime_margin_s=s.e2b_lifetime_margin_s,
+            allow_internet=s.e2b_allow_internet,
+        )
+        log.info("executor backend", backend="e2b", template=s.e2b_template or "code-interpreter-v1")
+        return Executor(E2BSandbox(config, e2b_factory), slots=slots, limits=policy, env=env)
+    caps = probe(work_dir=s.work_dir, probe_uid=s.uid_base + s.max_concurrent)
+    if not caps.ok:
+        raise SandboxUnavailableError(
+            "this host cannot run the local sandbox, so the executor will not start:\n  - "
+            + "\n  - ".join(caps.missing)
+            + "\n(for development only, ZX_EXECUTOR_UNSAFE_DEV_NO_SANDBOX=1 runs programs WITHOUT isolation)"
+        )
+    box = LocalSandbox(local_config(s), caps)
+    try:
+        await self_test(box)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await box.close()
+        raise
+    log.info("executor backend", backend="local", **caps.summary())
+    return Executor(box, slots=slots, limits=policy, env=env)

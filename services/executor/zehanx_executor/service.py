@@ -1,0 +1,278 @@
+"""The executor's domain: turn a request into a checked job, wait for a slot, run it on the backend.
+
+No grpc here: the servicer converts protobuf in and out. Slots bound how many programs run at once;
+beyond them a bounded queue waits (never longer than ``queue_timeout_s``), and beyond the queue the
+request is refused with RESOURCE_EXHAUSTED at once. Nothing ever hangs on a full executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import os
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+
+from zehanx_runtime.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from zehanx_runtime.logging import get_logger
+
+from zehanx_executor.sandbox.base import SandboxBackend, SandboxRun
+from zehanx_executor.sandbox.model import Event, JobFile, JobSpec, Limits
+
+log = get_logger("zehanx.executor")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitRequest:
+    """Limits as asked for: ``None`` takes the server's default."""
+
+    wall_time_s: float | None = None
+    cpu_time_s: float | None = None
+    memory_bytes: int | None = None
+    max_processes: int | None = None
+    disk_bytes: int | None = None
+    output_bytes: int | None = None
+    file_size_bytes: int | None = None
+    gpu: bool = False
+
+
+@dataclass(frozen=True)
+class LimitPolicy:
+    """Defaults for what a request leaves unset, and ceilings that lower what it asks for."""
+
+    defaults: Limits
+    ceilings: Limits
+    default_collect_bytes: int = 256 * 1024 * 1024
+    max_collect_bytes: int = 1024 * 1024 * 1024
+
+    def effective(self, req: LimitRequest) -> Limits:
+        d, c = self.defaults, self.ceilings
+
+        def pick(asked: float | None, default: float, ceiling: float) -> float:
+            return min(asked if asked else default, ceiling)
+
+        wall = pick(req.wall_time_s, d.wall_time_s, c.wall_time_s)
+        # CPU time over the whole tree: by default as much as every core busy for the wall time.
+        cpu_default = wall * max(1, os.cpu_count() or 1)
+        disk = int(pick(req.disk_bytes, d.disk_bytes, c.disk_bytes))
+        return Limits(
+            wall_time_s=wall,
+            cpu_time_s=pick(req.cpu_time_s, cpu_default, c.cpu_time_s),
+            memory_bytes=int(pick(req.memory_bytes, d.memory_bytes, c.memory_bytes)),
+            max_processes=int(pick(req.max_processes, d.max_processes, c.max_processes)),
+            disk_bytes=disk,
+            output_bytes=int(pick(req.output_bytes, d.output_bytes, c.output_bytes)),
+            file_size_bytes=int(min(pick(req.file_size_bytes, d.file_size_bytes, c.file_size_bytes), disk)),
+            gpu=req.gpu,
+            open_files=d.open_files,
+            tmp_bytes=d.tmp_bytes,
+        )
+
+    def collect_bytes(self, asked: int) -> int:
+        return min(asked or self.default_collect_bytes, self.max_collect_bytes)
+
+
+# Names the executor sets itself; a request may not override them.
+RESERVED_ENV = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "LANG",
+        "USER",
+        "LOGNAME",
+        "PYTHONUNBUFFERED",
+        "PYTHONDONTWRITEBYTECODE",
+        "ZX_JOB_DIR",
+        "ZX_RUNTIME",
+    }
+)
+# Secrets never reach the sandbox (DESIGN.md, Security): refuse names that look like one even when the
+# allow-list would let them through.
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|SESSION|PRIVATE|DSN)", re.I)
+
+
+@dataclass(frozen=True)
+class EnvPolicy:
+    """Which environment variables a request may set for its program (fnmatch patterns)."""
+
+    allow: tuple[str, ...] = ("ZX_*",)
+
+    def violations(self, env: Mapping[str, str]) -> list[FieldViolation]:
+        out = []
+        for name in env:
+            where = f"env[{name[:64]}]"
+            if name in RESERVED_ENV:
+                out.append(FieldViolation(where, "is set by the executor and cannot be overridden"))
+            elif _SECRET_NAME.search(name):
+                out.append(FieldViolation(where, "looks like a secret; secrets never enter the sandbox"))
+            elif not any(fnmatch.fnmatchcase(name, p) for p in self.allow):
+                out.append(
+                    FieldViolation(where, f"is not on the executor's allow-list ({', '.join(self.allow)})")
+                )
+        return out
+
+
+class SlotPool:
+    """``size`` numbered slots; at most ``max_waiting`` callers queue for one, each at most
+    ``wait_timeout_s``; anyone beyond that gets ResourceExhausted immediately."""
+
+    def __init__(self, size: int, *, max_waiting: int, wait_timeout_s: float) -> None:
+        if size < 1 or max_waiting < 0 or wait_timeout_s <= 0:
+            raise ValueError("size >= 1, max_waiting >= 0 and wait_timeout_s > 0 are required")
+        self.size, self.max_waiting, self.wait_timeout_s = size, max_waiting, wait_timeout_s
+        self._free = list(range(size))
+        self._waiters: deque[asyncio.Future[int]] = deque()
+
+    @property
+    def busy(self) -> int:
+        return self.size - len(self._free)
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for w in self._waiters if not w.done())
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[int]:
+        index = await self._acquire()
+        try:
+            yield index
+        finally:
+            self._release(index)
+
+    async def _acquire(self) -> int:
+        if self._free and not self.waiting:
+            return self._free.pop(0)
+        if self.waiting >= self.max_waiting:
+            raise ResourceExhausted(
+                f"all {self.size} sandbox slots are busy and {self.waiting} executions are already waiting",
+                reason="EXECUTOR_BUSY",
+                metadata={"slots": str(self.size), "waiting": str(self.waiting)},
+            )
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            async with asyncio.timeout(self.wait_timeout_s):
+                return await fut
+        except BaseException as exc:
+            if fut.done() and not fut.cancelled():
+                self._release(fut.result())  # a slot arrived as we gave up: pass it on
+            else:
+                fut.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
+            if isinstance(exc, TimeoutError):
+                raise ResourceExhausted(
+                    f"no sandbox slot became free within {self.wait_timeout_s:g} s",
+                    reason="EXECUTOR_BUSY",
+                    metadata={"slots": str(self.size)},
+                ) from None
+            raise
+
+    def _release(self, index: int) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(index)
+                return
+        self._free.append(index)
+        self._free.sort()
+
+
+@dataclass(frozen=True, slots=True)
+class ExecuteInput:
+    """An Execute request in domain terms (the servicer builds it from protobuf)."""
+
+    execution_id: str
+    argv: tuple[str, ...]
+    files: tuple[JobFile, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    limits: LimitRequest = field(default_factory=LimitRequest)
+    collect: tuple[str, ...] = ()
+    collect_max_bytes: int = 0
+    job_id: str = ""
+
+
+class Execution:
+    """A running execution: iterate :meth:`events`; :meth:`abort` kills it from a callback."""
+
+    def __init__(self, run: SandboxRun) -> None:
+        self._run = run
+
+    def events(self) -> AsyncIterator[Event]:
+        return self._run.events()
+
+    def abort(self) -> None:
+        self._run.abort()
+
+
+class Executor:
+    """The Execute use case over one backend."""
+
+    def __init__(
+        self, backend: SandboxBackend, *, slots: SlotPool, limits: LimitPolicy, env: EnvPolicy
+    ) -> None:
+        self.backend, self.slots, self.limit_policy, self.env_policy = backend, slots, limits, env
+
+    def job(self, req: ExecuteInput) -> JobSpec:
+        """Check the request and apply defaults and ceilings; raises InvalidArgument with violations."""
+        spec = JobSpec(
+            execution_id=req.execution_id,
+            job_id=req.job_id,
+            command=req.argv,
+            files=req.files,
+            env=dict(req.env),
+            limits=self.limit_policy.effective(req.limits),
+            collect=req.collect,
+            collect_max_bytes=self.limit_policy.collect_bytes(req.collect_max_bytes),
+        )
+        bad = spec.violations() + self.env_policy.violations(spec.env)
+        if bad:
+            raise InvalidArgument("invalid execution request", violations=bad)
+        return spec
+
+    @contextlib.asynccontextmanager
+    async def open(self, req: ExecuteInput) -> AsyncIterator[Execution]:
+        """Validate, wait for a slot (or raise ResourceExhausted), and yield the execution. Leaving the
+        block kills whatever still runs and frees the slot."""
+        spec = self.job(req)
+        self.backend.check(spec)
+        async with self.slots.slot() as slot:
+            run = self.backend.start(spec, slot)
+            events = run.events()
+            execution = Execution(_Started(run, events))
+            try:
+                yield execution
+            finally:
+                await events.aclose()  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+
+@dataclass
+class _Started:
+    """A run whose event iterator already exists (so ``Executor.open`` can always close it)."""
+
+    run: SandboxRun
+    iterator: AsyncIterator[Event]
+
+    def events(self) -> AsyncIterator[Event]:
+        return self.iterator
+
+    def abort(self) -> None:
+        self.run.abort()
+
+
+__all__ = [
+    "EnvPolicy",
+    "ExecuteInput",
+    "Execution",
+    "Executor",
+    "LimitPolicy",
+    "LimitRequest",
+    "SlotPool",
+]

@@ -1,0 +1,164 @@
+"""ExecutorService over gRPC: convert the request in, run it through the domain, convert events out.
+
+Each response carries a gap-free ``sequence`` from 1 and an ``event_time``. Cancelling the call (or
+its deadline passing) fires a done-callback that kills the program's whole tree at once; the event
+iterator's own cleanup then waits for the cgroup to empty and frees the slot.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from zehanx.common.v1 import log_pb2
+from zehanx.executor.v1 import executor_service_pb2 as pb
+from zehanx.executor.v1 import executor_service_pb2_grpc as rpc
+
+from zehanx_executor.sandbox.model import (
+    Event,
+    ExitReason,
+    FileChunk,
+    Finished,
+    JobFile,
+    Limits,
+    Metric,
+    Output,
+    Started,
+    Stream,
+)
+from zehanx_executor.service import ExecuteInput, Executor, LimitRequest
+
+SERVICE_NAME = "zehanx.executor.v1.ExecutorService"
+
+_REASONS = {
+    ExitReason.COMPLETED: pb.EXIT_REASON_COMPLETED,
+    ExitReason.FAILED: pb.EXIT_REASON_FAILED,
+    ExitReason.TIMEOUT: pb.EXIT_REASON_TIMEOUT,
+    ExitReason.MEMORY: pb.EXIT_REASON_MEMORY,
+    ExitReason.OUTPUT_LIMIT: pb.EXIT_REASON_OUTPUT_LIMIT,
+    ExitReason.DISK_LIMIT: pb.EXIT_REASON_DISK_LIMIT,
+    ExitReason.CANCELLED: pb.EXIT_REASON_CANCELLED,
+    ExitReason.SANDBOX_ERROR: pb.EXIT_REASON_SANDBOX_ERROR,
+}
+_STREAMS = {Stream.STDOUT: log_pb2.OUTPUT_STREAM_STDOUT, Stream.STDERR: log_pb2.OUTPUT_STREAM_STDERR}
+
+
+def _seconds(d: duration_pb2.Duration) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def to_input(request: pb.ExecuteRequest) -> ExecuteInput:
+    lim = request.limits
+    limits = LimitRequest(
+        wall_time_s=_seconds(lim.max_wall_duration) if lim.HasField("max_wall_duration") else None,
+        cpu_time_s=_seconds(lim.max_cpu_duration) if lim.HasField("max_cpu_duration") else None,
+        memory_bytes=lim.max_memory_bytes or None,
+        max_processes=lim.max_processes or None,
+        disk_bytes=lim.max_disk_bytes or None,
+        output_bytes=lim.max_output_bytes or None,
+        file_size_bytes=lim.max_file_size_bytes or None,
+        gpu=lim.gpu,
+    )
+    return ExecuteInput(
+        execution_id=request.execution_id or str(uuid.uuid4()),
+        job_id=request.job_id,
+        argv=tuple(request.argv),
+        files=tuple(JobFile(f.path, f.content, f.executable) for f in request.files),
+        env=dict(request.env),
+        limits=limits,
+        collect=tuple(request.collect),
+        collect_max_bytes=request.collect_max_bytes,
+    )
+
+
+def limits_pb(limits: Limits) -> pb.Limits:
+    return pb.Limits(
+        max_wall_duration=_duration(limits.wall_time_s),
+        max_cpu_duration=_duration(limits.cpu_time_s),
+        max_memory_bytes=limits.memory_bytes,
+        max_processes=limits.max_processes,
+        max_disk_bytes=limits.disk_bytes,
+        max_output_bytes=limits.output_bytes,
+        max_file_size_bytes=limits.file_size_bytes,
+        gpu=limits.gpu,
+    )
+
+
+def to_response(event: Event, sequence: int) -> pb.ExecuteResponse:
+    now = timestamp_pb2.Timestamp()
+    now.GetCurrentTime()
+    out = pb.ExecuteResponse(sequence=sequence, event_time=now)
+    if isinstance(event, Started):
+        out.started.CopyFrom(
+            pb.ExecutionStarted(
+                execution_id=event.execution_id,
+                backend=event.backend,
+                sandbox_description=event.description,
+                effective_limits=limits_pb(event.limits),
+            )
+        )
+    elif isinstance(event, Output):
+        out.output.CopyFrom(pb.OutputChunk(stream=_STREAMS[event.stream], data=event.data))
+    elif isinstance(event, Metric):
+        payload = struct_pb2.Struct()
+        payload.update(event.payload)
+        out.metric.CopyFrom(pb.MetricRecord(payload=payload, raw_line_bytes=event.raw_line_bytes))
+    elif isinstance(event, FileChunk):
+        out.file.CopyFrom(
+            pb.ProducedFile(
+                path=event.path,
+                size_bytes=event.size,
+                sha256=event.sha256,
+                content_included=event.content_included,
+                offset=event.offset,
+                data=event.data,
+                last_chunk=event.last_chunk,
+            )
+        )
+    elif isinstance(event, Finished):
+        u = event.usage
+        out.result.CopyFrom(
+            pb.ExecutionResult(
+                reason=_REASONS[event.reason],
+                exit_code=event.exit_code,
+                signal=event.signal,
+                message=event.message,
+                usage=pb.ResourceUsage(
+                    wall_duration=_duration(u.wall_time_s),
+                    cpu_duration=_duration(u.cpu_time_s),
+                    max_rss_bytes=u.max_rss_bytes,
+                    output_bytes=u.output_bytes,
+                    disk_bytes=u.disk_bytes,
+                ),
+                dropped_metric_count=u.metric_lines_dropped,
+            )
+        )
+    else:  # pragma: no cover - the event union is closed
+        raise TypeError(f"unknown event {event!r}")
+    return out
+
+
+class ExecutorServicer(rpc.ExecutorServiceServicer):
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+
+    async def Execute(
+        self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ExecuteResponse]:
+        async with self.executor.open(to_input(request)) as execution:
+            # Cancellation or a passed deadline: kill the tree now, from the callback, whatever the
+            # handler is awaiting at that moment.
+            context.add_done_callback(lambda _ctx: execution.abort())
+            sequence = 0
+            async for event in execution.events():
+                sequence += 1
+                yield to_response(event, sequence)

@@ -1,0 +1,94 @@
+"""Assembling the gateway: database, migrations, registry, event hub, auth, services, servicer.
+
+``Gateway.open(settings)`` is what ``zx-gateway`` runs before serving, and what tests and the benchmark
+use to get the very same object graph on port 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg_pool import AsyncConnectionPool
+from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
+from zehanx_runtime.server import ServiceBinding
+
+from zehanx_gateway import db
+from zehanx_gateway.artifacts import ArtifactStore, LocalArtifactStore
+from zehanx_gateway.auth import Authenticator, JwtConfig, JwtVerifier
+from zehanx_gateway.fanout import EventHub
+from zehanx_gateway.jobs import JobService
+from zehanx_gateway.models import ModelService
+from zehanx_gateway.repository import PostgresRegistry
+from zehanx_gateway.servicer import SERVICE_NAME, GatewayServicer
+from zehanx_gateway.settings import GatewaySettings
+
+
+@dataclass
+class Gateway:
+    settings: GatewaySettings
+    pool: AsyncConnectionPool
+    registry: PostgresRegistry
+    hub: EventHub
+    jobs: JobService
+    models: ModelService
+    artifacts: ArtifactStore
+    authenticator: Authenticator
+    servicer: GatewayServicer
+
+    @classmethod
+    async def open(cls, settings: GatewaySettings, *, artifacts: ArtifactStore | None = None) -> Gateway:
+        """Connect, migrate, and start the event hub. Fails loudly without a database."""
+        if settings.database_url is None:
+            raise RuntimeError(
+                "the gateway needs PostgreSQL: set ZX_GATEWAY_DATABASE_URL (zx up does this for you, "
+                "starting the embedded one)"
+            )
+        url = settings.database_url.get_secret_value()
+        jwt_config = JwtConfig(
+            secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
+            jwks_url=settings.jwt_jwks_url,
+            jwks_json=settings.jwt_jwks_json,
+            audience=settings.jwt_audience or None,
+            issuer=settings.jwt_issuer or None,
+            leeway_seconds=settings.jwt_leeway_seconds,
+        )
+        verifier = JwtVerifier(jwt_config) if jwt_config.enabled else None
+        try:
+            await db.migrate(url)
+        except Exception as exc:
+            if isinstance(exc, RuntimeError):
+                raise
+            raise RuntimeError(f"cannot prepare the database ({db.redact(url)}): {exc}") from exc
+        pool = await db.open_pool(
+            url, max_size=settings.database_pool_size, prepare=settings.database_prepared_statements
+        )
+        registry = PostgresRegistry(pool)
+        hub = EventHub(
+            registry,
+            subscriber_buffer=settings.watch_buffer,
+            batch_max=settings.event_batch_max,
+            poll_seconds=settings.event_poll_seconds,
+        )
+        hub.start(url if settings.event_listen else None)
+        store = artifacts or LocalArtifactStore(settings.artifact_root)
+        jobs = JobService(registry, hub, max_active_jobs=settings.max_active_jobs_per_user)
+        models = ModelService(registry, store)
+        return cls(
+            settings=settings,
+            pool=pool,
+            registry=registry,
+            hub=hub,
+            jobs=jobs,
+            models=models,
+            artifacts=store,
+            authenticator=Authenticator(registry, registry, verifier),
+            servicer=GatewayServicer(jobs, models),
+        )
+
+    def binding(self) -> ServiceBinding:
+        return ServiceBinding(rpc.add_GatewayServiceServicer_to_server, self.servicer, SERVICE_NAME)
+
+    async def close(self) -> None:
+        """Write the events still queued, then close the database pool."""
+        await self.hub.close()
+        await self.pool.close()

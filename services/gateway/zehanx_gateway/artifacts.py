@@ -1,0 +1,141 @@
+"""Where model archives live: a port, and a local content-addressed folder behind it.
+
+The artifact store belongs to the trainer (issue 3), which will publish archives; the gateway reads
+them for DownloadModel and removes them for DeleteModel. :class:`LocalArtifactStore` keeps each
+archive at ``<root>/sha256/<aa>/<full hex digest>``, written through a temporary file and an atomic
+rename, and verifies the SHA-256 of the whole file before serving any byte of it: a corrupted or
+truncated archive is DATA_LOSS, never silently served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from zehanx_gateway.domain import DataLoss, OutOfRange
+
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_READ = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactInfo:
+    sha256: str
+    size: int
+
+
+class ArtifactStore(Protocol):
+    """Content-addressed archive storage."""
+
+    async def put(self, chunks: Iterable[bytes]) -> ArtifactInfo:
+        """Store bytes; returns their SHA-256 and size (storing the same bytes twice keeps one copy)."""
+        ...
+
+    async def size(self, sha256: str) -> int:
+        """Size of a stored archive; DATA_LOSS when it is missing."""
+        ...
+
+    def read(self, sha256: str, *, offset: int = 0, chunk_size: int = _READ) -> AsyncIterator[bytes]:
+        """The archive's bytes from ``offset``, verified against ``sha256`` before the first chunk."""
+        ...
+
+    async def delete(self, sha256: str) -> bool:
+        """Remove an archive; False when it was not there."""
+        ...
+
+
+class LocalArtifactStore:
+    """Archives in a local folder, named by their SHA-256."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path_of(self, sha256: str) -> Path:
+        if not _DIGEST.match(sha256):
+            raise ValueError(f"not a lower-case hex SHA-256: {sha256!r}")
+        return self.root / "sha256" / sha256[:2] / sha256
+
+    async def put(self, chunks: Iterable[bytes]) -> ArtifactInfo:
+        return await asyncio.to_thread(self._put, chunks)
+
+    def _put(self, chunks: Iterable[bytes]) -> ArtifactInfo:
+        staging = self.root / "staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        size = 0
+        fd, temp_name = tempfile.mkstemp(dir=staging)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            sha256 = digest.hexdigest()
+            final = self.path_of(sha256)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp_name, final)
+        except BaseException:
+            Path(temp_name).unlink(missing_ok=True)
+            raise
+        return ArtifactInfo(sha256=sha256, size=size)
+
+    async def size(self, sha256: str) -> int:
+        try:
+            return (await asyncio.to_thread(self.path_of(sha256).stat)).st_size
+        except FileNotFoundError:
+            raise _missing(sha256) from None
+
+    async def read(self, sha256: str, *, offset: int = 0, chunk_size: int = _READ) -> AsyncIterator[bytes]:
+        path = self.path_of(sha256)
+        try:
+            handle = await asyncio.to_thread(open, path, "rb")
+        except FileNotFoundError:
+            raise _missing(sha256) from None
+        try:
+            size = os.fstat(handle.fileno()).st_size
+            if offset > size:
+                raise OutOfRange(
+                    f"offset {offset} is beyond the archive's {size} bytes", reason="OFFSET_BEYOND_END"
+                )
+            actual = await asyncio.to_thread(_hash_file, handle)
+            if actual != sha256:
+                raise DataLoss(
+                    f"the stored archive {sha256} is corrupted (its bytes hash to {actual})",
+                    reason="ARCHIVE_CORRUPTED",
+                )
+            handle.seek(offset)
+            while True:
+                chunk = await asyncio.to_thread(handle.read, chunk_size)
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            handle.close()
+
+    async def delete(self, sha256: str) -> bool:
+        try:
+            await asyncio.to_thread(self.path_of(sha256).unlink)
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def _hash_file(handle: object) -> str:
+    digest = hashlib.sha256()
+    handle.seek(0)  # type: ignore[attr-defined]
+    while block := handle.read(_READ):  # type: ignore[attr-defined]
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def _missing(sha256: str) -> DataLoss:
+    return DataLoss(f"the archive {sha256} is missing from the artifact store", reason="ARCHIVE_MISSING")

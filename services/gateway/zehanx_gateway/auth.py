@@ -1,0 +1,276 @@
+"""Who is calling: API keys and Supabase Auth JWTs, checked for every RPC (unary and streaming alike).
+
+The runtime's interceptor calls :meth:`Authenticator.check` before every non-health call. A caller
+sends ``authorization: Bearer <credential>`` (or ``x-api-key: <key>``):
+
+- an API key ``zx_<id>_<secret>``: looked up by id on every call (no cache, so a revoked key stops
+  working at once on every replica) and compared by SHA-256 in constant time;
+- otherwise a JWT: HS256 with the project's secret, or RS256/ES256 against a JWKS (Supabase's
+  asymmetric signing keys); ``exp`` is required, ``aud`` and ``iss`` are checked when configured
+  (Supabase: ``authenticated`` and ``https://<ref>.supabase.co/auth/v1``), ``sub`` must be a UUID.
+
+The principal is put in a context variable: the check runs in the same asyncio task as the handler
+(the interceptor awaits it just before calling the handler), so :func:`current_principal` inside a
+handler returns the caller of that very call and never another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextvars
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import jwt
+from zehanx_runtime import errors
+
+from zehanx_gateway.domain import AuthMethod, Principal
+
+API_KEY_PREFIX = "zx_"
+_API_KEY_RE = re.compile(r"^zx_([a-z0-9]{16})_([A-Za-z0-9_-]{43})$")
+_KEY_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("zx_principal", default=None)
+
+
+def current_principal() -> Principal:
+    """The authenticated caller of the RPC being handled (set by :meth:`Authenticator.check`)."""
+    principal = _principal.get()
+    if principal is None:
+        raise errors.Unauthenticated(
+            "this call carries no verified credentials", reason="CREDENTIALS_MISSING"
+        )
+    return principal
+
+
+def set_principal(principal: Principal | None) -> contextvars.Token[Principal | None]:
+    return _principal.set(principal)
+
+
+# -- API keys --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewApiKey:
+    key_id: str
+    secret_sha256: bytes
+    #: The whole key, shown once to its owner and never stored.
+    token: str
+
+
+def new_api_key() -> NewApiKey:
+    key_id = "".join(secrets.choice(_KEY_ID_ALPHABET) for _ in range(16))
+    secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+    return NewApiKey(key_id, hashlib.sha256(secret.encode()).digest(), f"{API_KEY_PREFIX}{key_id}_{secret}")
+
+
+def parse_api_key(token: str) -> tuple[str, str] | None:
+    """(key id, secret) of a well-formed key, else None."""
+    match = _API_KEY_RE.match(token)
+    return (match.group(1), match.group(2)) if match else None
+
+
+class KeyLookup(Protocol):
+    async def find_api_key(self, key_id: str) -> tuple[uuid.UUID, bytes, datetime | None] | None: ...
+
+
+class UserRegistry(Protocol):
+    async def ensure_user(self, user_id: uuid.UUID) -> None: ...
+
+
+# -- JWTs ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JwtConfig:
+    """How to verify JWTs. At least one of ``secret``, ``jwks_url``, ``jwks_json``."""
+
+    secret: str | None = None
+    jwks_url: str | None = None
+    jwks_json: str | None = None
+    audience: str | None = "authenticated"
+    issuer: str | None = None
+    leeway_seconds: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secret or self.jwks_url or self.jwks_json)
+
+
+_ASYMMETRIC = ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "EdDSA"]
+
+
+class JwtVerifier:
+    """Verifies a JWT's signature and claims; raises UNAUTHENTICATED with a precise reason."""
+
+    def __init__(self, config: JwtConfig) -> None:
+        if not config.enabled:
+            raise ValueError("JwtVerifier needs a secret, a JWKS URL or a JWKS document")
+        self._config = config
+        self._keyset = jwt.PyJWKSet.from_json(config.jwks_json) if config.jwks_json else None
+        self._client = (
+            jwt.PyJWKClient(config.jwks_url, cache_keys=True, lifespan=600) if config.jwks_url else None
+        )
+
+    async def verify(self, token: str) -> Mapping[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise _unauth("the credential is neither an API key nor a JWT", "CREDENTIALS_MALFORMED") from None
+        alg = header.get("alg")
+        if alg == "HS256":
+            if not self._config.secret:
+                raise _unauth("HS256 tokens are not accepted here", "TOKEN_ALGORITHM")
+            key: Any = self._config.secret
+            algorithms = ["HS256"]
+        elif alg in _ASYMMETRIC:
+            key = await self._signing_key(header)
+            algorithms = [alg]
+        else:
+            raise _unauth(f"token algorithm {alg!r} is not accepted", "TOKEN_ALGORITHM")
+        options: dict[str, Any] = {"require": ["exp", "sub"]}
+        if self._config.audience:
+            options["require"].append("aud")
+        if self._config.issuer:
+            options["require"].append("iss")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=algorithms,
+                audience=self._config.audience,
+                issuer=self._config.issuer,
+                leeway=self._config.leeway_seconds,
+                options=options,
+            )
+        except jwt.ExpiredSignatureError:
+            raise _unauth("the token has expired", "TOKEN_EXPIRED") from None
+        except jwt.InvalidAudienceError:
+            raise _unauth("the token is for another audience", "TOKEN_AUDIENCE") from None
+        except jwt.InvalidIssuerError:
+            raise _unauth("the token is from another issuer", "TOKEN_ISSUER") from None
+        except jwt.InvalidSignatureError:
+            raise _unauth("the token's signature does not verify", "TOKEN_SIGNATURE") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise _unauth(f"the token lacks the {exc.claim!r} claim", "TOKEN_CLAIMS") from None
+        except jwt.InvalidTokenError as exc:
+            raise _unauth(f"the token is not valid: {type(exc).__name__}", "TOKEN_INVALID") from None
+        return claims
+
+    async def _signing_key(self, header: Mapping[str, Any]) -> Any:
+        kid = header.get("kid")
+        if self._keyset is not None:
+            for candidate in self._keyset.keys:
+                if kid is None or candidate.key_id == kid:
+                    return candidate.key
+            raise _unauth("the token's signing key is not one of ours", "TOKEN_SIGNATURE")
+        if self._client is None:
+            raise _unauth("asymmetric tokens are not accepted here (no JWKS configured)", "TOKEN_ALGORITHM")
+        client = self._client
+        try:
+            # PyJWKClient fetches with urllib (blocking): keep it off the event loop.
+            signing = await asyncio.to_thread(client.get_signing_key, kid) if kid else None
+            if signing is None:
+                keys = await asyncio.to_thread(client.get_signing_keys)
+                if len(keys) != 1:
+                    raise _unauth("the token names no signing key (kid)", "TOKEN_SIGNATURE")
+                signing = keys[0]
+        except jwt.PyJWKClientConnectionError as exc:
+            raise errors.Unavailable(
+                "the signing keys (JWKS) cannot be fetched right now", reason="JWKS_UNAVAILABLE"
+            ) from exc
+        except jwt.PyJWKClientError:
+            raise _unauth("the token's signing key is not one of ours", "TOKEN_SIGNATURE") from None
+        return signing.key
+
+
+def _unauth(message: str, reason: str) -> errors.Unauthenticated:
+    return errors.Unauthenticated(message, reason=reason)
+
+
+# -- the per-call check ----------------------------------------------------------------------------
+
+
+class Authenticator:
+    """The gateway's ``extra_check``: authenticates the caller and records the principal."""
+
+    def __init__(self, keys: KeyLookup, users: UserRegistry, jwt_verifier: JwtVerifier | None = None) -> None:
+        self._keys = keys
+        self._users = users
+        self._jwt = jwt_verifier
+        self._known_users: OrderedDict[uuid.UUID, None] = OrderedDict()
+
+    async def check(self, method: str, metadata: Mapping[str, str], request: Any) -> None:
+        _principal.set(None)
+        credential = _credential(metadata)
+        if credential.startswith(API_KEY_PREFIX):
+            principal = await self._api_key(credential)
+        elif self._jwt is not None:
+            principal = await self._token(credential)
+        else:
+            raise _unauth(
+                "not an API key, and this gateway accepts no JWTs (no JWT secret or JWKS configured)",
+                "CREDENTIALS_MALFORMED",
+            )
+        _principal.set(principal)
+
+    async def _api_key(self, credential: str) -> Principal:
+        parsed = parse_api_key(credential)
+        if parsed is None:
+            raise _unauth("the API key is malformed", "API_KEY_MALFORMED")
+        key_id, secret = parsed
+        found = await self._keys.find_api_key(key_id)
+        digest = hashlib.sha256(secret.encode()).digest()
+        if found is None or not hmac.compare_digest(found[1], digest):
+            raise _unauth("the API key is not valid", "API_KEY_INVALID")
+        user_id, _, revoke_time = found
+        if revoke_time is not None:
+            raise _unauth("the API key has been revoked", "API_KEY_REVOKED")
+        return Principal(user_id=user_id, method=AuthMethod.API_KEY, credential_id=key_id)
+
+    async def _token(self, credential: str) -> Principal:
+        assert self._jwt is not None
+        claims = await self._jwt.verify(credential)
+        try:
+            user_id = uuid.UUID(str(claims["sub"]))
+        except ValueError:
+            raise _unauth("the token's subject is not a user id (UUID)", "TOKEN_CLAIMS") from None
+        if user_id not in self._known_users:
+            await self._users.ensure_user(user_id)
+            self._known_users[user_id] = None
+            if len(self._known_users) > 100_000:
+                self._known_users.popitem(last=False)
+        return Principal(user_id=user_id, method=AuthMethod.JWT, credential_id=str(user_id))
+
+
+def _credential(metadata: Mapping[str, str]) -> str:
+    header = metadata.get("authorization")
+    if header:
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise _unauth("authorization must be 'Bearer <API key or JWT>'", "CREDENTIALS_MALFORMED")
+        return value.strip()
+    key = metadata.get("x-api-key")
+    if key:
+        return key.strip()
+    raise _unauth(
+        "no credentials: send 'authorization: Bearer <API key or JWT>' (create a key with `zx keys create`)",
+        "CREDENTIALS_MISSING",
+    )
+
+
+def jwks_document(jwks: str | Mapping[str, Any]) -> str:
+    """A JWKS as JSON text (accepts a mapping), validated as a key set."""
+    text = jwks if isinstance(jwks, str) else json.dumps(jwks)
+    jwt.PyJWKSet.from_json(text)
+    return text

@@ -1,0 +1,276 @@
+"""Protos <-> domain types for the gateway: the one place that knows both.
+
+Stored JSON (a job's sources and options, event payloads, model details) is the protobuf JSON form
+with the proto field names, so a reader of the tables through Supabase sees familiar names, and
+reading it back ignores fields a newer version added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import any_pb2, json_format, timestamp_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from zehanx.common.v1 import task_family_pb2
+from zehanx.gateway.v1 import job_event_pb2, job_pb2, model_pb2
+from zehanx_runtime.errors import FieldViolation, InvalidArgument
+
+from zehanx_gateway.domain import (
+    STATE_CHANGE,
+    Job,
+    JobEvent,
+    JobState,
+    Model,
+    NewJob,
+    NewModel,
+    PendingEvent,
+)
+
+ERROR_DOMAIN = "gateway.zehanx"
+
+#: Event kinds a producer may publish: the names of the JobEvent ``event`` oneof, less the two the
+#: registry writes itself (``snapshot`` is never stored; ``state_change`` comes from transitions).
+PUBLISHABLE_KINDS = frozenset(
+    field.name
+    for field in job_event_pb2.JobEvent.DESCRIPTOR.oneofs_by_name["event"].fields
+    if field.name not in ("snapshot", STATE_CHANGE)
+)
+
+# -- small helpers ---------------------------------------------------------------------------------
+
+
+def parse_id(value: str, field: str) -> uuid.UUID:
+    """A UUID from a request field (protovalidate checks it first; this is the belt to its braces)."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument(
+            f"{field} must be a UUID",
+            violations=[FieldViolation(field, "value must be a valid UUID", "string.uuid")],
+        ) from None
+
+
+def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def _to_json(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _from_json(payload: Mapping[str, Any], message: Message) -> Message:
+    json_format.ParseDict(dict(payload), message, ignore_unknown_fields=True)
+    return message
+
+
+def _state(value: str | None) -> int:
+    return job_pb2.JobState.Value(f"JOB_STATE_{value}") if value else job_pb2.JOB_STATE_UNSPECIFIED
+
+
+def _stage(value: str | None) -> int:
+    return job_pb2.JobStage.Value(f"JOB_STAGE_{value}") if value else job_pb2.JOB_STAGE_UNSPECIFIED
+
+
+def state_of(value: int) -> JobState:
+    return JobState(job_pb2.JobState.Name(value).removeprefix("JOB_STATE_"))
+
+
+def error_status(
+    code: str, message: str, reason: str, metadata: Mapping[str, str] | None = None
+) -> status_pb2.Status:
+    """A google.rpc.Status with an ErrorInfo detail, as the job's ``error``."""
+    info = any_pb2.Any()
+    info.Pack(
+        error_details_pb2.ErrorInfo(reason=reason or code, domain=ERROR_DOMAIN, metadata=dict(metadata or {}))
+    )
+    number = code_pb2.Code.Value(code) if code in code_pb2.Code.keys() else code_pb2.UNKNOWN
+    return status_pb2.Status(code=number, message=message, details=[info])
+
+
+def _reject_nul(value: Any, path: str) -> None:
+    """PostgreSQL text cannot hold NUL characters: say which field has one."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidArgument(
+                f"{path} contains a NUL character",
+                violations=[
+                    FieldViolation(path, "must not contain NUL (U+0000) characters", "string.no_nul")
+                ],
+            )
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _reject_nul(key, path)
+            _reject_nul(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _reject_nul(item, f"{path}[{index}]")
+
+
+# -- jobs ------------------------------------------------------------------------------------------
+
+
+def new_job(job: job_pb2.Job, request_id: str) -> NewJob:
+    """The domain request of CreateJob: prompt, sources and options (output-only fields ignored)."""
+    inputs = job_pb2.Job(prompt=job.prompt, sources=job.sources, options=job.options)
+    if not job.HasField("options"):
+        inputs.ClearField("options")
+    spec = _to_json(inputs)
+    spec.pop("prompt", None)
+    _reject_nul(job.prompt, "job.prompt")
+    _reject_nul(spec, "job")
+    return NewJob(
+        prompt=job.prompt,
+        spec=spec,
+        request_id=parse_id(request_id, "request_id") if request_id else None,
+        request_sha256=hashlib.sha256(inputs.SerializeToString(deterministic=True)).digest(),
+    )
+
+
+def job_to_proto(job: Job) -> job_pb2.Job:
+    message = _from_json(job.spec, job_pb2.Job())
+    assert isinstance(message, job_pb2.Job)
+    message.id = str(job.id)
+    message.prompt = job.prompt
+    message.state = _state(job.state.value)
+    message.stage = _stage(job.stage.value if job.stage else None)
+    message.create_time.CopyFrom(_timestamp(job.create_time))
+    message.update_time.CopyFrom(_timestamp(job.update_time))
+    if job.start_time is not None:
+        message.start_time.CopyFrom(_timestamp(job.start_time))
+    if job.end_time is not None:
+        message.end_time.CopyFrom(_timestamp(job.end_time))
+    if job.error is not None and job.state in (JobState.FAILED, JobState.CANCELLED):
+        message.error.CopyFrom(error_status(job.error.code, job.error.message, job.error.reason))
+    if job.model_id is not None:
+        message.model_id = str(job.model_id)
+    if job.dataset_id:
+        message.dataset_id = job.dataset_id
+    message.attempt = job.attempt
+    message.repair_count = job.repair_count
+    message.last_sequence = job.last_sequence
+    return message
+
+
+# -- events ----------------------------------------------------------------------------------------
+
+
+def event_to_proto(event: JobEvent) -> job_event_pb2.JobEvent:
+    message = job_event_pb2.JobEvent(
+        sequence=event.sequence,
+        job_id=str(event.job_id),
+        stage=_stage(event.stage.value if event.stage else None),
+    )
+    message.event_time.CopyFrom(_timestamp(event.event_time))
+    if event.kind == STATE_CHANGE:
+        payload = event.payload
+        change = message.state_change
+        change.from_state = _state(payload.get("from_state"))
+        change.to_state = _state(payload.get("to_state"))
+        change.from_stage = _stage(payload.get("from_stage"))
+        change.to_stage = _stage(payload.get("to_stage"))
+        change.reason = str(payload.get("reason") or "")
+        if payload.get("error_message"):
+            change.error.CopyFrom(
+                error_status(
+                    str(payload.get("error_code") or "UNKNOWN"),
+                    str(payload["error_message"]),
+                    str(payload.get("error_reason") or ""),
+                )
+            )
+    elif event.kind in PUBLISHABLE_KINDS:
+        _from_json(event.payload, getattr(message, event.kind))
+    # An unknown kind (written by a newer gateway) goes out with an empty oneof; the sequence stays.
+    return message
+
+
+def snapshot_to_proto(job: Job) -> job_event_pb2.JobEvent:
+    message = job_event_pb2.JobEvent(
+        sequence=job.last_sequence,
+        job_id=str(job.id),
+        stage=_stage(job.stage.value if job.stage else None),
+    )
+    message.event_time.CopyFrom(_timestamp(job.update_time))
+    message.snapshot.CopyFrom(job_to_proto(job))
+    return message
+
+
+def pending_event(job_id: uuid.UUID, event: job_event_pb2.JobEvent) -> PendingEvent:
+    """A producer's JobEvent (its ``event`` oneof set; sequence and job id are assigned here)."""
+    kind = event.WhichOneof("event")
+    if kind not in PUBLISHABLE_KINDS:
+        raise InvalidArgument(
+            f"a published event must be one of {sorted(PUBLISHABLE_KINDS)}, not {kind!r}",
+            violations=[FieldViolation("event", f"{kind!r} cannot be published", "event.kind")],
+        )
+    payload = _to_json(getattr(event, kind))
+    _reject_nul(payload, kind)
+    event_time = event.event_time.ToDatetime(tzinfo=UTC) if event.HasField("event_time") else None
+    return PendingEvent(job_id=job_id, kind=kind, payload=payload, event_time=event_time)
+
+
+# -- models ----------------------------------------------------------------------------------------
+
+#: Model fields kept in their own columns; the rest of the record is the ``details`` JSON.
+_MODEL_COLUMNS = (
+    "id",
+    "job_id",
+    "title",
+    "prompt",
+    "task_family",
+    "metric_name",
+    "model_card",
+    "archive_sha256",
+    "archive_size_bytes",
+    "create_time",
+)
+
+
+def new_model(model: model_pb2.Model, *, media_type: str = "application/zip") -> NewModel:
+    """The record of a model to publish (``archive_sha256`` and ``archive_size_bytes`` must be set)."""
+    details = model_pb2.Model()
+    details.CopyFrom(model)
+    for name in _MODEL_COLUMNS:
+        details.ClearField(name)
+    return NewModel(
+        job_id=parse_id(model.job_id, "job_id") if model.job_id else None,
+        title=model.title,
+        prompt=model.prompt,
+        task_family=task_family_pb2.TaskFamily.Name(model.task_family),
+        metric_name=model.metric_name,
+        details=_to_json(details),
+        model_card=model.model_card,
+        archive_sha256=model.archive_sha256,
+        archive_size=model.archive_size_bytes,
+        media_type=media_type,
+    )
+
+
+def model_to_proto(model: Model) -> model_pb2.Model:
+    message = _from_json(model.details, model_pb2.Model())
+    assert isinstance(message, model_pb2.Model)
+    message.id = str(model.id)
+    if model.job_id is not None:
+        message.job_id = str(model.job_id)
+    message.title = model.title
+    message.prompt = model.prompt
+    if model.task_family:
+        message.task_family = task_family_pb2.TaskFamily.Value(model.task_family)
+    message.metric_name = model.metric_name
+    message.model_card = model.model_card
+    message.archive_sha256 = model.archive_sha256
+    message.archive_size_bytes = model.archive_size
+    message.create_time.CopyFrom(_timestamp(model.create_time))
+    return message
+
+
+def task_family_name(value: int) -> str:
+    return task_family_pb2.TaskFamily.Name(value)

@@ -1,0 +1,222 @@
+"""The gateway's domain types: jobs, their events, models, users and the calling principal.
+
+Plain dataclasses with no grpc or database imports; :mod:`zehanx_gateway.convert` maps them to and from
+the protos and :mod:`zehanx_gateway.repository` to and from rows.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from zehanx_runtime.errors import DomainError
+
+
+class JobState(enum.StrEnum):
+    """States of a job; the graph is enforced by the database (see migrations/0001_registry.sql)."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    CANCELLING = "CANCELLING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING})
+
+#: Legal transitions, mirrored from ``zehanx.legal_transition`` for callers that want to check early.
+TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
+    JobState.RUNNING: frozenset({JobState.QUEUED, JobState.CANCELLING, JobState.SUCCEEDED, JobState.FAILED}),
+    JobState.CANCELLING: frozenset({JobState.CANCELLED, JobState.SUCCEEDED}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+
+class JobStage(enum.StrEnum):
+    """What a RUNNING job is doing."""
+
+    CRAWLING = "CRAWLING"
+    GENERATING = "GENERATING"
+    TRAINING = "TRAINING"
+    EVALUATING = "EVALUATING"
+    PUBLISHING = "PUBLISHING"
+
+
+class AuthMethod(enum.StrEnum):
+    API_KEY = "api_key"
+    JWT = "jwt"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the user every row they touch must belong to."""
+
+    user_id: uuid.UUID
+    method: AuthMethod
+    #: The API key id, or the JWT subject.
+    credential_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobError:
+    """Why a job ended FAILED or CANCELLED: a google.rpc code name, a message for the user and an
+    UPPER_SNAKE reason (for example ``PROGRAM_FAILED``)."""
+
+    code: str
+    message: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """What CreateJob asks for, already validated. ``spec`` holds sources and options as JSON."""
+
+    prompt: str
+    spec: Mapping[str, Any]
+    request_id: uuid.UUID | None
+    #: SHA-256 of the request without its request id: a reused request id with another body is refused.
+    request_sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    request_id: uuid.UUID | None
+    prompt: str
+    spec: Mapping[str, Any]
+    state: JobState
+    stage: JobStage | None
+    error: JobError | None
+    model_id: uuid.UUID | None
+    dataset_id: str | None
+    repair_count: int
+    last_sequence: int
+    version: int
+    attempt: int
+    lease_owner: str | None
+    lease_expire_time: datetime | None
+    create_time: datetime
+    update_time: datetime
+    start_time: datetime | None
+    end_time: datetime | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state.terminal
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One persisted event of a job. ``kind`` names the event (``state_change``, ``log_line``, ...)."""
+
+    job_id: uuid.UUID
+    sequence: int
+    event_time: datetime
+    kind: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    #: The job's stage when the event was written.
+    stage: JobStage | None = None
+
+    @property
+    def ends_stream(self) -> bool:
+        """True for the state change that makes the job terminal: WatchJob ends after it."""
+        if self.kind != STATE_CHANGE:
+            return False
+        to_state = self.payload.get("to_state")
+        return to_state in {s.value for s in TERMINAL_STATES}
+
+
+STATE_CHANGE = "state_change"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    """An event not yet written: the store assigns its sequence number."""
+
+    job_id: uuid.UUID
+    kind: str
+    payload: Mapping[str, Any]
+    event_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewModel:
+    """A model to record. ``details`` is the rest of the record (plan, class labels, metrics,
+    baseline, provenance, dataset id, weights checksum) as JSON."""
+
+    job_id: uuid.UUID | None
+    title: str
+    prompt: str
+    task_family: str
+    metric_name: str
+    details: Mapping[str, Any]
+    model_card: str
+    archive_sha256: str
+    archive_size: int
+    media_type: str = "application/zip"
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    job_id: uuid.UUID | None
+    title: str
+    prompt: str
+    task_family: str
+    metric_name: str
+    details: Mapping[str, Any]
+    model_card: str
+    archive_sha256: str
+    archive_size: int
+    media_type: str
+    create_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    user_id: uuid.UUID
+    user_name: str | None
+    label: str
+    create_time: datetime
+    revoke_time: datetime | None
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a list and the token of the next (empty at the end)."""
+
+    items: list[T]
+    next_page_token: str
+
+
+class DataLoss(DomainError):
+    """Stored bytes no longer match their checksum (maps to DATA_LOSS)."""
+
+    code = "DATA_LOSS"
+    default_reason = "DATA_LOSS"
+
+
+class OutOfRange(DomainError):
+    """A position past the end (maps to OUT_OF_RANGE)."""
+
+    code = "OUT_OF_RANGE"
+    default_reason = "OUT_OF_RANGE"

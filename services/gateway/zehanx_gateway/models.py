@@ -1,0 +1,133 @@
+"""Models: list, get, download, delete, predict (each only for the model's owner), and publish.
+
+Archives are read through the :class:`~zehanx_gateway.artifacts.ArtifactStore` port. Predict needs
+the trainer (issue 3), which runs the model's ``predict.py`` in the sandbox; until the end-to-end issue
+wires it, Predict checks the model is the caller's and answers UNIMPLEMENTED, saying so.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from zehanx_runtime import errors
+
+from zehanx_gateway import paging
+from zehanx_gateway.artifacts import ArtifactStore
+from zehanx_gateway.domain import DataLoss, Model, NewModel, OutOfRange, Page, Principal
+
+DEFAULT_CHUNK = 1024 * 1024
+
+
+class ModelStore(Protocol):
+    async def create_model(self, user_id: uuid.UUID, new: NewModel) -> Model: ...
+
+    async def get_model(self, model_id: uuid.UUID, *, user_id: uuid.UUID) -> Model: ...
+
+    async def list_models(
+        self,
+        user_id: uuid.UUID,
+        *,
+        page_size: int,
+        page_token: str,
+        task_family: str | None = None,
+        job_id: uuid.UUID | None = None,
+    ) -> Page[Model]: ...
+
+    async def delete_model(
+        self, model_id: uuid.UUID, *, user_id: uuid.UUID, on_unreferenced: Callable[[str], Awaitable[None]]
+    ) -> Model: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    """A download about to stream: the model, the archive's size, and its chunks from ``offset``."""
+
+    model: Model
+    filename: str
+    total_size: int
+    offset: int
+    chunks: AsyncIterator[bytes]
+
+
+class ModelService:
+    def __init__(self, store: ModelStore, artifacts: ArtifactStore) -> None:
+        self._store = store
+        self._artifacts = artifacts
+
+    async def list(
+        self,
+        principal: Principal,
+        *,
+        page_size: int,
+        page_token: str,
+        task_family: str | None = None,
+        job_id: uuid.UUID | None = None,
+    ) -> Page[Model]:
+        return await self._store.list_models(
+            principal.user_id,
+            page_size=paging.page_size(page_size),
+            page_token=page_token,
+            task_family=task_family,
+            job_id=job_id,
+        )
+
+    async def get(self, principal: Principal, model_id: uuid.UUID) -> Model:
+        return await self._store.get_model(model_id, user_id=principal.user_id)
+
+    async def download(
+        self, principal: Principal, model_id: uuid.UUID, *, offset: int = 0, chunk_size: int = 0
+    ) -> Download:
+        model = await self._store.get_model(model_id, user_id=principal.user_id)
+        size = await self._artifacts.size(model.archive_sha256)
+        if size != model.archive_size:
+            raise DataLoss(
+                f"the stored archive of model {model_id} has {size} bytes, its record says {model.archive_size}",
+                reason="ARCHIVE_CORRUPTED",
+            )
+        if offset > size:
+            raise OutOfRange(
+                f"offset {offset} is beyond the archive's {size} bytes", reason="OFFSET_BEYOND_END"
+            )
+        chunks = self._artifacts.read(
+            model.archive_sha256, offset=offset, chunk_size=chunk_size or DEFAULT_CHUNK
+        )
+        return Download(
+            model=model, filename=archive_filename(model), total_size=size, offset=offset, chunks=chunks
+        )
+
+    async def delete(self, principal: Principal, model_id: uuid.UUID) -> Model:
+        """Delete the record and, when no other model shares it, the archive."""
+        return await self._store.delete_model(
+            model_id, user_id=principal.user_id, on_unreferenced=self._delete_archive
+        )
+
+    async def predict(self, principal: Principal, model_id: uuid.UUID, instances: Sequence[Any]) -> None:
+        await self._store.get_model(model_id, user_id=principal.user_id)
+        raise errors.Unimplemented(
+            "Predict is not wired yet: it runs the model's predict.py through the trainer, which the "
+            "end-to-end issue (#7) connects to the gateway",
+            reason="PREDICT_NOT_WIRED",
+        )
+
+    async def publish(self, user_id: uuid.UUID, new: NewModel) -> Model:
+        """Record a model whose archive is already in the artifact store (for the orchestrator)."""
+        size = await self._artifacts.size(new.archive_sha256)
+        if size != new.archive_size:
+            raise errors.FailedPrecondition(
+                f"the archive {new.archive_sha256} has {size} bytes, not {new.archive_size}",
+                reason="ARCHIVE_SIZE_MISMATCH",
+            )
+        return await self._store.create_model(user_id, new)
+
+    async def _delete_archive(self, sha256: str) -> None:
+        await self._artifacts.delete(sha256)
+
+
+def archive_filename(model: Model) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", model.title.lower()).strip("-")[:60] or "model"
+    extension = {"application/zip": ".zip", "application/gzip": ".tar.gz"}.get(model.media_type, "")
+    return f"{slug}-{model.id}{extension}"

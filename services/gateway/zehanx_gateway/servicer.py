@@ -1,0 +1,146 @@
+"""``zehanx.gateway.v1.GatewayService``: thin — convert in, call the domain, convert out.
+
+Requests arrive already authenticated (the caller is :func:`~zehanx_gateway.auth.current_principal`)
+and validated against their protovalidate rules by the runtime's interceptor, which also maps the
+domain's typed errors to status codes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.protobuf import duration_pb2
+from zehanx.common.v1 import task_family_pb2
+from zehanx.gateway.v1 import gateway_service_pb2 as pb
+from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
+from zehanx.gateway.v1 import job_pb2, model_pb2
+
+from zehanx_gateway import convert
+from zehanx_gateway.auth import current_principal
+from zehanx_gateway.domain import Job, JobEvent
+from zehanx_gateway.jobs import JobService
+from zehanx_gateway.models import ModelService
+
+SERVICE_NAME = "zehanx.gateway.v1.GatewayService"
+
+#: Converted WatchJob messages kept for reuse: one event goes to every watcher of its job, and
+#: converting it (JSON payload to proto) costs far more than sending it.
+_WATCH_CACHE_SIZE = 8192
+
+
+class GatewayServicer(rpc.GatewayServiceServicer):
+    def __init__(self, jobs: JobService, models: ModelService) -> None:
+        self._jobs = jobs
+        self._models = models
+        self._watch_cache: OrderedDict[tuple[uuid.UUID, int], pb.WatchJobResponse] = OrderedDict()
+
+    def _watch_message(self, event: JobEvent) -> pb.WatchJobResponse:
+        key = (event.job_id, event.sequence)
+        message = self._watch_cache.get(key)
+        if message is None:
+            message = pb.WatchJobResponse(event=convert.event_to_proto(event))
+            self._watch_cache[key] = message
+            if len(self._watch_cache) > _WATCH_CACHE_SIZE:
+                self._watch_cache.popitem(last=False)
+        return message
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    async def CreateJob(self, request: pb.CreateJobRequest, context: Any) -> job_pb2.Job:
+        new = convert.new_job(request.job, request.request_id)
+        return convert.job_to_proto(await self._jobs.create(current_principal(), new))
+
+    async def GetJob(self, request: pb.GetJobRequest, context: Any) -> job_pb2.Job:
+        job_id = convert.parse_id(request.job_id, "job_id")
+        return convert.job_to_proto(await self._jobs.get(current_principal(), job_id))
+
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
+        page = await self._jobs.list(
+            current_principal(),
+            states=[convert.state_of(s) for s in request.states],
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListJobsResponse(
+            jobs=[convert.job_to_proto(j) for j in page.items], next_page_token=page.next_page_token
+        )
+
+    async def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> job_pb2.Job:
+        job_id = convert.parse_id(request.job_id, "job_id")
+        return convert.job_to_proto(await self._jobs.cancel(current_principal(), job_id, request.reason))
+
+    async def WatchJob(self, request: pb.WatchJobRequest, context: Any) -> AsyncIterator[pb.WatchJobResponse]:
+        job_id = convert.parse_id(request.job_id, "job_id")
+        async for item in self._jobs.watch(current_principal(), job_id, request.after_sequence):
+            if isinstance(item, Job):
+                yield pb.WatchJobResponse(event=convert.snapshot_to_proto(item))
+            else:
+                yield self._watch_message(item)
+
+    async def ListJobEvents(self, request: pb.ListJobEventsRequest, context: Any) -> pb.ListJobEventsResponse:
+        job_id = convert.parse_id(request.job_id, "job_id")
+        page = await self._jobs.list_events(
+            current_principal(),
+            job_id,
+            after_sequence=request.after_sequence,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListJobEventsResponse(
+            events=[convert.event_to_proto(e) for e in page.items], next_page_token=page.next_page_token
+        )
+
+    # -- models -----------------------------------------------------------------------------------
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: Any) -> pb.ListModelsResponse:
+        page = await self._models.list(
+            current_principal(),
+            page_size=request.page_size,
+            page_token=request.page_token,
+            task_family=(
+                task_family_pb2.TaskFamily.Name(request.task_family) if request.task_family else None
+            ),
+            job_id=convert.parse_id(request.job_id, "job_id") if request.job_id else None,
+        )
+        return pb.ListModelsResponse(
+            models=[convert.model_to_proto(m) for m in page.items], next_page_token=page.next_page_token
+        )
+
+    async def GetModel(self, request: pb.GetModelRequest, context: Any) -> model_pb2.Model:
+        model_id = convert.parse_id(request.model_id, "model_id")
+        return convert.model_to_proto(await self._models.get(current_principal(), model_id))
+
+    async def DownloadModel(
+        self, request: pb.DownloadModelRequest, context: Any
+    ) -> AsyncIterator[pb.DownloadModelResponse]:
+        model_id = convert.parse_id(request.model_id, "model_id")
+        download = await self._models.download(
+            current_principal(), model_id, offset=request.offset, chunk_size=request.chunk_size_bytes
+        )
+        yield pb.DownloadModelResponse(
+            header=pb.DownloadHeader(
+                model=convert.model_to_proto(download.model),
+                filename=download.filename,
+                media_type=download.model.media_type,
+                total_size_bytes=download.total_size,
+                sha256=download.model.archive_sha256,
+                offset=download.offset,
+            )
+        )
+        offset = download.offset
+        async for data in download.chunks:
+            yield pb.DownloadModelResponse(chunk=pb.DownloadChunk(offset=offset, data=data))
+            offset += len(data)
+
+    async def DeleteModel(self, request: pb.DeleteModelRequest, context: Any) -> pb.DeleteModelResponse:
+        model_id = convert.parse_id(request.model_id, "model_id")
+        await self._models.delete(current_principal(), model_id)
+        return pb.DeleteModelResponse()
+
+    async def Predict(self, request: pb.PredictRequest, context: Any) -> pb.PredictResponse:
+        model_id = convert.parse_id(request.model_id, "model_id")
+        await self._models.predict(current_principal(), model_id, list(request.instances))
+        return pb.PredictResponse(predict_duration=duration_pb2.Duration())

@@ -1,0 +1,84 @@
+"""Wiring: settings -> executor client, artifact store, trainer, predictor, servicer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zehanx_trainer.artifacts import ArtifactStore, LocalBlobBackend
+from zehanx_trainer.executor_client import GrpcExecutor
+from zehanx_trainer.executor_port import Executor
+from zehanx_trainer.prediction import Predictor, PredictorConfig
+from zehanx_trainer.servicer import TrainerServicer
+from zehanx_trainer.settings import TrainerSettings
+from zehanx_trainer.training import Trainer, TrainerConfig
+
+
+@dataclass
+class TrainerApp:
+    trainer: Trainer
+    predictor: Predictor
+    servicer: TrainerServicer
+    store: ArtifactStore
+    store_description: str
+    executor: Executor
+
+    async def close(self) -> None:
+        close = getattr(self.executor, "close", None)
+        if close is not None:
+            await close()
+
+
+def trainer_config(settings: TrainerSettings) -> TrainerConfig:
+    return TrainerConfig(
+        dataset_roots=tuple(settings.resolved_dataset_roots),
+        max_dataset_bytes=settings.max_dataset_bytes,
+        smoke_timeout_s=settings.smoke_timeout_s,
+        smoke_predict_rows=settings.smoke_predict_rows,
+        default_training_s=settings.default_training_s,
+        max_training_s=settings.max_training_s,
+        training_grace_s=settings.training_grace_s,
+        eval_timeout_s=settings.eval_timeout_s,
+        memory_bytes=settings.memory_bytes,
+        max_memory_bytes=settings.max_memory_bytes,
+        max_processes=settings.max_processes,
+        disk_bytes=settings.disk_bytes,
+        output_bytes=settings.output_bytes,
+        max_model_bytes=settings.max_model_bytes,
+        gpus=settings.resolved_gpus,
+        seed=settings.seed,
+        max_concurrent_runs=settings.max_concurrent_runs,
+        log_lines_per_s=settings.log_lines_per_s,
+    )
+
+
+def build_store(settings: TrainerSettings) -> tuple[ArtifactStore, str]:
+    if settings.use_supabase:
+        from zehanx_trainer.supabase_store import SupabaseBlobBackend
+
+        assert settings.supabase_url and settings.supabase_service_key
+        backend = SupabaseBlobBackend.connect(
+            settings.supabase_url, settings.supabase_service_key.get_secret_value(), settings.supabase_bucket
+        )
+        return ArtifactStore(backend), f"supabase bucket {settings.supabase_bucket}"
+    root = settings.resolved_artifact_dir
+    return ArtifactStore(LocalBlobBackend(root)), f"local folder {root}"
+
+
+def build(settings: TrainerSettings, *, executor: Executor | None = None) -> TrainerApp:
+    executor = executor or GrpcExecutor(settings.executor_address, settings.executor_token_value)
+    store, description = build_store(settings)
+    config = trainer_config(settings)
+    trainer = Trainer(executor, store, config)
+    predictor = Predictor(
+        executor,
+        store,
+        PredictorConfig(
+            cache_models=settings.predict_cache_models,
+            cache_bytes=settings.predict_cache_bytes,
+            timeout_s=settings.predict_timeout_s,
+            memory_bytes=settings.memory_bytes,
+            max_processes=settings.max_processes,
+            disk_bytes=settings.disk_bytes,
+        ),
+    )
+    return TrainerApp(trainer, predictor, TrainerServicer(trainer, predictor), store, description, executor)

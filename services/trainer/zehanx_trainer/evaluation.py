@@ -1,0 +1,276 @@
+"""Held-out evaluation: the trainer's own figures, computed from predictions and the test targets.
+
+The program never sees the test targets; it maps test inputs to predictions inside the sandbox, and the
+figures here are computed outside it, beside a simple baseline for scale:
+
+- classification: accuracy, macro-F1, Matthews correlation (MCC); baseline: the training majority class.
+- regression: RMSE, MAE, R²; baseline: the training mean.
+- forecasting: MAPE (plus RMSE and MAE); baseline: seasonal naive (the last season of history repeated).
+
+Plain numpy, checked against scikit-learn in the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+
+class EvaluationError(ValueError):
+    """Predictions or targets that cannot be scored (wrong count, not a number, no history)."""
+
+
+class TaskKind(Enum):
+    """How the trainer scores a task family."""
+
+    CLASSIFICATION = "classification"
+    REGRESSION = "regression"
+    FORECASTING = "forecasting"
+
+
+#: The headline metric of each kind and whether higher is better.
+PRIMARY_METRIC: dict[TaskKind, tuple[str, bool]] = {
+    TaskKind.CLASSIFICATION: ("accuracy", True),
+    TaskKind.REGRESSION: ("rmse", False),
+    TaskKind.FORECASTING: ("mape", False),
+}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The trainer's held-out figures and the baseline's, on the same rows."""
+
+    kind: TaskKind
+    rows: int
+    metrics: dict[str, float]
+    baseline_name: str
+    baseline_metrics: dict[str, float]
+
+    @property
+    def primary_metric(self) -> str:
+        return PRIMARY_METRIC[self.kind][0]
+
+    @property
+    def beats_baseline(self) -> bool:
+        name, higher_is_better = PRIMARY_METRIC[self.kind]
+        ours, theirs = self.metrics[name], self.baseline_metrics[name]
+        return ours > theirs if higher_is_better else ours < theirs
+
+
+def label_key(value: Any) -> str:
+    """One spelling per class label: 3, 3.0 and "3" are the same class; true and "true" too."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer():
+            return str(int(value))
+        return repr(value)
+    if isinstance(value, str):
+        return value.strip()
+    raise EvaluationError(f"a class label must be a string, number or boolean, got {type(value).__name__}")
+
+
+def _finite_floats(name: str, values: Sequence[Any]) -> np.ndarray:
+    out = np.empty(len(values), dtype=np.float64)
+    for i, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise EvaluationError(f"{name}[{i}] must be a number, got {type(value).__name__}")
+        out[i] = float(value)
+        if not math.isfinite(out[i]):
+            raise EvaluationError(f"{name}[{i}] is not a finite number")
+    return out
+
+
+# -- classification -----------------------------------------------------------------------------------
+
+
+def classification_metrics(y_true: Sequence[Any], y_pred: Sequence[Any]) -> dict[str, float]:
+    """Accuracy, macro-F1 (over the labels seen in either list) and multiclass MCC."""
+    if len(y_true) != len(y_pred) or not y_true:
+        raise EvaluationError(
+            f"need equally many targets and predictions, got {len(y_true)} and {len(y_pred)}"
+        )
+    true = [label_key(v) for v in y_true]
+    pred = [label_key(v) for v in y_pred]
+    labels = sorted(set(true) | set(pred))
+    index = {label: i for i, label in enumerate(labels)}
+    confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for t, p in zip(true, pred, strict=True):
+        confusion[index[t], index[p]] += 1
+    tp = np.diag(confusion).astype(np.float64)
+    fp = confusion.sum(axis=0) - tp
+    fn = confusion.sum(axis=1) - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+    return {
+        "accuracy": float(tp.sum() / len(true)),
+        "macro_f1": float(f1.mean()),
+        "mcc": _mcc(confusion),
+    }
+
+
+def _mcc(confusion: np.ndarray) -> float:
+    """Matthews correlation for K classes (Gorodkin 2004); 0 when undefined, as scikit-learn does."""
+    c = confusion.astype(np.float64)
+    s = c.sum()
+    correct = np.trace(c)
+    t = c.sum(axis=1)
+    p = c.sum(axis=0)
+    cov_ytyp = correct * s - float(t @ p)
+    cov_ypyp = s * s - float(p @ p)
+    cov_ytyt = s * s - float(t @ t)
+    if cov_ypyp * cov_ytyt == 0:
+        return 0.0
+    return float(cov_ytyp / math.sqrt(cov_ytyt * cov_ypyp))
+
+
+def majority_class(train_targets: Sequence[Any]) -> Any:
+    """The most frequent training label (ties: the label seen first)."""
+    if not train_targets:
+        raise EvaluationError("the training split has no targets")
+    counts = Counter(label_key(v) for v in train_targets)
+    best = max(counts.values())
+    for value in train_targets:
+        if counts[label_key(value)] == best:
+            return value
+    raise AssertionError("unreachable")
+
+
+# -- regression and forecasting -----------------------------------------------------------------------
+
+
+def regression_metrics(y_true: Sequence[Any], y_pred: Sequence[Any]) -> dict[str, float]:
+    """RMSE, MAE and R² (R² is 1.0 for a perfect fit of a constant target, else 0.0 there)."""
+    if len(y_true) != len(y_pred) or not y_true:
+        raise EvaluationError(
+            f"need equally many targets and predictions, got {len(y_true)} and {len(y_pred)}"
+        )
+    true = _finite_floats("targets", y_true)
+    pred = _finite_floats("predictions", y_pred)
+    err = true - pred
+    ss_res = float(err @ err)
+    ss_tot = float(((true - true.mean()) ** 2).sum())
+    if ss_tot == 0.0:
+        r2 = 1.0 if ss_res == 0.0 else 0.0
+    else:
+        r2 = 1.0 - ss_res / ss_tot
+    return {"rmse": math.sqrt(ss_res / len(true)), "mae": float(np.abs(err).mean()), "r2": r2}
+
+
+def mape(y_true: Sequence[Any], y_pred: Sequence[Any]) -> float:
+    """Mean absolute percentage error as a fraction (0.05 = 5 %), as scikit-learn defines it."""
+    true = _finite_floats("targets", y_true)
+    pred = _finite_floats("predictions", y_pred)
+    denominator = np.maximum(np.abs(true), np.finfo(np.float64).eps)
+    return float((np.abs(true - pred) / denominator).mean())
+
+
+def forecasting_metrics(y_true: Sequence[Any], y_pred: Sequence[Any]) -> dict[str, float]:
+    metrics = regression_metrics(y_true, y_pred)
+    return {"mape": mape(y_true, y_pred), "rmse": metrics["rmse"], "mae": metrics["mae"]}
+
+
+def seasonal_naive(history: Sequence[Any], horizon: int, season: int) -> list[float]:
+    """Forecast ``horizon`` steps after ``history`` by repeating its last ``season`` values."""
+    values = _finite_floats("history", history)
+    if horizon < 1:
+        raise EvaluationError("the forecast horizon must be at least 1")
+    if len(values) == 0:
+        raise EvaluationError("the forecasting history is empty")
+    season = max(1, min(season, len(values)))
+    last = values[-season:]
+    return [float(last[h % season]) for h in range(horizon)]
+
+
+# -- one entry point ----------------------------------------------------------------------------------
+
+
+def evaluate(
+    kind: TaskKind,
+    *,
+    test_targets: Sequence[Any],
+    predictions: Sequence[Any],
+    train_targets: Sequence[Any],
+    season: int = 1,
+) -> Evaluation:
+    """Score ``predictions`` against ``test_targets`` and the kind's baseline (fit on training data)."""
+    rows = len(test_targets)
+    if kind is TaskKind.CLASSIFICATION:
+        majority = majority_class(train_targets)
+        return Evaluation(
+            kind=kind,
+            rows=rows,
+            metrics=classification_metrics(test_targets, predictions),
+            baseline_name=f"majority class ({label_key(majority)})",
+            baseline_metrics=classification_metrics(test_targets, [majority] * rows),
+        )
+    if kind is TaskKind.REGRESSION:
+        if not train_targets:
+            raise EvaluationError("the training split has no targets")
+        mean = float(_finite_floats("training targets", train_targets).mean())
+        return Evaluation(
+            kind=kind,
+            rows=rows,
+            metrics=regression_metrics(test_targets, predictions),
+            baseline_name=f"training mean ({mean:.6g})",
+            baseline_metrics=regression_metrics(test_targets, [mean] * rows),
+        )
+    naive = seasonal_naive(train_targets, rows, season)
+    return Evaluation(
+        kind=kind,
+        rows=rows,
+        metrics=forecasting_metrics(test_targets, predictions),
+        baseline_name=f"seasonal naive (season {max(1, min(season, len(train_targets)))})",
+        baseline_metrics=forecasting_metrics(test_targets, naive),
+    )
+
+
+def parse_predictions(data: bytes, rows: int, kind: TaskKind | None) -> list[tuple[Any, dict[str, float]]]:
+    """``predictions.jsonl``: one ``{"prediction": v, "probabilities": {...}?}`` per input row.
+
+    ``kind`` checks the prediction's type (a label, a finite number); ``None`` accepts any JSON value.
+    Raises ValueError with the first problem.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("the file is not UTF-8") from None
+    out: list[tuple[Any, dict[str, float]]] = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"line {number} is not JSON: {exc}") from None
+        if not isinstance(obj, dict) or "prediction" not in obj:
+            raise ValueError(f'line {number} must be an object with a "prediction" key')
+        value = obj["prediction"]
+        if kind is TaskKind.CLASSIFICATION:
+            try:
+                label_key(value)
+            except EvaluationError as exc:
+                raise ValueError(f"line {number}: {exc}") from None
+        elif kind is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+        ):
+            raise ValueError(f"line {number}: the prediction must be a finite number, got {value!r:.40}")
+        probabilities = obj.get("probabilities") or {}
+        if not isinstance(probabilities, dict) or not all(
+            isinstance(k, str) and isinstance(p, int | float) and not isinstance(p, bool) and math.isfinite(p)
+            for k, p in probabilities.items()
+        ):
+            raise ValueError(f"line {number}: probabilities must map labels to finite numbers")
+        out.append((value, {k: float(p) for k, p in probabilities.items()}))
+    if len(out) != rows:
+        raise ValueError(f"expected {rows} predictions (one per input line), got {len(out)}")
+    return out

@@ -1,0 +1,189 @@
+"""The :class:`~zehanx_trainer.executor_port.Executor` port over gRPC (``ExecutorService.Execute``).
+
+Converts the request out and the events in, reassembles chunked produced files (checking size and
+sha256), and maps the executor's RPC errors to the trainer's domain errors. Closing the event
+iterator cancels the call, which makes the executor kill the sandbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf import duration_pb2, json_format
+from zehanx.common.v1 import log_pb2
+from zehanx.executor.v1 import executor_service_pb2 as pb
+from zehanx.executor.v1 import executor_service_pb2_grpc as rpc
+from zehanx_runtime.client import call_metadata, internal_channel
+from zehanx_runtime.errors import (
+    DeadlineExceeded,
+    DomainError,
+    FailedPrecondition,
+    Internal,
+    ResourceExhausted,
+    Unavailable,
+)
+
+from zehanx_trainer.executor_port import (
+    ExecEvent,
+    ExecMetric,
+    ExecOutput,
+    ExecProducedFile,
+    ExecRequest,
+    ExecResult,
+    ExecStarted,
+    ExecUsage,
+    ExitReason,
+)
+
+_REASONS = {
+    pb.EXIT_REASON_COMPLETED: ExitReason.COMPLETED,
+    pb.EXIT_REASON_FAILED: ExitReason.FAILED,
+    pb.EXIT_REASON_TIMEOUT: ExitReason.TIMEOUT,
+    pb.EXIT_REASON_MEMORY: ExitReason.MEMORY,
+    pb.EXIT_REASON_OUTPUT_LIMIT: ExitReason.OUTPUT_LIMIT,
+    pb.EXIT_REASON_DISK_LIMIT: ExitReason.DISK_LIMIT,
+    pb.EXIT_REASON_CANCELLED: ExitReason.CANCELLED,
+    pb.EXIT_REASON_SANDBOX_ERROR: ExitReason.SANDBOX_ERROR,
+}
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def _seconds(d: duration_pb2.Duration) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+def to_request(request: ExecRequest) -> pb.ExecuteRequest:
+    limits = request.limits
+    return pb.ExecuteRequest(
+        job_id=request.job_id,
+        files=[
+            pb.ExecutionFile(path=f.path, content=f.content, executable=f.executable) for f in request.files
+        ],
+        argv=list(request.argv),
+        env=dict(request.env),
+        limits=pb.Limits(
+            max_wall_duration=_duration(limits.wall_s),
+            max_memory_bytes=limits.memory_bytes or 0,
+            max_processes=limits.max_processes or 0,
+            max_disk_bytes=limits.disk_bytes or 0,
+            max_output_bytes=limits.output_bytes or 0,
+            max_file_size_bytes=limits.file_size_bytes or 0,
+            gpu=limits.gpu,
+        ),
+        collect=list(request.collect),
+        collect_max_bytes=request.collect_max_bytes,
+    )
+
+
+def _error(exc: grpc.aio.AioRpcError, address: str) -> DomainError:
+    code, details = exc.code(), exc.details() or ""
+    meta = {"executor": address, "code": code.name}
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return Unavailable(
+            f"the executor at {address} is unavailable: {details}",
+            reason="EXECUTOR_UNAVAILABLE",
+            metadata=meta,
+        )
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ResourceExhausted(
+            f"the executor has no free sandbox: {details}", reason="EXECUTOR_BUSY", metadata=meta
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(
+            f"the executor call ran out of time: {details}", reason="DEADLINE_EXCEEDED", metadata=meta
+        )
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return FailedPrecondition(
+            f"the executor cannot run this: {details}", reason="EXECUTOR_PRECONDITION", metadata=meta
+        )
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return Unavailable(
+            f"the executor refused the trainer's service token: {details}",
+            reason="EXECUTOR_AUTH",
+            metadata=meta,
+        )
+    # INVALID_ARGUMENT and the rest: the trainer built a request the executor rejects, a bug here.
+    return Internal(f"the executor answered {code.name}: {details}", reason="EXECUTOR_ERROR", metadata=meta)
+
+
+class GrpcExecutor:
+    """Calls a remote ExecutorService with the service token."""
+
+    def __init__(self, address: str, token: str | None, *, channel: grpc.aio.Channel | None = None) -> None:
+        self.address = address
+        self._token = token
+        self._channel = channel or internal_channel(address)
+        self._stub = rpc.ExecutorServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def execute(self, request: ExecRequest, *, timeout_s: float) -> AsyncIterator[ExecEvent]:
+        call = self._stub.Execute(
+            to_request(request),
+            metadata=call_metadata(self._token, job_id=request.job_id or None),
+            timeout=timeout_s,
+        )
+        chunks: dict[str, bytearray] = {}
+        try:
+            async for response in call:
+                event = _convert(response, chunks)
+                if event is not None:
+                    yield event
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc, self.address) from None
+        finally:
+            call.cancel()
+
+
+def _convert(response: pb.ExecuteResponse, chunks: dict[str, bytearray]) -> ExecEvent | None:
+    kind = response.WhichOneof("event")
+    if kind == "started":
+        s = response.started
+        return ExecStarted(s.execution_id, s.backend, s.sandbox_description)
+    if kind == "output":
+        stream = "stderr" if response.output.stream == log_pb2.OUTPUT_STREAM_STDERR else "stdout"
+        return ExecOutput(stream, response.output.data)
+    if kind == "metric":
+        return ExecMetric(json_format.MessageToDict(response.metric.payload))
+    if kind == "file":
+        f = response.file
+        if not f.content_included:
+            return ExecProducedFile(f.path, f.size_bytes, f.sha256, None)
+        buffer = chunks.setdefault(f.path, bytearray())
+        if f.offset != len(buffer):
+            raise Internal(f"the executor sent {f.path} out of order (offset {f.offset}, have {len(buffer)})")
+        buffer += f.data
+        if not f.last_chunk:
+            return None
+        content = bytes(chunks.pop(f.path))
+        if len(content) != f.size_bytes or hashlib.sha256(content).hexdigest() != f.sha256:
+            raise Internal(
+                f"the executor sent {f.path} with a size or sha256 that does not match its content"
+            )
+        return ExecProducedFile(f.path, f.size_bytes, f.sha256, content)
+    if kind == "result":
+        r = response.result
+        u = r.usage
+        return ExecResult(
+            reason=_REASONS.get(r.reason, ExitReason.UNSPECIFIED),
+            exit_code=r.exit_code,
+            signal=r.signal,
+            message=r.message,
+            usage=ExecUsage(
+                wall_s=_seconds(u.wall_duration),
+                cpu_s=_seconds(u.cpu_duration),
+                max_rss_bytes=u.max_rss_bytes,
+                output_bytes=u.output_bytes,
+                disk_bytes=u.disk_bytes,
+            ),
+            dropped_metrics=r.dropped_metric_count,
+        )
+    return None

@@ -1,0 +1,236 @@
+"""Predictions of a stored model: its ``predict.py`` run in the sandbox on the given instances.
+
+The artifact is read and verified (sha256 of every file) once, then kept staged in memory for the
+most recently used models, so a repeated prediction goes straight to the sandbox. What stays cold
+is the sandboxed process itself: the executor's ``Execute`` RPC runs one command per call and has no
+way to feed a running process new input, so every prediction starts ``predict.py`` afresh
+(interpreter, imports, weights). A resident worker needs an interactive executor RPC; see
+``services/trainer/README.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from zehanx_runtime.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
+from zehanx_runtime.logging import get_logger
+
+from zehanx_trainer.artifacts import ArtifactStore, check_artifact_id
+from zehanx_trainer.evaluation import parse_predictions
+from zehanx_trainer.executor_port import (
+    ExecFile,
+    ExecLimits,
+    ExecOutput,
+    ExecProducedFile,
+    ExecRequest,
+    ExecResult,
+    Executor,
+    ExitReason,
+)
+from zehanx_trainer.failures import build_error
+
+log = get_logger("zehanx.trainer.predict")
+
+#: Artifact files that predict.py never needs.
+_NOT_STAGED = frozenset({"metrics.json", "MODEL_CARD.md"})
+MAX_OUTPUT_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StagedModel:
+    """A verified artifact, ready to be written into a sandbox."""
+
+    artifact_id: str
+    files: tuple[ExecFile, ...]
+    predict_entry_point: str
+    input_columns: tuple[str, ...]
+    task_family: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class PredictOutcome:
+    predictions: list[tuple[Any, dict[str, float]]]
+    duration_s: float
+    staged_from_cache: bool
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    cache_models: int = 8
+    cache_bytes: int = 2 * 1024**3
+    timeout_s: float = 120.0
+    memory_bytes: int = 2 * 1024**3
+    max_processes: int = 256
+    disk_bytes: int = 2 * 1024**3
+    device: str = "cpu"
+    executor_margin_s: float = 30.0
+
+
+class Predictor:
+    """Runs stored models' ``predict.py`` on request, with an LRU of staged models."""
+
+    def __init__(self, executor: Executor, store: ArtifactStore, config: PredictorConfig) -> None:
+        self.executor = executor
+        self.store = store
+        self.config = config
+        self._cache: OrderedDict[str, StagedModel] = OrderedDict()
+        self._loading: dict[str, asyncio.Lock] = {}
+
+    async def staged(self, artifact_id: str) -> tuple[StagedModel, bool]:
+        """The staged model and whether it came from the cache."""
+        check_artifact_id(artifact_id)
+        if artifact_id in self._cache:
+            self._cache.move_to_end(artifact_id)
+            return self._cache[artifact_id], True
+        lock = self._loading.setdefault(artifact_id, asyncio.Lock())
+        async with lock:
+            if artifact_id in self._cache:
+                return self._cache[artifact_id], True
+            model = await self._load(artifact_id)
+            self._cache[artifact_id] = model
+            while len(self._cache) > self.config.cache_models or (
+                len(self._cache) > 1
+                and sum(m.size_bytes for m in self._cache.values()) > self.config.cache_bytes
+            ):
+                self._cache.popitem(last=False)
+        self._loading.pop(artifact_id, None)
+        return model, False
+
+    async def _load(self, artifact_id: str) -> StagedModel:
+        manifest = await self.store.manifest(artifact_id)
+        entry = manifest.metadata.get("predict_entry_point", "predict.py")
+        if entry not in manifest.files:
+            raise FailedPrecondition(f"artifact {artifact_id} holds no {entry}", reason="NOT_A_MODEL")
+        files = []
+        for path in sorted(manifest.files):
+            if path in _NOT_STAGED:
+                continue
+            files.append(ExecFile(path, await self.store.read(manifest, path)))
+        try:
+            columns = tuple(json.loads(manifest.metadata.get("input_columns", "[]")))
+        except ValueError:
+            columns = ()
+        return StagedModel(
+            artifact_id=artifact_id,
+            files=tuple(files),
+            predict_entry_point=entry,
+            input_columns=columns,
+            task_family=manifest.metadata.get("task_family", ""),
+            size_bytes=sum(len(f.content) for f in files),
+        )
+
+    def rows_of(self, model: StagedModel, instances: list[Any]) -> list[dict[str, Any]]:
+        """Instances as input rows: objects as given; a bare value when the model reads one column."""
+        rows: list[dict[str, Any]] = []
+        bad: list[FieldViolation] = []
+        for i, instance in enumerate(instances):
+            if isinstance(instance, dict):
+                rows.append(instance)
+            elif len(model.input_columns) == 1:
+                rows.append({model.input_columns[0]: instance})
+            else:
+                bad.append(
+                    FieldViolation(
+                        f"instances[{i}]",
+                        "must be an object of column values: this model reads "
+                        + (", ".join(model.input_columns) or "several columns"),
+                    )
+                )
+        if bad:
+            raise InvalidArgument("instances do not fit the model", violations=bad, reason="BAD_INSTANCES")
+        return rows
+
+    async def predict(
+        self, artifact_id: str, instances: list[Any], *, job_id: str = "", deadline: float | None = None
+    ) -> PredictOutcome:
+        started = time.monotonic()
+        model, cached = await self.staged(artifact_id)
+        rows = self.rows_of(model, instances)
+        inputs = ("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n").encode("utf-8")
+        request = ExecRequest(
+            files=(*model.files, ExecFile("data/inputs.jsonl", inputs)),
+            argv=("python", model.predict_entry_point, "data/inputs.jsonl", "predictions.jsonl"),
+            env={"ZX_DATA": "data", "ZX_OUTPUT": "output", "ZX_SMOKE": "0", "ZX_DEVICE": self.config.device},
+            limits=ExecLimits(
+                wall_s=self.config.timeout_s,
+                memory_bytes=self.config.memory_bytes,
+                max_processes=self.config.max_processes,
+                disk_bytes=self.config.disk_bytes,
+                gpu=self.config.device == "cuda",
+            ),
+            collect=("predictions.jsonl",),
+            collect_max_bytes=MAX_OUTPUT_BYTES,
+            job_id=job_id,
+        )
+        timeout = self.config.timeout_s + self.config.executor_margin_s
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic())
+            if timeout <= 0.5:
+                raise DeadlineExceeded("no time left for the prediction", reason="DEADLINE_EXCEEDED")
+        result: ExecResult | None = None
+        produced: dict[str, ExecProducedFile] = {}
+        stderr = bytearray()
+        async for event in self.executor.execute(request, timeout_s=timeout):
+            if isinstance(event, ExecOutput) and event.stream == "stderr":
+                stderr += event.data
+                del stderr[:-32768]
+            elif isinstance(event, ExecProducedFile):
+                produced[event.path] = event
+            elif isinstance(event, ExecResult):
+                result = event
+        if result is None:
+            raise Unavailable("the executor ended the stream without a result", reason="EXECUTOR_PROTOCOL")
+        if result.reason is ExitReason.SANDBOX_ERROR:
+            raise Unavailable(f"the sandbox failed: {result.message}", reason="SANDBOX_ERROR")
+        if not result.succeeded:
+            error = build_error(
+                result=result,
+                record=None,
+                stderr_tail=stderr.decode("utf-8", "replace"),
+                program_paths={f.path for f in model.files},
+                phase="prediction",
+                what="predict.py",
+            )
+            where = f" ({error.file_path}:{error.line})" if error.file_path else ""
+            text = f"{error.exception_type + ': ' if error.exception_type else ''}{error.message}{where}"
+            if result.reason in (
+                ExitReason.TIMEOUT,
+                ExitReason.MEMORY,
+                ExitReason.OUTPUT_LIMIT,
+                ExitReason.DISK_LIMIT,
+            ):
+                raise ResourceExhausted(f"predict.py hit a limit: {text}", reason="PREDICT_LIMIT")
+            raise InvalidArgument(f"predict.py failed on these inputs: {text}", reason="PREDICT_FAILED")
+        output = produced.get("predictions.jsonl")
+        if output is None or output.content is None:
+            raise FailedPrecondition(
+                "predict.py exited 0 but wrote no predictions", reason="PREDICT_NO_OUTPUT"
+            )
+        try:
+            predictions = parse_predictions(output.content, len(rows), None)
+        except ValueError as exc:
+            raise FailedPrecondition(
+                f"predict.py wrote unusable predictions: {exc}", reason="PREDICT_BAD_OUTPUT"
+            ) from None
+        duration = time.monotonic() - started
+        log.info(
+            "predicted",
+            artifact_id=artifact_id,
+            rows=len(rows),
+            seconds=round(duration, 3),
+            staged_from_cache=cached,
+        )
+        return PredictOutcome(predictions=predictions, duration_s=duration, staged_from_cache=cached)
