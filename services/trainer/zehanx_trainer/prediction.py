@@ -88,25 +88,34 @@ class Predictor:
         self.config = config
         self._cache: OrderedDict[str, StagedModel] = OrderedDict()
         self._loading: dict[str, asyncio.Lock] = {}
+        #: Artifacts read (and verified) from the store, and predictions served from the staged cache.
+        self.loads = 0
+        self.cache_hits = 0
 
     async def staged(self, artifact_id: str) -> tuple[StagedModel, bool]:
         """The staged model and whether it came from the cache."""
         check_artifact_id(artifact_id)
         if artifact_id in self._cache:
             self._cache.move_to_end(artifact_id)
+            self.cache_hits += 1
             return self._cache[artifact_id], True
         lock = self._loading.setdefault(artifact_id, asyncio.Lock())
-        async with lock:
-            if artifact_id in self._cache:
-                return self._cache[artifact_id], True
-            model = await self._load(artifact_id)
-            self._cache[artifact_id] = model
-            while len(self._cache) > self.config.cache_models or (
-                len(self._cache) > 1
-                and sum(m.size_bytes for m in self._cache.values()) > self.config.cache_bytes
-            ):
-                self._cache.popitem(last=False)
-        self._loading.pop(artifact_id, None)
+        try:
+            async with lock:
+                if artifact_id in self._cache:
+                    self.cache_hits += 1
+                    return self._cache[artifact_id], True
+                model = await self._load(artifact_id)
+                self.loads += 1
+                self._cache[artifact_id] = model
+                while len(self._cache) > self.config.cache_models or (
+                    len(self._cache) > 1
+                    and sum(m.size_bytes for m in self._cache.values()) > self.config.cache_bytes
+                ):
+                    self._cache.popitem(last=False)
+        finally:
+            if not lock.locked():
+                self._loading.pop(artifact_id, None)
         return model, False
 
     async def _load(self, artifact_id: str) -> StagedModel:

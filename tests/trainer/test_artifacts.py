@@ -1,0 +1,201 @@
+"""The artifact store: content-addressed, all or nothing, sha256 verified on every read; on a local
+folder and on Supabase Storage (the real ``supabase`` SDK against recorded response shapes)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+from zehanx_runtime.errors import Internal, InvalidArgument, NotFound, Unavailable
+from zehanx_trainer.artifacts import ArtifactStore, LocalBlobBackend, object_key, sha256_hex
+from zehanx_trainer.supabase_store import SupabaseBlobBackend
+
+FILES = {
+    "train.py": b"print('train')\n",
+    "predict.py": b"print('predict')\n",
+    "output/model.safetensors": b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ",
+    "MODEL_CARD.md": b"# card\n",
+    "copy.py": b"print('train')\n",  # same bytes as train.py: one blob
+}
+
+
+async def test_publish_then_read_back_every_file_verified(tmp_path: Path) -> None:
+    store = ArtifactStore(LocalBlobBackend(tmp_path))
+    manifest = await store.publish(FILES, {"run_id": "r1"})
+    assert manifest.artifact_id == sha256_hex((tmp_path / "manifests" / f"{manifest.artifact_id}.json").read_bytes())
+    again = await store.manifest(manifest.artifact_id)
+    assert again.metadata == {"run_id": "r1"}
+    assert await store.read_all(again) == dict(sorted(FILES.items()))
+    assert len([p for p in (tmp_path / "objects").rglob("*") if p.is_file()]) == 4  # copy.py deduplicated
+    assert store.uri(manifest.artifact_id) == (tmp_path / "manifests" / f"{manifest.artifact_id}.json").as_uri()
+
+
+async def test_a_corrupted_blob_is_detected_on_read(tmp_path: Path) -> None:
+    store = ArtifactStore(LocalBlobBackend(tmp_path))
+    manifest = await store.publish(FILES)
+    blob = tmp_path / object_key(manifest.files["output/model.safetensors"].sha256)
+    os.chmod(blob, 0o644)
+    blob.write_bytes(blob.read_bytes()[:-1] + b"X")  # same size, one byte flipped
+    with pytest.raises(Internal) as info:
+        await store.read(manifest, "output/model.safetensors")
+    assert info.value.reason == "ARTIFACT_CORRUPT"
+    assert await store.read(manifest, "train.py") == FILES["train.py"]  # the others still read
+
+
+async def test_a_tampered_manifest_and_a_missing_artifact_are_told_apart(tmp_path: Path) -> None:
+    store = ArtifactStore(LocalBlobBackend(tmp_path))
+    manifest = await store.publish(FILES)
+    with pytest.raises(NotFound):
+        await store.manifest("f" * 64)
+    with pytest.raises(InvalidArgument):
+        await store.manifest("../../etc/passwd")
+    path = tmp_path / "manifests" / f"{manifest.artifact_id}.json"
+    os.chmod(path, 0o644)
+    body = json.loads(path.read_text())
+    body["metadata"]["run_id"] = "forged"
+    path.write_text(json.dumps(body))
+    with pytest.raises(Internal) as info:
+        await store.manifest(manifest.artifact_id)
+    assert info.value.reason == "ARTIFACT_CORRUPT"
+
+
+class FailingBackend(LocalBlobBackend):
+    """A local backend whose n-th put fails (a full disk, a dropped connection)."""
+
+    def __init__(self, root: Path, fail_at: int) -> None:
+        super().__init__(root)
+        self.puts, self.fail_at = 0, fail_at
+
+    def put(self, key: str, data: bytes) -> bool:
+        self.puts += 1
+        if self.puts == self.fail_at:
+            raise OSError("disk full")
+        return super().put(key, data)
+
+
+async def test_a_failed_publish_leaves_nothing_behind_but_keeps_blobs_it_did_not_create(tmp_path: Path) -> None:
+    store = ArtifactStore(LocalBlobBackend(tmp_path))
+    await store.publish({"train.py": FILES["train.py"]})  # a blob an earlier artifact owns
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    failing = ArtifactStore(FailingBackend(tmp_path, fail_at=4))
+    with pytest.raises(OSError):
+        await failing.publish(FILES)
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert after == before
+
+
+# -- Supabase Storage ----------------------------------------------------------------------------------
+
+SERVICE_KEY = "service-role-key-never-logged"
+
+
+class RecordedStorage:
+    """Supabase Storage's object API as recorded: the status codes and JSON bodies it answers."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.requests: list[httpx.Request] = []
+        self.fail_with: int | None = None
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        assert request.headers["authorization"] == f"Bearer {SERVICE_KEY}"
+        assert request.headers["apikey"] == SERVICE_KEY
+        if self.fail_with:
+            return httpx.Response(self.fail_with, json={"statusCode": str(self.fail_with), "error": "InternalError",
+                                                         "message": "upstream timeout"})
+        prefix = "/storage/v1/object/"
+        assert request.url.path.startswith(prefix), request.url
+        rest = request.url.path[len(prefix):]
+        if request.method == "POST":  # upload (multipart form)
+            bucket, key = rest.split("/", 1)
+            assert request.headers["x-upsert"] == "false"
+            if key in self.objects:
+                return httpx.Response(400, json={"statusCode": "409", "error": "Duplicate",
+                                                 "message": "The resource already exists"})
+            body = request.content
+            boundary = request.headers["content-type"].split("boundary=")[1].encode()
+            parts = [p for p in body.split(b"--" + boundary) if b'name="file"' in p or b"filename=" in p]
+            data = parts[0].split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0]
+            self.objects[key] = data
+            return httpx.Response(200, json={"Id": "5d3a1c0e-0000-4000-8000-000000000000", "Key": f"{bucket}/{key}"})
+        if request.method == "GET":  # download
+            bucket, key = rest.split("/", 1)
+            if key not in self.objects:
+                return httpx.Response(400, json={"statusCode": "404", "error": "not_found",
+                                                 "message": "Object not found"})
+            return httpx.Response(200, content=self.objects[key],
+                                  headers={"content-type": "application/octet-stream"})
+        if request.method == "DELETE":  # remove
+            names = json.loads(request.content)["prefixes"]
+            removed = [{"name": n, "bucket_id": rest} for n in names if self.objects.pop(n, None) is not None]
+            return httpx.Response(200, json=removed)
+        raise AssertionError(f"unexpected {request.method} {request.url}")
+
+
+@pytest.fixture
+def recorded() -> RecordedStorage:
+    return RecordedStorage()
+
+
+@pytest.fixture
+def supabase_store(recorded: RecordedStorage) -> ArtifactStore:
+    backend = SupabaseBlobBackend.connect(
+        "https://abcdefghijklmnop.supabase.co", SERVICE_KEY, "zehanx-artifacts",
+        http_client=httpx.Client(transport=httpx.MockTransport(recorded.handler)),
+    )
+    return ArtifactStore(backend)
+
+
+async def test_supabase_store_round_trips_an_artifact(supabase_store: ArtifactStore, recorded: RecordedStorage) -> None:
+    manifest = await supabase_store.publish(FILES, {"run_id": "r2"})
+    assert f"manifests/{manifest.artifact_id}.json" in recorded.objects
+    assert len([k for k in recorded.objects if k.startswith("objects/")]) == 4  # deduplicated
+    again = await supabase_store.manifest(manifest.artifact_id)
+    assert await supabase_store.read_all(again) == dict(sorted(FILES.items()))
+    assert supabase_store.uri(manifest.artifact_id) == f"supabase://zehanx-artifacts/manifests/{manifest.artifact_id}.json"
+    # Publishing the same bytes again meets 409 Duplicate for every blob, which is fine.
+    await supabase_store.publish(FILES, {"run_id": "r3"})
+    with pytest.raises(NotFound):
+        await supabase_store.manifest("e" * 64)
+
+
+async def test_supabase_corruption_is_detected(supabase_store: ArtifactStore, recorded: RecordedStorage) -> None:
+    manifest = await supabase_store.publish(FILES)
+    recorded.objects[object_key(manifest.files["predict.py"].sha256)] = b"print('evil')\n"
+    with pytest.raises(Internal) as info:
+        await supabase_store.read(manifest, "predict.py")
+    assert info.value.reason == "ARTIFACT_CORRUPT"
+
+
+async def test_supabase_outage_is_unavailable_and_a_failed_publish_is_rolled_back(
+    supabase_store: ArtifactStore, recorded: RecordedStorage
+) -> None:
+    recorded.fail_with = 503
+    with pytest.raises(Unavailable) as info:
+        await supabase_store.publish(FILES)
+    assert "upstream timeout" in str(info.value) and SERVICE_KEY not in str(info.value)
+    recorded.fail_with = None
+
+    uploads = 0
+    original = recorded.handler
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        nonlocal uploads
+        if request.method == "POST":
+            uploads += 1
+            if uploads == 3:
+                raise httpx.ConnectError("connection reset", request=request)
+        return original(request)
+
+    recorded.handler = flaky  # type: ignore[method-assign]
+    backend = SupabaseBlobBackend.connect(
+        "https://abcdefghijklmnop.supabase.co", SERVICE_KEY, "zehanx-artifacts",
+        http_client=httpx.Client(transport=httpx.MockTransport(flaky)),
+    )
+    with pytest.raises(Unavailable):
+        await ArtifactStore(backend).publish(FILES)
+    assert recorded.objects == {}  # the two blobs it did write were removed again
