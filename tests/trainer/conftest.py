@@ -6,6 +6,7 @@ training. When the host cannot sandbox, the tests that need it skip with the pro
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import sys
@@ -146,7 +147,8 @@ def suite(tmp_path_factory: pytest.TempPathFactory, dataset_root: Path) -> Itera
                 "ZX_TRAINER_EXECUTOR_ADDRESS": executor.address,
                 "ZX_TRAINER_DATASET_ROOTS": json.dumps([str(dataset_root)]),
                 "ZX_TRAINER_ARTIFACT_DIR": str(artifact_dir),
-                "ZX_TRAINER_GPUS": "0",
+                # The host's GPUs (none here: runs get the CPU; on a GPU machine the GPU test uses them).
+                "ZX_TRAINER_GPUS": str(len(glob.glob("/dev/nvidia[0-9]*"))),
                 "ZX_TRAINER_MAX_CONCURRENT_RUNS": "4",
                 "ZX_TRAINER_MEMORY_BYTES": str(2 * 1024**3),
                 "ZX_TRAINER_DISK_BYTES": str(256 * 1024**2),

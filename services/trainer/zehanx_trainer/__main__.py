@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from zehanx.trainer.v1 import trainer_service_pb2_grpc as rpc
-from zehanx_runtime.logging import get_logger
+from zehanx_runtime.logging import configure_logging, get_logger
 from zehanx_runtime.server import ServiceBinding, run, serve
 
 from zehanx_trainer.app import build
@@ -13,6 +13,7 @@ from zehanx_trainer.settings import TrainerSettings
 
 async def _main() -> None:
     settings = TrainerSettings()
+    configure_logging(settings.log_level, settings.log_json, service="trainer")
     app = build(settings)
     get_logger("zehanx.trainer").info(
         "trainer ready",
