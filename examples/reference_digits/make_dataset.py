@@ -18,7 +18,10 @@ SPLITS = ("train", "validation", "test")
 
 
 def _jsonl(images, labels) -> bytes:
-    lines = [json.dumps({"image": [int(v) for v in x], "digit": int(y)}, separators=(",", ":")) for x, y in zip(images, labels)]
+    lines = [
+        json.dumps({"image": [int(v) for v in x], "digit": int(y)}, separators=(",", ":"))
+        for x, y in zip(images, labels, strict=False)
+    ]
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -47,13 +50,23 @@ def write_digits(out_dir: Path, seed: int = 42) -> dict:
         "inputs": ["image"],
         "text_column": None,
         "time_column": None,
-        "image": {"column": "image", "shape": [8, 8], "channels": 1, "value_range": [0, 16], "layout": "row-major"},
+        "image": {
+            "column": "image",
+            "shape": [8, 8],
+            "channels": 1,
+            "value_range": [0, 16],
+            "layout": "row-major",
+        },
         "classes": [str(c) for c in range(10)],
         "columns": [
             {"name": "image", "type": "image", "role": "input", "nullable": False, "shape": [8, 8]},
             {"name": "digit", "type": "integer", "role": "target", "nullable": False},
         ],
-        "split": {"method": "stratified", "seed": seed, "fractions": {"train": 0.7, "validation": 0.15, "test": 0.15}},
+        "split": {
+            "method": "stratified",
+            "seed": seed,
+            "fractions": {"train": 0.7, "validation": 0.15, "test": 0.15},
+        },
         "files": files,
     }
     schema_text = json.dumps(schema, indent=2)

@@ -10,7 +10,9 @@ import torch.nn as nn
 class SmallCNN(nn.Module):
     """Three 3x3 conv blocks for small grey images: H x W -> H/4 x W/4 feature maps -> classes."""
 
-    def __init__(self, num_classes: int, height: int, width: int, channels: int = 32, dropout: float = 0.25) -> None:
+    def __init__(
+        self, num_classes: int, height: int, width: int, channels: int = 32, dropout: float = 0.25
+    ) -> None:
         super().__init__()
 
         def block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:

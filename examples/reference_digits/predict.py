@@ -8,10 +8,9 @@ import json
 import sys
 
 import torch
-from safetensors.torch import load_file
-
 import zxrt
 from model import SmallCNN, images_to_tensor, read_jsonl
+from safetensors.torch import load_file
 
 zxrt.phase("prediction")
 cfg = zxrt.env()
@@ -21,7 +20,9 @@ model.load_state_dict(load_file(cfg.output_dir / "model.safetensors"))
 model.eval()
 
 rows = read_jsonl(sys.argv[1])
-x = images_to_tensor([r[config["image_column"]] for r in rows], [config["height"], config["width"]], config["scale"])
+x = images_to_tensor(
+    [r[config["image_column"]] for r in rows], [config["height"], config["width"]], config["scale"]
+)
 with torch.no_grad():
     probabilities = torch.softmax(model(x), dim=1) if len(rows) else torch.empty(0, len(config["classes"]))
 
@@ -29,4 +30,7 @@ with open(sys.argv[2], "w", encoding="utf-8") as out:
     for p in probabilities.tolist():
         best = max(range(len(p)), key=p.__getitem__)
         label = config["classes"][best]
-        out.write(json.dumps({"prediction": label, "probabilities": dict(zip(config["classes"], p))}) + "\n")
+        out.write(
+            json.dumps({"prediction": label, "probabilities": dict(zip(config["classes"], p, strict=False))})
+            + "\n"
+        )

@@ -15,10 +15,9 @@ import time
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
-
 import zxrt
 from model import SmallCNN, images_to_tensor, read_jsonl
+from torch.nn.parallel import DistributedDataParallel
 
 # -- configuration ----------------------------------------------------------------------------
 BATCH_SIZE = 64
@@ -64,7 +63,11 @@ x_val, y_val = x_val.to(device), y_val.to(device)
 zxrt.phase("model_building")
 height, width = image["shape"]
 model = SmallCNN(len(classes), height, width, channels=CHANNELS).to(device)
-net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if distributed else model
+net = (
+    DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if distributed
+    else model
+)
 optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
 steps_per_epoch = math.ceil(len(x_train) / (BATCH_SIZE * cfg.world_size))
 total_steps = SMOKE_BATCHES if cfg.smoke else EPOCHS * steps_per_epoch
@@ -125,8 +128,14 @@ accuracy = evaluate()
 zxrt.report_final({"accuracy": accuracy})
 zxrt.save_model(
     model,
-    {"classes": classes, "height": height, "width": width, "channels": CHANNELS, "scale": scale,
-     "image_column": image["column"]},
+    {
+        "classes": classes,
+        "height": height,
+        "width": width,
+        "channels": CHANNELS,
+        "scale": scale,
+        "image_column": image["column"],
+    },
 )
 if distributed:
     dist.destroy_process_group()

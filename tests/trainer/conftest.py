@@ -106,14 +106,26 @@ def digits(dataset_root: Path) -> Dataset:
 @pytest.fixture(scope="session")
 def tiny(dataset_root: Path) -> Dataset:
     """A tiny two-class tabular dataset: label = x > 0 (the cheap programs use it)."""
-    def split(n: int, offset: int) -> list[dict]:
-        return [{"x": ((i * 37 + offset) % 41) - 20.5, "label": "pos" if ((i * 37 + offset) % 41) > 20 else "neg"}
-                for i in range(n)]
 
-    schema = {"format": "zehanx.dataset", "format_version": 1, "task": "tabular_classification",
-              "target": "label", "inputs": ["x"], "classes": ["neg", "pos"]}
-    return _write_dataset(dataset_root / "tiny", {"train": split(60, 0), "validation": split(20, 7),
-                                                  "test": split(30, 13)}, schema)
+    def split(n: int, offset: int) -> list[dict]:
+        return [
+            {"x": ((i * 37 + offset) % 41) - 20.5, "label": "pos" if ((i * 37 + offset) % 41) > 20 else "neg"}
+            for i in range(n)
+        ]
+
+    schema = {
+        "format": "zehanx.dataset",
+        "format_version": 1,
+        "task": "tabular_classification",
+        "target": "label",
+        "inputs": ["x"],
+        "classes": ["neg", "pos"],
+    }
+    return _write_dataset(
+        dataset_root / "tiny",
+        {"train": split(60, 0), "validation": split(20, 7), "test": split(30, 13)},
+        schema,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -50,13 +50,13 @@ zxrt.report_final({"accuracy": val_acc})
 zxrt.save_model({"threshold": np.array([best], dtype=np.float32)}, {"classes": ["neg", "pos"]})
 '''
 
-FEATURES = '''\
+FEATURES = """\
 import numpy as np
 
 
 def column(rows, name):
     return np.array([float(r[name]) for r in rows])
-'''
+"""
 
 PREDICT = '''\
 """python predict.py INPUT.jsonl OUTPUT.jsonl"""

@@ -25,12 +25,16 @@ FILES = {
 async def test_publish_then_read_back_every_file_verified(tmp_path: Path) -> None:
     store = ArtifactStore(LocalBlobBackend(tmp_path))
     manifest = await store.publish(FILES, {"run_id": "r1"})
-    assert manifest.artifact_id == sha256_hex((tmp_path / "manifests" / f"{manifest.artifact_id}.json").read_bytes())
+    assert manifest.artifact_id == sha256_hex(
+        (tmp_path / "manifests" / f"{manifest.artifact_id}.json").read_bytes()
+    )
     again = await store.manifest(manifest.artifact_id)
     assert again.metadata == {"run_id": "r1"}
     assert await store.read_all(again) == dict(sorted(FILES.items()))
     assert len([p for p in (tmp_path / "objects").rglob("*") if p.is_file()]) == 4  # copy.py deduplicated
-    assert store.uri(manifest.artifact_id) == (tmp_path / "manifests" / f"{manifest.artifact_id}.json").as_uri()
+    assert (
+        store.uri(manifest.artifact_id) == (tmp_path / "manifests" / f"{manifest.artifact_id}.json").as_uri()
+    )
 
 
 async def test_a_corrupted_blob_is_detected_on_read(tmp_path: Path) -> None:
@@ -62,6 +66,10 @@ async def test_a_tampered_manifest_and_a_missing_artifact_are_told_apart(tmp_pat
     assert info.value.reason == "ARTIFACT_CORRUPT"
 
 
+def _files(root: Path) -> list[Path]:
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+
 class FailingBackend(LocalBlobBackend):
     """A local backend whose n-th put fails (a full disk, a dropped connection)."""
 
@@ -76,14 +84,16 @@ class FailingBackend(LocalBlobBackend):
         return super().put(key, data)
 
 
-async def test_a_failed_publish_leaves_nothing_behind_but_keeps_blobs_it_did_not_create(tmp_path: Path) -> None:
+async def test_a_failed_publish_leaves_nothing_behind_but_keeps_blobs_it_did_not_create(
+    tmp_path: Path,
+) -> None:
     store = ArtifactStore(LocalBlobBackend(tmp_path))
     await store.publish({"train.py": FILES["train.py"]})  # a blob an earlier artifact owns
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    before = _files(tmp_path)
     failing = ArtifactStore(FailingBackend(tmp_path, fail_at=4))
     with pytest.raises(OSError):
         await failing.publish(FILES)
-    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    after = _files(tmp_path)
     assert after == before
 
 
@@ -105,30 +115,46 @@ class RecordedStorage:
         assert request.headers["authorization"] == f"Bearer {SERVICE_KEY}"
         assert request.headers["apikey"] == SERVICE_KEY
         if self.fail_with:
-            return httpx.Response(self.fail_with, json={"statusCode": str(self.fail_with), "error": "InternalError",
-                                                         "message": "upstream timeout"})
+            return httpx.Response(
+                self.fail_with,
+                json={
+                    "statusCode": str(self.fail_with),
+                    "error": "InternalError",
+                    "message": "upstream timeout",
+                },
+            )
         prefix = "/storage/v1/object/"
         assert request.url.path.startswith(prefix), request.url
-        rest = request.url.path[len(prefix):]
+        rest = request.url.path[len(prefix) :]
         if request.method == "POST":  # upload (multipart form)
             bucket, key = rest.split("/", 1)
             assert request.headers["x-upsert"] == "false"
             if key in self.objects:
-                return httpx.Response(400, json={"statusCode": "409", "error": "Duplicate",
-                                                 "message": "The resource already exists"})
+                return httpx.Response(
+                    400,
+                    json={
+                        "statusCode": "409",
+                        "error": "Duplicate",
+                        "message": "The resource already exists",
+                    },
+                )
             body = request.content
             boundary = request.headers["content-type"].split("boundary=")[1].encode()
             parts = [p for p in body.split(b"--" + boundary) if b'name="file"' in p or b"filename=" in p]
             data = parts[0].split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0]
             self.objects[key] = data
-            return httpx.Response(200, json={"Id": "5d3a1c0e-0000-4000-8000-000000000000", "Key": f"{bucket}/{key}"})
+            return httpx.Response(
+                200, json={"Id": "5d3a1c0e-0000-4000-8000-000000000000", "Key": f"{bucket}/{key}"}
+            )
         if request.method == "GET":  # download
             bucket, key = rest.split("/", 1)
             if key not in self.objects:
-                return httpx.Response(400, json={"statusCode": "404", "error": "not_found",
-                                                 "message": "Object not found"})
-            return httpx.Response(200, content=self.objects[key],
-                                  headers={"content-type": "application/octet-stream"})
+                return httpx.Response(
+                    400, json={"statusCode": "404", "error": "not_found", "message": "Object not found"}
+                )
+            return httpx.Response(
+                200, content=self.objects[key], headers={"content-type": "application/octet-stream"}
+            )
         if request.method == "DELETE":  # remove
             names = json.loads(request.content)["prefixes"]
             removed = [{"name": n, "bucket_id": rest} for n in names if self.objects.pop(n, None) is not None]
@@ -144,26 +170,35 @@ def recorded() -> RecordedStorage:
 @pytest.fixture
 def supabase_store(recorded: RecordedStorage) -> ArtifactStore:
     backend = SupabaseBlobBackend.connect(
-        "https://abcdefghijklmnop.supabase.co", SERVICE_KEY, "zehanx-artifacts",
+        "https://abcdefghijklmnop.supabase.co",
+        SERVICE_KEY,
+        "zehanx-artifacts",
         http_client=httpx.Client(transport=httpx.MockTransport(recorded.handler)),
     )
     return ArtifactStore(backend)
 
 
-async def test_supabase_store_round_trips_an_artifact(supabase_store: ArtifactStore, recorded: RecordedStorage) -> None:
+async def test_supabase_store_round_trips_an_artifact(
+    supabase_store: ArtifactStore, recorded: RecordedStorage
+) -> None:
     manifest = await supabase_store.publish(FILES, {"run_id": "r2"})
     assert f"manifests/{manifest.artifact_id}.json" in recorded.objects
     assert len([k for k in recorded.objects if k.startswith("objects/")]) == 4  # deduplicated
     again = await supabase_store.manifest(manifest.artifact_id)
     assert await supabase_store.read_all(again) == dict(sorted(FILES.items()))
-    assert supabase_store.uri(manifest.artifact_id) == f"supabase://zehanx-artifacts/manifests/{manifest.artifact_id}.json"
+    assert (
+        supabase_store.uri(manifest.artifact_id)
+        == f"supabase://zehanx-artifacts/manifests/{manifest.artifact_id}.json"
+    )
     # Publishing the same bytes again meets 409 Duplicate for every blob, which is fine.
     await supabase_store.publish(FILES, {"run_id": "r3"})
     with pytest.raises(NotFound):
         await supabase_store.manifest("e" * 64)
 
 
-async def test_supabase_corruption_is_detected(supabase_store: ArtifactStore, recorded: RecordedStorage) -> None:
+async def test_supabase_corruption_is_detected(
+    supabase_store: ArtifactStore, recorded: RecordedStorage
+) -> None:
     manifest = await supabase_store.publish(FILES)
     recorded.objects[object_key(manifest.files["predict.py"].sha256)] = b"print('evil')\n"
     with pytest.raises(Internal) as info:
@@ -193,7 +228,9 @@ async def test_supabase_outage_is_unavailable_and_a_failed_publish_is_rolled_bac
 
     recorded.handler = flaky  # type: ignore[method-assign]
     backend = SupabaseBlobBackend.connect(
-        "https://abcdefghijklmnop.supabase.co", SERVICE_KEY, "zehanx-artifacts",
+        "https://abcdefghijklmnop.supabase.co",
+        SERVICE_KEY,
+        "zehanx-artifacts",
         http_client=httpx.Client(transport=httpx.MockTransport(flaky)),
     )
     with pytest.raises(Unavailable):

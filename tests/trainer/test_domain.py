@@ -54,17 +54,28 @@ def test_regression_and_forecasting_metrics_match_scikit_learn() -> None:
     assert ours["rmse"] == pytest.approx(math.sqrt(skm.mean_squared_error(y_true, y_pred)))
     assert ours["mae"] == pytest.approx(skm.mean_absolute_error(y_true, y_pred))
     assert ours["r2"] == pytest.approx(skm.r2_score(y_true, y_pred))
-    forecast = evaluate(TaskKind.FORECASTING, test_targets=y_true.tolist(), predictions=y_pred.tolist(),
-                        train_targets=[1.0, 2.0, 3.0, 4.0], season=2)
+    forecast = evaluate(
+        TaskKind.FORECASTING,
+        test_targets=y_true.tolist(),
+        predictions=y_pred.tolist(),
+        train_targets=[1.0, 2.0, 3.0, 4.0],
+        season=2,
+    )
     assert forecast.metrics["mape"] == pytest.approx(skm.mean_absolute_percentage_error(y_true, y_pred))
     assert forecast.baseline_name == "seasonal naive (season 2)"
 
 
 def test_baselines_are_majority_class_training_mean_and_seasonal_naive() -> None:
-    clf = evaluate(TaskKind.CLASSIFICATION, test_targets=["a", "b", "b"], predictions=["a", "b", "b"],
-                   train_targets=["b", "b", "a"])
+    clf = evaluate(
+        TaskKind.CLASSIFICATION,
+        test_targets=["a", "b", "b"],
+        predictions=["a", "b", "b"],
+        train_targets=["b", "b", "a"],
+    )
     assert clf.baseline_metrics["accuracy"] == pytest.approx(2 / 3) and clf.beats_baseline
-    reg = evaluate(TaskKind.REGRESSION, test_targets=[1.0, 3.0], predictions=[2.0, 2.0], train_targets=[2.0, 2.0])
+    reg = evaluate(
+        TaskKind.REGRESSION, test_targets=[1.0, 3.0], predictions=[2.0, 2.0], train_targets=[2.0, 2.0]
+    )
     assert reg.baseline_metrics == reg.metrics and not reg.beats_baseline
     assert seasonal_naive([1, 2, 3, 4, 5, 6], 5, 3) == [4.0, 5.0, 6.0, 4.0, 5.0]
 
@@ -84,8 +95,9 @@ def test_predictions_file_is_checked_line_by_line() -> None:
 
 
 def test_a_valid_metric_record_is_typed() -> None:
-    record = records.parse_record({"v": 1, "kind": "metric", "step": 10.0, "epoch": 1, "loss": None,
-                                   "lr": 0.001, "val.accuracy": 0.9})
+    record = records.parse_record(
+        {"v": 1, "kind": "metric", "step": 10.0, "epoch": 1, "loss": None, "lr": 0.001, "val.accuracy": 0.9}
+    )
     assert isinstance(record, records.MetricRecord)
     assert record.step == 10 and math.isnan(record.loss) and record.val == {"accuracy": 0.9}
 
@@ -104,10 +116,28 @@ def test_a_valid_metric_record_is_typed() -> None:
         ({"v": 1, "kind": "metric", "val.bad name": 1}, "BAD_NAME"),
         ({"v": 1, "kind": "metric"}, "EMPTY"),
         ({"v": 1, "kind": "metric", **{f"val.m{i}": 1.0 for i in range(40)}}, "TOO_MANY"),
-        ({"v": 1, "kind": "checkpoint", "step": 1, "path": "../x.safetensors", "sha256": "0" * 64, "bytes": 1},
-         "BAD_PATH"),
-        ({"v": 1, "kind": "model", "path": "model.safetensors", "sha256": "XYZ", "bytes": 1,
-          "config_path": "model_config.json"}, "BAD_SHA256"),
+        (
+            {
+                "v": 1,
+                "kind": "checkpoint",
+                "step": 1,
+                "path": "../x.safetensors",
+                "sha256": "0" * 64,
+                "bytes": 1,
+            },
+            "BAD_PATH",
+        ),
+        (
+            {
+                "v": 1,
+                "kind": "model",
+                "path": "model.safetensors",
+                "sha256": "XYZ",
+                "bytes": 1,
+                "config_path": "model_config.json",
+            },
+            "BAD_SHA256",
+        ),
         ({"v": 1, "kind": "log", "level": "root", "message": "x"}, "BAD_LEVEL"),
         ({"v": 1, "kind": "log", "level": "info", "message": "x" * 5000}, "TOO_LONG"),
         ({"v": 1, "kind": "phase", "phase": "exfiltration"}, "BAD_PHASE"),
@@ -140,12 +170,23 @@ def test_real_safetensors_pass_and_hostile_ones_are_refused(tmp_path: Path) -> N
     with pytest.raises(WeightsError, match="does not fit"):
         inspect_safetensors((10**12).to_bytes(8, "little") + b"{}")
     with pytest.raises(WeightsError, match="overlap"):
-        inspect_safetensors(_safetensors({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
-                                          "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8))
+        inspect_safetensors(
+            _safetensors(
+                {
+                    "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                    "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                },
+                b"\0" * 8,
+            )
+        )
     with pytest.raises(WeightsError, match="do not match"):
-        inspect_safetensors(_safetensors({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4))
+        inspect_safetensors(
+            _safetensors({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4)
+        )
     with pytest.raises(WeightsError, match="belong to no tensor"):
-        inspect_safetensors(_safetensors({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 9))
+        inspect_safetensors(
+            _safetensors({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 9)
+        )
 
 
 # -- structured errors --------------------------------------------------------------------------------
@@ -155,10 +196,20 @@ RESULT = ExecResult(ExitReason.FAILED, 1, 0, "exited 1", ExecUsage())
 
 def test_a_syntax_error_without_zxrt_still_gives_a_structured_error() -> None:
     stderr = '  File "/job/train.py", line 3\n    def f(:\n          ^\nSyntaxError: invalid syntax\n'
-    error = build_error(result=RESULT, record=None, stderr_tail=stderr, program_paths={"train.py"},
-                        phase="", what="train.py (smoke run)")
+    error = build_error(
+        result=RESULT,
+        record=None,
+        stderr_tail=stderr,
+        program_paths={"train.py"},
+        phase="",
+        what="train.py (smoke run)",
+    )
     assert (error.exception_type, error.message, error.file_path, error.line) == (
-        "SyntaxError", "invalid syntax", "train.py", 3)
+        "SyntaxError",
+        "invalid syntax",
+        "train.py",
+        3,
+    )
 
 
 def test_the_innermost_program_frame_is_named_not_the_librarys() -> None:
@@ -176,8 +227,9 @@ def test_the_innermost_program_frame_is_named_not_the_librarys() -> None:
 
 def test_a_limit_hit_says_so() -> None:
     result = ExecResult(ExitReason.MEMORY, -1, 9, "memory limit 2 GiB", ExecUsage())
-    error = build_error(result=result, record=None, stderr_tail="", program_paths=set(), phase="training",
-                        what="train.py")
+    error = build_error(
+        result=result, record=None, stderr_tail="", program_paths=set(), phase="training", what="train.py"
+    )
     assert "memory limit" in error.message and error.phase == "training"
 
 
@@ -188,7 +240,11 @@ def _run(code: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[s
     script = tmp_path / "prog.py"
     script.write_text(code)
     return subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(RUNTIME_DIR), "ZX_OUTPUT": str(tmp_path / "out"), **env},
     )
 
@@ -209,13 +265,23 @@ def test_zxrt_lines_parse_as_valid_records_and_the_model_is_safetensors(tmp_path
         "zxrt.report_final({'accuracy': 0.5})\n"
         "zxrt.save_model({'w': np.ones(3, dtype=np.float32)}, {'classes': ['a']})\n"
         "zxrt.log('done')\n",
-        tmp_path, ZX_SMOKE="1", ZX_SEED="5",
+        tmp_path,
+        ZX_SMOKE="1",
+        ZX_SEED="5",
     )
     assert proc.returncode == 0, proc.stderr
     parsed = [records.parse_record(r) for r in _records(proc.stdout)]
     kinds = [type(r).__name__ for r in parsed]
-    assert kinds == ["PhaseRecord", "MetricRecord", "MetricRecord", "CheckpointRecord", "FinalRecord",
-                     "PhaseRecord", "ModelRecord", "LogRecord"]
+    assert kinds == [
+        "PhaseRecord",
+        "MetricRecord",
+        "MetricRecord",
+        "CheckpointRecord",
+        "FinalRecord",
+        "PhaseRecord",
+        "ModelRecord",
+        "LogRecord",
+    ]
     assert math.isnan(parsed[1].loss)
     inspect_safetensors((tmp_path / "out" / "model.safetensors").read_bytes())
     assert json.loads((tmp_path / "out" / "model_config.json").read_text()) == {"classes": ["a"]}
@@ -227,5 +293,10 @@ def test_zxrt_refuses_nonsense_where_the_program_calls_it(tmp_path: Path) -> Non
     error = [r for r in _records(proc.stdout) if r["kind"] == "error"]
     assert len(error) == 1
     record = records.parse_record(error[0])
-    assert (record.type, record.phase, record.file, record.line) == ("TypeError", "data_loading", "prog.py", 3)
+    assert (record.type, record.phase, record.file, record.line) == (
+        "TypeError",
+        "data_loading",
+        "prog.py",
+        3,
+    )
     assert "loss must be a number" in record.message

@@ -30,10 +30,15 @@ class RecordingExecutor:
         yield ExecResult(ExitReason.FAILED, 1, 0, "exited 1", ExecUsage())
 
 
-async def _first_request(tmp_path, digits: Dataset, gpus: int, device: int, gpu_count: int = 0) -> ExecRequest:
+async def _first_request(
+    tmp_path, digits: Dataset, gpus: int, device: int, gpu_count: int = 0
+) -> ExecRequest:
     executor = RecordingExecutor()
-    trainer = Trainer(executor, ArtifactStore(LocalBlobBackend(tmp_path)),
-                      TrainerConfig(dataset_roots=(digits.root.parent,), gpus=gpus))
+    trainer = Trainer(
+        executor,
+        ArtifactStore(LocalBlobBackend(tmp_path)),
+        TrainerConfig(dataset_roots=(digits.root.parent,), gpus=gpus),
+    )
     request = request_for(program_of(DIGITS_PROGRAM), digits)
     request.resources.device = device
     request.resources.gpu_count = gpu_count
@@ -43,8 +48,17 @@ async def _first_request(tmp_path, digits: Dataset, gpus: int, device: int, gpu_
 
 
 async def test_several_gpus_launch_the_program_under_torchrun(tmp_path, digits: Dataset) -> None:
-    request = await _first_request(tmp_path, digits, gpus=4, device=resources_pb2.DEVICE_KIND_GPU, gpu_count=2)
-    assert request.argv == ("python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py")
+    request = await _first_request(
+        tmp_path, digits, gpus=4, device=resources_pb2.DEVICE_KIND_GPU, gpu_count=2
+    )
+    assert request.argv == (
+        "python",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "train.py",
+    )
     assert request.env["ZX_DEVICE"] == "cuda" and request.env["ZX_SMOKE"] == "1"
     assert request.limits.gpu
 
@@ -59,10 +73,12 @@ async def test_one_gpu_runs_plain_python_on_cuda_and_no_gpu_means_cpu(tmp_path, 
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not HAS_GPU, reason="no NVIDIA GPU on this host (/dev/nvidia0 missing); run on a GPU machine")
+@pytest.mark.skipif(
+    not HAS_GPU, reason="no NVIDIA GPU on this host (/dev/nvidia0 missing); run on a GPU machine"
+)
 def test_reference_program_trains_on_the_gpu(suite: Suite, digits: Dataset) -> None:  # pragma: no cover
     request = request_for(program_of(DIGITS_PROGRAM), digits)
     request.resources.device = resources_pb2.DEVICE_KIND_GPU
     run = Run(request, suite.train(request))
-    assert "on cuda" in [s.message for s in run.of("stage_change") if s.stage == pb.TRAIN_STAGE_TRAINING][0]
+    assert "on cuda" in next(s.message for s in run.of("stage_change") if s.stage == pb.TRAIN_STAGE_TRAINING)
     assert run.result.held_out_metrics.values["accuracy"] >= 0.97

@@ -33,7 +33,8 @@ async def trainer(suite: Suite) -> AsyncIterator[tuple[TrainerApp, rpc.TrainerSe
     )
     app = build(settings)
     server = await start_server(
-        settings, [ServiceBinding(rpc.add_TrainerServiceServicer_to_server, app.servicer, SERVICE_NAME)],
+        settings,
+        [ServiceBinding(rpc.add_TrainerServiceServicer_to_server, app.servicer, SERVICE_NAME)],
         service_name="trainer",
     )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
@@ -60,8 +61,9 @@ async def test_predict_answers_from_the_stored_model_and_reuses_the_staged_model
     app, stub = trainer
     artifact_id = digits_run.result.artifact_id
     rows = digits.rows["test"][:40]
-    first = await stub.Predict(pb.PredictRequest(artifact_id=artifact_id, instances=_instances(rows)),
-                               metadata=METADATA, timeout=180)
+    first = await stub.Predict(
+        pb.PredictRequest(artifact_id=artifact_id, instances=_instances(rows)), metadata=METADATA, timeout=180
+    )
     assert len(first.predictions) == len(rows)
     labels = [p.output.string_value for p in first.predictions]
     assert sum(label == str(r["digit"]) for label, r in zip(labels, rows, strict=True)) >= 38
@@ -72,8 +74,9 @@ async def test_predict_answers_from_the_stored_model_and_reuses_the_staged_model
     # A bare value works too when the model reads one column.
     bare = struct_pb2.Value()
     json_format.ParseDict(rows[0]["image"], bare)
-    second = await stub.Predict(pb.PredictRequest(artifact_id=artifact_id, instances=[bare]),
-                                metadata=METADATA, timeout=180)
+    second = await stub.Predict(
+        pb.PredictRequest(artifact_id=artifact_id, instances=[bare]), metadata=METADATA, timeout=180
+    )
     assert second.predictions[0].output.string_value == labels[0]
     # The second call reused the verified, staged model: the store was not read again.
     assert (app.predictor.loads, app.predictor.cache_hits) == (1, 1)
@@ -85,14 +88,21 @@ async def test_predict_errors_are_clear(
     _, stub = trainer
     value = struct_pb2.Value(string_value="not an image")
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.Predict(pb.PredictRequest(artifact_id="0" * 64, instances=[value]), metadata=METADATA, timeout=60)
+        await stub.Predict(
+            pb.PredictRequest(artifact_id="0" * 64, instances=[value]), metadata=METADATA, timeout=60
+        )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.Predict(pb.PredictRequest(artifact_id="../etc", instances=[value]), metadata=METADATA, timeout=60)
+        await stub.Predict(
+            pb.PredictRequest(artifact_id="../etc", instances=[value]), metadata=METADATA, timeout=60
+        )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.Predict(pb.PredictRequest(artifact_id=digits_run.result.artifact_id, instances=[value]),
-                           metadata=METADATA, timeout=180)
+        await stub.Predict(
+            pb.PredictRequest(artifact_id=digits_run.result.artifact_id, instances=[value]),
+            metadata=METADATA,
+            timeout=180,
+        )
     # The program's own error travels back, as INVALID_ARGUMENT: these inputs do not fit the model.
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "predict.py failed" in (info.value.details() or "")

@@ -71,10 +71,16 @@ def test_events_are_numbered_from_one_without_gaps_and_stages_come_in_order(digi
 
 
 def test_smoke_metrics_come_first_then_the_full_run_and_its_loss_falls(digits_run: Run) -> None:
-    smoke = [e.metrics for e in events_between(digits_run, pb.TRAIN_STAGE_SMOKE_RUN, pb.TRAIN_STAGE_TRAINING)
-             if e.WhichOneof("event") == "metrics"]
-    full = [e.metrics for e in events_between(digits_run, pb.TRAIN_STAGE_TRAINING, pb.TRAIN_STAGE_EVALUATING)
-            if e.WhichOneof("event") == "metrics"]
+    smoke = [
+        e.metrics
+        for e in events_between(digits_run, pb.TRAIN_STAGE_SMOKE_RUN, pb.TRAIN_STAGE_TRAINING)
+        if e.WhichOneof("event") == "metrics"
+    ]
+    full = [
+        e.metrics
+        for e in events_between(digits_run, pb.TRAIN_STAGE_TRAINING, pb.TRAIN_STAGE_EVALUATING)
+        if e.WhichOneof("event") == "metrics"
+    ]
     assert smoke and all(m.smoke for m in smoke)
     assert max(m.step for m in smoke) <= 3  # the reference program's SMOKE_BATCHES
     assert full and not any(m.smoke for m in full)
@@ -90,7 +96,9 @@ def test_smoke_metrics_come_first_then_the_full_run_and_its_loss_falls(digits_ru
     assert sum(losses[-10:]) / 10 < 0.25 * sum(losses[:10]) / 10
 
 
-def test_held_out_accuracy_is_computed_by_the_trainer_and_beats_the_baseline(digits_run: Run, digits: Dataset) -> None:
+def test_held_out_accuracy_is_computed_by_the_trainer_and_beats_the_baseline(
+    digits_run: Run, digits: Dataset
+) -> None:
     result = digits_run.result
     held_out = result.held_out_metrics.values
     assert result.metric_name == "accuracy"
@@ -120,11 +128,22 @@ def test_stored_artifact_holds_weights_program_schema_metrics_and_card_that_load
 
     manifest, files = asyncio.run(read())
     # The artifact is the program folder as the user runs it: the model under output/ (ZX_OUTPUT's default).
-    assert {"output/model.safetensors", "output/model_config.json", "train.py", "predict.py", "model.py", "zxrt.py",
-            "data/schema.json", "metrics.json", "MODEL_CARD.md"} <= set(files)
+    assert {
+        "output/model.safetensors",
+        "output/model_config.json",
+        "train.py",
+        "predict.py",
+        "model.py",
+        "zxrt.py",
+        "data/schema.json",
+        "metrics.json",
+        "MODEL_CARD.md",
+    } <= set(files)
     assert not any("test" in path or path.startswith("data/train") for path in files)
     assert manifest.files["output/model.safetensors"].sha256 == result.weights_sha256
-    assert result.artifact_uri.startswith("file://") and result.artifact_uri.endswith(f"{result.artifact_id}.json")
+    assert result.artifact_uri.startswith("file://") and result.artifact_uri.endswith(
+        f"{result.artifact_id}.json"
+    )
 
     # The weights load back with safetensors (no pickle) and classify the test split as reported.
     weights_path = suite.artifact_dir / "weights.safetensors"
@@ -144,7 +163,14 @@ def test_stored_artifact_holds_weights_program_schema_metrics_and_card_that_load
     assert metrics["held_out"]["accuracy"] == pytest.approx(accuracy)
     assert metrics["beats_baseline"] is True
     card = files["MODEL_CARD.md"].decode()
-    for heading in ("## Task", "## Data", "## Model", "## Training", "## Held-out evaluation", "## Known limits"):
+    for heading in (
+        "## Task",
+        "## Data",
+        "## Model",
+        "## Training",
+        "## Held-out evaluation",
+        "## Known limits",
+    ):
         assert heading in card, heading
     assert f"{accuracy:.4f}" in card and "majority class" in card
     assert result.weights_sha256 in card
@@ -153,16 +179,26 @@ def test_stored_artifact_holds_weights_program_schema_metrics_and_card_that_load
 # -- small programs -----------------------------------------------------------------------------------
 
 
-def test_smoke_run_comes_first_and_the_training_sandbox_never_sees_the_test_split(suite: Suite, tiny: Dataset) -> None:
+def test_smoke_run_comes_first_and_the_training_sandbox_never_sees_the_test_split(
+    suite: Suite, tiny: Dataset
+) -> None:
     run = Run(request := tiny_request(tiny_program("honest"), tiny), suite.train(request))
     assert run.stages() == STAGES_IN_ORDER
-    smoke_logs = [e.log_line.text for e in events_between(run, pb.TRAIN_STAGE_SMOKE_RUN, pb.TRAIN_STAGE_TRAINING)
-                  if e.WhichOneof("event") == "log_line"]
-    full_logs = [e.log_line.text for e in events_between(run, pb.TRAIN_STAGE_TRAINING, pb.TRAIN_STAGE_EVALUATING)
-                 if e.WhichOneof("event") == "log_line"]
+    smoke_logs = [
+        e.log_line.text
+        for e in events_between(run, pb.TRAIN_STAGE_SMOKE_RUN, pb.TRAIN_STAGE_TRAINING)
+        if e.WhichOneof("event") == "log_line"
+    ]
+    full_logs = [
+        e.log_line.text
+        for e in events_between(run, pb.TRAIN_STAGE_TRAINING, pb.TRAIN_STAGE_EVALUATING)
+        if e.WhichOneof("event") == "log_line"
+    ]
     assert any("ZX_SMOKE=1" in line for line in smoke_logs)
     assert any("ZX_SMOKE=0" in line for line in full_logs)
-    listings = [json.loads(line.split("ZX_DATA holds ", 1)[1]) for line in run.logs() if "ZX_DATA holds " in line]
+    listings = [
+        json.loads(line.split("ZX_DATA holds ", 1)[1]) for line in run.logs() if "ZX_DATA holds " in line
+    ]
     assert len(listings) == 2  # smoke run and full run
     for listing in listings:
         assert listing == ["schema.json", "train.jsonl", "validation.jsonl"]
@@ -191,7 +227,9 @@ def test_a_crashing_program_fails_its_smoke_run_with_a_structured_error_and_publ
     assert manifests(suite.artifact_dir) == before
 
 
-def test_a_program_claiming_099_is_reported_with_the_trainers_low_held_out_figure(suite: Suite, tiny: Dataset) -> None:
+def test_a_program_claiming_099_is_reported_with_the_trainers_low_held_out_figure(
+    suite: Suite, tiny: Dataset
+) -> None:
     run = Run(request := tiny_request(tiny_program("liar"), tiny), suite.train(request))
     result = run.result
     negatives = sum(r["label"] == "neg" for r in tiny.rows["test"]) / len(tiny.rows["test"])
@@ -205,8 +243,11 @@ def test_a_program_claiming_099_is_reported_with_the_trainers_low_held_out_figur
 def test_forged_and_oversized_metric_lines_are_rejected(suite: Suite, tiny: Dataset) -> None:
     run = Run(request := tiny_request(tiny_program("forger"), tiny), suite.train(request))
     assert run.result.held_out_metrics.values["accuracy"] >= 0.9  # the run itself still succeeds
-    full = [e.metrics for e in events_between(run, pb.TRAIN_STAGE_TRAINING, pb.TRAIN_STAGE_EVALUATING)
-            if e.WhichOneof("event") == "metrics"]
+    full = [
+        e.metrics
+        for e in events_between(run, pb.TRAIN_STAGE_TRAINING, pb.TRAIN_STAGE_EVALUATING)
+        if e.WhichOneof("event") == "metrics"
+    ]
     candidates = len(tiny.rows["train"])
     # Only the program's real reports: steps 1..N and the validation report; none of the forged ones.
     assert sorted({m.step for m in full}) == list(range(1, candidates + 1))
@@ -216,7 +257,9 @@ def test_forged_and_oversized_metric_lines_are_rejected(suite: Suite, tiny: Data
     assert any("ignored a zxrt record that breaks the contract" in line for line in platform)
     assert any("UNSUPPORTED_VERSION" in line or "zxrt records in all" in line for line in platform)
     assert any("executor dropped" in line for line in platform)  # the oversized and the non-JSON line
-    assert all(len(e.log_line.text.encode()) <= 16 * 1024 for e in run.events if e.WhichOneof("event") == "log_line")
+    assert all(
+        len(e.log_line.text.encode()) <= 16 * 1024 for e in run.events if e.WhichOneof("event") == "log_line"
+    )
 
 
 def test_smoke_only_stops_after_a_passed_smoke_run_without_artifacts(suite: Suite, tiny: Dataset) -> None:
@@ -241,8 +284,9 @@ def _sandbox_pids() -> list[int]:
 
 def test_cancelling_train_kills_the_sandbox_and_publishes_nothing(suite: Suite, tiny: Dataset) -> None:
     before = manifests(suite.artifact_dir)
-    call = suite.stub.Train(tiny_request(tiny_program("sleeper"), tiny), metadata=[("x-zx-service-token", TOKEN)],
-                            timeout=240)
+    call = suite.stub.Train(
+        tiny_request(tiny_program("sleeper"), tiny), metadata=[("x-zx-service-token", TOKEN)], timeout=240
+    )
     seen: list[pb.TrainResponse] = []
     sleeping = threading.Event()
 
@@ -304,7 +348,9 @@ def test_a_zxrt_shipped_by_the_program_is_refused(suite: Suite, tiny: Dataset) -
     assert "zxrt.py" in (info.value.details() or "") or "cannot be run" in (info.value.details() or "")
 
 
-def test_dataset_files_that_do_not_match_their_sha256_fail_the_precondition(suite: Suite, tiny: Dataset) -> None:
+def test_dataset_files_that_do_not_match_their_sha256_fail_the_precondition(
+    suite: Suite, tiny: Dataset
+) -> None:
     request = tiny_request(tiny_program("honest"), tiny)
     request.dataset.test_sha256 = "0" * 64
     with pytest.raises(grpc.RpcError) as info:
@@ -313,7 +359,9 @@ def test_dataset_files_that_do_not_match_their_sha256_fail_the_precondition(suit
     assert "sha256" in (info.value.details() or "")
 
 
-def test_dataset_files_outside_the_allowed_folders_are_refused(suite: Suite, tiny: Dataset, tmp_path: Path) -> None:
+def test_dataset_files_outside_the_allowed_folders_are_refused(
+    suite: Suite, tiny: Dataset, tmp_path: Path
+) -> None:
     outside = tmp_path / "test.jsonl"
     outside.write_bytes((tiny.root / "test.jsonl").read_bytes())
     request = tiny_request(tiny_program("honest"), tiny)
