@@ -12,7 +12,11 @@ import grpc
 import psycopg
 import pytest
 from psycopg import sql
+from zehanx.common.v1 import metrics_pb2, task_family_pb2
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
+from zehanx.gateway.v1 import model_pb2
+from zehanx_cli.procs import free_port
+from zehanx_gateway import convert
 from zehanx_gateway.app import Gateway
 from zehanx_gateway.auth import new_api_key
 from zehanx_gateway.settings import GatewaySettings
@@ -50,6 +54,8 @@ def gateway_settings(database_url: str, tmp_path: Path, **overrides: object) -> 
         "jwt_audience": "authenticated",
         "jwt_issuer": "https://test.supabase.co/auth/v1",
         "artifact_dir": tmp_path / "artifacts",
+        # Nothing listens there: Predict without a trainer must fail clearly, not reach a real one.
+        "trainer_address": f"127.0.0.1:{free_port()}",
         "log_json": True,
         "log_level": "warning",
     }
@@ -103,6 +109,29 @@ async def stop_gateway(served: Served) -> None:
     await served.channel.close()
     await served.server.stop(0.5)
     await served.gateway.close()
+
+
+async def publish_model(
+    served: Served, user: str, data: bytes, *, title: str = "Sentiment", trainer_artifact_id: str | None = None
+) -> model_pb2.Model:
+    """Store an archive and record a model for ``user``, as the orchestrator will at PUBLISHING."""
+    info = await served.gateway.artifacts.put([data])
+    record = model_pb2.Model(
+        title=title,
+        prompt="Create a sentiment analysis model",
+        task_family=task_family_pb2.TASK_FAMILY_TEXT_CLASSIFICATION,
+        class_labels=["negative", "positive"],
+        metric_name="accuracy",
+        held_out_metrics=metrics_pb2.Metrics(values={"accuracy": 0.91}),
+        baseline_name="majority_class",
+        baseline_metrics=metrics_pb2.Metrics(values={"accuracy": 0.5}),
+        model_card="# Sentiment\n",
+        archive_sha256=info.sha256,
+        archive_size_bytes=info.size,
+    )
+    user_id = await served.user_id(user)
+    model = await served.gateway.models.publish(user_id, convert.new_model(record, trainer_artifact_id=trainer_artifact_id))
+    return convert.model_to_proto(model)
 
 
 @pytest.fixture

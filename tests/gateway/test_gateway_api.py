@@ -9,11 +9,11 @@ import uuid
 
 import grpc
 import pytest
-from conftest import Served, bearer, gateway_settings, serve_gateway, stop_gateway
+from conftest import Served, bearer, gateway_settings, publish_model, serve_gateway, stop_gateway
 from google.protobuf import struct_pb2
-from zehanx.common.v1 import dataset_pb2, metrics_pb2, task_family_pb2
+from zehanx.common.v1 import dataset_pb2, task_family_pb2
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
-from zehanx.gateway.v1 import job_event_pb2, job_pb2, model_pb2
+from zehanx.gateway.v1 import job_event_pb2, job_pb2
 from zehanx_gateway import convert
 from zehanx_gateway.domain import JobError, JobStage, JobState
 from zehanx_runtime.status import error_info_of, field_violations_of
@@ -23,25 +23,6 @@ def create_request(prompt: str = "Create a sentiment analysis model", request_id
     return pb.CreateJobRequest(job=job_pb2.Job(prompt=prompt), request_id=request_id)
 
 
-async def publish_model(served: Served, user: str, data: bytes, *, title: str = "Sentiment") -> model_pb2.Model:
-    """Store an archive and record a model for ``user``, as the orchestrator will at PUBLISHING."""
-    info = await served.gateway.artifacts.put([data])
-    record = model_pb2.Model(
-        title=title,
-        prompt="Create a sentiment analysis model",
-        task_family=task_family_pb2.TASK_FAMILY_TEXT_CLASSIFICATION,
-        class_labels=["negative", "positive"],
-        metric_name="accuracy",
-        held_out_metrics=metrics_pb2.Metrics(values={"accuracy": 0.91}),
-        baseline_name="majority_class",
-        baseline_metrics=metrics_pb2.Metrics(values={"accuracy": 0.5}),
-        model_card="# Sentiment\n",
-        archive_sha256=info.sha256,
-        archive_size_bytes=info.size,
-    )
-    user_id = await served.user_id(user)
-    model = await served.gateway.models.publish(user_id, convert.new_model(record))
-    return convert.model_to_proto(model)
 
 
 async def test_create_get_list_and_events_of_a_job(served: Served) -> None:
@@ -272,16 +253,6 @@ async def test_a_corrupted_archive_is_data_loss_not_served(served: Served) -> No
             received.append(part)
     assert corrupt.value.code() == grpc.StatusCode.DATA_LOSS
     assert not any(p.HasField("chunk") for p in received)
-
-
-async def test_predict_checks_ownership_then_says_it_is_not_wired(served: Served) -> None:
-    auth = bearer(await served.api_key("alice"))
-    model = await publish_model(served, "alice", b"weights")
-    request = pb.PredictRequest(model_id=model.id, instances=[struct_pb2.Value(string_value="great movie")])
-    with pytest.raises(grpc.aio.AioRpcError) as unwired:
-        await served.stub.Predict(request, metadata=auth)
-    assert unwired.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert error_info_of(unwired.value).reason == "PREDICT_NOT_WIRED"
 
 
 async def test_another_user_gets_not_found_from_every_rpc_on_my_job_and_model(served: Served) -> None:

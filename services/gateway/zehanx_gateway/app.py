@@ -21,6 +21,7 @@ from zehanx_gateway.models import ModelService
 from zehanx_gateway.repository import PostgresRegistry
 from zehanx_gateway.servicer import SERVICE_NAME, GatewayServicer
 from zehanx_gateway.settings import GatewaySettings
+from zehanx_gateway.trainer_client import GrpcTrainerPredictor
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Gateway:
     artifacts: ArtifactStore
     authenticator: Authenticator
     servicer: GatewayServicer
+    predictor: GrpcTrainerPredictor
 
     @classmethod
     async def open(cls, settings: GatewaySettings, *, artifacts: ArtifactStore | None = None) -> Gateway:
@@ -72,7 +74,12 @@ class Gateway:
         hub.start(url if settings.event_listen else None)
         store = artifacts or LocalArtifactStore(settings.artifact_root)
         jobs = JobService(registry, hub, max_active_jobs=settings.max_active_jobs_per_user)
-        models = ModelService(registry, store)
+        predictor = GrpcTrainerPredictor(
+            settings.trainer_address, settings.trainer_token_value, max_message_bytes=settings.max_message_bytes
+        )
+        models = ModelService(
+            registry, store, predictor, predict_timeout_s=settings.predict_timeout_seconds
+        )
         return cls(
             settings=settings,
             pool=pool,
@@ -83,6 +90,7 @@ class Gateway:
             artifacts=store,
             authenticator=Authenticator(registry, registry, verifier),
             servicer=GatewayServicer(jobs, models),
+            predictor=predictor,
         )
 
     def binding(self) -> ServiceBinding:
@@ -91,4 +99,5 @@ class Gateway:
     async def close(self) -> None:
         """Write the events still queued, then close the database pool."""
         await self.hub.close()
+        await self.predictor.close()
         await self.pool.close()

@@ -16,7 +16,7 @@ from typing import Any
 from google.protobuf import any_pb2, json_format, timestamp_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from zehanx.common.v1 import task_family_pb2
+from zehanx.common.v1 import prediction_pb2, task_family_pb2
 from zehanx.gateway.v1 import job_event_pb2, job_pb2, model_pb2
 from zehanx_runtime.errors import FieldViolation, InvalidArgument
 
@@ -29,6 +29,7 @@ from zehanx_gateway.domain import (
     NewJob,
     NewModel,
     PendingEvent,
+    Prediction,
 )
 
 ERROR_DOMAIN = "gateway.zehanx"
@@ -234,8 +235,11 @@ _MODEL_COLUMNS = (
 )
 
 
-def new_model(model: model_pb2.Model, *, media_type: str = "application/zip") -> NewModel:
-    """The record of a model to publish (``archive_sha256`` and ``archive_size_bytes`` must be set)."""
+def new_model(
+    model: model_pb2.Model, *, media_type: str = "application/zip", trainer_artifact_id: str | None = None
+) -> NewModel:
+    """The record of a model to publish (``archive_sha256`` and ``archive_size_bytes`` must be set;
+    ``trainer_artifact_id`` is ``TrainResult.artifact_id``, which Predict hands to the trainer)."""
     details = model_pb2.Model()
     details.CopyFrom(model)
     for name in _MODEL_COLUMNS:
@@ -251,6 +255,7 @@ def new_model(model: model_pb2.Model, *, media_type: str = "application/zip") ->
         archive_sha256=model.archive_sha256,
         archive_size=model.archive_size_bytes,
         media_type=media_type,
+        trainer_artifact_id=trainer_artifact_id or None,
     )
 
 
@@ -274,3 +279,10 @@ def model_to_proto(model: Model) -> model_pb2.Model:
 
 def task_family_name(value: int) -> str:
     return task_family_pb2.TaskFamily.Name(value)
+
+
+def prediction_to_proto(prediction: Prediction) -> prediction_pb2.Prediction:
+    message = prediction_pb2.Prediction(probabilities=dict(prediction.probabilities))
+    if prediction.output is not None:
+        json_format.ParseDict(prediction.output, message.output)
+    return message

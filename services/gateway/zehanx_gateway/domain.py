@@ -168,6 +168,8 @@ class NewModel:
     archive_sha256: str
     archive_size: int
     media_type: str = "application/zip"
+    #: The trainer's id of the stored artifact (``TrainResult.artifact_id``); Predict needs it.
+    trainer_artifact_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +187,23 @@ class Model:
     archive_size: int
     media_type: str
     create_time: datetime
+    trainer_artifact_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One prediction: the output (JSON value) and, for classification, each label's probability."""
+
+    output: Any
+    probabilities: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class PredictResult:
+    """What a model answered: one prediction per instance, and how long it took (loading included)."""
+
+    predictions: list[Prediction]
+    duration_s: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,8 @@
 """Models: list, get, download, delete, predict (each only for the model's owner), and publish.
 
-Archives are read through the :class:`~zehanx_gateway.artifacts.ArtifactStore` port. Predict needs
-the trainer (issue 3), which runs the model's ``predict.py`` in the sandbox; until the end-to-end issue
-wires it, Predict checks the model is the caller's and answers UNIMPLEMENTED, saying so.
+Archives are read through the :class:`~zehanx_gateway.artifacts.ArtifactStore` port. Predict checks
+the model is the caller's, then forwards to the trainer through the :class:`Predictor` port (the
+trainer runs the model's ``predict.py`` in the sandbox); the gateway never runs model code itself.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from zehanx_runtime import errors
 
 from zehanx_gateway import paging
 from zehanx_gateway.artifacts import ArtifactStore
-from zehanx_gateway.domain import DataLoss, Model, NewModel, OutOfRange, Page, Principal
+from zehanx_gateway.domain import DataLoss, Model, NewModel, OutOfRange, Page, PredictResult, Principal
 
 DEFAULT_CHUNK = 1024 * 1024
 
@@ -42,6 +42,14 @@ class ModelStore(Protocol):
     ) -> Model: ...
 
 
+class Predictor(Protocol):
+    """Runs a stored model on instances (the trainer's ``Predict``)."""
+
+    async def predict(
+        self, artifact_id: str, instances: Sequence[Any], *, job_id: uuid.UUID | None, timeout_s: float
+    ) -> PredictResult: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Download:
     """A download about to stream: the model, the archive's size, and its chunks from ``offset``."""
@@ -54,9 +62,18 @@ class Download:
 
 
 class ModelService:
-    def __init__(self, store: ModelStore, artifacts: ArtifactStore) -> None:
+    def __init__(
+        self,
+        store: ModelStore,
+        artifacts: ArtifactStore,
+        predictor: Predictor | None = None,
+        *,
+        predict_timeout_s: float = 120.0,
+    ) -> None:
         self._store = store
         self._artifacts = artifacts
+        self._predictor = predictor
+        self._predict_timeout_s = predict_timeout_s
 
     async def list(
         self,
@@ -105,13 +122,34 @@ class ModelService:
             model_id, user_id=principal.user_id, on_unreferenced=self._delete_archive
         )
 
-    async def predict(self, principal: Principal, model_id: uuid.UUID, instances: Sequence[Any]) -> None:
-        await self._store.get_model(model_id, user_id=principal.user_id)
-        raise errors.Unimplemented(
-            "Predict is not wired yet: it runs the model's predict.py through the trainer, which the "
-            "end-to-end issue (#7) connects to the gateway",
-            reason="PREDICT_NOT_WIRED",
+    async def predict(
+        self,
+        principal: Principal,
+        model_id: uuid.UUID,
+        instances: Sequence[Any],
+        *,
+        timeout_s: float | None = None,
+    ) -> PredictResult:
+        """Run the caller's model on ``instances`` through the trainer; one prediction per instance."""
+        model = await self._store.get_model(model_id, user_id=principal.user_id)
+        if not model.trainer_artifact_id:
+            raise errors.FailedPrecondition(
+                f"model {model_id} was recorded without the trainer's artifact id, so it cannot run; "
+                "download it and run its predict.py yourself",
+                reason="MODEL_NOT_RUNNABLE",
+            )
+        if self._predictor is None:
+            raise errors.Unavailable("this gateway has no trainer to run models", reason="TRAINER_UNAVAILABLE")
+        budget = self._predict_timeout_s if timeout_s is None else min(timeout_s, self._predict_timeout_s)
+        result = await self._predictor.predict(
+            model.trainer_artifact_id, instances, job_id=model.job_id, timeout_s=budget
         )
+        if len(result.predictions) != len(instances):
+            raise errors.Internal(
+                f"the trainer returned {len(result.predictions)} predictions for {len(instances)} instances",
+                reason="PREDICTION_COUNT_MISMATCH",
+            )
+        return result
 
     async def publish(self, user_id: uuid.UUID, new: NewModel) -> Model:
         """Record a model whose archive is already in the artifact store (for the orchestrator)."""

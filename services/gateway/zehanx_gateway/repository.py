@@ -146,6 +146,7 @@ def _model(row: dict[str, Any]) -> Model:
         archive_size=row["archive_size"],
         media_type=row["media_type"],
         create_time=row["create_time"],
+        trainer_artifact_id=row.get("trainer_artifact_id"),
     )
 
 
@@ -654,8 +655,9 @@ class PostgresRegistry:
             cur = await conn.execute(
                 """
                 insert into zehanx.models (user_id, job_id, title, prompt, task_family, metric_name, details,
-                                           model_card, archive_sha256, archive_size, media_type)
-                values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning *
+                                           model_card, archive_sha256, archive_size, media_type,
+                                           trainer_artifact_id)
+                values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning *
                 """,
                 (
                     user_id,
@@ -669,6 +671,7 @@ class PostgresRegistry:
                     new.archive_sha256,
                     new.archive_size,
                     new.media_type,
+                    new.trainer_artifact_id,
                 ),
             )
             row = await cur.fetchone()

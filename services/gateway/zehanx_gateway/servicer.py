@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, json_format
 from zehanx.common.v1 import task_family_pb2
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
@@ -142,5 +142,12 @@ class GatewayServicer(rpc.GatewayServiceServicer):
 
     async def Predict(self, request: pb.PredictRequest, context: Any) -> pb.PredictResponse:
         model_id = convert.parse_id(request.model_id, "model_id")
-        await self._models.predict(current_principal(), model_id, list(request.instances))
-        return pb.PredictResponse(predict_duration=duration_pb2.Duration())
+        instances = [json_format.MessageToDict(v) for v in request.instances]
+        remaining = context.time_remaining() if context is not None else None
+        result = await self._models.predict(current_principal(), model_id, instances, timeout_s=remaining)
+        duration = duration_pb2.Duration()
+        duration.FromNanoseconds(int(result.duration_s * 1e9))
+        return pb.PredictResponse(
+            predictions=[convert.prediction_to_proto(p) for p in result.predictions],
+            predict_duration=duration,
+        )

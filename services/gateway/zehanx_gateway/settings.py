@@ -81,12 +81,23 @@ class GatewaySettings(ServiceSettings):
     codegen_address: str = Field("127.0.0.1:47103", description="Address of the codegen service.")
     executor_address: str = Field("127.0.0.1:47104", description="Address of the executor service.")
     trainer_address: str = Field("127.0.0.1:47105", description="Address of the trainer service.")
+    trainer_token: SecretStr | None = Field(
+        None, description="Service token sent to the trainer; unset: this service's own service_token."
+    )
+    predict_timeout_seconds: float = Field(
+        120.0, gt=0, le=3600, description="Longest a Predict may take at the trainer (model loading included)."
+    )
 
     @model_validator(mode="after")
     def _one_jwks(self) -> GatewaySettings:
         if self.jwt_jwks_url and self.jwt_jwks_json:
             raise ValueError("set ZX_GATEWAY_JWT_JWKS_URL or ZX_GATEWAY_JWT_JWKS_JSON, not both")
         return self
+
+    @property
+    def trainer_token_value(self) -> str | None:
+        token = self.trainer_token or self.service_token
+        return token.get_secret_value() if token else None
 
     @property
     def artifact_root(self) -> Path:
