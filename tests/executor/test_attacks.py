@@ -5,6 +5,8 @@ destructive ones (fork bomb, kill(-1), memory bomb, fd exhaustion) first run the
 sandbox and fail without running the attack when it does not show an own pid namespace, an
 unprivileged uid, seccomp and no capabilities.
 """
+# Test set-up on the host (plant a file, start a victim process) blocks briefly; that is fine here.
+# ruff: noqa: ASYNC220, ASYNC240
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import shlex
@@ -94,6 +95,9 @@ class LocalSandboxConfig:
     base_env: Mapping[str, str] = field(default_factory=dict)
 
 
+_instances = itertools.count()
+
+
 def _proc_start_time(pid: int) -> str:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -137,7 +141,9 @@ class LocalSandbox:
         self.tools = caps.tools
         self.layout: CgroupLayout = caps.cgroups
         self.gpu_devices = list(caps.gpu_devices)
-        self.instance = f"{os.getpid()}-{_proc_start_time(os.getpid())}"
+        # <pid>-<start time>-<n>: a later executor tells a dead one's leftovers from a live one's, and two
+        # sandboxes in one process (tests) never share (or clean up) each other's jobs and cgroups.
+        self.instance = f"{os.getpid()}-{_proc_start_time(os.getpid())}-{next(_instances)}"
         self.jobs_root = config.work_dir / "jobs" / self.instance
         self.stage_root = config.work_dir / "stage"
         self._bpf = build_filter_bpf()
@@ -182,7 +188,8 @@ class LocalSandbox:
         for inst in jobs.iterdir():
             if inst.name == self.instance or not inst.is_dir():
                 continue
-            pid_text, _, start = inst.name.partition("-")
+            pid_text, _, rest = inst.name.partition("-")
+            start = rest.partition("-")[0]
             with contextlib.suppress(ValueError):
                 if _proc_start_time(int(pid_text)) == start and start:
                     continue  # that executor is alive
@@ -285,9 +292,10 @@ class LocalSandbox:
             bwrap += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
         for dest, key in (("/etc/passwd", "passwd"), ("/etc/group", "group"), ("/etc/hosts", "hosts")):
             bwrap += ["--perms", "0444", "--ro-bind-data", str(fds[key]), dest]
+        # /tmp comes before the read-only binds: a checkout (and its .venv) under /tmp stays visible.
+        bwrap += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
         for src, dst in self._ro_binds:
             bwrap += ["--ro-bind", str(src), str(dst)]
-        bwrap += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
         if limits.gpu:
             for dev in self.gpu_devices:
                 bwrap += ["--dev-bind", dev, dev]
