@@ -15,25 +15,41 @@ def error_domain(service_name: str) -> str:
     return f"{service_name}.zehanx"
 
 
+#: The status travels in trailing metadata, which clients cap (8 KiB by default; beyond it the call
+#: fails RESOURCE_EXHAUSTED and the real answer is lost). Keep it well below that.
+MAX_STATUS_BYTES = 4096
+MAX_MESSAGE_CHARS = 1024
+
+
 def to_grpc_status(err: DomainError, *, domain: str) -> grpc.Status:
-    """Build the status (code, message, ErrorInfo and BadRequest details) for a domain error."""
-    details = [error_details_pb2.ErrorInfo(reason=err.reason, domain=domain, metadata=err.metadata)]
-    if isinstance(err, InvalidArgument) and err.violations:
-        details.append(bad_request(err.violations))
-    packed = []
-    for detail in details:
-        holder = any_pb2.Any()
-        holder.Pack(detail)
-        packed.append(holder)
-    status = status_pb2.Status(code=code_pb2.Code.Value(err.code), message=err.message, details=packed)
-    return rpc_status.to_status(status)
+    """Build the status (code, message, ErrorInfo and BadRequest details) for a domain error.
+
+    A huge error (a request with a thousand bad items) is cut to fit trailing metadata: the message
+    is shortened and the field violations are the first that fit, at least one."""
+    message = (
+        err.message if len(err.message) <= MAX_MESSAGE_CHARS else err.message[: MAX_MESSAGE_CHARS - 1] + "…"
+    )
+    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=domain, metadata=err.metadata)
+    violations = err.violations if isinstance(err, InvalidArgument) else []
+    keep = len(violations)
+    while True:
+        details = [info] + ([bad_request(violations[:keep])] if keep else [])
+        packed = []
+        for detail in details:
+            holder = any_pb2.Any()
+            holder.Pack(detail)
+            packed.append(holder)
+        status = status_pb2.Status(code=code_pb2.Code.Value(err.code), message=message, details=packed)
+        if keep <= 1 or status.ByteSize() <= MAX_STATUS_BYTES:
+            return rpc_status.to_status(status)
+        keep = max(1, min(keep // 2, keep - 1))
 
 
 def bad_request(violations: list[FieldViolation]) -> error_details_pb2.BadRequest:
     return error_details_pb2.BadRequest(
         field_violations=[
             error_details_pb2.BadRequest.FieldViolation(
-                field=v.field, description=v.description, reason=v.reason
+                field=v.field[:256], description=v.description[:512], reason=v.reason[:128]
             )
             for v in violations
         ]

@@ -112,7 +112,12 @@ async def stop_gateway(served: Served) -> None:
 
 
 async def publish_model(
-    served: Served, user: str, data: bytes, *, title: str = "Sentiment", trainer_artifact_id: str | None = None
+    served: Served,
+    user: str,
+    data: bytes,
+    *,
+    title: str = "Sentiment",
+    trainer_artifact_id: str | None = None,
 ) -> model_pb2.Model:
     """Store an archive and record a model for ``user``, as the orchestrator will at PUBLISHING."""
     info = await served.gateway.artifacts.put([data])
@@ -130,7 +135,9 @@ async def publish_model(
         archive_size_bytes=info.size,
     )
     user_id = await served.user_id(user)
-    model = await served.gateway.models.publish(user_id, convert.new_model(record, trainer_artifact_id=trainer_artifact_id))
+    model = await served.gateway.models.publish(
+        user_id, convert.new_model(record, trainer_artifact_id=trainer_artifact_id)
+    )
     return convert.model_to_proto(model)
 
 

@@ -19,10 +19,10 @@ from zehanx_gateway.domain import JobError, JobStage, JobState
 from zehanx_runtime.status import error_info_of, field_violations_of
 
 
-def create_request(prompt: str = "Create a sentiment analysis model", request_id: str = "") -> pb.CreateJobRequest:
+def create_request(
+    prompt: str = "Create a sentiment analysis model", request_id: str = ""
+) -> pb.CreateJobRequest:
     return pb.CreateJobRequest(job=job_pb2.Job(prompt=prompt), request_id=request_id)
-
-
 
 
 async def test_create_get_list_and_events_of_a_job(served: Served) -> None:
@@ -76,7 +76,9 @@ async def test_list_jobs_paginates_newest_first_and_filters_by_state(served: Ser
     first = await served.stub.ListJobs(pb.ListJobsRequest(page_size=2), metadata=auth)
     with pytest.raises(grpc.aio.AioRpcError) as bad:
         await served.stub.ListJobs(
-            pb.ListJobsRequest(page_size=2, page_token=first.next_page_token, states=[job_pb2.JOB_STATE_QUEUED]),
+            pb.ListJobsRequest(
+                page_size=2, page_token=first.next_page_token, states=[job_pb2.JOB_STATE_QUEUED]
+            ),
             metadata=auth,
         )
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -125,7 +127,9 @@ async def test_cancel_follows_the_state_machine(served: Served) -> None:
     jobs = served.gateway.jobs
 
     queued = await served.stub.CreateJob(create_request("a"), metadata=auth)
-    cancelled = await served.stub.CancelJob(pb.CancelJobRequest(job_id=queued.id, reason="changed my mind"), metadata=auth)
+    cancelled = await served.stub.CancelJob(
+        pb.CancelJobRequest(job_id=queued.id, reason="changed my mind"), metadata=auth
+    )
     assert cancelled.state == job_pb2.JOB_STATE_CANCELLED
     assert cancelled.error.code == grpc.StatusCode.CANCELLED.value[0]
     assert "changed my mind" in cancelled.error.message
@@ -141,7 +145,9 @@ async def test_cancel_follows_the_state_machine(served: Served) -> None:
 
     failed = await served.stub.CreateJob(create_request("c"), metadata=auth)
     await jobs.transition(uuid.UUID(failed.id), JobState.RUNNING)
-    await jobs.transition(uuid.UUID(failed.id), JobState.FAILED, error=JobError("INTERNAL", "boom", "PROGRAM_FAILED"))
+    await jobs.transition(
+        uuid.UUID(failed.id), JobState.FAILED, error=JobError("INTERNAL", "boom", "PROGRAM_FAILED")
+    )
     with pytest.raises(grpc.aio.AioRpcError) as finished:
         await served.stub.CancelJob(pb.CancelJobRequest(job_id=failed.id), metadata=auth)
     assert finished.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -166,7 +172,8 @@ async def test_list_job_events_pages_through_the_history(served: Served) -> None
     token = ""
     while True:
         page = await served.stub.ListJobEvents(
-            pb.ListJobEventsRequest(job_id=job.id, after_sequence=1, page_size=10, page_token=token), metadata=auth
+            pb.ListJobEventsRequest(job_id=job.id, after_sequence=1, page_size=10, page_token=token),
+            metadata=auth,
         )
         sequences += [e.sequence for e in page.events]
         messages += [e.stage_progress.message for e in page.events if e.HasField("stage_progress")]
@@ -193,7 +200,9 @@ async def test_models_list_get_download_and_delete(served: Served) -> None:
     assert got.held_out_metrics.values["accuracy"] == pytest.approx(0.91)
     assert list(got.class_labels) == ["negative", "positive"]
 
-    parts = [p async for p in served.stub.DownloadModel(pb.DownloadModelRequest(model_id=model.id), metadata=auth)]
+    parts = [
+        p async for p in served.stub.DownloadModel(pb.DownloadModelRequest(model_id=model.id), metadata=auth)
+    ]
     header = parts[0].header
     assert header.sha256 == hashlib.sha256(data).hexdigest()
     assert header.total_size_bytes == len(data)
@@ -206,7 +215,8 @@ async def test_models_list_get_download_and_delete(served: Served) -> None:
     resumed = [
         p
         async for p in served.stub.DownloadModel(
-            pb.DownloadModelRequest(model_id=model.id, offset=len(data) - 100, chunk_size_bytes=4096), metadata=auth
+            pb.DownloadModelRequest(model_id=model.id, offset=len(data) - 100, chunk_size_bytes=4096),
+            metadata=auth,
         )
     ]
     assert resumed[0].header.offset == len(data) - 100
@@ -235,7 +245,9 @@ async def test_an_archive_shared_by_two_models_outlives_the_first_delete(served:
     path = served.gateway.artifacts.path_of(first.archive_sha256)  # type: ignore[attr-defined]
     await served.stub.DeleteModel(pb.DeleteModelRequest(model_id=first.id), metadata=auth)
     assert path.exists()
-    parts = [p async for p in served.stub.DownloadModel(pb.DownloadModelRequest(model_id=second.id), metadata=auth)]
+    parts = [
+        p async for p in served.stub.DownloadModel(pb.DownloadModelRequest(model_id=second.id), metadata=auth)
+    ]
     assert b"".join(p.chunk.data for p in parts[1:]) == data
     await served.stub.DeleteModel(pb.DeleteModelRequest(model_id=second.id), metadata=auth)
     assert not path.exists()
@@ -249,7 +261,9 @@ async def test_a_corrupted_archive_is_data_loss_not_served(served: Served) -> No
     path.write_bytes(b"y" * 10_000)  # same size, other bytes
     received = []
     with pytest.raises(grpc.aio.AioRpcError) as corrupt:
-        async for part in served.stub.DownloadModel(pb.DownloadModelRequest(model_id=model.id), metadata=auth):
+        async for part in served.stub.DownloadModel(
+            pb.DownloadModelRequest(model_id=model.id), metadata=auth
+        ):
             received.append(part)
     assert corrupt.value.code() == grpc.StatusCode.DATA_LOSS
     assert not any(p.HasField("chunk") for p in received)
@@ -272,10 +286,13 @@ async def test_another_user_gets_not_found_from_every_rpc_on_my_job_and_model(se
         "WatchJob": drain(stub.WatchJob(pb.WatchJobRequest(job_id=job.id), metadata=mallory)),
         "ListJobEvents": stub.ListJobEvents(pb.ListJobEventsRequest(job_id=job.id), metadata=mallory),
         "GetModel": stub.GetModel(pb.GetModelRequest(model_id=model.id), metadata=mallory),
-        "DownloadModel": drain(stub.DownloadModel(pb.DownloadModelRequest(model_id=model.id), metadata=mallory)),
+        "DownloadModel": drain(
+            stub.DownloadModel(pb.DownloadModelRequest(model_id=model.id), metadata=mallory)
+        ),
         "DeleteModel": stub.DeleteModel(pb.DeleteModelRequest(model_id=model.id), metadata=mallory),
         "Predict": stub.Predict(
-            pb.PredictRequest(model_id=model.id, instances=[struct_pb2.Value(string_value="x")]), metadata=mallory
+            pb.PredictRequest(model_id=model.id, instances=[struct_pb2.Value(string_value="x")]),
+            metadata=mallory,
         ),
     }
     for name, call in calls.items():
@@ -294,7 +311,9 @@ async def test_another_user_gets_not_found_from_every_rpc_on_my_job_and_model(se
 async def test_a_bad_request_names_its_fields(served: Served) -> None:
     auth = bearer(await served.api_key("alice"))
     with pytest.raises(grpc.aio.AioRpcError) as bad:
-        await served.stub.CreateJob(pb.CreateJobRequest(job=job_pb2.Job(prompt=""), request_id="nope"), metadata=auth)
+        await served.stub.CreateJob(
+            pb.CreateJobRequest(job=job_pb2.Job(prompt=""), request_id="nope"), metadata=auth
+        )
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     fields = {f for f, _ in field_violations_of(bad.value)}
     assert {"job.prompt", "request_id"} <= fields
@@ -305,7 +324,9 @@ async def test_a_bad_request_names_its_fields(served: Served) -> None:
     assert [f for f, _ in field_violations_of(nul.value)] == ["job.prompt"]
 
 
-async def test_a_second_replica_serves_the_same_registry(database_url: str, tmp_path: object, served: Served) -> None:
+async def test_a_second_replica_serves_the_same_registry(
+    database_url: str, tmp_path: object, served: Served
+) -> None:
     other = await serve_gateway(gateway_settings(database_url, tmp_path))  # type: ignore[arg-type]
     try:
         auth = bearer(await served.api_key("alice"))

@@ -34,7 +34,13 @@ def token(
     algorithm: str = "HS256",
     headers: dict[str, Any] | None = None,
 ) -> str:
-    claims = {"sub": sub or str(uuid.uuid4()), "aud": aud, "iss": iss, "exp": int(time.time() + exp_in), "role": "authenticated"}
+    claims = {
+        "sub": sub or str(uuid.uuid4()),
+        "aud": aud,
+        "iss": iss,
+        "exp": int(time.time() + exp_in),
+        "role": "authenticated",
+    }
     return jwt.encode(claims, key, algorithm=algorithm, headers=headers)
 
 
@@ -66,7 +72,7 @@ async def test_calls_without_or_with_garbage_credentials_are_unauthenticated(ser
 
 async def test_a_key_with_the_right_id_and_a_wrong_secret_is_refused(served: Served) -> None:
     key = await served.api_key("alice")
-    forged = key[: -4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
     error = await refused(served.stub.ListJobs(pb.ListJobsRequest(), metadata=bearer(forged)))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error_info_of(error).reason == "API_KEY_INVALID"
@@ -173,7 +179,9 @@ async def served_with_jwks(
         await stop_gateway(running)
 
 
-async def test_asymmetric_jwts_verify_against_the_jwks(served_with_jwks: Served, jwks_server: tuple[str, Any]) -> None:
+async def test_asymmetric_jwts_verify_against_the_jwks(
+    served_with_jwks: Served, jwks_server: tuple[str, Any]
+) -> None:
     _, key = jwks_server
     stub = served_with_jwks.stub
     good = token(key=key, algorithm="ES256", headers={"kid": "key-1"})

@@ -63,7 +63,9 @@ class RecordingTrainer(trpc.TrainerServiceServicer):
             )
             for v in request.instances
         ]
-        return tpb.PredictResponse(predictions=predictions, predict_duration=duration_pb2.Duration(nanos=250_000_000))
+        return tpb.PredictResponse(
+            predictions=predictions, predict_duration=duration_pb2.Duration(nanos=250_000_000)
+        )
 
 
 @pytest.fixture

@@ -55,7 +55,9 @@ async def test_an_edited_migration_is_refused(database_url: str) -> None:
 async def test_32_concurrent_creates_with_one_request_id_make_one_row(registry: PostgresRegistry) -> None:
     user_id = await registry.user_by_name("alice", create=True)
     request_id = uuid.uuid4()
-    results = await asyncio.gather(*(registry.create_job(user_id, new_job(request_id=request_id)) for _ in range(32)))
+    results = await asyncio.gather(
+        *(registry.create_job(user_id, new_job(request_id=request_id)) for _ in range(32))
+    )
     assert len({job.id for job, _ in results}) == 1
     assert sum(created for _, created in results) == 1
     async with registry.pool.connection() as conn:
@@ -90,7 +92,9 @@ async def test_racing_transitions_have_exactly_one_winner(registry: PostgresRegi
 
 
 @pytest.mark.parametrize("source", list(JobState))
-async def test_the_database_rejects_every_illegal_transition(registry: PostgresRegistry, source: JobState) -> None:
+async def test_the_database_rejects_every_illegal_transition(
+    registry: PostgresRegistry, source: JobState
+) -> None:
     """Raw SQL, not the repository: the trigger itself refuses what the graph does not allow."""
     _, job_id = await a_job(registry)
     # Walk to `source` legally, through the shortest path.
@@ -132,7 +136,9 @@ async def test_every_transition_writes_its_event_in_the_same_transaction(registr
     _, job_id = await a_job(registry)
     async with registry.pool.connection() as conn:
         # A transition made by hand still gets its event, numbered next...
-        await conn.execute("update zehanx.jobs set state = 'RUNNING', stage = 'CRAWLING' where id = %s", (job_id,))
+        await conn.execute(
+            "update zehanx.jobs set state = 'RUNNING', stage = 'CRAWLING' where id = %s", (job_id,)
+        )
         # ...and one rolled back leaves neither the state nor an event behind.
         try:
             async with conn.transaction():
@@ -164,7 +170,10 @@ async def test_concurrent_event_batches_number_each_job_without_gaps(registry: P
     _, second = await a_job(registry, "bob")
 
     async def producer(n: int) -> None:
-        batch = [PendingEvent(first if (n + i) % 2 else second, "log_line", {"text": f"{n}.{i}"}) for i in range(20)]
+        batch = [
+            PendingEvent(first if (n + i) % 2 else second, "log_line", {"text": f"{n}.{i}"})
+            for i in range(20)
+        ]
         results = await registry.append_events(batch)
         assert all(not isinstance(r, errors.DomainError) for r in results)
 
@@ -177,7 +186,9 @@ async def test_concurrent_event_batches_number_each_job_without_gaps(registry: P
         assert job.last_sequence == len(events)
 
 
-async def test_events_for_a_finished_job_or_of_a_reserved_kind_are_refused(registry: PostgresRegistry) -> None:
+async def test_events_for_a_finished_job_or_of_a_reserved_kind_are_refused(
+    registry: PostgresRegistry,
+) -> None:
     _, job_id = await a_job(registry)
     await registry.transition(job_id, JobState.CANCELLED, error=JobError("CANCELLED", "stop", "TEST"))
     late, forged, unknown = await registry.append_events(
@@ -213,7 +224,7 @@ async def test_eight_workers_claim_every_job_once(registry: PostgresRegistry) ->
 
 async def test_expired_leases_are_taken_back_and_fence_the_old_worker(registry: PostgresRegistry) -> None:
     _, job_id = await a_job(registry)
-    job, _ = await registry.claim_next("w1", timedelta(milliseconds=50))  # type: ignore[misc]
+    _job, _ = await registry.claim_next("w1", timedelta(milliseconds=50))  # type: ignore[misc]
     await asyncio.sleep(0.1)
     recovered = await registry.recover_expired(max_attempts=2)
     assert [(j.id, j.state) for j, _ in recovered] == [(job_id, JobState.QUEUED)]
@@ -225,7 +236,7 @@ async def test_expired_leases_are_taken_back_and_fence_the_old_worker(registry: 
     again, _ = await registry.claim_next("w2", timedelta(milliseconds=50))  # type: ignore[misc]
     assert again.attempt == 2
     await asyncio.sleep(0.1)
-    (failed, event), = await registry.recover_expired(max_attempts=2)
+    ((failed, event),) = await registry.recover_expired(max_attempts=2)
     assert failed.state is JobState.FAILED and failed.error and failed.error.reason == "WORKER_LOST"
     assert event.payload["error_reason"] == "WORKER_LOST"
 
@@ -235,7 +246,9 @@ async def test_a_version_guard_refuses_a_stale_writer(registry: PostgresRegistry
     job = await registry.get_job(job_id, user_id=None)
     await registry.transition(job_id, JobState.RUNNING, expected_version=job.version)
     with pytest.raises(errors.Aborted):
-        await registry.transition(job_id, JobState.FAILED, expected_version=job.version, error=JobError("X", "y"))
+        await registry.transition(
+            job_id, JobState.FAILED, expected_version=job.version, error=JobError("X", "y")
+        )
 
 
 async def test_a_revoked_key_is_found_revoked(registry: PostgresRegistry) -> None:

@@ -28,12 +28,16 @@ def log_event(n: int, width: int = 120) -> job_event_pb2.JobEvent:
     return job_event_pb2.JobEvent(log_line=log_pb2.LogLine(source=log_pb2.LOG_SOURCE_PROGRAM, text=text))
 
 
-async def produce(served: Served, job_id: uuid.UUID, *, events: int, batch: int = 10, pause: float = 0.005) -> None:
+async def produce(
+    served: Served, job_id: uuid.UUID, *, events: int, batch: int = 10, pause: float = 0.005
+) -> None:
     """What the orchestrator will do: start the job, stream events, finish it."""
     jobs = served.gateway.jobs
     await jobs.transition(job_id, JobState.RUNNING, stage=JobStage.TRAINING, reason="test producer")
     for start in range(0, events, batch):
-        await jobs.publish([convert.pending_event(job_id, log_event(n)) for n in range(start, min(events, start + batch))])
+        await jobs.publish(
+            [convert.pending_event(job_id, log_event(n)) for n in range(start, min(events, start + batch))]
+        )
         await asyncio.sleep(pause)
     await jobs.transition(job_id, JobState.SUCCEEDED, reason="done")
 
@@ -51,8 +55,8 @@ async def watch(
         call.cancel()
 
 
-async def wait_for_subscribers(served: Served, job_id: uuid.UUID, count: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for_subscribers(served: Served, job_id: uuid.UUID, count: int, within_s: float = 30.0) -> None:
+    deadline = time.monotonic() + within_s
     while served.gateway.hub.subscriber_count(job_id) < count:
         assert time.monotonic() < deadline, f"only {served.gateway.hub.subscriber_count(job_id)} subscribed"
         await asyncio.sleep(0.02)
@@ -79,7 +83,7 @@ async def test_200_watchers_get_every_event_once_in_order_and_a_slow_one_delays_
     expected = list(range(1, last + 1))
     channels = [grpc.aio.insecure_channel(served.address) for _ in range(4)]
     # The slow watcher's own connection has small HTTP/2 windows, so its stream backs up into the
-    # gateway's per-subscriber buffer at once instead of into megabytes of transport buffers.
+    # gateway's per-subscriber buffer soon instead of into megabytes of transport buffers.
     slow_channel = grpc.aio.insecure_channel(
         served.address, options=[("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 4096)]
     )
@@ -113,29 +117,32 @@ async def test_200_watchers_get_every_event_once_in_order_and_a_slow_one_delays_
         finished["resuming"] = time.monotonic()
         return seen
 
-    async def slow() -> tuple[list[int], int]:
+    others_done = asyncio.Event()
+
+    async def slow() -> list[int]:
+        """Takes the snapshot and one event, then stops reading until everyone else has finished:
+        if the gateway waited for it, nobody would finish and this test would time out."""
         seen: list[int] = []
-        progress_when_fast_done = -1
-        async for event in watch(rpc.GatewayServiceStub(slow_channel), job.id, auth, delay=0.01):
+        async for event in watch(rpc.GatewayServiceStub(slow_channel), job.id, auth):
             if event.WhichOneof("event") != "snapshot":
                 seen.append(event.sequence)
-            if progress_when_fast_done < 0 and sum(k.startswith("fast") for k in finished) == WATCHERS - 2:
-                progress_when_fast_done = len(seen)
+                if len(seen) == 1:
+                    await others_done.wait()
         finished["slow"] = time.monotonic()
-        return seen, progress_when_fast_done
+        return seen
 
     try:
         fast_tasks = [asyncio.create_task(fast(n)) for n in range(WATCHERS - 2)]
         resume_task = asyncio.create_task(resuming())
         slow_task = asyncio.create_task(slow())
         await wait_for_subscribers(served, job_id, WATCHERS)
-        started = time.monotonic()
         await produce(served, job_id, events=EVENTS)
-        produced = time.monotonic()
 
-        fast_results = await asyncio.wait_for(asyncio.gather(*fast_tasks), 120)
-        resumed = await asyncio.wait_for(resume_task, 60)
-        slow_seen, slow_progress = await asyncio.wait_for(slow_task, 120)
+        fast_results = await asyncio.wait_for(asyncio.gather(*fast_tasks), 240)
+        resumed = await asyncio.wait_for(resume_task, 120)
+        assert "slow" not in finished  # still parked after its first event
+        others_done.set()
+        slow_seen = await asyncio.wait_for(slow_task, 120)
     finally:
         for channel in [*channels, slow_channel]:
             await channel.close()
@@ -143,19 +150,18 @@ async def test_200_watchers_get_every_event_once_in_order_and_a_slow_one_delays_
     for seen in fast_results:
         assert seen == expected[1:] or seen == expected, seen[:5]  # each exactly once, in order
     assert resumed == expected[1:] or resumed == expected
+    # The slow one overflowed its 32-event buffer, was sent back to the store, and still got every
+    # event exactly once and in order.
     assert slow_seen == expected[1:] or slow_seen == expected
-    # Nobody waited for the slow watcher: the producer ran at full speed and every fast watcher had
-    # everything while the slow one was still far behind.
-    assert produced - started < 20
-    fast_done = max(t for k, t in finished.items() if k.startswith("fast"))
-    assert fast_done < finished["slow"]
-    assert 0 <= slow_progress < len(expected) // 2, slow_progress
+    assert served.gateway.hub.overflows >= 1
     assert served.gateway.hub.events_written == EVENTS
 
 
 async def test_a_finished_job_gives_its_snapshot_and_history_then_ends(served: Served) -> None:
     auth = bearer(await served.api_key("alice"))
-    job = await served.stub.CreateJob(pb.CreateJobRequest(job=job_pb2.Job(prompt="done already")), metadata=auth)
+    job = await served.stub.CreateJob(
+        pb.CreateJobRequest(job=job_pb2.Job(prompt="done already")), metadata=auth
+    )
     await produce(served, uuid.UUID(job.id), events=5, pause=0)
     events = [e async for e in watch(served.stub, job.id, auth)]
     assert events[0].WhichOneof("event") == "snapshot"

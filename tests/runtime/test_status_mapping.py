@@ -40,3 +40,19 @@ def test_every_domain_error_maps_to_its_own_code() -> None:
         status = to_grpc_status(cls("x"), domain="t.zehanx")
         assert status.code.name == cls.code, cls
         assert status.code is not grpc.StatusCode.UNKNOWN
+
+
+def test_a_huge_error_is_cut_to_fit_trailing_metadata() -> None:
+    err = errors.InvalidArgument(
+        "x" * 50_000,
+        violations=[
+            errors.FieldViolation(f"states[{i}]", "must not be unspecified " * 5) for i in range(1100)
+        ],
+    )
+    decoded = _decode(to_grpc_status(err, domain="gateway.zehanx"))
+    bad = error_details_pb2.BadRequest()
+    assert decoded.details[1].Unpack(bad)
+    assert decoded.ByteSize() <= 4096
+    assert 1 <= len(bad.field_violations) < 1100
+    assert bad.field_violations[0].field == "states[0]"
+    assert len(decoded.message) <= 1024

@@ -6,13 +6,24 @@ from zehanx_runtime.logging import configure_logging
 from zehanx_runtime.server import run, serve
 
 from zehanx_gateway.app import Gateway
+from zehanx_gateway.orchestrator.runner import start_workers
+from zehanx_gateway.orchestrator.settings import OrchestratorSettings
 from zehanx_gateway.settings import GatewaySettings
 
 
 async def _main() -> None:
     settings = GatewaySettings()
+    worker_settings = OrchestratorSettings()
     configure_logging(settings.log_level, settings.log_json, service="gateway")
     gateway = await Gateway.open(settings)
+    # The job workers run in the serving process (not inside Gateway.open, so that tests of the API
+    # alone see their jobs stay QUEUED); ZX_GATEWAY_WORKERS=0 serves the API without running jobs.
+    workers = start_workers(gateway, worker_settings)
+
+    async def shutdown() -> None:
+        await workers.close()
+        await gateway.close()
+
     # The gateway is the public door: it authenticates users (API keys, JWTs) on every call instead of
     # checking the internal service token.
     try:
@@ -21,11 +32,11 @@ async def _main() -> None:
             [gateway.binding()],
             service_name="gateway",
             internal=False,
-            on_shutdown=gateway.close,
+            on_shutdown=shutdown,
             extra_check=gateway.authenticator.check,
         )
     except BaseException:
-        await gateway.close()
+        await shutdown()
         raise
 
 

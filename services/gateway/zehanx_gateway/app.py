@@ -75,11 +75,11 @@ class Gateway:
         store = artifacts or LocalArtifactStore(settings.artifact_root)
         jobs = JobService(registry, hub, max_active_jobs=settings.max_active_jobs_per_user)
         predictor = GrpcTrainerPredictor(
-            settings.trainer_address, settings.trainer_token_value, max_message_bytes=settings.max_message_bytes
+            settings.trainer_address,
+            settings.trainer_token_value,
+            max_message_bytes=settings.max_message_bytes,
         )
-        models = ModelService(
-            registry, store, predictor, predict_timeout_s=settings.predict_timeout_seconds
-        )
+        models = ModelService(registry, store, predictor, predict_timeout_s=settings.predict_timeout_seconds)
         return cls(
             settings=settings,
             pool=pool,

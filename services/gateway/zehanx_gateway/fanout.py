@@ -76,6 +76,7 @@ class Subscription:
             if not self._from_store:
                 self._from_store = True
                 self.resumes += 1
+                self._hub.overflows += 1
         else:
             self._queue.append(event)
         self._wake.set()
@@ -236,6 +237,8 @@ class EventHub:
         self.batches_written = 0
         self.events_written = 0
         self.notifications = 0
+        #: Times a subscriber fell a whole buffer behind and was sent back to the store.
+        self.overflows = 0
 
     # -- life cycle -------------------------------------------------------------------------------
 

@@ -139,7 +139,9 @@ class ModelService:
                 reason="MODEL_NOT_RUNNABLE",
             )
         if self._predictor is None:
-            raise errors.Unavailable("this gateway has no trainer to run models", reason="TRAINER_UNAVAILABLE")
+            raise errors.Unavailable(
+                "this gateway has no trainer to run models", reason="TRAINER_UNAVAILABLE"
+            )
         budget = self._predict_timeout_s if timeout_s is None else min(timeout_s, self._predict_timeout_s)
         result = await self._predictor.predict(
             model.trainer_artifact_id, instances, job_id=model.job_id, timeout_s=budget

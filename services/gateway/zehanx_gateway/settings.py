@@ -85,7 +85,10 @@ class GatewaySettings(ServiceSettings):
         None, description="Service token sent to the trainer; unset: this service's own service_token."
     )
     predict_timeout_seconds: float = Field(
-        120.0, gt=0, le=3600, description="Longest a Predict may take at the trainer (model loading included)."
+        120.0,
+        gt=0,
+        le=3600,
+        description="Longest a Predict may take at the trainer (model loading included).",
     )
 
     @model_validator(mode="after")

@@ -84,7 +84,9 @@ class GrpcTrainerPredictor:
                 f"the trainer no longer has this model's artifact: {detail}", reason="MODEL_ARTIFACT_MISSING"
             )
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            return errors.DeadlineExceeded(f"the prediction took too long: {detail}", reason="PREDICT_TIMEOUT")
+            return errors.DeadlineExceeded(
+                f"the prediction took too long: {detail}", reason="PREDICT_TIMEOUT"
+            )
         if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
             return errors.ResourceExhausted(f"the trainer is busy: {detail}", reason="TRAINER_BUSY")
         if code is grpc.StatusCode.FAILED_PRECONDITION:
@@ -97,7 +99,9 @@ class GrpcTrainerPredictor:
                 "ZX_GATEWAY_SERVICE_TOKEN against the trainer's)",
                 reason="TRAINER_REFUSED_TOKEN",
             )
-        return errors.Internal(f"the trainer failed to run the model ({code.name}): {detail}", reason="TRAINER_FAILED")
+        return errors.Internal(
+            f"the trainer failed to run the model ({code.name}): {detail}", reason="TRAINER_FAILED"
+        )
 
 
 def _value(instance: Any) -> struct_pb2.Value:
@@ -116,6 +120,8 @@ def _violations(exc: grpc.aio.AioRpcError) -> list[errors.FieldViolation]:
         for detail in status.details:
             bad = error_details_pb2.BadRequest()
             if detail.Unpack(bad):
-                found += [errors.FieldViolation(v.field, v.description, v.reason) for v in bad.field_violations]
+                found += [
+                    errors.FieldViolation(v.field, v.description, v.reason) for v in bad.field_violations
+                ]
         return found
     return []
