@@ -87,13 +87,21 @@ def _short(items: list[str], limit: int = 8) -> str:
     return shown + (f"; and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def _is_data_link(url: str, origin_host: str) -> bool:
+def _is_data_link(url: str, seed_url: str) -> bool:
+    """A link worth fetching from a seed page: a data file on the same host, by its extension, or a file
+    without an extension inside the seed's own folder (a directory listing of ``SMSSpamCollection``...)."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or parts.hostname != origin_host:
+    seed = urlsplit(seed_url)
+    if parts.scheme not in ("http", "https") or parts.hostname != seed.hostname:
         return False
     path = parts.path.lower()
     name = path.rsplit("/", 1)[-1]
-    return bool(name) and path.endswith(DATA_EXTENSIONS) and not is_documentation(name)
+    if not name or is_documentation(name):
+        return False
+    if path.endswith(DATA_EXTENSIONS):
+        return True
+    folder = seed.path.rsplit("/", 1)[0] + "/"
+    return "." not in name and parts.path.startswith(folder) and parts.path != seed.path
 
 
 class DatasetBuilder:
@@ -331,7 +339,7 @@ class DatasetBuilder:
                                 source=entry.name))
             table = await asyncio.to_thread(self._catalogue.load, entry)
             if table.resource is not None:
-                table.resource.source = f"catalogue:{entry.name}"
+                table.resource.source = entry.name
                 budget.charge(len(table.resource.data), entry.name)
             await emit(Progress(Phase.PARSING, f"{entry.name}: {table.n_rows} rows", budget.used, table.n_rows,
                                 source=entry.name))
@@ -367,13 +375,12 @@ class DatasetBuilder:
             resource.sha256 = hashlib.sha256(resource.data).hexdigest()
         else:
             resource = await self._fetcher.fetch(url, max_bytes=cap)
-        resource.source = str(source)
+        resource.source = source.value
         budget.charge(len(resource.data), url)
         return resource
 
     async def _crawl_url(self, source: Source, prompt: str, emit: Emit, budget: _ByteBudget) -> Parsed:
         seed_url = source.value
-        host = urlsplit(seed_url).hostname or ""
         out = Parsed()
         queue: list[tuple[str, int]] = [(seed_url, 0)]
         seen: set[str] = set()
@@ -404,7 +411,7 @@ class DatasetBuilder:
             out.extend(parsed)
             if parsed.tables or depth >= self._settings.max_link_depth:
                 continue
-            data_links = [link for link in links if _is_data_link(link, host) and link not in seen]
+            data_links = [link for link in links if _is_data_link(link, seed_url) and link not in seen]
             data_links.sort(key=lambda link: -match(terms, link.replace("/", " ").replace("_", " ")).score)
             if data_links:
                 await emit(Progress(Phase.FETCHING, f"{url} has no usable table; following {len(data_links)} "
@@ -422,7 +429,7 @@ class DatasetBuilder:
                     resource = Resource(
                         uri=page.url, name=page.url.rsplit("/", 1)[-1] or "index.html", data=data,
                         content_type="text/html", charset="utf-8", fetched_at=datetime.now(UTC),
-                        sha256=hashlib.sha256(data).hexdigest(), source=str(source),
+                        sha256=hashlib.sha256(data).hexdigest(), source=source.value,
                     )  # fmt: skip
                     crawled = await self._parse(resource, emit, budget)
                     crawled.links = []
@@ -493,7 +500,7 @@ class DatasetBuilder:
                     data=data,
                     fetched_at=datetime.now(UTC),
                     sha256=hashlib.sha256(data).hexdigest(),
-                    source=str(source),
+                    source=source.value,
                 )
             )
         if not resources:

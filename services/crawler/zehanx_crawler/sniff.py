@@ -74,9 +74,13 @@ def by_name(name: str) -> Format | None:
     return None
 
 
+#: Notes beside data files that describe them ("SOURCE.txt" with a dataset's origin and hashes).
+_NOTE_NAMES = re.compile(r"^(source|sources|about|description|info|metadata)\.(txt|md|rst)$", re.IGNORECASE)
+
+
 def is_documentation(name: str) -> bool:
     base = name.rsplit("/", 1)[-1]
-    return bool(_DOC_NAMES.match(base))
+    return bool(_DOC_NAMES.match(base) or _NOTE_NAMES.match(base))
 
 
 def by_magic(data: bytes) -> Format | None:

@@ -165,6 +165,8 @@ def choose(table: Table, prompt: str, *, target_hint: str | None, task_hint: Tas
                 why_list.append("the last column")
             if col.type == "text":
                 score -= 10
+            if col.type == "string" and not categorical:
+                score -= 10  # too many distinct strings to be classes, and not a number to regress
             if col.type in ("date", "datetime", "list"):
                 score -= 10
             if col.name in ignored:
