@@ -8,6 +8,7 @@ reached over TCP with the service token): the program's output comes through, it
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,13 +21,13 @@ from zehanx_executor.sandbox.probe import Capabilities
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "services"))
 
+from sandbox_helpers import CLI_UID_BASE  # noqa: E402
 from svc_harness import ServiceProcess, free_port, start_service  # noqa: E402
 
 ZX = str(Path(sys.executable).with_name("zx"))
 TOKEN = "cli-test-token"
-# Own folder and uid range: distinct from the in-process tests (63000) and the trainer's (64000).
+# Own folder and uid range (see sandbox_helpers), distinct from the in-process tests'.
 WORK_DIR = "/var/tmp/zx-executor-cli-tests"
-UID_BASE = 63100
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def executor(caps: Capabilities, tmp_path_factory: pytest.TempPathFactory) -> It
         extra_env={
             "ZX_EXECUTOR_BACKEND": "local",
             "ZX_EXECUTOR_WORK_DIR": WORK_DIR,
-            "ZX_EXECUTOR_UID_BASE": str(UID_BASE),
+            "ZX_EXECUTOR_UID_BASE": str(CLI_UID_BASE),
             "ZX_EXECUTOR_MAX_CONCURRENT": "2",
         },
     )
@@ -80,7 +81,8 @@ sys.exit(7)
     assert done.returncode == 7, done.stderr
     assert done.stdout == "args ['a', 'b c']\n"
     assert "oops" in done.stderr
-    assert '[metric] {"kind":"metric","acc":0.9}' in done.stderr
+    [metric] = [line for line in done.stderr.splitlines() if line.startswith("[metric] ")]
+    assert json.loads(metric.removeprefix("[metric] ")) == {"kind": "metric", "acc": 0.9}
 
     ok = zx_sandbox(executor.address, tmp_path, "import os; print(os.getuid() != 0, os.getpid())")
     assert ok.returncode == 0, ok.stderr

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import httpx
 from zehanx_executor.sandbox.globs import compile_globs
 from zehanx_executor.sandbox.metrics import MetricGate
 from zehanx_executor.sandbox.model import (
@@ -103,7 +104,10 @@ def _map_sdk_error(exc: BaseException) -> DomainError | None:
         return Unavailable(f"E2B did not answer in time: {exc}", reason="E2B_TIMEOUT")
     if isinstance(exc, ex.SandboxException):
         return Unavailable(f"E2B sandbox error: {exc}", reason="E2B_UNAVAILABLE")
-    if isinstance(exc, (OSError, ConnectionError)):
+    if isinstance(exc, httpx.TimeoutException):
+        return Unavailable(f"E2B did not answer in time: {exc}", reason="E2B_TIMEOUT")
+    # The SDK lets its HTTP client's transport errors through (connection refused, reset, DNS).
+    if isinstance(exc, (OSError, ConnectionError, httpx.TransportError)):
         return Unavailable(f"E2B is unreachable: {exc}", reason="E2B_UNREACHABLE")
     return None
 
