@@ -1,0 +1,160 @@
+"""gRPC adapters of the ports in :mod:`.ports`: the internal services, called with the service token.
+
+Channels retry UNAVAILABLE for unary calls (``zehanx_runtime.client``) and reconnect by themselves after a
+service restarts; a stream cut mid-way surfaces as :class:`~zehanx_runtime.errors.Unavailable` and the
+pipeline decides whether to start it again. Status codes become domain errors here, once, keeping the
+callee's ErrorInfo reason when it sent one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+from zehanx.codegen.v1 import codegen_service_pb2 as codegen_pb
+from zehanx.codegen.v1 import codegen_service_pb2_grpc as codegen_rpc
+from zehanx.crawler.v1 import crawler_service_pb2 as crawler_pb
+from zehanx.crawler.v1 import crawler_service_pb2_grpc as crawler_rpc
+from zehanx.trainer.v1 import trainer_service_pb2 as trainer_pb
+from zehanx.trainer.v1 import trainer_service_pb2_grpc as trainer_rpc
+from zehanx_runtime import errors
+from zehanx_runtime.client import call_metadata, internal_channel
+
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_ERRORS: dict[grpc.StatusCode, type[errors.DomainError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.ABORTED: errors.Aborted,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+    grpc.StatusCode.CANCELLED: errors.Cancelled,
+    grpc.StatusCode.UNIMPLEMENTED: errors.Unimplemented,
+}
+
+
+def translate(service: str, address: str, exc: grpc.aio.AioRpcError) -> errors.DomainError:
+    """A downstream status as a domain error; its message says which service answered what."""
+    code = exc.code()
+    detail = exc.details() or code.name
+    reason, metadata = _error_info(exc)
+    metadata = {"service": service, "address": address, **metadata}
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) and not reason:
+        return errors.Internal(
+            f"the {service} at {address} refused the gateway's service token ({detail}); the services "
+            "must share ZX_<SERVICE>_SERVICE_TOKEN",
+            reason="SERVICE_TOKEN_REFUSED",
+            metadata=metadata,
+        )
+    cls = _ERRORS.get(code, errors.Internal)
+    if code is grpc.StatusCode.UNAVAILABLE:
+        message = f"the {service} at {address} is unreachable: {detail}"
+    else:
+        message = f"{service}: {detail}"
+    return cls(message, reason=reason or f"{service.upper()}_{code.name}", metadata=metadata)
+
+
+def _error_info(exc: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
+    for key, raw in exc.trailing_metadata() or ():
+        if key != _STATUS_DETAILS_KEY or not isinstance(raw, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(raw)
+        except Exception:  # a malformed detail is no reason to lose the status itself
+            return "", {}
+        for any_detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if any_detail.Unpack(info):
+                return info.reason, dict(info.metadata)
+    return "", {}
+
+
+class _Client:
+    service = ""
+
+    def __init__(self, address: str, token: str | None, *, max_message_bytes: int) -> None:
+        self.address = address
+        self._token = token
+        self._channel = internal_channel(address, max_message_bytes=max_message_bytes)
+
+    def _metadata(self, job_id: str) -> Any:
+        return call_metadata(self._token, job_id=job_id or None)
+
+    def _error(self, exc: grpc.aio.AioRpcError) -> errors.DomainError:
+        return translate(self.service, self.address, exc)
+
+    async def _stream(self, call: Any) -> AsyncIterator[Any]:
+        try:
+            async for message in call:
+                yield message
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+        finally:
+            # Leaving early (cancellation, an error in the consumer) cancels the call: the service
+            # sees the cancellation at once (the trainer then kills the sandbox).
+            call.cancel()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+class GrpcCrawler(_Client):
+    service = "crawler"
+
+    def __init__(self, address: str, token: str | None, *, max_message_bytes: int = 64 * 1024 * 1024) -> None:
+        super().__init__(address, token, max_message_bytes=max_message_bytes)
+        self._stub = crawler_rpc.CrawlerServiceStub(self._channel)
+
+    def build_dataset(
+        self, request: crawler_pb.BuildDatasetRequest, *, timeout_s: float
+    ) -> AsyncIterator[crawler_pb.BuildDatasetResponse]:
+        call = self._stub.BuildDataset(request, timeout=timeout_s, metadata=self._metadata(request.job_id))
+        return self._stream(call)
+
+
+class GrpcCodegen(_Client):
+    service = "codegen"
+
+    def __init__(self, address: str, token: str | None, *, max_message_bytes: int = 64 * 1024 * 1024) -> None:
+        super().__init__(address, token, max_message_bytes=max_message_bytes)
+        self._stub = codegen_rpc.CodegenServiceStub(self._channel)
+
+    async def _unary(self, method: Any, request: Any, timeout_s: float) -> Any:
+        try:
+            return await method(request, timeout=timeout_s, metadata=self._metadata(request.job_id))
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+
+    async def plan_task(
+        self, request: codegen_pb.PlanTaskRequest, *, timeout_s: float
+    ) -> codegen_pb.PlanTaskResponse:
+        return await self._unary(self._stub.PlanTask, request, timeout_s)
+
+    async def generate_program(
+        self, request: codegen_pb.GenerateProgramRequest, *, timeout_s: float
+    ) -> codegen_pb.GenerateProgramResponse:
+        return await self._unary(self._stub.GenerateProgram, request, timeout_s)
+
+    async def repair_program(
+        self, request: codegen_pb.RepairProgramRequest, *, timeout_s: float
+    ) -> codegen_pb.RepairProgramResponse:
+        return await self._unary(self._stub.RepairProgram, request, timeout_s)
+
+
+class GrpcTrainer(_Client):
+    service = "trainer"
+
+    def __init__(self, address: str, token: str | None, *, max_message_bytes: int = 64 * 1024 * 1024) -> None:
+        super().__init__(address, token, max_message_bytes=max_message_bytes)
+        self._stub = trainer_rpc.TrainerServiceStub(self._channel)
+
+    def train(
+        self, request: trainer_pb.TrainRequest, *, timeout_s: float
+    ) -> AsyncIterator[trainer_pb.TrainResponse]:
+        call = self._stub.Train(request, timeout=timeout_s, metadata=self._metadata(request.job_id))
+        return self._stream(call)

@@ -1,0 +1,48 @@
+"""The services a job runs through, as ports: the pipeline takes them through its constructor.
+
+The messages are the contracts' own (``zehanx.*.v1``): the orchestrator's job is to carry them from one
+service to the next. The gRPC adapters are in :mod:`.clients`; tests may pass in-process fakes.
+Every method raises :class:`~zehanx_runtime.errors.DomainError` subclasses (UNAVAILABLE when the service
+cannot be reached), never grpc errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from zehanx.codegen.v1 import codegen_service_pb2 as codegen_pb
+from zehanx.crawler.v1 import crawler_service_pb2 as crawler_pb
+from zehanx.trainer.v1 import trainer_service_pb2 as trainer_pb
+
+
+class DatasetBuilder(Protocol):
+    """``CrawlerService.BuildDataset``: progress messages, then the dataset."""
+
+    def build_dataset(
+        self, request: crawler_pb.BuildDatasetRequest, *, timeout_s: float
+    ) -> AsyncIterator[crawler_pb.BuildDatasetResponse]: ...
+
+
+class ProgramWriter(Protocol):
+    """``CodegenService``: plan, write, repair."""
+
+    async def plan_task(
+        self, request: codegen_pb.PlanTaskRequest, *, timeout_s: float
+    ) -> codegen_pb.PlanTaskResponse: ...
+
+    async def generate_program(
+        self, request: codegen_pb.GenerateProgramRequest, *, timeout_s: float
+    ) -> codegen_pb.GenerateProgramResponse: ...
+
+    async def repair_program(
+        self, request: codegen_pb.RepairProgramRequest, *, timeout_s: float
+    ) -> codegen_pb.RepairProgramResponse: ...
+
+
+class Trainer(Protocol):
+    """``TrainerService.Train``: the run's messages; cancelling the iteration stops the sandbox."""
+
+    def train(
+        self, request: trainer_pb.TrainRequest, *, timeout_s: float
+    ) -> AsyncIterator[trainer_pb.TrainResponse]: ...

@@ -1,0 +1,400 @@
+"""Support of the end-to-end tests (fixtures are re-exported by conftest.py).
+
+``sandbox``: a real executor (local bubblewrap sandbox) and a real trainer, as processes, shared by the
+module's tests; the trainer can be killed and restarted on the same port. ``gateway``: the gateway's
+real object graph on a fresh database of the session's PostgreSQL, with its job workers running; the
+crawler and codegen ports are in-process stand-ins that hand over real files and real programs (the
+services themselves are exercised by the process-level tests in test_suite.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from zehanx.codegen.v1 import codegen_service_pb2 as codegen_pb
+from zehanx.common.v1 import dataset_pb2, plan_pb2, program_pb2, task_family_pb2
+from zehanx.crawler.v1 import crawler_service_pb2 as crawler_pb
+from zehanx.crawler.v1 import dataset_pb2 as crawler_dataset_pb2
+from zehanx.gateway.v1 import job_pb2
+from zehanx_gateway import convert
+from zehanx_gateway.app import Gateway
+from zehanx_gateway.domain import AuthMethod, Job, JobEvent, Principal
+from zehanx_gateway.orchestrator.runner import Workers, start_workers
+from zehanx_gateway.orchestrator.settings import OrchestratorSettings
+from zehanx_gateway.settings import GatewaySettings
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = (REPO / ".." / "shared").resolve()
+for extra in (
+    REPO / "tests" / "services",
+    REPO / "tests" / "trainer",
+    REPO / "examples" / "reference_digits",
+):
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
+
+from svc_harness import ServiceProcess, free_port, start_service  # noqa: E402
+
+TOKEN = "e2e-test-token"
+#: Distinct from a development executor (62000), the executor tests (63000) and the trainer tests (64000).
+EXECUTOR_WORK_DIR = "/var/tmp/zx-e2e-tests"
+EXECUTOR_UID_BASE = 61000
+EXECUTOR_SLOTS = 4
+DIGITS_PROGRAM = REPO / "examples" / "reference_digits"
+
+
+# -- the sandbox side: executor + trainer processes -----------------------------------------------------
+
+
+@dataclass
+class Sandbox:
+    tmp: Path
+    executor: ServiceProcess
+    trainer: ServiceProcess
+    dataset_root: Path
+    artifact_dir: Path
+    trainer_port: int
+
+    def trainer_env(self) -> dict[str, str]:
+        return {
+            "ZX_TRAINER_PORT": str(self.trainer_port),
+            "ZX_TRAINER_EXECUTOR_ADDRESS": self.executor.address,
+            "ZX_TRAINER_DATASET_ROOTS": json.dumps([str(self.dataset_root)]),
+            "ZX_TRAINER_ARTIFACT_DIR": str(self.artifact_dir),
+            "ZX_TRAINER_GPUS": "0",
+            "ZX_TRAINER_MAX_CONCURRENT_RUNS": "4",
+            "ZX_TRAINER_MEMORY_BYTES": str(2 * 1024**3),
+            "ZX_TRAINER_DISK_BYTES": str(256 * 1024**2),
+            "ZX_TRAINER_TRAINING_GRACE_S": "30",
+        }
+
+    def start_trainer(self) -> ServiceProcess:
+        trainer = start_service("trainer", self.tmp, token=TOKEN, extra_env=self.trainer_env())
+        trainer.address = f"127.0.0.1:{self.trainer_port}"
+        trainer.wait_serving(90)
+        self.trainer = trainer
+        return trainer
+
+    def sandbox_pids(self) -> list[int]:
+        """Processes running as one of this executor's sandbox uids."""
+        uids = range(EXECUTOR_UID_BASE, EXECUTOR_UID_BASE + EXECUTOR_SLOTS + 1)
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("Uid:") and int(line.split()[1]) in uids:
+                    found.append(int(entry.name))
+        return found
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    from zehanx_executor.sandbox.probe import probe
+
+    caps = probe(work_dir=Path(EXECUTOR_WORK_DIR), probe_uid=EXECUTOR_UID_BASE + EXECUTOR_SLOTS)
+    if not caps.ok:
+        pytest.skip("this host cannot run the executor's local sandbox: " + "; ".join(caps.missing))
+    tmp = tmp_path_factory.mktemp("e2e-sandbox")
+    executor = start_service(
+        "executor",
+        tmp,
+        token=TOKEN,
+        extra_env={
+            "ZX_EXECUTOR_BACKEND": "local",
+            "ZX_EXECUTOR_WORK_DIR": EXECUTOR_WORK_DIR,
+            "ZX_EXECUTOR_UID_BASE": str(EXECUTOR_UID_BASE),
+            "ZX_EXECUTOR_MAX_CONCURRENT": str(EXECUTOR_SLOTS),
+        },
+    )
+    box = None
+    try:
+        executor.wait_serving(90)
+        box = Sandbox(tmp, executor, None, tmp / "datasets", tmp / "artifacts", free_port())  # type: ignore[arg-type]
+        box.dataset_root.mkdir()
+        box.start_trainer()
+        yield box
+    finally:
+        if box is not None and box.trainer is not None:
+            box.trainer.stop()
+        executor.stop()
+
+
+# -- datasets and programs --------------------------------------------------------------------------------
+
+
+def _dataset(
+    root: Path, name: str, rows: dict[str, list[dict]], schema: dict, family: int
+) -> crawler_dataset_pb2.Dataset:
+    root.mkdir(parents=True, exist_ok=True)
+    shas = {}
+    for split, split_rows in rows.items():
+        data = "".join(json.dumps(r) + "\n" for r in split_rows).encode()
+        (root / f"{split}.jsonl").write_bytes(data)
+        shas[split] = hashlib.sha256(data).hexdigest()
+    schema_json = json.dumps(schema)
+    dataset_id = str(uuid.uuid4())
+    target = schema["target"]
+    labels = [str(r[target]) for split in rows.values() for r in split]
+    classes = sorted(set(labels))
+    return crawler_dataset_pb2.Dataset(
+        id=dataset_id,
+        name=name,
+        task_family=family,
+        target_column=target,
+        explanation="test data written by the test",
+        ref=dataset_pb2.DatasetRef(
+            dataset_id=dataset_id,
+            train_uri=(root / "train.jsonl").as_uri(),
+            validation_uri=(root / "validation.jsonl").as_uri(),
+            test_uri=(root / "test.jsonl").as_uri(),
+            format=dataset_pb2.DATASET_FILE_FORMAT_JSONL,
+            schema_json=schema_json,
+            train_sha256=shas["train"],
+            validation_sha256=shas["validation"],
+            test_sha256=shas["test"],
+        ),
+        profile=dataset_pb2.DatasetProfile(
+            row_count=len(labels),
+            classes=[
+                dataset_pb2.ClassCount(label=c, count=labels.count(c), fraction=labels.count(c) / len(labels))
+                for c in classes
+            ],
+        ),
+        provenance=[dataset_pb2.Provenance(source=str(root), description="written by the test")],
+        train_row_count=len(rows["train"]),
+        validation_row_count=len(rows["validation"]),
+        test_row_count=len(rows["test"]),
+    )
+
+
+def digits_dataset(root: Path) -> crawler_dataset_pb2.Dataset:
+    from make_dataset import write_digits
+
+    written = write_digits(root / "digits")
+    folder = written["dir"]
+    rows = {
+        split: [json.loads(line) for line in (folder / f"{split}.jsonl").read_text().splitlines() if line]
+        for split in ("train", "validation", "test")
+    }
+    return _dataset(
+        folder,
+        "sklearn-digits",
+        rows,
+        json.loads(written["schema_json"]),
+        task_family_pb2.TASK_FAMILY_IMAGE_CLASSIFICATION,
+    )
+
+
+def tiny_dataset(root: Path) -> crawler_dataset_pb2.Dataset:
+    def split(n: int, offset: int) -> list[dict]:
+        return [
+            {"x": ((i * 37 + offset) % 41) - 20.5, "label": "pos" if ((i * 37 + offset) % 41) > 20 else "neg"}
+            for i in range(n)
+        ]
+
+    schema = {
+        "format": "zehanx.dataset",
+        "format_version": 1,
+        "task": "tabular_classification",
+        "target": "label",
+        "inputs": ["x"],
+        "classes": ["neg", "pos"],
+    }
+    rows = {"train": split(60, 0), "validation": split(20, 7), "test": split(30, 13)}
+    return _dataset(root / "tiny", "tiny", rows, schema, task_family_pb2.TASK_FAMILY_TABULAR_CLASSIFICATION)
+
+
+def digits_program() -> program_pb2.Program:
+    files = [
+        program_pb2.ProgramFile(path=p.name, content=p.read_bytes())
+        for p in sorted(DIGITS_PROGRAM.glob("*.py"))
+        if p.name != "make_dataset.py"
+    ]
+    return program_pb2.Program(
+        files=files, train_entry_point="train.py", predict_entry_point="predict.py", runtime_version="1"
+    )
+
+
+def plan_for(dataset: crawler_dataset_pb2.Dataset, inputs: list[str], family: str) -> plan_pb2.Plan:
+    return plan_pb2.Plan(
+        task_family=dataset.task_family,
+        target_column=dataset.target_column,
+        input_columns=inputs,
+        metric_name="accuracy",
+        metric_goal=task_family_pb2.METRIC_GOAL_MAXIMIZE,
+        model_family=family,
+        rationale="chosen by the test",
+    )
+
+
+# -- in-process stand-ins for the crawler and codegen ports ----------------------------------------------
+
+
+@dataclass
+class StaticCrawler:
+    """Hands over one dataset (real files), after one progress message."""
+
+    dataset: crawler_dataset_pb2.Dataset
+    calls: int = 0
+
+    async def build_dataset(
+        self, request: crawler_pb.BuildDatasetRequest, *, timeout_s: float
+    ) -> AsyncIterator[crawler_pb.BuildDatasetResponse]:
+        self.calls += 1
+        yield crawler_pb.BuildDatasetResponse(
+            sequence=1,
+            progress=crawler_pb.BuildProgress(
+                phase=crawler_pb.DATASET_BUILD_PHASE_FETCHING, message="reading the test's files", rows_done=1
+            ),
+        )
+        yield crawler_pb.BuildDatasetResponse(sequence=2, dataset=self.dataset)
+
+
+@dataclass
+class ScriptedCodegen:
+    """Returns ``first`` from GenerateProgram and ``repairs[n-1]`` (else the last) from RepairProgram n."""
+
+    plan: plan_pb2.Plan
+    first: program_pb2.Program
+    repairs: list[program_pb2.Program] = field(default_factory=list)
+    generate_calls: int = 0
+    repair_requests: list[codegen_pb.RepairProgramRequest] = field(default_factory=list)
+
+    async def plan_task(
+        self, request: codegen_pb.PlanTaskRequest, *, timeout_s: float
+    ) -> codegen_pb.PlanTaskResponse:
+        return codegen_pb.PlanTaskResponse(plan=self.plan, backend="test")
+
+    async def generate_program(
+        self, request: codegen_pb.GenerateProgramRequest, *, timeout_s: float
+    ) -> codegen_pb.GenerateProgramResponse:
+        self.generate_calls += 1
+        return codegen_pb.GenerateProgramResponse(program=self.first, backend="test")
+
+    async def repair_program(
+        self, request: codegen_pb.RepairProgramRequest, *, timeout_s: float
+    ) -> codegen_pb.RepairProgramResponse:
+        self.repair_requests.append(request)
+        program = (
+            self.repairs[min(request.attempt, len(self.repairs)) - 1] if self.repairs else request.program
+        )
+        return codegen_pb.RepairProgramResponse(
+            program=program, change_summary=f"test repair {request.attempt}", backend="test"
+        )
+
+
+# -- the gateway with its workers ------------------------------------------------------------------------
+
+
+def _with_database(url: str, name: str) -> str:
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    params["dbname"] = name
+    return psycopg.conninfo.make_conninfo("", **params)
+
+
+@pytest.fixture
+def database_url(postgres_url: str) -> Iterator[str]:
+    name = f"e2e_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    try:
+        yield _with_database(postgres_url, name)
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+@dataclass
+class Harness:
+    gateway: Gateway
+    workers: list[Workers]
+    principal: Principal
+
+    async def create(self, prompt: str, **options: object) -> Job:
+        job = job_pb2.Job(prompt=prompt)
+        if options:
+            job.options.CopyFrom(job_pb2.JobOptions(**options))  # type: ignore[arg-type]
+        return await self.gateway.jobs.create(self.principal, convert.new_job(job, ""))
+
+    async def job(self, job_id: uuid.UUID) -> Job:
+        return await self.gateway.registry.get_job(job_id, user_id=None)
+
+    async def events(self, job_id: uuid.UUID) -> list[JobEvent]:
+        return await self.gateway.registry.list_events(job_id, after_sequence=0, limit=100_000)
+
+    async def wait(self, job_id: uuid.UUID, predicate: object, within: float = 240.0) -> Job:
+        """Poll until ``predicate(job, events)`` holds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            job = await self.job(job_id)
+            events = await self.events(job_id)
+            if predicate(job, events):  # type: ignore[operator]
+                return job
+            if loop.time() > deadline:
+                kinds = [
+                    (e.sequence, e.kind, dict(e.payload).get("text") or dict(e.payload).get("reason"))
+                    for e in events[-30:]
+                ]
+                raise AssertionError(
+                    f"timed out; job {job.state} {job.stage} {job.error}; last events {kinds}"
+                )
+            await asyncio.sleep(0.2)
+
+    async def wait_terminal(self, job_id: uuid.UUID, within: float = 240.0) -> Job:
+        return await self.wait(job_id, lambda job, _events: job.terminal, within)
+
+
+def gateway_settings(database_url: str, tmp: Path, trainer_address: str) -> GatewaySettings:
+    return GatewaySettings(
+        host="127.0.0.1",
+        port=0,
+        database_url=database_url,
+        artifact_dir=tmp / "gateway-artifacts",
+        trainer_address=trainer_address,
+        service_token=TOKEN,
+        log_json=True,
+        log_level="warning",
+    )
+
+
+def worker_settings(**overrides: object) -> OrchestratorSettings:
+    values: dict[str, object] = {
+        "workers": 1,
+        "lease_seconds": 30.0,
+        "claim_poll_seconds": 0.2,
+        "service_retry_seconds": 90.0,
+        "default_training_seconds": 300.0,
+    }
+    values.update(overrides)
+    return OrchestratorSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def open_gateway(database_url: str, tmp_path: Path, sandbox: Sandbox) -> AsyncIterator[Gateway]:
+    gateway = await Gateway.open(gateway_settings(database_url, tmp_path, sandbox.trainer.address))
+    try:
+        yield gateway
+    finally:
+        await gateway.close()
+
+
+async def harness_for(gateway: Gateway, crawler: object, codegen: object, **settings: object) -> Harness:
+    workers = start_workers(gateway, worker_settings(**settings), crawler=crawler, codegen=codegen)  # type: ignore[arg-type]
+    user_id = await gateway.registry.user_by_name("e2e", create=True)
+    return Harness(gateway, [workers], Principal(user_id, AuthMethod.API_KEY, "test"))

@@ -1,0 +1,284 @@
+"""The gateway's job workers against the real registry, a real trainer and a real sandbox.
+
+Each test drives a job from QUEUED to its end through the real orchestration code: leases in
+PostgreSQL, events persisted and numbered by the registry, Train through the real trainer and executor
+(real training in the sandbox), the archive packed from the trainer's real artifact. The crawler and
+codegen are stand-ins that hand over real files and real programs (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from e2e_support import (
+    Harness,
+    Sandbox,
+    ScriptedCodegen,
+    StaticCrawler,
+    digits_dataset,
+    digits_program,
+    harness_for,
+    plan_for,
+    tiny_dataset,
+)
+from programs import tiny_program
+from zehanx_gateway.domain import STATE_CHANGE, AuthMethod, JobEvent, JobState, Principal
+
+pytestmark = pytest.mark.slow
+
+
+def _contiguous(events: list[JobEvent]) -> None:
+    """Numbered 1..n without a gap or a repeat."""
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+
+
+def _stages(events: list[JobEvent]) -> list[str]:
+    return [
+        e.payload.get("to_stage")
+        for e in events
+        if e.kind == STATE_CHANGE
+        and e.payload.get("to_stage")
+        and e.payload.get("to_stage") != e.payload.get("from_stage")
+    ]
+
+
+def _of(events: list[JobEvent], kind: str) -> list[JobEvent]:
+    return [e for e in events if e.kind == kind]
+
+
+async def _close(harness: Harness) -> None:
+    for workers in harness.workers:
+        await workers.close()
+
+
+async def test_a_job_trains_evaluates_publishes_and_its_model_downloads_and_predicts(
+    open_gateway, sandbox: Sandbox
+) -> None:
+    dataset = digits_dataset(sandbox.dataset_root)
+    crawler = StaticCrawler(dataset)
+    codegen = ScriptedCodegen(plan_for(dataset, ["image"], "small_cnn"), digits_program())
+    harness = await harness_for(open_gateway, crawler, codegen)
+    try:
+        created = await harness.create("Classify handwritten digits")
+        job = await harness.wait_terminal(created.id)
+    finally:
+        await _close(harness)
+    events = await harness.events(job.id)
+    assert job.state is JobState.SUCCEEDED, (job.error, [(e.kind, dict(e.payload)) for e in events[-5:]])
+    _contiguous(events)
+    assert _stages(events) == ["CRAWLING", "GENERATING", "TRAINING", "EVALUATING", "PUBLISHING"]
+    assert job.attempt == 1 and job.repair_count == 0 and job.dataset_id == dataset.id
+
+    metrics = _of(events, "training_metrics")
+    assert metrics, "the trainer's metrics become events"
+    full_run = [e for e in metrics if not e.payload.get("smoke")]
+    assert full_run and max(int(e.payload.get("epoch", 0)) for e in full_run) >= 1
+    assert any("loss" in e.payload for e in full_run)
+
+    (evaluation,) = _of(events, "evaluation_result")
+    held_out = evaluation.payload["held_out_metrics"]["values"]["accuracy"]
+    baseline = evaluation.payload["baseline_metrics"]["values"]["accuracy"]
+    assert held_out > baseline + 0.5, (held_out, baseline)  # digits: ~0.98 against ~0.10
+    assert "zx_resume" in evaluation.payload  # the checkpoint a resumed attempt starts from
+
+    (published,) = _of(events, "model_published")
+    model = await harness.gateway.registry.get_model(job.model_id, user_id=job.user_id)
+    assert published.payload["model_id"] == str(model.id)
+    assert model.trainer_artifact_id and model.metric_name == "accuracy"
+    assert "# " in model.model_card
+
+    principal = Principal(job.user_id, AuthMethod.API_KEY, "test")
+    download = await harness.gateway.models.download(principal, model.id)
+    data = b"".join([chunk async for chunk in download.chunks])
+    assert hashlib.sha256(data).hexdigest() == model.archive_sha256 and len(data) == model.archive_size
+    names = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
+    assert {"train.py", "predict.py", "MODEL_CARD.md", "metrics.json"} <= names
+    assert any(n.endswith("model.safetensors") for n in names)
+
+    test_file = Path(dataset.ref.test_uri.removeprefix("file://"))
+    test_rows = [json.loads(line) for line in test_file.read_text().splitlines()[:5]]  # noqa: ASYNC240
+    result = await harness.gateway.models.predict(
+        principal, model.id, [{"image": r["image"]} for r in test_rows]
+    )
+    answers = [p.output for p in result.predictions]
+    assert len(answers) == 5
+    right = sum(
+        str(a if not isinstance(a, dict) else a.get("prediction")) == str(r["digit"])
+        for a, r in zip(answers, test_rows, strict=True)
+    )
+    assert right >= 4, (answers, [r["digit"] for r in test_rows])
+
+
+async def test_a_failed_smoke_run_is_repaired_and_the_error_is_an_event(
+    open_gateway, sandbox: Sandbox
+) -> None:
+    dataset = tiny_dataset(sandbox.dataset_root)
+    codegen = ScriptedCodegen(
+        plan_for(dataset, ["x"], "threshold"), tiny_program("crash"), [tiny_program("honest")]
+    )
+    harness = await harness_for(open_gateway, StaticCrawler(dataset), codegen)
+    try:
+        created = await harness.create("Tell positive from negative x")
+        job = await harness.wait_terminal(created.id)
+    finally:
+        await _close(harness)
+    events = await harness.events(job.id)
+    assert job.state is JobState.SUCCEEDED, job.error
+    assert job.repair_count == 1
+    _contiguous(events)
+    (request,) = codegen.repair_requests
+    assert request.attempt == 1 and request.error.message  # codegen got the failure
+    versions = [e.payload["program_attempt"] for e in _of(events, "program_generated")]
+    assert versions == [1, 2]
+    errors_logged = [e for e in _of(events, "log_line") if "smoke run failed" in e.payload.get("text", "")]
+    assert errors_logged and "no_such_column" in errors_logged[0].payload["text"]
+    assert any("repairing (attempt 1 of 3)" in e.payload.get("reason", "") for e in _of(events, STATE_CHANGE))
+    assert _stages(events) == [
+        "CRAWLING",
+        "GENERATING",
+        "TRAINING",
+        "GENERATING",
+        "TRAINING",
+        "EVALUATING",
+        "PUBLISHING",
+    ]
+
+
+async def test_a_program_that_stays_broken_fails_after_three_repairs(open_gateway, sandbox: Sandbox) -> None:
+    dataset = tiny_dataset(sandbox.dataset_root)
+    codegen = ScriptedCodegen(
+        plan_for(dataset, ["x"], "threshold"), tiny_program("honest"), [tiny_program("honest")]
+    )
+    # The test setting breaks the generated program and every repair: 4 programs, 3 repairs.
+    harness = await harness_for(open_gateway, StaticCrawler(dataset), codegen, test_break_programs=4)
+    try:
+        created = await harness.create("Tell positive from negative x")
+        job = await harness.wait_terminal(created.id)
+    finally:
+        await _close(harness)
+    events = await harness.events(job.id)
+    assert job.state is JobState.FAILED
+    assert job.error is not None and job.error.reason == "REPAIRS_EXHAUSTED"
+    assert "after 3 repair" in job.error.message and "broken on purpose" in job.error.message
+    assert job.repair_count == 3
+    assert [r.attempt for r in codegen.repair_requests] == [1, 2, 3]
+    failures = [e for e in _of(events, "log_line") if "smoke run failed" in e.payload.get("text", "")]
+    assert len(failures) == 4  # every failed smoke run is recorded
+    _contiguous(events)
+    assert events[-1].payload.get("to_state") == "FAILED"
+
+
+async def test_cancel_during_training_ends_cancelled_and_the_sandbox_is_gone(
+    open_gateway, sandbox: Sandbox
+) -> None:
+    dataset = tiny_dataset(sandbox.dataset_root)
+    codegen = ScriptedCodegen(plan_for(dataset, ["x"], "threshold"), tiny_program("sleeper"))
+    harness = await harness_for(open_gateway, StaticCrawler(dataset), codegen)
+    try:
+        created = await harness.create("Tell positive from negative x")
+        await harness.wait(
+            created.id,
+            lambda job, events: any("sleeping" in e.payload.get("text", "") for e in _of(events, "log_line")),
+        )
+        assert sandbox.sandbox_pids(), "the full run is sleeping inside the sandbox"
+        principal = Principal(created.user_id, AuthMethod.API_KEY, "test")
+        asked = time.monotonic()
+        cancelling = await harness.gateway.jobs.cancel(principal, created.id, "test")
+        assert cancelling.state is JobState.CANCELLING
+        job = await harness.wait_terminal(created.id, within=60)
+        gone_after = None
+        while time.monotonic() - asked < 30:
+            if not sandbox.sandbox_pids():
+                gone_after = time.monotonic() - asked
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await _close(harness)
+    print(f"sandbox gone {gone_after:.2f}s after CancelJob" if gone_after is not None else "sandbox not gone")
+    assert job.state is JobState.CANCELLED
+    assert job.error is not None and job.error.code == "CANCELLED"
+    assert gone_after is not None, "the sandbox outlived the cancellation"
+    events = await harness.events(created.id)
+    _contiguous(events)
+    assert [e.payload.get("to_state") for e in _of(events, STATE_CHANGE)][-2:] == ["CANCELLING", "CANCELLED"]
+
+
+async def test_a_dead_workers_job_is_resumed_after_its_lease_expires_from_its_last_stage(
+    open_gateway, sandbox: Sandbox
+) -> None:
+    dataset = tiny_dataset(sandbox.dataset_root)
+    crawler = StaticCrawler(dataset)
+    codegen = ScriptedCodegen(plan_for(dataset, ["x"], "threshold"), tiny_program("honest"))
+    first = await harness_for(open_gateway, crawler, codegen, lease_seconds=3.0)
+    created = await first.create("Tell positive from negative x")
+    await first.wait(created.id, lambda job, _events: job.stage is not None and job.stage.value == "TRAINING")
+    # The worker "dies": it stops without writing anything more (no requeue, no heartbeat), as a
+    # killed process would; its Train call is cancelled with it.
+    orchestrator = first.workers[0].orchestrator
+    for _job, control in list(orchestrator._running.values()):
+        control.stop("lease_lost")
+    await first.workers[0].close()
+    dead = await first.job(created.id)
+    assert dead.state is JobState.RUNNING and dead.attempt == 1
+
+    second = await harness_for(open_gateway, crawler, codegen, lease_seconds=3.0)
+    try:
+        job = await second.wait_terminal(created.id)
+    finally:
+        await _close(second)
+    events = await second.events(created.id)
+    assert job.state is JobState.SUCCEEDED, job.error
+    assert job.attempt == 2
+    assert crawler.calls == 1 and codegen.generate_calls == 1, "resumed after the completed stages"
+    _contiguous(events)
+    reasons = [e.payload.get("reason", "") for e in _of(events, STATE_CHANGE)]
+    assert any("queued again" in r for r in reasons)
+    assert any("resuming attempt 2" in e.payload.get("text", "") for e in _of(events, "log_line"))
+    assert len(_of(events, "model_published")) == 1
+
+
+async def test_a_killed_trainer_is_reconnected_to_and_the_job_still_succeeds(
+    open_gateway, sandbox: Sandbox
+) -> None:
+    dataset = tiny_dataset(sandbox.dataset_root)
+    codegen = ScriptedCodegen(plan_for(dataset, ["x"], "threshold"), tiny_program("sleeper"), [])
+    harness = await harness_for(open_gateway, StaticCrawler(dataset), codegen)
+    try:
+        created = await harness.create("Tell positive from negative x")
+        await harness.wait(
+            created.id,
+            lambda job, events: any("sleeping" in e.payload.get("text", "") for e in _of(events, "log_line")),
+        )
+        sandbox.trainer.stop()  # SIGKILL of the trainer's process group, mid-training
+        await harness.wait(
+            created.id,
+            lambda job, events: any(
+                "unreachable" in e.payload.get("text", "") for e in _of(events, "log_line")
+            ),
+            within=60,
+        )
+        await asyncio.to_thread(sandbox.start_trainer)
+        # The sleeper sleeps again in its second run: once it does, the job was resumed on the new trainer.
+        await harness.wait(
+            created.id,
+            lambda job, events: (
+                sum("sleeping" in e.payload.get("text", "") for e in _of(events, "log_line")) >= 2
+            ),
+            within=120,
+        )
+        principal = Principal(created.user_id, AuthMethod.API_KEY, "test")
+        await harness.gateway.jobs.cancel(principal, created.id, "done with the test")
+        job = await harness.wait_terminal(created.id, within=60)
+    finally:
+        await _close(harness)
+    events = await harness.events(created.id)
+    _contiguous(events)
+    assert job.state is JobState.CANCELLED
+    assert job.attempt == 1, "the same attempt went on: the job never ran twice at once"
