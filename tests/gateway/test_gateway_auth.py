@@ -112,6 +112,18 @@ async def test_a_valid_hs256_jwt_is_a_user_of_its_own(served: Served) -> None:
     assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_reused_jwt_stops_working_when_it_expires(served: Served) -> None:
+    """Verified tokens are remembered (the crypto is skipped on reuse) only until their ``exp``."""
+    auth = bearer(token(exp_in=2))
+    for _ in range(3):
+        await served.stub.ListJobs(pb.ListJobsRequest(), metadata=auth)
+    claims_exp = jwt.decode(auth[0][1].split()[1], options={"verify_signature": False})["exp"]
+    await asyncio.sleep(max(0.0, claims_exp - time.time()) + 1.1)
+    error = await refused(served.stub.ListJobs(pb.ListJobsRequest(), metadata=auth))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_info_of(error).reason == "TOKEN_EXPIRED"
+
+
 @pytest.mark.parametrize(
     ("reason", "make"),
     [

@@ -24,6 +24,7 @@ import hmac
 import json
 import re
 import secrets
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -107,6 +108,8 @@ class JwtConfig:
         return bool(self.secret or self.jwks_url or self.jwks_json)
 
 
+_VERIFIED_CACHE_SIZE = 10_000
+
 _ASYMMETRIC = ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "EdDSA"]
 
 
@@ -117,12 +120,28 @@ class JwtVerifier:
         if not config.enabled:
             raise ValueError("JwtVerifier needs a secret, a JWKS URL or a JWKS document")
         self._config = config
+        #: Tokens already verified, with their claims, until they expire: the same bytes (signature
+        #: included) verify the same way, so a client that reuses its token skips the crypto.
+        self._verified: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
         self._keyset = jwt.PyJWKSet.from_json(config.jwks_json) if config.jwks_json else None
         self._client = (
             jwt.PyJWKClient(config.jwks_url, cache_keys=True, lifespan=600) if config.jwks_url else None
         )
 
     async def verify(self, token: str) -> Mapping[str, Any]:
+        cached = self._verified.get(token)
+        if cached is not None:
+            if float(cached["exp"]) + self._config.leeway_seconds > time.time():
+                self._verified.move_to_end(token)
+                return cached
+            del self._verified[token]
+        claims = await self._verify(token)
+        self._verified[token] = claims
+        if len(self._verified) > _VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return claims
+
+    async def _verify(self, token: str) -> Mapping[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
