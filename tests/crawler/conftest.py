@@ -112,7 +112,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
                 z.writestr("zeros.csv", b"a,b\n" + b"0" * (64 * 1024 * 1024))
             return self._send(200, buf.getvalue(), "application/zip")
         if path == "/archives/bomb.csv.gz":
-            return self._send(200, gzip.compress(b"a,b\n" + b"0,0\n" * (40 * 1024 * 1024)), "application/gzip")
+            return self._send(200, gzip.compress(b"a,b\n" + b"0,0\n" * (10 * 1024 * 1024)), "application/gzip")
         return self._send(404, b"not found")
 
 
