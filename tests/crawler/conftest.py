@@ -14,7 +14,6 @@ import http.server
 import io
 import os
 import threading
-
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -55,17 +54,19 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     hits: dict[str, int] = {}
     lock = threading.Lock()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def _send(self, status: int, body: bytes, content_type: str = "text/plain", length: int | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str = "text/plain", length: int | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body) if length is None else length))
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802 - the base class's name
+    def do_GET(self) -> None:
         with self.lock:
             self.hits[self.path] = self.hits.get(self.path, 0) + 1
         path = self.path.split("?", 1)[0]
@@ -76,7 +77,12 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         if path == "/flaky.csv":
             if self.hits[self.path] % 2 == 1:  # fails once, then works
                 return self._send(503, b"try again")
-            return self._send(200, b"a,b,label\n" + b"".join(b"%d,%d,%s\n" % (i, i * 2, b"xy"[i % 2 : i % 2 + 1]) for i in range(40)), "text/csv")
+            return self._send(
+                200,
+                b"a,b,label\n"
+                + b"".join(b"%d,%d,%s\n" % (i, i * 2, b"xy"[i % 2 : i % 2 + 1]) for i in range(40)),
+                "text/csv",
+            )
         if path == "/huge.csv":
             return self._send(200, b"a,b\n1,2\n", "text/csv", length=5 * 1024**3)  # claims 5 GiB
         if path == "/private/data.csv":
@@ -103,7 +109,12 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         if path == "/archives/sentences.zip":
             buf = io.BytesIO()
             with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-                for name in ("amazon_cells_labelled.txt", "imdb_labelled.txt", "yelp_labelled.txt", "readme.txt"):
+                for name in (
+                    "amazon_cells_labelled.txt",
+                    "imdb_labelled.txt",
+                    "yelp_labelled.txt",
+                    "readme.txt",
+                ):
                     z.write(data_root / "sentiment_labelled_sentences" / name, f"sentences/{name}")
             return self._send(200, buf.getvalue(), "application/zip")
         if path == "/archives/bomb.zip":
@@ -112,7 +123,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
                 z.writestr("zeros.csv", b"a,b\n" + b"0" * (64 * 1024 * 1024))
             return self._send(200, buf.getvalue(), "application/zip")
         if path == "/archives/bomb.csv.gz":
-            return self._send(200, gzip.compress(b"a,b\n" + b"0,0\n" * (10 * 1024 * 1024)), "application/gzip")
+            return self._send(
+                200, gzip.compress(b"a,b\n" + b"0,0\n" * (10 * 1024 * 1024)), "application/gzip"
+            )
         return self._send(404, b"not found")
 
 
@@ -173,10 +186,9 @@ class Crawler:
     def stub(self) -> rpc.CrawlerServiceStub:
         return rpc.CrawlerServiceStub(self.channel)
 
-    async def build(self, prompt: str, *sources: str, timeout: float = 120.0,
-                    **options: Any) -> list[pb.BuildDatasetResponse]:
+    async def build(self, prompt: str, *sources: str, **options: Any) -> list[pb.BuildDatasetResponse]:
         """Every message of a BuildDataset stream (``sources``: URLs, absolute paths, catalogue names)."""
-        return [m async for m in self.stream(build_request(prompt, *sources, **options), timeout=timeout)]
+        return [m async for m in self.stream(build_request(prompt, *sources, **options))]
 
     def stream(self, request: pb.BuildDatasetRequest, timeout: float = 120.0) -> Any:
         return self.stub.BuildDataset(request, metadata=[("x-zx-service-token", TOKEN)], timeout=timeout)
@@ -193,8 +205,11 @@ def build_request(prompt: str, *sources: str, **options: Any) -> pb.BuildDataset
             request.sources.add(catalog_name=source)
     fractions = options.pop("split_fractions", None)
     if fractions:
-        request.options.split_fractions.CopyFrom(dataset_pb2.SplitFractions(
-            train_fraction=fractions[0], validation_fraction=fractions[1], test_fraction=fractions[2]))
+        request.options.split_fractions.CopyFrom(
+            dataset_pb2.SplitFractions(
+                train_fraction=fractions[0], validation_fraction=fractions[1], test_fraction=fractions[2]
+            )
+        )
     for key, value in options.items():
         setattr(request.options, key, value)
     return request
@@ -224,6 +239,3 @@ async def crawler(tmp_path: Path, shared_data: Path) -> AsyncIterator[Crawler]:
         yield c
     finally:
         await stop_crawler(c)
-
-
-

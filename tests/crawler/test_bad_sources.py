@@ -7,10 +7,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import Crawler, HttpSite, build_request, crawler_settings, start_crawler, stop_crawler
 from zehanx.crawler.v1 import crawler_service_pb2 as pb
 from zehanx_runtime.status import error_info_of, field_violations_of
-
-from conftest import Crawler, HttpSite, build_request, crawler_settings, start_crawler, stop_crawler
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -35,7 +34,10 @@ def _reason(error: grpc.aio.AioRpcError) -> str:
     [
         (pb.BuildDatasetRequest(prompt=""), "prompt"),
         (pb.BuildDatasetRequest(prompt="   "), "prompt"),
-        (pb.BuildDatasetRequest(prompt="spam", sources=[{"url": "ftp://example.org/data.csv"}]), "sources[0].url"),
+        (
+            pb.BuildDatasetRequest(prompt="spam", sources=[{"url": "ftp://example.org/data.csv"}]),
+            "sources[0].url",
+        ),
         (build_request("spam", "https://example.org/a.csv", "relative/path.csv"), "sources[1].catalog_name"),
         (build_request("spam", "Not A Name!"), "sources[0].catalog_name"),
         (build_request("spam", "sklearn.wine", split_fractions=(0.5, 0.2, 0.2)), "options.split_fractions"),
@@ -92,7 +94,9 @@ async def test_symlink_out_of_the_roots_is_refused(tmp_path: Path, shared_data: 
         await stop_crawler(crawler)
 
 
-async def test_ragged_csv_rows_get_a_clear_error_or_a_reported_repair(tmp_path: Path, shared_data: Path) -> None:
+async def test_ragged_csv_rows_get_a_clear_error_or_a_reported_repair(
+    tmp_path: Path, shared_data: Path
+) -> None:
     root = tmp_path / "files"
     root.mkdir()
     lines = ["x,y,label"] + [f"{i},{i * 3 % 7},{'ab'[i % 2]}" for i in range(60)]
@@ -151,7 +155,9 @@ async def test_unreachable_host_is_unavailable_with_a_clear_message(crawler: Cra
 
 
 async def test_unresolvable_host_is_unavailable(tmp_path: Path, shared_data: Path) -> None:
-    crawler = await start_crawler(crawler_settings(tmp_path, shared_data, allow_private_networks=False, retries=0))
+    crawler = await start_crawler(
+        crawler_settings(tmp_path, shared_data, allow_private_networks=False, retries=0)
+    )
     try:
         error = await _error(crawler, build_request("anything", "http://no-such-host.invalid/data.csv"))
         assert error.code() == grpc.StatusCode.UNAVAILABLE
@@ -160,11 +166,14 @@ async def test_unresolvable_host_is_unavailable(tmp_path: Path, shared_data: Pat
         await stop_crawler(crawler)
 
 
-async def test_private_addresses_are_refused_by_default(tmp_path: Path, shared_data: Path,
-                                                        http_site: HttpSite) -> None:
+async def test_private_addresses_are_refused_by_default(
+    tmp_path: Path, shared_data: Path, http_site: HttpSite
+) -> None:
     crawler = await start_crawler(crawler_settings(tmp_path, shared_data, allow_private_networks=False))
     try:
-        error = await _error(crawler, build_request("anything", http_site.url("/data/palmer_penguins/penguins.csv")))
+        error = await _error(
+            crawler, build_request("anything", http_site.url("/data/palmer_penguins/penguins.csv"))
+        )
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "ZX_CRAWLER_ALLOW_PRIVATE_NETWORKS" in error.details()
     finally:
@@ -185,7 +194,9 @@ async def test_server_error_is_retried_then_unavailable(crawler: Crawler, http_s
     assert http_site.handler.hits["/broken"] - before == 3
 
 
-async def test_a_transient_503_is_retried_and_the_build_succeeds(crawler: Crawler, http_site: HttpSite) -> None:
+async def test_a_transient_503_is_retried_and_the_build_succeeds(
+    crawler: Crawler, http_site: HttpSite
+) -> None:
     messages = [m async for m in crawler.stream(build_request("classify label", http_site.url("/flaky.csv")))]
     assert messages[-1].dataset.profile.row_count == 40
 

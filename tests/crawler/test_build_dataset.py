@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import statistics
 from pathlib import Path
@@ -16,11 +17,10 @@ from urllib.parse import unquote, urlparse
 
 import grpc
 import pytest
+from conftest import Crawler, HttpSite
 from zehanx.common.v1 import dataset_pb2, task_family_pb2
 from zehanx.crawler.v1 import crawler_service_pb2 as pb
 from zehanx_runtime.status import error_info_of
-
-from conftest import Crawler, HttpSite
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -43,12 +43,19 @@ def _dataset(messages: list[pb.BuildDatasetResponse]) -> Any:
 
 def _splits(dataset: Any) -> dict[str, list[dict[str, Any]]]:
     ref = dataset.ref
-    out = {"train": _rows(ref.train_uri), "validation": _rows(ref.validation_uri), "test": _rows(ref.test_uri)}
+    out = {
+        "train": _rows(ref.train_uri),
+        "validation": _rows(ref.validation_uri),
+        "test": _rows(ref.test_uri),
+    }
     for name, uri, sha in (("train", ref.train_uri, ref.train_sha256), ("validation", ref.validation_uri,
                            ref.validation_sha256), ("test", ref.test_uri, ref.test_sha256)):  # fmt: skip
         assert hashlib.sha256(_path(uri).read_bytes()).hexdigest() == sha, name
-    assert [len(out[s]) for s in out] == [dataset.train_row_count, dataset.validation_row_count,
-                                          dataset.test_row_count]
+    assert [len(out[s]) for s in out] == [
+        dataset.train_row_count,
+        dataset.validation_row_count,
+        dataset.test_row_count,
+    ]
     return out
 
 
@@ -66,8 +73,9 @@ async def _error(crawler: Crawler, request: pb.BuildDatasetRequest) -> grpc.aio.
 # -- the parsing traps of ../shared/data/README.md --------------------------------------------------
 
 
-async def test_imdb_sentences_over_http_keep_all_1000_rows(crawler: Crawler, http_site: HttpSite,
-                                                           shared_data: Path) -> None:
+async def test_imdb_sentences_over_http_keep_all_1000_rows(
+    crawler: Crawler, http_site: HttpSite, shared_data: Path
+) -> None:
     url = http_site.url("/data/sentiment_labelled_sentences/imdb_labelled.txt")
     dataset = _dataset(await crawler.build("sentiment analysis of movie reviews", url))
     rows = _all(_splits(dataset))
@@ -77,22 +85,29 @@ async def test_imdb_sentences_over_http_keep_all_1000_rows(crawler: Crawler, htt
     # Every line of the file, split on its last tab, is a row: quotes stay part of the text.
     lines = (shared_data / "sentiment_labelled_sentences/imdb_labelled.txt").read_bytes().decode().split("\n")
     # (Runs of white space, U+0085 included, read as one space.)
-    expected = sorted((" ".join(line.rsplit("\t", 1)[0].split()), int(line.rsplit("\t", 1)[1]))
-                      for line in lines if line.strip())
+    expected = sorted(
+        (" ".join(line.rsplit("\t", 1)[0].split()), int(line.rsplit("\t", 1)[1]))
+        for line in lines
+        if line.strip()
+    )
     assert sorted((" ".join(r["text"].split()), r["label"]) for r in rows) == expected
     assert any('"' in r["text"] for r in rows)
     assert any("748" in w for w in dataset.warnings)
 
 
 async def test_sms_spam_over_http_keeps_all_5574_messages(crawler: Crawler, http_site: HttpSite) -> None:
-    dataset = _dataset(await crawler.build("spam detection for SMS", http_site.url("/data/sms_spam_collection/")))
+    dataset = _dataset(
+        await crawler.build("spam detection for SMS", http_site.url("/data/sms_spam_collection/"))
+    )
     splits = _splits(dataset)
     rows = _all(splits)
     assert len(rows) == 5574
     assert {c.label: c.count for c in dataset.profile.classes} == {"ham": 4827, "spam": 747}
     # The folder listing was followed to the data file; the readme and SOURCE.txt are not data.
     assert [p.source for p in dataset.provenance] == [http_site.url("/data/sms_spam_collection/")]
-    assert dataset.provenance[0].description.startswith(http_site.url("/data/sms_spam_collection/SMSSpamCollection"))
+    assert dataset.provenance[0].description.startswith(
+        http_site.url("/data/sms_spam_collection/SMSSpamCollection")
+    )
 
 
 async def test_rt_polarity_latin1_with_0x85_is_not_split_into_extra_rows(
@@ -113,7 +128,9 @@ async def test_rt_polarity_latin1_with_0x85_is_not_split_into_extra_rows(
 
 
 async def test_sentences_folder_stacks_three_files_to_3000_rows(crawler: Crawler, shared_data: Path) -> None:
-    dataset = _dataset(await crawler.build("sentiment analysis", str(shared_data / "sentiment_labelled_sentences")))
+    dataset = _dataset(
+        await crawler.build("sentiment analysis", str(shared_data / "sentiment_labelled_sentences"))
+    )
     rows = _all(_splits(dataset))
     assert len(rows) == 3000
     assert {c.label: c.count for c in dataset.profile.classes} == {"0": 1500, "1": 1500}
@@ -135,8 +152,15 @@ async def test_fdic_failed_bank_table_becomes_a_dataset(crawler: Crawler, http_s
     dataset = _dataset(await crawler.build("classify the state of a failed bank", url))
     rows = _all(_splits(dataset))
     assert len(rows) == 506
-    assert set(rows[0]) == {"Bank Name", "City", "ST", "CERT", "Acquiring Institution", "Closing Date",
-                            "Updated Date"}
+    assert set(rows[0]) == {
+        "Bank Name",
+        "City",
+        "ST",
+        "CERT",
+        "Acquiring Institution",
+        "Closing Date",
+        "Updated Date",
+    }
     assert dataset.target_column == "ST"
     assert dataset.task_family == task_family_pb2.TASK_FAMILY_TABULAR_CLASSIFICATION
     assert all(isinstance(r["CERT"], int) for r in rows)
@@ -147,8 +171,9 @@ async def test_fdic_failed_bank_table_becomes_a_dataset(crawler: Crawler, http_s
 
 async def test_wikipedia_states_table_is_cleaned(crawler: Crawler, http_site: HttpSite) -> None:
     url = http_site.url("/data/html/wikipedia_us_states_by_area/wikipedia_states.html")
-    dataset = _dataset(await crawler.build("predict the water area of a state", url,
-                                           target_column_hint="Water / % water"))
+    dataset = _dataset(
+        await crawler.build("predict the water area of a state", url, target_column_hint="Water / % water")
+    )
     rows = _all(_splits(dataset))
     by_name = {r["State/territory"]: r for r in rows}
     # Two header rows joined; numbers as numbers, thousands separators and hidden sort keys gone.
@@ -170,8 +195,10 @@ async def test_wikipedia_states_table_is_cleaned(crawler: Crawler, http_site: Ht
 
 
 async def test_mozilla_article_is_refused_with_no_usable_table(crawler: Crawler, http_site: HttpSite) -> None:
-    error = await _error(crawler, _request("train a model on mozilla", http_site.url(
-        "/data/html/wikipedia_mozilla/source.html")))
+    error = await _error(
+        crawler,
+        _request("train a model on mozilla", http_site.url("/data/html/wikipedia_mozilla/source.html")),
+    )
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert "no usable table" in error.details()
     assert "infobox" in error.details()
@@ -179,7 +206,9 @@ async def test_mozilla_article_is_refused_with_no_usable_table(crawler: Crawler,
     assert info is not None and info.reason == "NO_USABLE_TABLE"
 
 
-async def test_seed_page_without_table_follows_links_to_data_files(crawler: Crawler, http_site: HttpSite) -> None:
+async def test_seed_page_without_table_follows_links_to_data_files(
+    crawler: Crawler, http_site: HttpSite
+) -> None:
     dataset = _dataset(await crawler.build("spam filter", http_site.url("/links/index.html")))
     assert dataset.profile.row_count == 5574
     assert http_site.handler.hits.get("/data/sms_spam_collection/readme", 0) == 0  # documentation not fetched
@@ -194,7 +223,11 @@ async def test_prompt_without_sources_finds_the_wine_catalogue_entry(crawler: Cr
     dataset = _dataset(messages)
     assert dataset.profile.row_count == 178
     assert dataset.target_column == "cultivar"
-    assert {c.label: c.count for c in dataset.profile.classes} == {"class_1": 71, "class_0": 59, "class_2": 48}
+    assert {c.label: c.count for c in dataset.profile.classes} == {
+        "class_1": 71,
+        "class_0": 59,
+        "class_2": 48,
+    }
     assert "sklearn.wine" in dataset.explanation
     assert dataset.provenance[0].source == "sklearn.wine"
     assert "CC BY 4.0" in dataset.provenance[0].license
@@ -212,12 +245,15 @@ async def test_list_catalog_pages_in_name_order(crawler: Crawler) -> None:
     names = [e.name for e in first.entries]
     token = first.next_page_token
     while token:
-        page = await crawler.stub.ListCatalog(pb.ListCatalogRequest(page_size=2, page_token=token), metadata=metadata)
+        page = await crawler.stub.ListCatalog(
+            pb.ListCatalogRequest(page_size=2, page_token=token), metadata=metadata
+        )
         names += [e.name for e in page.entries]
         token = page.next_page_token
     assert names == sorted(names) and "sklearn.wine" in names and "sklearn.digits" in names
     images = await crawler.stub.ListCatalog(
-        pb.ListCatalogRequest(task_family=task_family_pb2.TASK_FAMILY_IMAGE_CLASSIFICATION), metadata=metadata)
+        pb.ListCatalogRequest(task_family=task_family_pb2.TASK_FAMILY_IMAGE_CLASSIFICATION), metadata=metadata
+    )
     assert [e.name for e in images.entries] == ["sklearn.digits"]
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await crawler.stub.ListCatalog(pb.ListCatalogRequest(page_token="zz"), metadata=metadata)
@@ -251,9 +287,13 @@ async def test_splits_are_stratified_disjoint_and_deterministic(crawler: Crawler
 
 
 async def test_custom_fractions_and_temporal_split_of_a_series(crawler: Crawler, shared_data: Path) -> None:
-    dataset = _dataset(await crawler.build("forecast monthly airline passengers",
-                                           str(shared_data / "airline_passengers/Airline.csv"),
-                                           split_fractions=(0.6, 0.2, 0.2)))
+    dataset = _dataset(
+        await crawler.build(
+            "forecast monthly airline passengers",
+            str(shared_data / "airline_passengers/Airline.csv"),
+            split_fractions=(0.6, 0.2, 0.2),
+        )
+    )
     assert dataset.task_family == task_family_pb2.TASK_FAMILY_TIME_SERIES_FORECASTING
     splits = _splits(dataset)
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [86, 29, 29]
@@ -266,11 +306,12 @@ async def test_custom_fractions_and_temporal_split_of_a_series(crawler: Crawler,
 # -- profile, provenance, files ---------------------------------------------------------------------
 
 
-async def test_profile_numbers_match_the_source(crawler: Crawler, http_site: HttpSite, shared_data: Path) -> None:
+async def test_profile_numbers_match_the_source(
+    crawler: Crawler, http_site: HttpSite, shared_data: Path
+) -> None:
     url = http_site.url("/data/palmer_penguins/penguins.csv")
     dataset = _dataset(await crawler.build("classify penguin species", url))
-    with open(shared_data / "palmer_penguins/penguins.csv", newline="") as f:
-        source = list(csv.DictReader(f))
+    source = list(csv.DictReader(io.StringIO((shared_data / "palmer_penguins/penguins.csv").read_text())))
     assert dataset.profile.row_count == len(source) == 344
     columns = {c.name: c for c in dataset.profile.columns}
     bill = [float(r["bill_length_mm"]) for r in source if r["bill_length_mm"] != "NA"]
@@ -283,13 +324,18 @@ async def test_profile_numbers_match_the_source(crawler: Crawler, http_site: Htt
     assert columns["sex"].missing_count == sum(1 for r in source if r["sex"] == "NA")
     assert columns["island"].distinct_count == 3
     species = {s: sum(1 for r in source if r["species"] == s) for s in {r["species"] for r in source}}
-    assert [(c.label, c.count) for c in dataset.profile.classes] == sorted(species.items(), key=lambda kv: -kv[1])
-    assert dataset.profile.imbalance_ratio == pytest.approx(max(species.values()) / min(species.values()), rel=1e-5)
+    assert [(c.label, c.count) for c in dataset.profile.classes] == sorted(
+        species.items(), key=lambda kv: -kv[1]
+    )
+    assert dataset.profile.imbalance_ratio == pytest.approx(
+        max(species.values()) / min(species.values()), rel=1e-5
+    )
     assert sum(c.fraction for c in dataset.profile.classes) == pytest.approx(1.0)
 
 
-async def test_text_lengths_and_provenance_of_a_fetched_file(crawler: Crawler, http_site: HttpSite,
-                                                             shared_data: Path) -> None:
+async def test_text_lengths_and_provenance_of_a_fetched_file(
+    crawler: Crawler, http_site: HttpSite, shared_data: Path
+) -> None:
     url = http_site.url("/data/sentiment_labelled_sentences/yelp_labelled.txt")
     dataset = _dataset(await crawler.build("restaurant review sentiment", url))
     raw = (shared_data / "sentiment_labelled_sentences/yelp_labelled.txt").read_bytes()
@@ -308,12 +354,19 @@ async def test_text_lengths_and_provenance_of_a_fetched_file(crawler: Crawler, h
 
 
 async def test_dataset_files_follow_the_program_contract(crawler: Crawler, shared_data: Path) -> None:
-    dataset = _dataset(await crawler.build("classify penguin species",
-                                           str(shared_data / "palmer_penguins/penguins.csv")))
+    dataset = _dataset(
+        await crawler.build("classify penguin species", str(shared_data / "palmer_penguins/penguins.csv"))
+    )
     folder = _path(dataset.ref.train_uri).parent
     assert folder.parent == crawler.settings.datasets_dir.resolve()
     assert sorted(p.name for p in folder.iterdir()) == [
-        "profile.json", "provenance.json", "schema.json", "test.jsonl", "train.jsonl", "validation.jsonl"]
+        "profile.json",
+        "provenance.json",
+        "schema.json",
+        "test.jsonl",
+        "train.jsonl",
+        "validation.jsonl",
+    ]
     assert (folder / "schema.json").read_text(encoding="utf-8") == dataset.ref.schema_json
     assert dataset.ref.format == dataset_pb2.DATASET_FILE_FORMAT_JSONL
     schema = json.loads(dataset.ref.schema_json)
@@ -322,8 +375,10 @@ async def test_dataset_files_follow_the_program_contract(crawler: Crawler, share
     assert schema["split"]["seed"] == dataset.split_seed == 42
     provenance = json.loads((folder / "provenance.json").read_text())
     assert provenance["dataset_id"] == dataset.id == dataset.ref.dataset_id
-    assert provenance["sources"][0]["sha256"] == hashlib.sha256(
-        (shared_data / "palmer_penguins/penguins.csv").read_bytes()).hexdigest()
+    assert (
+        provenance["sources"][0]["sha256"]
+        == hashlib.sha256((shared_data / "palmer_penguins/penguins.csv").read_bytes()).hexdigest()
+    )
     assert not list(folder.parent.glob(".tmp-*"))
 
 

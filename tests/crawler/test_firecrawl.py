@@ -18,12 +18,17 @@ from typing import Any
 
 import grpc
 import pytest
+from conftest import crawler_settings, start_crawler, stop_crawler
 from zehanx.crawler.v1 import crawler_service_pb2 as pb
 from zehanx_crawler.firecrawl_backend import FirecrawlBackend
-from zehanx_runtime.errors import DeadlineExceeded, DomainError, FailedPrecondition, ResourceExhausted, Unavailable
+from zehanx_runtime.errors import (
+    DeadlineExceeded,
+    DomainError,
+    FailedPrecondition,
+    ResourceExhausted,
+    Unavailable,
+)
 from zehanx_runtime.status import error_info_of
-
-from conftest import crawler_settings, start_crawler, stop_crawler
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -71,7 +76,7 @@ def firecrawl() -> Iterator[FakeFirecrawl]:
     fake = FakeFirecrawl("")
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
         def _handle(self, method: str) -> None:
@@ -95,13 +100,13 @@ def firecrawl() -> Iterator[FakeFirecrawl]:
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self._handle("GET")
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self._handle("POST")
 
-        def do_DELETE(self) -> None:  # noqa: N802
+        def do_DELETE(self) -> None:
             self._handle("DELETE")
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -136,14 +141,16 @@ async def test_search_sends_the_key_and_reads_web_results(firecrawl: FakeFirecra
     hits = await _backend(firecrawl).search("failed banks dataset csv", 5)
     assert [h.url for h in hits] == [BANK_URL, "https://example.org/banks"]
     assert hits[0].title == "Failed Bank List | FDIC"
-    (method, path, body, headers) = firecrawl.requests[0]
+    (_, _, body, headers) = firecrawl.requests[0]
     assert body["query"] == "failed banks dataset csv" and body["limit"] == 5
     assert headers["Authorization"] == f"Bearer {KEY}"
 
 
 async def test_scrape_returns_raw_html_and_links(firecrawl: FakeFirecrawl, shared_data: Path) -> None:
     html = (shared_data / "html/fdic_failed_bank_list/banklist.html").read_text(encoding="utf-8")
-    firecrawl.answer("POST", "/v2/scrape", (200, {"success": True, "data": _document(BANK_URL, html, "FDIC")}))
+    firecrawl.answer(
+        "POST", "/v2/scrape", (200, {"success": True, "data": _document(BANK_URL, html, "FDIC")})
+    )
     page = await _backend(firecrawl).scrape(BANK_URL)
     assert page.html == html and page.url == BANK_URL and page.title == "FDIC"
     assert "https://www.fdic.gov/about/" in page.links
@@ -152,7 +159,9 @@ async def test_scrape_returns_raw_html_and_links(firecrawl: FakeFirecrawl, share
 
 async def test_crawl_polls_until_completed_and_collects_pages(firecrawl: FakeFirecrawl) -> None:
     job = "5f1c3b2a-7d6e-4f80-9a1b-2c3d4e5f6a7b"
-    firecrawl.answer("POST", "/v2/crawl", (200, {"success": True, "id": job, "url": f"{firecrawl.base}/v2/crawl/{job}"}))
+    firecrawl.answer(
+        "POST", "/v2/crawl", (200, {"success": True, "id": job, "url": f"{firecrawl.base}/v2/crawl/{job}"})
+    )
     scraping = {"success": True, "status": "scraping", "completed": 1, "total": 2, "creditsUsed": 1,
                 "expiresAt": "2026-12-01T00:00:00.000Z", "next": None, "data": []}  # fmt: skip
     done = dict(scraping, status="completed", completed=2, creditsUsed=2, data=[
@@ -170,8 +179,22 @@ async def test_crawl_polls_until_completed_and_collects_pages(firecrawl: FakeFir
 async def test_crawl_that_never_finishes_is_cancelled(firecrawl: FakeFirecrawl) -> None:
     job = "6f1c3b2a-7d6e-4f80-9a1b-2c3d4e5f6a7b"
     firecrawl.answer("POST", "/v2/crawl", (200, {"success": True, "id": job, "url": ""}))
-    firecrawl.answer("GET", f"/v2/crawl/{job}", (200, {"success": True, "status": "scraping", "completed": 0,
-                                                       "total": 9, "creditsUsed": 0, "next": None, "data": []}))
+    firecrawl.answer(
+        "GET",
+        f"/v2/crawl/{job}",
+        (
+            200,
+            {
+                "success": True,
+                "status": "scraping",
+                "completed": 0,
+                "total": 9,
+                "creditsUsed": 0,
+                "next": None,
+                "data": [],
+            },
+        ),
+    )
     firecrawl.answer("DELETE", f"/v2/crawl/{job}", (200, {"success": True, "status": "cancelled"}))
     with pytest.raises(DeadlineExceeded) as info:
         await _backend(firecrawl, timeout_s=0.2).crawl("https://example.org/", 10)
@@ -182,19 +205,46 @@ async def test_crawl_that_never_finishes_is_cancelled(firecrawl: FakeFirecrawl) 
 @pytest.mark.parametrize(
     ("status", "body", "error", "reason"),
     [
-        (401, {"success": False, "error": "Unauthorized: Invalid token"}, FailedPrecondition, "FIRECRAWL_UNAUTHORIZED"),
-        (402, {"success": False, "error": "Payment required to access this resource."}, ResourceExhausted,
-         "FIRECRAWL_PAYMENT_REQUIRED"),
-        (429, {"success": False, "error": "Rate limit exceeded. Consumed (req/min): 11, Remaining (req/min): 0. "
-               "Upgrade your plan at https://firecrawl.dev/pricing for increased rate limits or please retry after "
-               "11s, resets at Mon Nov 23 2026 10:00:00 GMT+0000"}, ResourceExhausted, "FIRECRAWL_RATE_LIMITED"),
-        (500, {"success": False, "error": "An unexpected error occurred."}, Unavailable, "FIRECRAWL_UNAVAILABLE"),
-        (403, {"success": False, "error": "This website is no longer supported."}, FailedPrecondition,
-         "FIRECRAWL_WEBSITE_NOT_SUPPORTED"),
+        (
+            401,
+            {"success": False, "error": "Unauthorized: Invalid token"},
+            FailedPrecondition,
+            "FIRECRAWL_UNAUTHORIZED",
+        ),
+        (
+            402,
+            {"success": False, "error": "Payment required to access this resource."},
+            ResourceExhausted,
+            "FIRECRAWL_PAYMENT_REQUIRED",
+        ),
+        (
+            429,
+            {
+                "success": False,
+                "error": "Rate limit exceeded. Consumed (req/min): 11, Remaining (req/min): 0. "
+                "Upgrade your plan at https://firecrawl.dev/pricing for increased rate limits or please retry after "
+                "11s, resets at Mon Nov 23 2026 10:00:00 GMT+0000",
+            },
+            ResourceExhausted,
+            "FIRECRAWL_RATE_LIMITED",
+        ),
+        (
+            500,
+            {"success": False, "error": "An unexpected error occurred."},
+            Unavailable,
+            "FIRECRAWL_UNAVAILABLE",
+        ),
+        (
+            403,
+            {"success": False, "error": "This website is no longer supported."},
+            FailedPrecondition,
+            "FIRECRAWL_WEBSITE_NOT_SUPPORTED",
+        ),
     ],
 )
-async def test_errors_map_to_clear_statuses(firecrawl: FakeFirecrawl, status: int, body: dict[str, Any],
-                                            error: type[DomainError], reason: str) -> None:
+async def test_errors_map_to_clear_statuses(
+    firecrawl: FakeFirecrawl, status: int, body: dict[str, Any], error: type[DomainError], reason: str
+) -> None:
     firecrawl.answer("POST", "/v2/search", (status, body))
     with pytest.raises(error) as info:
         await _backend(firecrawl).search("anything", 3)
@@ -205,8 +255,12 @@ async def test_errors_map_to_clear_statuses(firecrawl: FakeFirecrawl, status: in
 
 
 async def test_rate_limit_then_success_is_retried(firecrawl: FakeFirecrawl) -> None:
-    firecrawl.answer("POST", "/v2/search", (429, {"success": False, "error": "Rate limit exceeded."}),
-                     (200, {"success": True, "data": {"web": [{"url": BANK_URL, "title": "t", "description": ""}]}}))
+    firecrawl.answer(
+        "POST",
+        "/v2/search",
+        (429, {"success": False, "error": "Rate limit exceeded."}),
+        (200, {"success": True, "data": {"web": [{"url": BANK_URL, "title": "t", "description": ""}]}}),
+    )
     hits = await _backend(firecrawl).search("banks", 3)
     assert [h.url for h in hits] == [BANK_URL]
 
@@ -224,23 +278,44 @@ async def test_build_dataset_through_firecrawl_search_and_scrape(
     html = (shared_data / "html/fdic_failed_bank_list/banklist.html").read_text(encoding="utf-8")
     firecrawl.answer("POST", "/v2/search", (200, {"success": True, "data": {"web": [
         {"url": BANK_URL, "title": "Failed Bank List", "description": "banks that failed since 2000"}]}}))  # fmt: skip
-    firecrawl.answer("POST", "/v2/scrape", (200, {"success": True, "data": _document(BANK_URL, html, "FDIC: Failed Bank List")}))
-    settings = crawler_settings(tmp_path, shared_data, backend="firecrawl", firecrawl_api_key=KEY,
-                                firecrawl_api_url=firecrawl.base, firecrawl_timeout_s=10.0)
+    firecrawl.answer(
+        "POST",
+        "/v2/scrape",
+        (200, {"success": True, "data": _document(BANK_URL, html, "FDIC: Failed Bank List")}),
+    )
+    settings = crawler_settings(
+        tmp_path,
+        shared_data,
+        backend="firecrawl",
+        firecrawl_api_key=KEY,
+        firecrawl_api_url=firecrawl.base,
+        firecrawl_timeout_s=10.0,
+    )
     crawler = await start_crawler(settings)
     try:
-        messages = [m async for m in crawler.stream(pb.BuildDatasetRequest(prompt="which state did a failed bank operate in"))]
+        messages = [
+            m
+            async for m in crawler.stream(
+                pb.BuildDatasetRequest(prompt="which state did a failed bank operate in")
+            )
+        ]
         dataset = messages[-1].dataset
         assert dataset.profile.row_count == 506
         assert dataset.target_column == "ST"
         assert dataset.provenance[0].source == BANK_URL
         assert "firecrawl" in dataset.explanation
-        assert any(m.progress.phase == pb.DATASET_BUILD_PHASE_SEARCHING and "firecrawl" in m.progress.message
-                   for m in messages[:-1])
+        assert any(
+            m.progress.phase == pb.DATASET_BUILD_PHASE_SEARCHING and "firecrawl" in m.progress.message
+            for m in messages[:-1]
+        )
 
-        firecrawl.answer("POST", "/v2/search", (401, {"success": False, "error": "Unauthorized: Invalid token"}))
+        firecrawl.answer(
+            "POST", "/v2/search", (401, {"success": False, "error": "Unauthorized: Invalid token"})
+        )
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            async for _ in crawler.stream(pb.BuildDatasetRequest(prompt="which state did a failed bank operate in")):
+            async for _ in crawler.stream(
+                pb.BuildDatasetRequest(prompt="which state did a failed bank operate in")
+            ):
                 pass
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert error_info_of(info.value).reason == "FIRECRAWL_UNAUTHORIZED"  # type: ignore[union-attr]

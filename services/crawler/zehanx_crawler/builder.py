@@ -19,11 +19,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
-
 from zehanx_runtime.errors import (
     DeadlineExceeded,
     DomainError,
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -152,7 +150,7 @@ class DatasetBuilder:
                 )
             except asyncio.CancelledError:
                 raise
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            except BaseException as exc:
                 await queue.put(exc)
 
         worker = asyncio.create_task(run(), name="build-dataset")
@@ -173,7 +171,9 @@ class DatasetBuilder:
 
     async def _build(self, request: BuildRequest, emit: Emit) -> BuiltDataset:
         options = request.options
-        budget = _ByteBudget(min(self._settings.max_total_bytes, options.max_bytes or self._settings.max_total_bytes))
+        budget = _ByteBudget(
+            min(self._settings.max_total_bytes, options.max_bytes or self._settings.max_total_bytes)
+        )
         found = Parsed()
         if request.sources:
             for source in request.sources:
@@ -185,15 +185,27 @@ class DatasetBuilder:
         choice = self._choose_tables(found, request.prompt)
         raw = cleaning.concat(choice.tables)
         raw_rows = sum(t.n_rows + t.dropped_rows for t in choice.tables)
-        await emit(Progress(Phase.CLEANING, f"cleaning {raw.n_rows} rows x {len(raw.columns)} columns",
-                            budget.used, raw.n_rows))
+        await emit(
+            Progress(
+                Phase.CLEANING,
+                f"cleaning {raw.n_rows} rows x {len(raw.columns)} columns",
+                budget.used,
+                raw.n_rows,
+            )
+        )
         table = await asyncio.to_thread(cleaning.clean, raw, max_columns=self._settings.max_columns)
         picked = task.choose(table, request.prompt, target_hint=options.target_column, task_hint=options.task)
         table = task.apply(table, picked)
         seed = options.seed if options.seed is not None else self._settings.default_seed
         table = self._cap_rows(table, picked, options.max_rows, seed)
-        await emit(Progress(Phase.CLEANING, f"{picked.task.value}, target {picked.target!r}: {table.n_rows} rows",
-                            budget.used, table.n_rows))
+        await emit(
+            Progress(
+                Phase.CLEANING,
+                f"{picked.task.value}, target {picked.target!r}: {table.n_rows} rows",
+                budget.used,
+                table.n_rows,
+            )
+        )
 
         fractions = (options.train_fraction, options.validation_fraction, options.test_fraction)
         target_values = table.get(picked.target).values
@@ -208,12 +220,25 @@ class DatasetBuilder:
             groups,
         )
         sizes = {k: len(v) for k, v in split.indices.items()}
-        await emit(Progress(Phase.SPLITTING, f"{split.method} split, seed {seed}: train {sizes['train']}, "
-                            f"validation {sizes['validation']}, test {sizes['test']}", budget.used, table.n_rows))
+        await emit(
+            Progress(
+                Phase.SPLITTING,
+                f"{split.method} split, seed {seed}: train {sizes['train']}, "
+                f"validation {sizes['validation']}, test {sizes['test']}",
+                budget.used,
+                table.n_rows,
+            )
+        )
 
         profile = await asyncio.to_thread(profiling.profile, table, picked, split)
-        await emit(Progress(Phase.PROFILING, f"profiled {table.n_rows} rows, {len(table.columns)} columns",
-                            budget.used, table.n_rows))
+        await emit(
+            Progress(
+                Phase.PROFILING,
+                f"profiled {table.n_rows} rows, {len(table.columns)} columns",
+                budget.used,
+                table.n_rows,
+            )
+        )
 
         created = datetime.now(UTC)
         provenance = self._provenance(choice.tables)
@@ -228,10 +253,13 @@ class DatasetBuilder:
             notes.append("also found, not used: " + _short(choice.others, 5))
         dropped = max(0, raw_rows - table.n_rows)
         explanation = (
-            f"Data from {why_sources}: {choice.why}. {picked.explanation} Rows split {split.method}ly "
-            f"with seed {seed} into train {sizes['train']}, validation {sizes['validation']}, test {sizes['test']}."
-        ).replace("randomly", "at random").replace("stratifiedly", "stratified by class").replace(
-            "temporally", "in time order"
+            (
+                f"Data from {why_sources}: {choice.why}. {picked.explanation} Rows split {split.method}ly "
+                f"with seed {seed} into train {sizes['train']}, validation {sizes['validation']}, test {sizes['test']}."
+            )
+            .replace("randomly", "at random")
+            .replace("stratifiedly", "stratified by class")
+            .replace("temporally", "in time order")
         )
         record = {
             "name": name,
@@ -256,8 +284,11 @@ class DatasetBuilder:
                 for p in provenance
             ],
         }
-        await emit(Progress(Phase.STORING, f"writing {table.n_rows} rows to the dataset store", budget.used,
-                            table.n_rows))
+        await emit(
+            Progress(
+                Phase.STORING, f"writing {table.n_rows} rows to the dataset store", budget.used, table.n_rows
+            )
+        )
         stored = await asyncio.to_thread(self._store.save, table, picked, split, profile, record)
         return BuiltDataset(
             id=stored.id,
@@ -290,8 +321,14 @@ class DatasetBuilder:
             best = ranked[0]
             words = ", ".join(best.match.words)
             others = ", ".join(r.entry.name for r in ranked[1:3])
-            await emit(Progress(Phase.SEARCHING, f"catalogue: {best.entry.name} matches ({words})", source=best.entry.name))
-            found.extend(await self._collect(Source(SourceKind.CATALOGUE, best.entry.name), prompt, emit, budget))
+            await emit(
+                Progress(
+                    Phase.SEARCHING, f"catalogue: {best.entry.name} matches ({words})", source=best.entry.name
+                )
+            )
+            found.extend(
+                await self._collect(Source(SourceKind.CATALOGUE, best.entry.name), prompt, emit, budget)
+            )
             return (
                 f"catalogue entry {best.entry.name} ({best.entry.title}), which shares the prompt's words {words}"
                 + (f" (also matched: {others})" if others else "")
@@ -335,20 +372,39 @@ class DatasetBuilder:
     async def _collect(self, source: Source, prompt: str, emit: Emit, budget: _ByteBudget) -> Parsed:
         if source.kind == SourceKind.CATALOGUE:
             entry = self._catalogue.get(source.value)
-            await emit(Progress(Phase.FETCHING, f"loading {entry.name} from {entry.package}", budget.used,
-                                source=entry.name))
+            await emit(
+                Progress(
+                    Phase.FETCHING,
+                    f"loading {entry.name} from {entry.package}",
+                    budget.used,
+                    source=entry.name,
+                )
+            )
             table = await asyncio.to_thread(self._catalogue.load, entry)
             if table.resource is not None:
                 table.resource.source = entry.name
                 budget.charge(len(table.resource.data), entry.name)
-            await emit(Progress(Phase.PARSING, f"{entry.name}: {table.n_rows} rows", budget.used, table.n_rows,
-                                source=entry.name))
+            await emit(
+                Progress(
+                    Phase.PARSING,
+                    f"{entry.name}: {table.n_rows} rows",
+                    budget.used,
+                    table.n_rows,
+                    source=entry.name,
+                )
+            )
             return Parsed(tables=[table])
         if source.kind == SourceKind.LOCAL_PATH:
             out = Parsed()
             for resource in await asyncio.to_thread(self._local_resources, source, budget):
-                await emit(Progress(Phase.FETCHING, f"read {resource.uri} ({human_bytes(len(resource.data))})",
-                                    budget.used, source=source.value))
+                await emit(
+                    Progress(
+                        Phase.FETCHING,
+                        f"read {resource.uri} ({human_bytes(len(resource.data))})",
+                        budget.used,
+                        source=source.value,
+                    )
+                )
                 out.extend(await self._parse(resource, emit, budget))
             return out
         return await self._crawl_url(source, prompt, emit, budget)
@@ -357,7 +413,9 @@ class DatasetBuilder:
         parsed = await asyncio.to_thread(parse_resource, resource, self._limits)
         rows = sum(t.n_rows for t in parsed.tables)
         what = f"{len(parsed.tables)} table(s), {rows} rows" if parsed.tables else "no usable table"
-        await emit(Progress(Phase.PARSING, f"{resource.uri}: {what}", budget.used, rows, source=resource.source))
+        await emit(
+            Progress(Phase.PARSING, f"{resource.uri}: {what}", budget.used, rows, source=resource.source)
+        )
         return parsed
 
     async def _get(self, url: str, source: Source, budget: _ByteBudget, *, data_file: bool) -> Resource:
@@ -404,8 +462,14 @@ class DatasetBuilder:
                 out.errors.append(exc)
                 out.skipped.append(f"{url}: {exc.message}")
                 continue
-            await emit(Progress(Phase.FETCHING, f"fetched {url} ({human_bytes(len(resource.data))})", budget.used,
-                                source=seed_url))
+            await emit(
+                Progress(
+                    Phase.FETCHING,
+                    f"fetched {url} ({human_bytes(len(resource.data))})",
+                    budget.used,
+                    source=seed_url,
+                )
+            )
             parsed = await self._parse(resource, emit, budget)
             links, parsed.links = parsed.links, []
             out.extend(parsed)
@@ -414,12 +478,21 @@ class DatasetBuilder:
             data_links = [link for link in links if _is_data_link(link, seed_url) and link not in seen]
             data_links.sort(key=lambda link: -match(terms, link.replace("/", " ").replace("_", " ")).score)
             if data_links:
-                await emit(Progress(Phase.FETCHING, f"{url} has no usable table; following {len(data_links)} "
-                                    "links to data files", budget.used, source=seed_url))
+                await emit(
+                    Progress(
+                        Phase.FETCHING,
+                        f"{url} has no usable table; following {len(data_links)} links to data files",
+                        budget.used,
+                        source=seed_url,
+                    )
+                )
                 queue += [(link, depth + 1) for link in data_links]
             elif self._web is not None and depth == 0:
-                await emit(Progress(Phase.FETCHING, f"crawling {url} with {self._web.name}", budget.used,
-                                    source=seed_url))
+                await emit(
+                    Progress(
+                        Phase.FETCHING, f"crawling {url} with {self._web.name}", budget.used, source=seed_url
+                    )
+                )
                 for page in await self._web.crawl(url, self._settings.firecrawl_crawl_limit):
                     if page.url in seen:
                         continue
@@ -558,8 +631,9 @@ class DatasetBuilder:
             out.append(ids.setdefault(key, len(ids)))
         return out
 
-    def _cap_rows(self, table: cleaning.Table, picked: task.TaskChoice, max_rows: int | None,
-                  seed: int) -> cleaning.Table:
+    def _cap_rows(
+        self, table: cleaning.Table, picked: task.TaskChoice, max_rows: int | None, seed: int
+    ) -> cleaning.Table:
         limit = max_rows or self._settings.max_rows
         if table.n_rows <= limit:
             return table

@@ -6,8 +6,8 @@ Today: scikit-learn's bundled sets. Its ``fetch_*`` loaders download and are del
 from __future__ import annotations
 
 import hashlib
-import math
 import importlib.metadata
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +37,9 @@ class CatalogueEntry:
 
     @property
     def document(self) -> str:
-        return " ".join([self.name.replace(".", " ").replace("_", " "), self.title, self.description, *self.keywords])
+        return " ".join(
+            [self.name.replace(".", " ").replace("_", " "), self.title, self.description, *self.keywords]
+        )
 
 
 _UCI = "CC BY 4.0 (UCI Machine Learning Repository); copy shipped with scikit-learn (BSD-3-Clause)"
@@ -47,7 +49,17 @@ ENTRIES: tuple[CatalogueEntry, ...] = (
         name="sklearn.iris",
         title="Iris flowers (Fisher 1936)",
         description="Measurements of sepals and petals of 150 iris flowers from three species.",
-        keywords=("iris", "flower", "species", "setosa", "versicolor", "virginica", "sepal", "petal", "botany"),
+        keywords=(
+            "iris",
+            "flower",
+            "species",
+            "setosa",
+            "versicolor",
+            "virginica",
+            "sepal",
+            "petal",
+            "botany",
+        ),
         task=Task.TABULAR_CLASSIFICATION,
         rows=150,
         features=4,
@@ -62,7 +74,17 @@ ENTRIES: tuple[CatalogueEntry, ...] = (
         name="sklearn.wine",
         title="Wine recognition (UCI)",
         description="Chemical analysis of 178 Italian wines from three grape cultivars grown in one region.",
-        keywords=("wine", "wines", "cultivar", "grape", "vineyard", "alcohol", "chemical", "italian", "vintner"),
+        keywords=(
+            "wine",
+            "wines",
+            "cultivar",
+            "grape",
+            "vineyard",
+            "alcohol",
+            "chemical",
+            "italian",
+            "vintner",
+        ),
         task=Task.TABULAR_CLASSIFICATION,
         rows=178,
         features=13,
@@ -77,8 +99,19 @@ ENTRIES: tuple[CatalogueEntry, ...] = (
         name="sklearn.breast_cancer",
         title="Breast cancer Wisconsin (diagnostic)",
         description="Features of cell nuclei from 569 breast mass biopsies, labelled malignant or benign.",
-        keywords=("breast", "cancer", "tumor", "tumour", "malignant", "benign", "diagnosis", "biopsy", "medical",
-                  "oncology", "wisconsin"),
+        keywords=(
+            "breast",
+            "cancer",
+            "tumor",
+            "tumour",
+            "malignant",
+            "benign",
+            "diagnosis",
+            "biopsy",
+            "medical",
+            "oncology",
+            "wisconsin",
+        ),
         task=Task.TABULAR_CLASSIFICATION,
         rows=569,
         features=30,
@@ -93,8 +126,20 @@ ENTRIES: tuple[CatalogueEntry, ...] = (
         name="sklearn.digits",
         title="Optical recognition of handwritten digits (8x8)",
         description="1797 handwritten digits 0-9 as 8x8 grey-level images.",
-        keywords=("digit", "digits", "handwritten", "handwriting", "number", "numeral", "image", "images", "ocr",
-                  "pixel", "mnist", "writing"),
+        keywords=(
+            "digit",
+            "digits",
+            "handwritten",
+            "handwriting",
+            "number",
+            "numeral",
+            "image",
+            "images",
+            "ocr",
+            "pixel",
+            "mnist",
+            "writing",
+        ),
         task=Task.IMAGE_CLASSIFICATION,
         rows=1797,
         features=64,
@@ -110,8 +155,19 @@ ENTRIES: tuple[CatalogueEntry, ...] = (
         title="Diabetes disease progression (Efron et al. 2004)",
         description="Age, sex, BMI, blood pressure and six blood serum measurements of 442 diabetes patients, "
         "with a measure of disease progression one year later.",
-        keywords=("diabetes", "diabetic", "disease", "progression", "patient", "blood", "serum", "bmi", "medical",
-                  "glucose", "health"),
+        keywords=(
+            "diabetes",
+            "diabetic",
+            "disease",
+            "progression",
+            "patient",
+            "blood",
+            "serum",
+            "bmi",
+            "medical",
+            "glucose",
+            "health",
+        ),
         task=Task.TABULAR_REGRESSION,
         rows=442,
         features=10,
@@ -179,10 +235,15 @@ class Catalogue:
         target_names = getattr(bunch, "target_names", None)
         rows: list[list[Any]] = []
         for x, y in zip(data.tolist(), target.tolist(), strict=True):
-            values: list[Any] = [int(v) if float(v).is_integer() and entry.loader == "load_digits" else v for v in x]
+            values: list[Any] = [
+                int(v) if float(v).is_integer() and entry.loader == "load_digits" else v for v in x
+            ]
             if entry.task.is_classification:
-                label: Any = str(target_names[int(y)]) if target_names is not None and entry.loader != "load_digits" \
+                label: Any = (
+                    str(target_names[int(y)])
+                    if target_names is not None and entry.loader != "load_digits"
                     else int(y)
+                )
             else:
                 label = float(y)
             rows.append([*values, label])

@@ -127,11 +127,15 @@ def _type_strings(name: str, raw: list[Any], n_rows: int, notes: list[str]) -> C
         reformatted = any(("," in v or "%" in v or v[:1] in "$\u20ac\u00a3\u00a5\u2212") for v in real)
         if percent:
             col.facts["percent"] = True
-            notes.append(f"column {name!r}: percent values kept as numbers (85.76% → 85.76)"
-                         + (f"; {marker_note}" if marker_note else ""))
+            notes.append(
+                f"column {name!r}: percent values kept as numbers (85.76% → 85.76)"
+                + (f"; {marker_note}" if marker_note else "")
+            )
         elif reformatted:
-            notes.append(f"column {name!r}: read as numbers (thousands separators and symbols removed)"
-                         + (f"; {marker_note}" if marker_note else ""))
+            notes.append(
+                f"column {name!r}: read as numbers (thousands separators and symbols removed)"
+                + (f"; {marker_note}" if marker_note else "")
+            )
         elif marker_note:
             notes.append(f"column {name!r}: {marker_note}")
         return col
@@ -147,8 +151,10 @@ def _type_strings(name: str, raw: list[Any], n_rows: int, notes: list[str]) -> C
         col = Column(name, "datetime" if kind_ == "datetime" else "date", [iso.get(v) for v in cells])
         col.facts["date_format"] = fmt
         if any(iso[v] != v for v in ordered[:100]):
-            notes.append(f"column {name!r}: dates in format {fmt!r} rewritten as ISO 8601"
-                         + (f"; {marker_note}" if marker_note else ""))
+            notes.append(
+                f"column {name!r}: dates in format {fmt!r} rewritten as ISO 8601"
+                + (f"; {marker_note}" if marker_note else "")
+            )
         return col
     if {v.lower() for v in real} <= {"true", "false"}:
         return Column(name, "boolean", [v.lower() == "true" if v in real else None for v in cells])

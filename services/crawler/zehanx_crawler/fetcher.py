@@ -161,7 +161,9 @@ class HttpFetcher:
                 location = response.headers.get("location")
                 await response.aclose()
                 if not location:
-                    raise FailedPrecondition(f"{current}: redirect without a Location", reason="SOURCE_HTTP_ERROR")
+                    raise FailedPrecondition(
+                        f"{current}: redirect without a Location", reason="SOURCE_HTTP_ERROR"
+                    )
                 current = urljoin(current, location)
                 continue
             try:
@@ -313,7 +315,9 @@ class HttpFetcher:
         if last_kind == "timeout":
             raise DeadlineExceeded(message, reason="SOURCE_TIMEOUT", metadata={"url": url})
         if last_kind == "status-429":
-            raise ResourceExhausted(message + " (rate limited)", reason="SOURCE_RATE_LIMITED", metadata={"url": url})
+            raise ResourceExhausted(
+                message + " (rate limited)", reason="SOURCE_RATE_LIMITED", metadata={"url": url}
+            )
         if last_kind.startswith("status-"):
             raise Unavailable(message, reason="SOURCE_SERVER_ERROR", metadata={"url": url})
         raise Unavailable(message, reason="SOURCE_UNREACHABLE", metadata={"url": url})
@@ -325,7 +329,9 @@ class HttpFetcher:
             if status in (404, 410):
                 error = NotFound(f"{url} answered {status} (not found)", reason="SOURCE_NOT_FOUND")
             elif status in (401, 403, 407):
-                error = PermissionDenied(f"{url} answered {status} (access denied)", reason="SOURCE_FORBIDDEN")
+                error = PermissionDenied(
+                    f"{url} answered {status} (access denied)", reason="SOURCE_FORBIDDEN"
+                )
             else:
                 error = FailedPrecondition(f"{url} answered HTTP {status}", reason="SOURCE_HTTP_ERROR")
             error.metadata["url"] = url

@@ -82,17 +82,26 @@ def map_error(exc: BaseException, action: str) -> DomainError:
         )  # fmt: skip
     if isinstance(exc, RequestTimeoutError | CrawlJobTimeoutError | requests.Timeout | TimeoutError):
         return DeadlineExceeded(
-            f"Firecrawl timed out while trying to {action}: {detail}", reason="FIRECRAWL_TIMEOUT", metadata=meta
+            f"Firecrawl timed out while trying to {action}: {detail}",
+            reason="FIRECRAWL_TIMEOUT",
+            metadata=meta,
         )
-    if isinstance(exc, InternalServerError | requests.ConnectionError) or (status is not None and status >= 500):
+    if isinstance(exc, InternalServerError | requests.ConnectionError) or (
+        status is not None and status >= 500
+    ):
         return Unavailable(
             f"Firecrawl is unavailable ({detail}) while trying to {action}", reason="FIRECRAWL_UNAVAILABLE",
             metadata=meta,
         )  # fmt: skip
     if isinstance(exc, requests.RequestException):
-        return Unavailable(f"Firecrawl request failed while trying to {action}: {detail}",
-                           reason="FIRECRAWL_UNAVAILABLE", metadata=meta)
-    return FailedPrecondition(f"Firecrawl failed to {action}: {detail}", reason="FIRECRAWL_ERROR", metadata=meta)
+        return Unavailable(
+            f"Firecrawl request failed while trying to {action}: {detail}",
+            reason="FIRECRAWL_UNAVAILABLE",
+            metadata=meta,
+        )
+    return FailedPrecondition(
+        f"Firecrawl failed to {action}: {detail}", reason="FIRECRAWL_ERROR", metadata=meta
+    )
 
 
 def _page(doc: Any, fallback_url: str) -> ScrapedPage:
@@ -148,14 +157,21 @@ class FirecrawlBackend:
         for item in data.web or []:
             url = getattr(item, "url", None) or getattr(getattr(item, "metadata", None), "url", None)
             if url:
-                hits.append(SearchHit(url=url, title=getattr(item, "title", "") or "",
-                                      description=getattr(item, "description", "") or ""))
+                hits.append(
+                    SearchHit(
+                        url=url,
+                        title=getattr(item, "title", "") or "",
+                        description=getattr(item, "description", "") or "",
+                    )
+                )
         return hits
 
     async def scrape(self, url: str) -> ScrapedPage:
         doc = await self._call(
             f"scrape {url}",
-            lambda: self._client.scrape(url, formats=["rawHtml", "links"], timeout=int(self._timeout_s * 1000)),
+            lambda: self._client.scrape(
+                url, formats=["rawHtml", "links"], timeout=int(self._timeout_s * 1000)
+            ),
         )
         return _page(doc, url)
 
@@ -192,7 +208,9 @@ class FirecrawlBackend:
                 except Exception:
                     pass
         if status.status != "completed":
-            raise FailedPrecondition(f"Firecrawl crawl of {url} ended {status.status}", reason="FIRECRAWL_ERROR")
+            raise FailedPrecondition(
+                f"Firecrawl crawl of {url} ended {status.status}", reason="FIRECRAWL_ERROR"
+            )
         full = await self._call(
             "collect crawl results",
             lambda: self._client.get_crawl_status(

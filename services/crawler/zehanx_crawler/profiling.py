@@ -104,7 +104,9 @@ def profile(table: Table, choice: TaskChoice, split: Split) -> dict[str, Any]:
                 "label": label,
                 "count": counts[label],
                 "share": _round(counts[label] / n),
-                "split_counts": {s: sum(1 for i in split.indices[s] if target.values[i] == label) for s in SPLITS},
+                "split_counts": {
+                    s: sum(1 for i in split.indices[s] if target.values[i] == label) for s in SPLITS
+                },
             }
             for label in choice.classes
         ]

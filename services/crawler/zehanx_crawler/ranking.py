@@ -60,7 +60,9 @@ class Match:
     words: tuple[str, ...]
 
 
-def match(prompt_terms: set[str], document: str | Iterable[str], *, weights: dict[str, float] | None = None) -> Match:
+def match(
+    prompt_terms: set[str], document: str | Iterable[str], *, weights: dict[str, float] | None = None
+) -> Match:
     """Weighted overlap of ``prompt_terms`` with ``document``'s content tokens."""
     doc_terms = content_tokens(document if isinstance(document, str) else " ".join(document))
     hits = sorted(prompt_terms & doc_terms)

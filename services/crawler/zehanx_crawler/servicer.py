@@ -98,7 +98,9 @@ def to_build_request(request: pb.BuildDatasetRequest) -> BuildRequest:
     hint = options.target_column_hint
     if hint and not hint.strip():
         violations.append(
-            FieldViolation("options.target_column_hint", "must name a column, not only spaces", "BLANK_TARGET")
+            FieldViolation(
+                "options.target_column_hint", "must name a column, not only spaces", "BLANK_TARGET"
+            )
         )
     if violations:
         raise InvalidArgument("invalid BuildDatasetRequest", violations=violations)
@@ -126,7 +128,11 @@ def _column_type(column: dict[str, Any]) -> int:
     kind = column["type"]
     if kind == "string":
         # Short repeated strings are categories; many distinct ones read as text.
-        return dataset_pb2.COLUMN_TYPE_CATEGORICAL if column.get("distinct", 0) <= 100 else dataset_pb2.COLUMN_TYPE_TEXT
+        return (
+            dataset_pb2.COLUMN_TYPE_CATEGORICAL
+            if column.get("distinct", 0) <= 100
+            else dataset_pb2.COLUMN_TYPE_TEXT
+        )
     return _COLUMN_TYPES.get(kind, dataset_pb2.COLUMN_TYPE_UNSPECIFIED)
 
 
@@ -156,7 +162,9 @@ def profile_message(dataset: BuiltDataset, samples: dict[str, list[str]]) -> dat
         )
         if column["type"] in ("integer", "number") and "mean" in column:
             message.numeric.CopyFrom(
-                dataset_pb2.NumericStats(min=column["min"], max=column["max"], mean=column["mean"], stddev=column["std"])
+                dataset_pb2.NumericStats(
+                    min=column["min"], max=column["max"], mean=column["mean"], stddev=column["std"]
+                )
             )
         lengths = column.get("text_lengths")
         if lengths and column["type"] in ("text", "string"):
@@ -177,7 +185,9 @@ def profile_message(dataset: BuiltDataset, samples: dict[str, list[str]]) -> dat
         columns=columns,
         classes=[
             dataset_pb2.ClassCount(
-                label=str(c["label"])[:1024], count=c["count"], fraction=c["count"] / labelled if labelled else 0.0
+                label=str(c["label"])[:1024],
+                count=c["count"],
+                fraction=c["count"] / labelled if labelled else 0.0,
             )
             for c in classes
         ],
@@ -270,7 +280,7 @@ class CrawlerServicer(rpc.CrawlerServiceServicer):
         self._builder = builder
         self._catalogue = catalogue
 
-    async def BuildDataset(  # noqa: N802 - gRPC method name
+    async def BuildDataset(
         self, request: pb.BuildDatasetRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.BuildDatasetResponse]:
         build = to_build_request(request)
@@ -292,9 +302,11 @@ class CrawlerServicer(rpc.CrawlerServiceServicer):
                 )
             else:
                 samples = _first_values(event.splits["train"].path)
-                yield pb.BuildDatasetResponse(sequence=sequence, event_time=now, dataset=dataset_message(event, samples))
+                yield pb.BuildDatasetResponse(
+                    sequence=sequence, event_time=now, dataset=dataset_message(event, samples)
+                )
 
-    async def ListCatalog(  # noqa: N802 - gRPC method name
+    async def ListCatalog(
         self, request: pb.ListCatalogRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCatalogResponse:
         entries = sorted(self._catalogue.entries, key=lambda e: e.name)
@@ -305,7 +317,9 @@ class CrawlerServicer(rpc.CrawlerServiceServicer):
             if not request.page_token.isdigit() or int(request.page_token) > len(entries):
                 raise InvalidArgument(
                     "invalid page_token",
-                    violations=[FieldViolation("page_token", "not a token this service returned", "BAD_PAGE_TOKEN")],
+                    violations=[
+                        FieldViolation("page_token", "not a token this service returned", "BAD_PAGE_TOKEN")
+                    ],
                 )
             start = int(request.page_token)
         size = request.page_size or DEFAULT_PAGE_SIZE

@@ -24,10 +24,13 @@ class CrawlerSettings(ServiceSettings):
 
     port: int = Field(47102, ge=0, le=65535, description="Port of the crawler service.")
     data_dir: Path | None = Field(
-        None, description="Dataset store folder; unset means $ZX_HOME/datasets (ZX_HOME defaults to ~/.zehanx)."
+        None,
+        description="Dataset store folder; unset means $ZX_HOME/datasets (ZX_HOME defaults to ~/.zehanx).",
     )
     default_seed: int = Field(42, ge=0, description="Split seed used when a request does not give one.")
-    build_timeout_s: float = Field(600.0, gt=0, le=86_400, description="Wall-clock budget of one BuildDataset.")
+    build_timeout_s: float = Field(
+        600.0, gt=0, le=86_400, description="Wall-clock budget of one BuildDataset."
+    )
 
     # Sources on this machine.
     local_roots: list[Path] = Field(
@@ -37,16 +40,25 @@ class CrawlerSettings(ServiceSettings):
     )
 
     # HTTP fetching (the local crawler).
-    user_agent: str = Field("zehanx-crawler/0.1", description="User-Agent sent with every request and matched "
-                            "against robots.txt.")
-    respect_robots: bool = Field(True, description="Obey robots.txt (a missing robots.txt allows everything).")
+    user_agent: str = Field(
+        "zehanx-crawler/0.1", description="User-Agent sent with every request and matched against robots.txt."
+    )
+    respect_robots: bool = Field(
+        True, description="Obey robots.txt (a missing robots.txt allows everything)."
+    )
     per_host_rps: float = Field(2.0, gt=0, le=1000, description="Requests per second per host, at most.")
     connect_timeout_s: float = Field(10.0, gt=0, le=300, description="TCP/TLS connect timeout per request.")
-    read_timeout_s: float = Field(30.0, gt=0, le=600, description="Longest wait for the next bytes of a response.")
+    read_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="Longest wait for the next bytes of a response."
+    )
     fetch_timeout_s: float = Field(180.0, gt=0, le=3600, description="Whole-download budget of one resource.")
     retries: int = Field(3, ge=0, le=10, description="Retries after a connect error, timeout, 429 or 5xx.")
-    backoff_s: float = Field(0.5, ge=0, le=60, description="First retry delay; doubles per retry, with jitter.")
-    backoff_max_s: float = Field(10.0, ge=0, le=600, description="Longest retry delay (Retry-After is capped too).")
+    backoff_s: float = Field(
+        0.5, ge=0, le=60, description="First retry delay; doubles per retry, with jitter."
+    )
+    backoff_max_s: float = Field(
+        10.0, ge=0, le=600, description="Longest retry delay (Retry-After is capped too)."
+    )
     max_source_bytes: int = Field(256 * MiB, ge=1024, description="Largest single download or file read.")
     max_total_bytes: int = Field(1024 * MiB, ge=1024, description="Most bytes one build may fetch and read.")
     allow_private_networks: bool = Field(
@@ -54,12 +66,18 @@ class CrawlerSettings(ServiceSettings):
         description="Let URL sources reach loopback, private and link-local addresses. Off by default so a "
         "request cannot make the crawler probe the internal network; local development may turn it on.",
     )
-    max_pages: int = Field(20, ge=1, le=1000, description="Pages and files fetched per source when following "
-                           "links from a seed page.")
+    max_pages: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="Pages and files fetched per source when following links from a seed page.",
+    )
     max_link_depth: int = Field(1, ge=0, le=3, description="Link hops from a seed page to data files.")
 
     # Archives and decompression.
-    max_uncompressed_bytes: int = Field(512 * MiB, ge=1024, description="Most bytes one archive may expand to.")
+    max_uncompressed_bytes: int = Field(
+        512 * MiB, ge=1024, description="Most bytes one archive may expand to."
+    )
     max_archive_members: int = Field(1000, ge=1, description="Most members read from one archive.")
     max_compression_ratio: float = Field(
         250.0, gt=1, description="Expansion ratio beyond which a member of more than 8 MiB is called a bomb."

@@ -59,22 +59,36 @@ def jsonl_bytes(table: Table, indices: list[int]) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
 
 
-def schema_of(table: Table, choice: TaskChoice, split: Split, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def schema_of(
+    table: Table, choice: TaskChoice, split: Split, files: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     roles = {choice.target: "target", **{name: "input" for name in choice.inputs}}
     roles.update({name: "ignored" for name in choice.ignored})
     if choice.time_column:
         roles[choice.time_column] = "time"
     columns = []
     for col in table.columns:
-        entry: dict[str, Any] = {"name": col.name, "type": col.type, "role": roles.get(col.name, "input"),
-                                 "nullable": col.missing > 0}
-        entry.update({k: v for k, v in col.facts.items() if k in ("shape", "channels", "value_range", "layout",
-                                                                   "percent", "date_format")})
+        entry: dict[str, Any] = {
+            "name": col.name,
+            "type": col.type,
+            "role": roles.get(col.name, "input"),
+            "nullable": col.missing > 0,
+        }
+        entry.update(
+            {
+                k: v
+                for k, v in col.facts.items()
+                if k in ("shape", "channels", "value_range", "layout", "percent", "date_format")
+            }
+        )
         columns.append(entry)
     image = None
     if choice.image_shape:
         img = table.get("image")
-        image = {"column": "image", **{k: img.facts[k] for k in ("shape", "channels", "value_range", "layout")}}
+        image = {
+            "column": "image",
+            **{k: img.facts[k] for k in ("shape", "channels", "value_range", "layout")},
+        }
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -137,7 +151,9 @@ class DatasetStore:
             dataset_id = dataset_id_of(digest)
             _write(tmp / "schema.json", schema_bytes)
             _write(tmp / "profile.json", _dumps(profile))
-            _write(tmp / "provenance.json", _dumps({"dataset_id": dataset_id, "sha256": digest, **provenance}))
+            _write(
+                tmp / "provenance.json", _dumps({"dataset_id": dataset_id, "sha256": digest, **provenance})
+            )
             final = self.root / digest
             reused = False
             try:
@@ -168,4 +184,11 @@ class DatasetStore:
             )
             for name in SPLITS
         }
-        return Stored(id=dataset_id, sha256=digest, directory=final.resolve(), schema=schema, splits=splits, reused=reused)
+        return Stored(
+            id=dataset_id,
+            sha256=digest,
+            directory=final.resolve(),
+            schema=schema,
+            splits=splits,
+            reused=reused,
+        )

@@ -29,15 +29,71 @@ _TARGET_NAMES = {
 }  # fmt: skip
 _ID_NAMES = {"id", "uuid", "index", "key", "cert", "rank", "row", "number", "no"}
 
-_CLASSIFY = {"classify", "classification", "classifier", "categorize", "categorise", "category", "detect",
-             "detection", "detector", "sentiment", "spam", "recognize", "recognise", "recognition", "identify",
-             "which", "whether", "label", "polarity", "class", "diagnose", "diagnosis"}
-_REGRESS = {"regression", "regress", "estimate", "how much", "how many", "amount", "price", "cost", "value",
-            "continuous", "quantity"}
-_FORECAST = {"forecast", "forecasting", "future", "timeseries", "time series", "next month", "next year",
-             "next week", "trend", "seasonal", "upcoming"}
-_IMAGE = {"image", "images", "picture", "pictures", "photo", "photos", "pixel", "pixels", "digit", "digits",
-          "handwritten", "mnist", "vision"}
+_CLASSIFY = {
+    "classify",
+    "classification",
+    "classifier",
+    "categorize",
+    "categorise",
+    "category",
+    "detect",
+    "detection",
+    "detector",
+    "sentiment",
+    "spam",
+    "recognize",
+    "recognise",
+    "recognition",
+    "identify",
+    "which",
+    "whether",
+    "label",
+    "polarity",
+    "class",
+    "diagnose",
+    "diagnosis",
+}
+_REGRESS = {
+    "regression",
+    "regress",
+    "estimate",
+    "how much",
+    "how many",
+    "amount",
+    "price",
+    "cost",
+    "value",
+    "continuous",
+    "quantity",
+}
+_FORECAST = {
+    "forecast",
+    "forecasting",
+    "future",
+    "timeseries",
+    "time series",
+    "next month",
+    "next year",
+    "next week",
+    "trend",
+    "seasonal",
+    "upcoming",
+}
+_IMAGE = {
+    "image",
+    "images",
+    "picture",
+    "pictures",
+    "photo",
+    "photos",
+    "pixel",
+    "pixels",
+    "digit",
+    "digits",
+    "handwritten",
+    "mnist",
+    "vision",
+}
 
 
 def _intent(prompt: str, words: set[str]) -> list[str]:
@@ -199,7 +255,9 @@ def choose(table: Table, prompt: str, *, target_hint: str | None, task_hint: Tas
         task_why = "the request's task hint"
     elif wants_forecast and dates and target.type in NUMERIC:
         task = Task.TIME_SERIES_FORECASTING
-        task_why = f"the prompt asks to forecast ({', '.join(wants_forecast)}) and {dates[0].name!r} orders the rows"
+        task_why = (
+            f"the prompt asks to forecast ({', '.join(wants_forecast)}) and {dates[0].name!r} orders the rows"
+        )
     elif pixels is not None and categorical:
         task = Task.IMAGE_CLASSIFICATION
         side = math.isqrt(len(pixels))
@@ -209,7 +267,9 @@ def choose(table: Table, prompt: str, *, target_hint: str | None, task_hint: Tas
     elif texts and categorical and not (wants_reg and not wants_class):
         task = Task.TEXT_CLASSIFICATION
         mean = sum(len(v) for v in texts[0].present) / max(1, len(texts[0].present))
-        task_why = f"{texts[0].name!r} holds free text (mean {mean:.0f} characters) and the target is categorical"
+        task_why = (
+            f"{texts[0].name!r} holds free text (mean {mean:.0f} characters) and the target is categorical"
+        )
     elif categorical and not (wants_reg and target.type in NUMERIC and not wants_class):
         task = Task.TABULAR_CLASSIFICATION
         task_why = "the target is categorical"
@@ -247,13 +307,15 @@ def choose(table: Table, prompt: str, *, target_hint: str | None, task_hint: Tas
         classes = []
         if target.type not in NUMERIC:
             raise FailedPrecondition(
-                f"{task.value} needs a numeric target; {target.name!r} is {target.type}", reason="UNUSABLE_TARGET"
+                f"{task.value} needs a numeric target; {target.name!r} is {target.type}",
+                reason="UNUSABLE_TARGET",
             )
     time_column = None
     if task == Task.TIME_SERIES_FORECASTING:
         if not dates:
-            raise FailedPrecondition("forecasting needs a date column to order the rows; none found",
-                                     reason="NO_TIME_COLUMN")
+            raise FailedPrecondition(
+                "forecasting needs a date column to order the rows; none found", reason="NO_TIME_COLUMN"
+            )
         time_column = dates[0].name
     if task == Task.IMAGE_CLASSIFICATION and pixels is None:
         raise FailedPrecondition(
@@ -281,7 +343,9 @@ def choose(table: Table, prompt: str, *, target_hint: str | None, task_hint: Tas
         explanation=". ".join(parts) + ".",
         text_column=text_column,
         time_column=time_column,
-        image_shape=[math.isqrt(len(pixels))] * 2 if pixels is not None and task == Task.IMAGE_CLASSIFICATION else None,
+        image_shape=[math.isqrt(len(pixels))] * 2
+        if pixels is not None and task == Task.IMAGE_CLASSIFICATION
+        else None,
         ignored=ignored,
         classes=classes,
     )
@@ -293,7 +357,9 @@ def apply(table: Table, choice: TaskChoice) -> Table:
     keep = [i for i, v in enumerate(target.values) if v is not None]
     notes = list(table.notes)
     if len(keep) < table.n_rows:
-        notes.append(f"dropped {table.n_rows - len(keep)} rows without a value in the target {choice.target!r}")
+        notes.append(
+            f"dropped {table.n_rows - len(keep)} rows without a value in the target {choice.target!r}"
+        )
         table = table.take(keep)
     table.notes = notes
     if choice.task == Task.IMAGE_CLASSIFICATION and choice.image_shape:
@@ -301,8 +367,12 @@ def apply(table: Table, choice: TaskChoice) -> Table:
         lo = min(min(c.present) for c in pixels)
         hi = max(max(c.present) for c in pixels)
         images = [list(row) for row in zip(*(c.values for c in pixels), strict=True)]
-        image = Column("image", "image", images, {"shape": choice.image_shape, "channels": 1,
-                                                   "value_range": [lo, hi], "layout": "row-major"})
+        image = Column(
+            "image",
+            "image",
+            images,
+            {"shape": choice.image_shape, "channels": 1, "value_range": [lo, hi], "layout": "row-major"},
+        )
         table.columns = [image, table.get(choice.target)]
         table.notes.append(
             f"{len(pixels)} pixel columns packed into one 'image' column ({choice.image_shape[0]}x"

@@ -77,7 +77,9 @@ def decode_text(data: bytes, declared: str | None = None, *, name: str = "", htm
             text = _try(data, encoding)
             if text is not None:
                 return Decoded(text, encoding, notes)
-            notes.append(f"{name}: declared charset {declared} does not fit the bytes; detecting the encoding")
+            notes.append(
+                f"{name}: declared charset {declared} does not fit the bytes; detecting the encoding"
+            )
     if html:
         match = _META_CHARSET.search(data[:4096])
         if match:
@@ -86,7 +88,9 @@ def decode_text(data: bytes, declared: str | None = None, *, name: str = "", htm
                 text = _try(data, encoding)
                 if text is not None:
                     return Decoded(text, encoding, notes)
-                notes.append(f"{name}: <meta charset={encoding}> does not fit the bytes; detecting the encoding")
+                notes.append(
+                    f"{name}: <meta charset={encoding}> does not fit the bytes; detecting the encoding"
+                )
     text = _try(data, "utf-8")
     if text is not None:
         return Decoded(text, "utf-8", notes)

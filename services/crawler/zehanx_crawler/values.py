@@ -8,7 +8,9 @@ import re
 from datetime import datetime
 
 #: Written where a value is missing (compared lower-case, after stripping).
-MISSING_MARKERS = frozenset({"", "na", "n/a", "nan", "null", "none", "-", "--", "\u2014", "\u2013", "?", "#n/a"})
+MISSING_MARKERS = frozenset(
+    {"", "na", "n/a", "nan", "null", "none", "-", "--", "\u2014", "\u2013", "?", "#n/a"}
+)
 
 _FOOTNOTE = re.compile(r"(\[\s*[\w\s]{1,12}\s*\]|[\u2020\u2021*]+)$")
 _NUMBER = re.compile(

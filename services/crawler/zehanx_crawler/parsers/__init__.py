@@ -65,7 +65,9 @@ def parse_resource(resource: Resource, limits: ArchiveLimits) -> Parsed:
                 continue
             out.extend(parse_resource(member, limits))
         if not out.tables and not out.errors and not out.skipped:
-            out.errors.append(FailedPrecondition(f"{resource.name} is an empty archive", reason="EMPTY_SOURCE"))
+            out.errors.append(
+                FailedPrecondition(f"{resource.name} is an empty archive", reason="EMPTY_SOURCE")
+            )
         return out
     try:
         if fmt == Format.PARQUET:
@@ -73,7 +75,9 @@ def parse_resource(resource: Resource, limits: ArchiveLimits) -> Parsed:
             _attach(table, resource)
             out.tables.append(table)
             return out
-        hinted_html = by_name(resource.name) == Format.HTML or by_content_type(resource.content_type) == Format.HTML
+        hinted_html = (
+            by_name(resource.name) == Format.HTML or by_content_type(resource.content_type) == Format.HTML
+        )
         decoded = decode_text(resource.data, resource.charset, name=resource.name, html=True)
         fmt = text_format(decoded.text, resource.name, resource.content_type)
         if fmt == Format.HTML or (hinted_html and fmt == Format.DELIMITED and "<" in decoded.text[:2048]):
@@ -88,7 +92,9 @@ def parse_resource(resource: Resource, limits: ArchiveLimits) -> Parsed:
             if not page.tables:
                 found = f"{page.tables_found} tables found" if page.tables_found else "no <table> at all"
                 reasons = "; ".join(page.skipped[:12])
-                out.skipped.append(f"{resource.uri}: no usable table ({found}{': ' + reasons if reasons else ''})")
+                out.skipped.append(
+                    f"{resource.uri}: no usable table ({found}{': ' + reasons if reasons else ''})"
+                )
                 out.links += page.links
             return out
         if fmt == Format.JSON:

@@ -109,7 +109,9 @@ def _zip(resource: Resource, limits: ArchiveLimits) -> list[Resource]:
     try:
         archive = zipfile.ZipFile(io.BytesIO(resource.data))
     except (zipfile.BadZipFile, OSError) as exc:
-        raise FailedPrecondition(f"{resource.name}: not a readable zip archive ({exc})", reason="BAD_ARCHIVE") from None
+        raise FailedPrecondition(
+            f"{resource.name}: not a readable zip archive ({exc})", reason="BAD_ARCHIVE"
+        ) from None
     infos = [i for i in archive.infolist() if not i.is_dir() and not _skip(i.filename)]
     _check_count(resource.name, len(infos), limits)
     budget = _Budget(resource.name, limits, len(resource.data))
@@ -152,7 +154,9 @@ def _tar(resource: Resource, limits: ArchiveLimits) -> list[Resource]:
                 data = budget.read(stream, info.name, None)
                 members.append(_member(resource, info.name, data))
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
-        raise FailedPrecondition(f"{resource.name}: not a readable tar archive ({exc})", reason="BAD_ARCHIVE") from None
+        raise FailedPrecondition(
+            f"{resource.name}: not a readable tar archive ({exc})", reason="BAD_ARCHIVE"
+        ) from None
     return members
 
 
@@ -171,11 +175,21 @@ def _single(resource: Resource, fmt: Format, limits: ArchiveLimits) -> list[Reso
     try:
         data = budget.read(opener(io.BytesIO(resource.data)), name, None)
     except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
-        raise FailedPrecondition(f"{resource.name}: corrupt {fmt.value} data ({exc})", reason="BAD_ARCHIVE") from None
+        raise FailedPrecondition(
+            f"{resource.name}: corrupt {fmt.value} data ({exc})", reason="BAD_ARCHIVE"
+        ) from None
     if len(data) > 262 and data[257:262] == b"ustar":
-        inner = Resource(uri=resource.uri, name=name, data=data, fetched_at=resource.fetched_at,
-                         sha256=resource.sha256, licence=resource.licence, parent_uri=resource.parent_uri,
-                         depth=resource.depth, source=resource.source)
+        inner = Resource(
+            uri=resource.uri,
+            name=name,
+            data=data,
+            fetched_at=resource.fetched_at,
+            sha256=resource.sha256,
+            licence=resource.licence,
+            parent_uri=resource.parent_uri,
+            depth=resource.depth,
+            source=resource.source,
+        )
         return _tar(inner, limits)
     member = _member(resource, name, data)
     member.uri = resource.uri

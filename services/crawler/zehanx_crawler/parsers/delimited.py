@@ -162,7 +162,11 @@ def _label_lines(lines: list[str], name: str) -> RawTable | None:
                     notes.append(f"{name}: first line taken as the header")
                 rows = [[a, b] if label_first else [b, a] for a, b in zip(labels, texts, strict=True)]
                 return RawTable(
-                    columns=columns, rows=rows, origin=name, format="label-lines", notes=notes,
+                    columns=columns,
+                    rows=rows,
+                    origin=name,
+                    format="label-lines",
+                    notes=notes,
                     invented_header=not skip,
                 )
     return None
@@ -240,7 +244,11 @@ def parse_delimited(text: str, name: str) -> RawTable:
         if score < 0.5:
             rows = [[line.strip()] for line in lines if line.strip()]
             return RawTable(
-                columns=["text"], rows=rows, origin=name, format="lines", invented_header=True,
+                columns=["text"],
+                rows=rows,
+                origin=name,
+                format="lines",
+                invented_header=True,
                 notes=[f"{name}: no consistent delimiter; one value per line"],
             )
     literal = _literal(lines, delimiter)

@@ -252,7 +252,12 @@ def parse_html(text: str, uri: str) -> HtmlPage:
         else:
             tables.append(result)
     return HtmlPage(
-        title=title, tables=tables, skipped=skipped, links=links, tables_found=len(all_tables), licence=licence
+        title=title,
+        tables=tables,
+        skipped=skipped,
+        links=links,
+        tables_found=len(all_tables),
+        licence=licence,
     )
 
 

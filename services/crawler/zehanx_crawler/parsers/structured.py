@@ -52,7 +52,12 @@ def _find_records(value: Any, depth: int = 0) -> tuple[list[Any], str] | None:
     if lists:
         key, best = max(lists, key=lambda kv: len(kv[1]))
         lengths = {len(v) for _, v in lists}
-        if len(lists) > 1 and len(lengths) == 1 and not isinstance(best[0], dict) and len(lists) == len(value):
+        if (
+            len(lists) > 1
+            and len(lengths) == 1
+            and not isinstance(best[0], dict)
+            and len(lists) == len(value)
+        ):
             # Column-oriented: {"a": [...], "b": [...]}
             n = len(best)
             return [{k: v[i] for k, v in lists} for i in range(n)], "columns"
@@ -86,8 +91,10 @@ def parse_json(text: str, origin: str) -> RawTable:
     if all(isinstance(r, list) for r in records):
         first = records[0]
         width = max(len(r) for r in records)
-        if all(isinstance(c, str) for c in first) and len(records) > 1 and any(
-            not isinstance(c, str) for r in records[1:] for c in r
+        if (
+            all(isinstance(c, str) for c in first)
+            and len(records) > 1
+            and any(not isinstance(c, str) for r in records[1:] for c in r)
         ):
             names = [str(c) for c in first]
             body = records[1:]
@@ -97,11 +104,23 @@ def parse_json(text: str, origin: str) -> RawTable:
         rows = [list(r) + [None] * (len(names) - len(r)) for r in body]
         if any(len(r) > len(names) for r in rows):
             raise FailedPrecondition(f"{origin}: rows longer than the header", reason="RAGGED_ROWS")
-        return RawTable(columns=names, rows=rows, origin=origin, format="json", notes=notes,
-                        invented_header=names[0] == "column_1")
+        return RawTable(
+            columns=names,
+            rows=rows,
+            origin=origin,
+            format="json",
+            notes=notes,
+            invented_header=names[0] == "column_1",
+        )
     if all(not isinstance(r, dict | list) for r in records):
-        return RawTable(columns=["value"], rows=[[r] for r in records], origin=origin, format="json",
-                        notes=notes, invented_header=True)
+        return RawTable(
+            columns=["value"],
+            rows=[[r] for r in records],
+            origin=origin,
+            format="json",
+            notes=notes,
+            invented_header=True,
+        )
     raise FailedPrecondition(f"{origin}: JSON array mixes records of different shapes", reason="NO_TABLE")
 
 
@@ -121,7 +140,8 @@ def parse_jsonl(text: str, origin: str) -> RawTable:
             ) from None
         if not isinstance(value, dict):
             raise FailedPrecondition(
-                f"{origin}: line {number} is a JSON {type(value).__name__}, not an object", reason="INVALID_JSON"
+                f"{origin}: line {number} is a JSON {type(value).__name__}, not an object",
+                reason="INVALID_JSON",
             )
         records.append(value)
     if not records:
@@ -148,7 +168,9 @@ def parse_parquet(data: bytes, origin: str) -> RawTable:
     try:
         table = pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError) as exc:
-        raise FailedPrecondition(f"{origin}: not a readable Parquet file ({exc})", reason="INVALID_PARQUET") from None
+        raise FailedPrecondition(
+            f"{origin}: not a readable Parquet file ({exc})", reason="INVALID_PARQUET"
+        ) from None
     notes: list[str] = []
     names: list[str] = []
     columns: list[list[Any]] = []
