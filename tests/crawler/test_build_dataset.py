@@ -394,3 +394,12 @@ def _request(prompt: str, *sources: str) -> pb.BuildDatasetRequest:
     from conftest import build_request
 
     return build_request(prompt, *sources)
+
+
+async def test_max_rows_samples_with_the_seed_and_says_so(crawler: Crawler, shared_data: Path) -> None:
+    path = str(shared_data / "mr_movie_review_polarity/rt-polarity.all")
+    first = _dataset(await crawler.build("movie review polarity", path, max_rows=500, seed=3))
+    again = _dataset(await crawler.build("movie review polarity", path, max_rows=500, seed=3))
+    assert first.profile.row_count == 500 == len(_all(_splits(first)))
+    assert first.ref.train_sha256 == again.ref.train_sha256
+    assert any("random sample (seed 3) of 500 of 10662" in w for w in first.warnings), first.warnings
