@@ -57,7 +57,11 @@ def test_make_help_lists_every_documented_target() -> None:
 
 
 def test_make_test_sets_up_checks_generated_code_and_runs_pytest() -> None:
-    plan = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    # Under `make test` this runs inside make: MAKELEVEL would make it print "Entering directory".
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    plan = subprocess.run(
+        ["make", "--no-print-directory", "-n", "test"], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    ).stdout
     lines = plan.splitlines()
     assert lines[0] == "scripts/setup.sh"
     assert any("scripts/gen_protos.py --check" in line for line in lines)
