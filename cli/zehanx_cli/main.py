@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from zehanx_cli import health, keys, sandbox
+from zehanx_cli import account, health, jobs, keys, sandbox
 from zehanx_cli.errors import LaunchError
 from zehanx_cli.settings import LauncherSettings
 from zehanx_cli.suite import POSTGRES, Health, Suite
@@ -29,6 +29,8 @@ err_console = Console(stderr=True, soft_wrap=True)
 # Sub-apps: `zx sandbox …` (the executor's isolation probe) and `zx keys …` (the gateway's API keys).
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(keys.app, name="keys")
+# The public API from a shell: zx train / jobs / job / cancel / models / download / predict.
+jobs.register(app)
 
 
 def _settings() -> LauncherSettings:
@@ -85,6 +87,13 @@ def up(
     suite = Suite(settings, say=lambda text: console.print(text, highlight=False, soft_wrap=True))
 
     def ready(rows: list[Health]) -> None:
+        # The local user and its API key (ZX_HOME/api-key, 0600), so zx train works with no extra step.
+        external = settings.gateway_database_url
+        url = external.get_secret_value() if external is not None else suite.postgres.url()
+        if account.ensure_local_key(settings, url):
+            console.print(
+                f"Made an API key for the local user: {account.key_file(settings)}", highlight=False
+            )
         console.print(_table(rows, suite))
         console.print(f"Logs: {settings.logs_dir}", highlight=False)
         if detach:

@@ -1,0 +1,480 @@
+"""``zx train / jobs / job / cancel / models / download / predict``: the gateway's public API from a shell.
+
+Every call goes to the gateway of this ZX_HOME's suite (``ZX_GATEWAY_ADDRESS`` moves it) with the API
+key ``zx up`` made (``ZX_API_KEY`` overrides it). ``zx train --follow`` watches the job: each stage as a
+line, the training as a live progress bar (epoch, loss, validation metric), then the held-out result
+against the baseline. Ctrl-C while following asks whether to cancel the job or only stop watching.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import grpc
+import typer
+from google.protobuf import json_format, struct_pb2
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from zehanx.common.v1 import dataset_pb2
+from zehanx.gateway.v1 import gateway_service_pb2 as pb
+from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
+from zehanx.gateway.v1 import job_pb2, model_pb2
+
+from zehanx_cli import account
+from zehanx_cli.errors import LaunchError
+from zehanx_cli.settings import LauncherSettings
+
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+TERMINAL = {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
+
+
+def _state(value: int) -> str:
+    return job_pb2.JobState.Name(value).removeprefix("JOB_STATE_")
+
+
+def _stage(value: int) -> str:
+    return job_pb2.JobStage.Name(value).removeprefix("JOB_STAGE_") if value else "-"
+
+
+class Gateway:
+    """A channel to the gateway with the caller's key."""
+
+    def __init__(self) -> None:
+        settings = LauncherSettings()
+        self.address = os.environ.get("ZX_GATEWAY_ADDRESS") or settings.address("gateway")
+        self._key = account.read_api_key(settings)
+        self.channel = grpc.insecure_channel(
+            self.address,
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ],
+        )
+        self.stub = rpc.GatewayServiceStub(self.channel)
+
+    @property
+    def metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self._key}")]
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _call(action: Any) -> Any:
+    """Run ``action(gateway)``, turning a status into a clear message and exit code."""
+    try:
+        gateway = Gateway()
+    except LaunchError as exc:
+        _fail(str(exc))
+    try:
+        return action(gateway)
+    except grpc.RpcError as exc:
+        code = exc.code()  # type: ignore[attr-defined]
+        detail = exc.details()  # type: ignore[attr-defined]
+        if code is grpc.StatusCode.UNAVAILABLE:
+            _fail(f"the gateway at {gateway.address} is not reachable ({detail}); is the suite up? (zx up)")
+        _fail(f"{code.name}: {detail}")
+    finally:
+        gateway.close()
+
+
+def _source(value: str) -> dataset_pb2.DataSource:
+    if value.startswith(("http://", "https://")):
+        return dataset_pb2.DataSource(url=value)
+    if value.startswith("catalog:"):
+        return dataset_pb2.DataSource(catalog_name=value.removeprefix("catalog:"))
+    path = Path(value).expanduser()
+    if not path.exists():
+        _fail(f"--source {value!r} is neither an http(s) URL, catalog:<name>, nor an existing path", 2)
+    return dataset_pb2.DataSource(local_path=str(path.resolve()))
+
+
+def _metrics(values: Any) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in sorted(values.items())) or "-"
+
+
+# -- following a job ----------------------------------------------------------------------------------
+
+
+def _watch(gateway: Gateway, job_id: str, after: int) -> Iterator[Any]:
+    """WatchJob, resumed from the last sequence seen whenever the stream breaks (a gateway restart)."""
+    last = after
+    failures = 0
+    while True:
+        try:
+            for message in gateway.stub.WatchJob(
+                pb.WatchJobRequest(job_id=job_id, after_sequence=last), metadata=gateway.metadata
+            ):
+                failures = 0
+                event = message.event
+                if event.WhichOneof("event") != "snapshot":
+                    last = event.sequence
+                yield event
+            return
+        except grpc.RpcError as exc:
+            if exc.code() is not grpc.StatusCode.UNAVAILABLE or failures >= 60:  # type: ignore[attr-defined]
+                raise
+            failures += 1
+            err_console.print(f"[yellow]the gateway went away; reconnecting (from event {last})...[/]")
+            time.sleep(min(1.0 * failures, 5.0))
+
+
+def follow(gateway: Gateway, job_id: str) -> int:
+    """Show the job live until it ends; returns the exit status (0 only for SUCCEEDED)."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    bar: Any = None
+    final: job_pb2.Job | None = None
+    evaluation: Any = None
+    try:
+        with progress:
+            for event in _watch(gateway, job_id, 0):
+                kind = event.WhichOneof("event")
+                if kind == "snapshot":
+                    final = event.snapshot
+                    continue
+                if kind == "state_change":
+                    change = event.state_change
+                    line = f"{_state(change.to_state):<10} {_stage(change.to_stage):<11} {change.reason}"
+                    progress.console.print(line.rstrip(), highlight=False)
+                    if change.to_state in TERMINAL:
+                        break
+                elif kind == "dataset_built":
+                    built = event.dataset_built
+                    progress.console.print(
+                        f"  dataset {built.name}: {built.train_row_count} train / {built.validation_row_count} "
+                        f"validation / {built.test_row_count} held-out rows, target '{built.target_column}'",
+                        highlight=False,
+                    )
+                elif kind == "program_generated":
+                    made = event.program_generated
+                    what = "repaired" if made.program_attempt > 1 else "written"
+                    progress.console.print(
+                        f"  program v{made.program_attempt} {what} ({made.plan.model_family}, "
+                        f"{len(made.file_paths)} files, {made.backend})",
+                        highlight=False,
+                    )
+                elif kind == "training_metrics":
+                    metrics = event.training_metrics
+                    if metrics.smoke:
+                        continue
+                    if bar is None:
+                        bar = progress.add_task("training", total=metrics.total_steps or None, detail="")
+                    detail = f"epoch {metrics.epoch}"
+                    if metrics.HasField("loss"):
+                        detail += f"  loss {metrics.loss:.4f}"
+                    if metrics.validation_metrics.values:
+                        detail += "  val " + _metrics(metrics.validation_metrics.values)
+                    progress.update(
+                        bar, completed=metrics.step, total=metrics.total_steps or None, detail=detail
+                    )
+                elif kind == "log_line" and event.log_line.source == 2 and "fail" in event.log_line.text:
+                    progress.console.print(f"  [yellow]{event.log_line.text.splitlines()[0]}[/]")
+                elif kind == "evaluation_result":
+                    evaluation = event.evaluation_result
+    except KeyboardInterrupt:
+        return _interrupted(gateway, job_id)
+    job = gateway.stub.GetJob(pb.GetJobRequest(job_id=job_id), metadata=gateway.metadata)
+    final = job
+    return _summary(gateway, final, evaluation)
+
+
+def _interrupted(gateway: Gateway, job_id: str) -> int:
+    if not sys.stdin.isatty():
+        console.print(f"Stopped watching; the job goes on. Watch again: zx job {job_id} --follow")
+        return 130
+    try:
+        answer = console.input("\nCancel the job [c], or only stop watching [d]? [d] ").strip().lower()
+    except (KeyboardInterrupt, EOFError):
+        answer = "d"
+    if answer.startswith("c"):
+        job = gateway.stub.CancelJob(
+            pb.CancelJobRequest(job_id=job_id, reason="cancelled from zx train"), metadata=gateway.metadata
+        )
+        console.print(f"Job {job_id} is {_state(job.state)}.")
+    else:
+        console.print(f"Stopped watching; the job goes on. Watch again: zx job {job_id} --follow")
+    return 130
+
+
+def _summary(gateway: Gateway, job: job_pb2.Job, evaluation: Any) -> int:
+    state = _state(job.state)
+    if job.state != job_pb2.JOB_STATE_SUCCEEDED:
+        console.print(f"[bold red]Job {job.id} {state}[/]: {job.error.message}", highlight=False)
+        return 1
+    model = gateway.stub.GetModel(pb.GetModelRequest(model_id=job.model_id), metadata=gateway.metadata)
+    name = model.metric_name
+    held = model.held_out_metrics.values
+    base = model.baseline_metrics.values
+    console.print(f"\n[bold green]Job {job.id} SUCCEEDED[/]", highlight=False)
+    table = Table(box=None, pad_edge=False, title="Held-out test split (never seen by the program)")
+    table.add_column("metric")
+    table.add_column("model", justify="right")
+    table.add_column(f"baseline ({model.baseline_name})", justify="right")
+    for metric in sorted(held):
+        table.add_row(
+            ("* " if metric == name else "  ") + metric,
+            f"{held[metric]:.4f}",
+            f"{base.get(metric, float('nan')):.4f}",
+        )
+    console.print(table)
+    if evaluation is not None:
+        console.print(f"{evaluation.test_row_count} held-out rows.", highlight=False)
+    console.print(f"Model id: {model.id}", highlight=False)
+    console.print(
+        f"Model card: zx download {model.id} -o ./model  (then read ./model/MODEL_CARD.md)", highlight=False
+    )
+    console.print(f"Try it:    zx predict {model.id} '<input as JSON>'", highlight=False)
+    return 0
+
+
+# -- commands -------------------------------------------------------------------------------------------
+
+
+def train(
+    prompt: Annotated[str, typer.Argument(help="What the model should do, in your words.")],
+    source: Annotated[
+        list[str] | None,
+        typer.Option("--source", "-s", help="Data: an http(s) URL, catalog:<name>, or a path (repeatable)."),
+    ] = None,
+    follow_: Annotated[bool, typer.Option("--follow/--no-follow", "-f", help="Watch the job live.")] = True,
+    max_repairs: Annotated[int | None, typer.Option("--max-repairs", min=0, max=3)] = None,
+    training_minutes: Annotated[
+        float | None, typer.Option("--training-minutes", help="Training budget of the full run.")
+    ] = None,
+) -> None:
+    """Create a job that turns PROMPT (and optional sources) into a trained model."""
+    job = job_pb2.Job(prompt=prompt, sources=[_source(s) for s in source or []])
+    if max_repairs is not None:
+        job.options.max_repair_attempts = max_repairs
+    if training_minutes is not None:
+        job.options.resources.max_training_duration.FromSeconds(int(training_minutes * 60))
+
+    def action(gateway: Gateway) -> int:
+        created = gateway.stub.CreateJob(
+            pb.CreateJobRequest(job=job, request_id=str(uuid.uuid4())), metadata=gateway.metadata
+        )
+        console.print(f"Job {created.id} {_state(created.state)}: {prompt}", highlight=False)
+        if not follow_:
+            console.print(f"Watch it: zx job {created.id} --follow", highlight=False)
+            return 0
+        return follow(gateway, created.id)
+
+    raise typer.Exit(_call(action))
+
+
+def jobs(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000)] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List your jobs, newest first."""
+
+    def action(gateway: Gateway) -> None:
+        page = gateway.stub.ListJobs(pb.ListJobsRequest(page_size=limit), metadata=gateway.metadata)
+        if as_json:
+            print(json.dumps([json_format.MessageToDict(j) for j in page.jobs], indent=2))
+            return
+        table = Table(box=None, pad_edge=False)
+        for column in ("ID", "STATE", "STAGE", "CREATED", "PROMPT"):
+            table.add_column(column)
+        for j in page.jobs:
+            table.add_row(
+                j.id,
+                _state(j.state),
+                _stage(j.stage),
+                j.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M"),
+                j.prompt[:60],
+            )
+        console.print(table)
+
+    _call(action)
+
+
+def job(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    follow_: Annotated[bool, typer.Option("--follow", "-f", help="Watch it until it ends.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show one job (and, with --follow, watch it)."""
+
+    def action(gateway: Gateway) -> int:
+        if follow_:
+            return follow(gateway, job_id)
+        found = gateway.stub.GetJob(pb.GetJobRequest(job_id=job_id), metadata=gateway.metadata)
+        if as_json:
+            print(json.dumps(json_format.MessageToDict(found), indent=2))
+            return 0
+        console.print(f"Job {found.id}: {_state(found.state)} ({_stage(found.stage)})", highlight=False)
+        console.print(f"  prompt:  {found.prompt}", highlight=False)
+        console.print(f"  attempt: {found.attempt}, repairs: {found.repair_count}", highlight=False)
+        if found.dataset_id:
+            console.print(f"  dataset: {found.dataset_id}", highlight=False)
+        if found.model_id:
+            console.print(f"  model:   {found.model_id}", highlight=False)
+        if found.HasField("error") and found.error.message:
+            console.print(f"  error:   {found.error.message}", highlight=False)
+        return 0
+
+    raise typer.Exit(_call(action))
+
+
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    reason: Annotated[str, typer.Option("--reason", "-r")] = "",
+) -> None:
+    """Cancel a job (it ends CANCELLED within seconds)."""
+
+    def action(gateway: Gateway) -> None:
+        found = gateway.stub.CancelJob(
+            pb.CancelJobRequest(job_id=job_id, reason=reason), metadata=gateway.metadata
+        )
+        console.print(f"Job {found.id} is {_state(found.state)}.", highlight=False)
+
+    _call(action)
+
+
+def models(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000)] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List your models, newest first."""
+
+    def action(gateway: Gateway) -> None:
+        page = gateway.stub.ListModels(pb.ListModelsRequest(page_size=limit), metadata=gateway.metadata)
+        if as_json:
+            rows = []
+            for m in page.models:
+                row = json_format.MessageToDict(m)
+                row.pop("modelCard", None)
+                rows.append(row)
+            print(json.dumps(rows, indent=2))
+            return
+        table = Table(box=None, pad_edge=False)
+        for column in ("ID", "TITLE", "HELD-OUT", "BASELINE", "CREATED"):
+            table.add_column(column)
+        for m in page.models:
+            name = m.metric_name
+            table.add_row(
+                m.id,
+                m.title[:40],
+                f"{name} {m.held_out_metrics.values.get(name, float('nan')):.4f}",
+                f"{m.baseline_metrics.values.get(name, float('nan')):.4f}",
+                m.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M"),
+            )
+        console.print(table)
+
+    _call(action)
+
+
+def download(
+    model_id: Annotated[str, typer.Argument(help="The model's id.")],
+    out: Annotated[Path, typer.Option("--output", "-o", help="Folder to unpack the model into.")] = Path("."),
+    keep_zip: Annotated[
+        bool, typer.Option("--zip", help="Keep the archive as a .zip instead of unpacking.")
+    ] = False,
+) -> None:
+    """Download a model (weights, program, model card, metrics), verify its sha256, and unpack it."""
+
+    def action(gateway: Gateway) -> None:
+        import zipfile
+
+        out.mkdir(parents=True, exist_ok=True)
+        header: model_pb2.Model | Any = None
+        digest = hashlib.sha256()
+        target: Path | None = None
+        size = 0
+        handle = None
+        try:
+            for message in gateway.stub.DownloadModel(
+                pb.DownloadModelRequest(model_id=model_id), metadata=gateway.metadata
+            ):
+                if message.WhichOneof("part") == "header":
+                    header = message.header
+                    target = out / header.filename
+                    handle = open(target.with_suffix(".part"), "wb")
+                else:
+                    assert handle is not None
+                    handle.write(message.chunk.data)
+                    digest.update(message.chunk.data)
+                    size += len(message.chunk.data)
+        finally:
+            if handle is not None:
+                handle.close()
+        assert header is not None and target is not None
+        part = target.with_suffix(".part")
+        if digest.hexdigest() != header.sha256 or size != header.total_size_bytes:
+            part.unlink(missing_ok=True)
+            _fail(
+                f"the download does not match its sha256 {header.sha256} (got {digest.hexdigest()}, {size} bytes)"
+            )
+        part.replace(target)
+        console.print(f"verified sha256 {header.sha256} ({size} bytes)", highlight=False)
+        if keep_zip:
+            console.print(f"saved {target}", highlight=False)
+            return
+        with zipfile.ZipFile(target) as archive:
+            archive.extractall(out)
+        target.unlink()
+        console.print(f"unpacked into {out} (model card: {out / 'MODEL_CARD.md'})", highlight=False)
+
+    _call(action)
+
+
+def predict(
+    model_id: Annotated[str, typer.Argument(help="The model's id.")],
+    inputs: Annotated[list[str], typer.Argument(help="Inputs: each a JSON value (or plain text).")],
+) -> None:
+    """Run a model on inputs (in the sandbox) and print one prediction per input."""
+    instances = []
+    for text in inputs:
+        value = struct_pb2.Value()
+        try:
+            json_format.Parse(text, value)
+        except json_format.ParseError:
+            value.string_value = text  # plain text, for text models
+        instances.append(value)
+
+    def action(gateway: Gateway) -> None:
+        reply = gateway.stub.Predict(
+            pb.PredictRequest(model_id=model_id, instances=instances), metadata=gateway.metadata
+        )
+        for text, prediction in zip(inputs, reply.predictions, strict=True):
+            output = json_format.MessageToDict(prediction.output) if prediction.HasField("output") else None
+            row: dict[str, Any] = {"input": text[:80], "prediction": output}
+            if prediction.probabilities:
+                top = sorted(prediction.probabilities.items(), key=lambda kv: -kv[1])[:3]
+                row["top"] = {k: round(v, 4) for k, v in top}
+            print(json.dumps(row))
+
+    _call(action)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)
+    app.command()(jobs)
+    app.command()(job)
+    app.command()(cancel)
+    app.command()(models)
+    app.command()(download)
+    app.command()(predict)
