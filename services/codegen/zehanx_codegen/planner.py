@@ -194,7 +194,9 @@ class Planner:
         hinted = any(vocabulary & hints for hints in _HINTS.values())
         named = any(_mentioned(words, c.name) for c in profile.columns)
         unsupported = sorted({_UNSUPPORTED[w] for w in vocabulary if w in _UNSUPPORTED})
-        if unsupported and not (vocabulary & (_HINTS["classification"] | {"forecast", "predict", "regression"})):
+        if unsupported and not (
+            vocabulary & (_HINTS["classification"] | {"forecast", "predict", "regression"})
+        ):
             raise FailedPrecondition(
                 f"the prompt asks for {', '.join(unsupported)}, which Zehanx does not build; it builds {SUPPORTED}",
                 reason="UNSUPPORTED_TASK",
@@ -204,7 +206,9 @@ class Planner:
             raise InvalidArgument(
                 "the prompt does not say what to build: name what to predict (for example 'classify "
                 "messages as spam or ham', 'predict the price', 'forecast monthly sales')",
-                violations=[FieldViolation("prompt", "does not name a task or a column to predict", "PROMPT_UNCLEAR")],
+                violations=[
+                    FieldViolation("prompt", "does not name a task or a column to predict", "PROMPT_UNCLEAR")
+                ],
                 reason="PROMPT_UNCLEAR",
             )
 
@@ -227,7 +231,9 @@ class Planner:
                 ids.append(c)
         # A flattened image: many numeric columns, a square count (or 3 x a square), values in a pixel range.
         if len(numeric) >= 64:
-            in_range = [c for c in numeric if c.numeric is None or (c.numeric.min >= 0 and c.numeric.max <= 255)]
+            in_range = [
+                c for c in numeric if c.numeric is None or (c.numeric.min >= 0 and c.numeric.max <= 255)
+            ]
             for n in (len(in_range), len(in_range) - 1):
                 if n >= 64 and (_square_side(n) or (n % 3 == 0 and _square_side(n // 3))):
                     pixels = in_range[:n] if n == len(in_range) else in_range
@@ -242,7 +248,9 @@ class Planner:
                 raise InvalidArgument(
                     f"target_column_hint {options.target_hint!r} is not a column of the dataset; columns: "
                     + ", ".join(names[:50]),
-                    violations=[FieldViolation("target_column_hint", "not a column of the dataset", "UNKNOWN_COLUMN")],
+                    violations=[
+                        FieldViolation("target_column_hint", "not a column of the dataset", "UNKNOWN_COLUMN")
+                    ],
                     reason="UNKNOWN_COLUMN",
                 )
             return found
@@ -273,7 +281,9 @@ class Planner:
         raise InvalidArgument(
             "cannot tell which column to predict: name it in the prompt or in target_column_hint; "
             f"candidates: {shown}",
-            violations=[FieldViolation("target_column_hint", "the target column is ambiguous", "TARGET_AMBIGUOUS")],
+            violations=[
+                FieldViolation("target_column_hint", "the target column is ambiguous", "TARGET_AMBIGUOUS")
+            ],
             reason="TARGET_AMBIGUOUS",
         )
 
@@ -448,7 +458,7 @@ class Planner:
             "encoder": ENCODER_NAME if use_encoder else "",
             "encoder_max_tokens": max_tokens,
             "c_grid": [3.0, 10.0, 30.0],
-            "lbfgs_steps": 15,
+            "lbfgs_steps": 6,
         }
         others = [c.name for c in texts if c.name != text.name]
         lines = [
@@ -570,7 +580,9 @@ class Planner:
                 )
                 + "."
             )
-            lines.append("Metric: RMSE (root mean squared error, in the target's units); MAE and R² are reported too.")
+            lines.append(
+                "Metric: RMSE (root mean squared error, in the target's units); MAE and R² are reported too."
+            )
         else:
             classes = self._check_classes(profile, target)
             family_name = TaskFamily.TABULAR_CLASSIFICATION
@@ -637,16 +649,20 @@ class Planner:
                 f"images of {height}x{width} pixels are too small for a convolutional network",
                 reason="DATA_CANNOT_SERVE_TASK",
             )
-        scale = 1.0 / 255.0 if top > 1.5 else 1.0
+        # Pixels go into [0, 1]: 0..255 for photos, but 0..16 for scikit-learn's digits.
+        scale = 1.0 / top if top > 1.5 else 1.0
         # Three conv blocks halve the image three times; bigger images get a stride-2 first layer.
         blocks = [32, 64, 128]
         stem_stride = 1 if max(height, width) <= 64 else 2
         rows = profile.row_count
-        digits = bool(set(words) & {"digit", "digits", "handwritten", "handwriting", "mnist", "character", "letters"})
+        digits = bool(
+            set(words) & {"digit", "digits", "handwritten", "handwriting", "mnist", "character", "letters"}
+        )
         metric, metric_why = self._class_metric(classes, profile.imbalance_ratio)
-        # Measured: ~3 s per epoch of 4,000 28x28 images on 2 cores; size epochs to the budget.
+        # Measured on 2 cores: ~3 s per epoch of 4,000 28x28 images, and at least ~40 ms a step of 64
+        # however small the images (fixed costs dominate). The program re-times its first epoch anyway.
         pixels_k = height * width * channels / 784.0 / (stem_stride * stem_stride)
-        epoch_s = max(0.5, rows / 4000 * 3.0 * pixels_k)
+        epoch_s = max(math.ceil(rows * 0.7 / 64) * 0.04, rows * 0.7 / 4000 * 3.0 * pixels_k)
         if options.device.startswith("cuda"):
             epoch_s /= 15
         epochs = int(max(3, min(30, (0.7 * options.time_budget_s) // epoch_s)))
@@ -669,14 +685,18 @@ class Planner:
         }
         lines = [
             f"Task: image classification: {height}x{width} images with {channels} channel(s) "
-            + ("in one column of pixel arrays; " if layout == "array_column" else f"flattened into {len(inputs)} pixel columns; ")
+            + (
+                "in one column of pixel arrays; "
+                if layout == "array_column"
+                else f"flattened into {len(inputs)} pixel columns; "
+            )
             + self._describe_classes(target, classes)
             + ".",
             metric_why,
             "Model: a small CNN, three blocks of conv 3x3 → batch norm → ReLU → max-pool "
             f"({blocks[0]}/{blocks[1]}/{blocks[2]} channels), dropout, then two linear layers. On 5,000 MNIST "
             "digits this reached 0.99 accuracy in about 90 s on 2 CPU cores (an RBF SVM baseline: 0.953).",
-            f"Training: AdamW with a one-cycle learning rate up to {hp['learning_rate']}, batches of 64, "
+            f"Training: AdamW, learning rate warmed up to {hp['learning_rate']} then annealed (cosine), batches of 64, "
             f"{epochs} epochs (sized to the {options.time_budget_s:.0f} s budget), random rotations of up to "
             f"±{hp['rotate_degrees']:.0f}° and shifts of up to ±{hp['shift_pixels']:.0f} px"
             + (

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+from typing import Literal
 
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
 from zehanx_runtime.settings import ServiceSettings
 
 
@@ -14,3 +15,24 @@ class CodegenSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ZX_CODEGEN_", extra="ignore")
 
     port: int = Field(47103, ge=0, le=65535, description="Port of the codegen service.")
+    backend: Literal["template", "groq"] = Field(
+        "template", description="Who writes programs: the offline templates, or Groq (needs groq_api_key)."
+    )
+    groq_api_key: SecretStr | None = Field(None, description="Groq API key (backend=groq).")
+    groq_models: list[str] = Field(
+        default_factory=lambda: ["openai/gpt-oss-120b", "openai/gpt-oss-20b"],
+        description="Groq models to try, first choice first (JSON list). mixtral-8x7b-32768 and the "
+        "Llama 3.x models are retired.",
+    )
+    groq_base_url: str | None = Field(None, description="Groq API base URL (unset: the SDK's default).")
+    groq_timeout_s: float = Field(120.0, gt=0, le=600, description="Timeout of one Groq request.")
+    groq_max_retries: int = Field(
+        2, ge=0, le=10, description="SDK retries on 408/409/429/5xx and connection errors."
+    )
+    groq_max_completion_tokens: int = Field(16_384, ge=1024, le=131_072, description="Longest reply.")
+    time_budget_s: float = Field(
+        180.0, gt=0, le=86_400, description="Seconds a full training run may take; plans are sized to fit."
+    )
+    allow_pretrained_encoder: bool = Field(
+        True, description="Plan a packaged sentence encoder for text when it is installed."
+    )

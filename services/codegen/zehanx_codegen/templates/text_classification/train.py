@@ -115,10 +115,10 @@ def main():
 #% if use_encoder
     zxrt.phase("model_building")
     # The sentence encoder is frozen, so each text is embedded once and reused by every fit.
-    encoder = SentenceEncoder(encoder_max_tokens, device=cfg.device)
+    sentence_encoder = SentenceEncoder(encoder_max_tokens, device=cfg.device)
     t0 = time.time()
-    train_vectors = encoder.encode(train_texts)
-    val_vectors = encoder.encode(val_texts)
+    train_vectors = sentence_encoder.encode(train_texts)
+    val_vectors = sentence_encoder.encode(val_texts)
     zxrt.log(f"embedded {len(train_texts) + len(val_texts)} texts in {time.time() - t0:.1f} s")
 #% else
     train_vectors = val_vectors = None

@@ -1,0 +1,47 @@
+"""Wiring: settings → the domain with its backends → the servicer."""
+
+from __future__ import annotations
+
+import groq
+
+from zehanx_codegen.capabilities import InstalledPackages
+from zehanx_codegen.generator import TemplateGenerator
+from zehanx_codegen.groq_backend import GroqWriter
+from zehanx_codegen.planner import Planner
+from zehanx_codegen.service import Codegen
+from zehanx_codegen.servicer import CodegenServicer
+from zehanx_codegen.settings import CodegenSettings
+from zehanx_codegen.validator import Validator
+
+
+def build_codegen(settings: CodegenSettings, *, groq_client: groq.Groq | None = None) -> Codegen:
+    """The domain object. ``groq_client`` replaces the real client (tests pass a recorded transport)."""
+    validator = Validator()
+    writer = None
+    if settings.backend == "groq":
+        if groq_client is None:
+            if settings.groq_api_key is None:
+                raise RuntimeError("ZX_CODEGEN_BACKEND=groq needs ZX_CODEGEN_GROQ_API_KEY")
+            groq_client = groq.Groq(
+                api_key=settings.groq_api_key.get_secret_value(),
+                base_url=settings.groq_base_url,
+                timeout=settings.groq_timeout_s,
+                max_retries=settings.groq_max_retries,
+            )
+        writer = GroqWriter(
+            groq_client,
+            settings.groq_models,
+            validator,
+            max_completion_tokens=settings.groq_max_completion_tokens,
+        )
+    return Codegen(
+        Planner(InstalledPackages(allow_pretrained=settings.allow_pretrained_encoder)),
+        TemplateGenerator(),
+        validator,
+        writer,
+        time_budget_s=settings.time_budget_s,
+    )
+
+
+def build_servicer(settings: CodegenSettings, *, groq_client: groq.Groq | None = None) -> CodegenServicer:
+    return CodegenServicer(build_codegen(settings, groq_client=groq_client))
