@@ -36,8 +36,10 @@ bench: setup ## Run every bench/bench_*.py
 	if (( $${#benches[@]} == 0 )); then echo "no bench/bench_*.py yet"; exit 0; fi; \
 	for bench in "$${benches[@]}"; do echo "== $$bench"; $(PY) "$$bench"; done
 
-demo: setup ## Start the suite (zx up --detach), show its status, stop it (zx down)
-	@rc=0; $(ZX) up --detach && $(ZX) status || rc=$$?; $(ZX) down || rc=$$?; exit $$rc
+demo: setup ## Start the suite, train "Classify handwritten digits" live, print the held-out result; leaves it running
+	$(ZX) up --detach
+	$(ZX) train "Classify handwritten digits" --follow
+	@echo "The suite is still running (logs in $${ZX_HOME:-~/.zehanx}/logs). Stop it with: $(ZX) down"
 
 clean: ## Remove caches and build outputs (keeps .venv and node_modules)
 	find . -path ./.venv -prune -o -path ./node_modules -prune -o -name __pycache__ -type d -exec rm -rf {} +

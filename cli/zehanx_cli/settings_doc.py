@@ -56,12 +56,27 @@ def env_names(cls: type[BaseSettings], field: str) -> list[str]:
     return [f"{cls.model_config.get('env_prefix', '')}{field}".upper()]
 
 
+#: Settings classes a service reads besides its ServiceSettings (same prefix), documented after its own.
+EXTRA_CLASSES: dict[str, list[tuple[str, str, str]]] = {
+    "gateway": [("zehanx_gateway.orchestrator.settings", "OrchestratorSettings", "gateway: the job workers")],
+}
+
+
+def extra_settings_classes(name: str) -> list[tuple[str, type[BaseSettings]]]:
+    return [
+        (title, getattr(importlib.import_module(module), cls_name))
+        for module, cls_name, title in EXTRA_CLASSES.get(name, [])
+    ]
+
+
 def all_env_names() -> set[str]:
     """Every variable any part of the suite reads (the ``<SERVICE>`` fields spelled out per service)."""
     names = {n for field in LauncherSettings.model_fields for n in env_names(LauncherSettings, field)}
     for service in SERVICES:
         cls = service_settings_class(service)
         names |= {n for field in cls.model_fields for n in env_names(cls, field)}
+        for _title, extra in extra_settings_classes(service):
+            names |= {n for field in extra.model_fields for n in env_names(extra, field)}
     return names
 
 
@@ -140,6 +155,8 @@ def markdown() -> str:
             out += [*header, *_rows(cls, own)]
         else:
             out.append("Only the shared settings above.")
+        for title, extra in extra_settings_classes(name):
+            out += ["", f"#### {title}", "", *header, *_rows(extra, list(extra.model_fields))]
     return "\n".join(out) + "\n"
 
 
