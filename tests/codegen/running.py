@@ -58,21 +58,21 @@ def lay_out(program: Program, work: Path, data: Path) -> Path:
     return work
 
 
-def _env(smoke: bool, budget_s: float | None) -> dict[str, str]:
+def _env(smoke: bool, budget_s: float | None, threads: int = 1) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZX_")}
     env.update({"ZX_DATA": "data", "ZX_OUTPUT": "output", "ZX_SMOKE": "1" if smoke else "0", "ZX_DEVICE": "cpu",
-                "ZX_SEED": "42", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"})  # fmt: skip
+                "ZX_SEED": "42", "OMP_NUM_THREADS": str(threads), "PYTHONDONTWRITEBYTECODE": "1"})  # fmt: skip
     if budget_s is not None:
         env["ZX_TIME_BUDGET_S"] = str(budget_s)
     return env
 
 
-def train(work: Path, *, smoke: bool, budget_s: float | None = None, timeout: float = 300) -> Run:
+def train(work: Path, *, smoke: bool, budget_s: float | None = None, timeout: float = 300, threads: int = 1) -> Run:
     out = work / "output"
     if out.exists():
         shutil.rmtree(out)
     proc = subprocess.run(
-        [sys.executable, "train.py"], cwd=work, env=_env(smoke, budget_s), capture_output=True, text=True,
+        [sys.executable, "train.py"], cwd=work, env=_env(smoke, budget_s, threads), capture_output=True, text=True,
         timeout=timeout,
     )  # fmt: skip
     records = [

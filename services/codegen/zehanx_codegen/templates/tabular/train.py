@@ -8,7 +8,9 @@ Recipe: {{summary}}
 
 import copy
 import json
+#% if regression
 import math
+#% endif
 import os
 import time
 
@@ -16,7 +18,11 @@ import torch
 import torch.nn.functional as F
 
 import zxrt
+#% if regression
 from features import as_number, encode, fit_encoding, is_missing
+#% else
+from features import encode, fit_encoding, is_missing
+#% endif
 from model import MLP
 
 # -----------------------------------------------------------------------------
