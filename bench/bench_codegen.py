@@ -24,7 +24,6 @@ sys.path.insert(0, str(ROOT / "tests" / "codegen"))
 
 import realdata  # noqa: E402
 import running  # noqa: E402
-
 from zehanx_codegen.app import build_codegen  # noqa: E402
 from zehanx_codegen.settings import CodegenSettings  # noqa: E402
 
@@ -74,7 +73,9 @@ def penguins_baseline(data: realdata.Prepared) -> float:
     scaler = StandardScaler().fit(features(data.fit_rows))
     model = LogisticRegression(max_iter=1000).fit(scaler.transform(features(data.fit_rows)),
                                                   [r["species"] for r in data.fit_rows])  # fmt: skip
-    return realdata.accuracy(data.test_targets, list(model.predict(scaler.transform(features(data.test_rows)))))
+    return realdata.accuracy(
+        data.test_targets, list(model.predict(scaler.transform(features(data.test_rows))))
+    )
 
 
 def mnist_baseline(data: realdata.Prepared) -> float:
@@ -84,7 +85,9 @@ def mnist_baseline(data: realdata.Prepared) -> float:
     x = np.array([r["image"] for r in data.fit_rows]) / 255.0
     y = [r["label"] for r in data.fit_rows]
     model = SVC(kernel="rbf").fit(x, y)
-    return realdata.accuracy(data.test_targets, list(model.predict(np.array([r["image"] for r in data.test_rows]) / 255.0)))
+    return realdata.accuracy(
+        data.test_targets, list(model.predict(np.array([r["image"] for r in data.test_rows]) / 255.0))
+    )
 
 
 def main() -> None:
@@ -105,7 +108,9 @@ def main() -> None:
         generated = codegen.generate(prompt, plan, data.profile)
         work = running.lay_out(generated.program, out / f"{name}-work", data.folder / "data")
         started = time.time()
-        run = running.train(work, smoke=False, budget_s=args.budget, timeout=args.budget * 1.5 + 120, threads=2)
+        run = running.train(
+            work, smoke=False, budget_s=args.budget, timeout=args.budget * 1.5 + 120, threads=2
+        )
         seconds = time.time() - started
         if run.returncode != 0:
             print(f"{name}: training failed\n{run.stderr[-2000:]}")
@@ -125,7 +130,9 @@ def main() -> None:
     print("\n| dataset | model | metric | generated | baseline (same split) | ratio | training s |")
     print("|---|---|---|---|---|---|---|")
     for name, family, metric, ours, base, ratio, seconds, extra in rows:
-        print(f"| {name} | {family} | {metric} | {ours:.4f}{extra} | {base:.4f} | {ratio:.3f} | {seconds:.1f} |")
+        print(
+            f"| {name} | {family} | {metric} | {ours:.4f}{extra} | {base:.4f} | {ratio:.3f} | {seconds:.1f} |"
+        )
 
 
 if __name__ == "__main__":

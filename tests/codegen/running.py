@@ -67,7 +67,9 @@ def _env(smoke: bool, budget_s: float | None, threads: int = 1) -> dict[str, str
     return env
 
 
-def train(work: Path, *, smoke: bool, budget_s: float | None = None, timeout: float = 300, threads: int = 1) -> Run:
+def train(
+    work: Path, *, smoke: bool, budget_s: float | None = None, timeout: float = 300, threads: int = 1
+) -> Run:
     out = work / "output"
     if out.exists():
         shutil.rmtree(out)

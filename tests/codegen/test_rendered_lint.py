@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from zehanx_codegen.service import Codegen
 
 FAMILIES = ["digits", "penguins", "diabetes", "sentiment", "airline"]
