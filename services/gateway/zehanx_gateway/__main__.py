@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from zehanx_runtime.logging import configure_logging
+from zehanx_runtime.logging import configure_logging, get_logger
 from zehanx_runtime.server import run, serve
 
 from zehanx_gateway.app import Gateway
+from zehanx_gateway.edge import EdgeSettings, serve_edge
 from zehanx_gateway.orchestrator.runner import start_workers
 from zehanx_gateway.orchestrator.settings import OrchestratorSettings
 from zehanx_gateway.settings import GatewaySettings
@@ -15,12 +16,23 @@ async def _main() -> None:
     settings = GatewaySettings()
     worker_settings = OrchestratorSettings()
     configure_logging(settings.log_level, settings.log_json, service="gateway")
+    edge_settings = EdgeSettings()
     gateway = await Gateway.open(settings)
+    # The browser edge: the same servicer and authenticator over Connect (HTTP/1.1) on its own port.
+    try:
+        edge = await serve_edge(gateway, edge_settings) if edge_settings.edge_enabled else None
+    except BaseException:
+        await gateway.close()
+        raise
+    if edge is not None:
+        get_logger("zehanx.edge").info("edge serving", url=edge.url, protocols=["connect", "grpc-web"])
     # The job workers run in the serving process (not inside Gateway.open, so that tests of the API
     # alone see their jobs stay QUEUED); ZX_GATEWAY_WORKERS=0 serves the API without running jobs.
     workers = start_workers(gateway, worker_settings)
 
     async def shutdown() -> None:
+        if edge is not None:
+            await edge.stop(settings.grace_seconds)
         await workers.close()
         await gateway.close()
 

@@ -1,0 +1,239 @@
+"""Fixtures of the edge tests: a real gateway (the object graph ``zx-gateway`` serves) on a fresh database
+of the session's real PostgreSQL, its gRPC port and its Connect edge, both on free ports, and a Connect
+client speaking plain HTTP/1.1 with httpx (what curl and a browser send)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import jwt
+import psycopg
+import pytest
+from google.rpc import error_details_pb2
+from psycopg import sql
+from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
+from zehanx_cli.procs import free_port
+from zehanx_gateway.app import Gateway
+from zehanx_gateway.auth import new_api_key
+from zehanx_gateway.edge import EdgeSettings, RunningEdge, serve_edge
+from zehanx_gateway.settings import GatewaySettings
+from zehanx_runtime.logging import configure_logging
+from zehanx_runtime.server import RunningServer, start_server
+
+JWT_SECRET = "edge-test-secret-for-hs256-tokens-0123456789"
+JWT_ISSUER = "https://test.supabase.co/auth/v1"
+SERVICE = "/zehanx.gateway.v1.GatewayService"
+
+
+@pytest.fixture
+def database_url(postgres_url: str) -> Iterator[str]:
+    """A new, empty database for one test (dropped after it)."""
+    name = f"edge_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    params = psycopg.conninfo.conninfo_to_dict(postgres_url)
+    params["dbname"] = name
+    try:
+        yield psycopg.conninfo.make_conninfo("", **params)
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+def gateway_settings(database_url: str, tmp_path: Path) -> GatewaySettings:
+    return GatewaySettings(
+        host="127.0.0.1",
+        port=0,
+        database_url=database_url,  # type: ignore[arg-type]
+        jwt_secret=JWT_SECRET,  # type: ignore[arg-type]
+        jwt_audience="authenticated",
+        jwt_issuer=JWT_ISSUER,
+        artifact_dir=tmp_path / "artifacts",
+        # Nothing listens there: Predict without a trainer must fail clearly, not reach a real one.
+        trainer_address=f"127.0.0.1:{free_port()}",
+        grace_seconds=1.0,
+        log_json=True,
+        log_level="warning",
+    )
+
+
+def jwt_for(user_id: uuid.UUID, *, expires_in: float = 300) -> str:
+    """A Supabase-style access token (HS256, sub/aud/role/exp/iss) the gateway accepts."""
+    now = int(time.time())
+    claims = {
+        "sub": str(user_id),
+        "aud": "authenticated",
+        "role": "authenticated",
+        "iss": JWT_ISSUER,
+        "iat": now,
+        "exp": now + int(expires_in),
+    }
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+
+
+@dataclass
+class ConnectError:
+    """A Connect error as a client sees it: HTTP status, code, message, and the decoded details."""
+
+    http_status: int
+    code: str
+    message: str
+    details: list[dict[str, Any]]
+
+    def violations(self) -> list[str]:
+        """Field paths of the google.rpc.BadRequest detail."""
+        found: list[str] = []
+        for detail in self.details:
+            if detail["type"] == "google.rpc.BadRequest":
+                bad = error_details_pb2.BadRequest.FromString(_unb64(detail["value"]))
+                found += [v.field for v in bad.field_violations]
+        return found
+
+    def reason(self) -> str | None:
+        """Reason of the google.rpc.ErrorInfo detail."""
+        for detail in self.details:
+            if detail["type"] == "google.rpc.ErrorInfo":
+                return error_details_pb2.ErrorInfo.FromString(_unb64(detail["value"])).reason
+        return None
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4))
+
+
+def envelope(payload: bytes, flags: int = 0) -> bytes:
+    return struct.pack(">BI", flags, len(payload)) + payload
+
+
+@dataclass
+class Edge:
+    """A served gateway: the gateway object, its gRPC server and stub, its edge, and an HTTP client."""
+
+    gateway: Gateway
+    server: RunningServer
+    channel: grpc.aio.Channel
+    stub: rpc.GatewayServiceStub
+    edge: RunningEdge
+    http: httpx.AsyncClient
+
+    @property
+    def url(self) -> str:
+        return self.edge.url
+
+    async def api_key(self, user: str) -> str:
+        """A new API key of ``user`` (created on first use): the whole key, to send as a bearer."""
+        registry = self.gateway.registry
+        user_id = await registry.user_by_name(user, create=True)
+        key = new_api_key()
+        await registry.add_api_key(user_id, key.key_id, key.secret_sha256, "test")
+        return key.token
+
+    async def call(self, method: str, body: dict[str, Any], token: str | None = None) -> Any:
+        """A unary Connect call with JSON: the response JSON, or a :class:`ConnectError`."""
+        headers = {"content-type": "application/json"}
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
+        response = await self.http.post(f"{SERVICE}/{method}", json=body, headers=headers)
+        return decode_unary(response)
+
+    async def stream(
+        self, method: str, body: dict[str, Any], token: str | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """A server-streaming Connect call with JSON: (messages, end-of-stream message)."""
+        messages: list[dict[str, Any]] = []
+        end: dict[str, Any] = {}
+        async for kind, value in self.frames(method, body, token):
+            if kind == "message":
+                messages.append(value)
+            else:
+                end = value
+        return messages, end
+
+    async def frames(
+        self, method: str, body: dict[str, Any], token: str | None = None
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Each frame of a Connect JSON stream as it arrives: ("message", …) then ("end", …)."""
+        headers = {"content-type": "application/connect+json", "connect-protocol-version": "1"}
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
+        request = envelope(json.dumps(body).encode())
+        async with self.http.stream(
+            "POST", f"{SERVICE}/{method}", content=request, headers=headers
+        ) as response:
+            assert response.status_code == 200, response.status_code
+            assert response.headers["content-type"] == "application/connect+json"
+            buffer = b""
+            async for chunk in response.aiter_raw():
+                buffer += chunk
+                while len(buffer) >= 5:
+                    flags, size = struct.unpack(">BI", buffer[:5])
+                    if len(buffer) < 5 + size:
+                        break
+                    data, buffer = buffer[5 : 5 + size], buffer[5 + size :]
+                    yield ("end" if flags & 0x02 else "message", json.loads(data))
+            assert buffer == b"", "a truncated frame"
+
+
+def decode_unary(response: httpx.Response) -> Any:
+    if response.status_code == 200:
+        assert response.headers["content-type"] == "application/json"
+        return response.json()
+    assert response.headers["content-type"] == "application/json", response.text
+    data = response.json()
+    return ConnectError(response.status_code, data["code"], data.get("message", ""), data.get("details", []))
+
+
+def stream_error(end: dict[str, Any]) -> ConnectError | None:
+    """The error of a Connect end-of-stream message, if any."""
+    error = end.get("error")
+    if not error:
+        return None
+    return ConnectError(200, error["code"], error.get("message", ""), error.get("details", []))
+
+
+async def serve(database_url: str, tmp_path: Path) -> Edge:
+    settings = gateway_settings(database_url, tmp_path)
+    gateway = await Gateway.open(settings)
+    server = await start_server(
+        settings,
+        [gateway.binding()],
+        service_name="gateway",
+        internal=False,
+        extra_check=gateway.authenticator.check,
+    )
+    edge = await serve_edge(gateway, EdgeSettings(edge_port=0))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    http = httpx.AsyncClient(base_url=edge.url, timeout=60)
+    return Edge(gateway, server, channel, rpc.GatewayServiceStub(channel), edge, http)
+
+
+async def stop(served: Edge) -> None:
+    await served.http.aclose()
+    await served.channel.close()
+    await served.edge.stop(0.5)
+    await served.server.stop(0.5)
+    await served.gateway.close()
+
+
+@pytest.fixture
+async def edge(database_url: str, tmp_path: Path) -> AsyncIterator[Edge]:
+    served = await serve(database_url, tmp_path)
+    try:
+        yield served
+    finally:
+        await stop(served)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_logs() -> None:
+    configure_logging("warning", json=True)

@@ -1,0 +1,154 @@
+"""The edge as ``zx-gateway`` serves it: a real gateway process, the README's curl examples run against it
+as they are written, and a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import JWT_SECRET, jwt_for
+from zehanx_cli.procs import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+GETJOB = "/zehanx.gateway.v1.GatewayService/GetJob"
+
+pytestmark = pytest.mark.skipif(not Path("/usr/bin/curl").exists(), reason="the README examples need curl")
+
+
+@dataclass
+class GatewayProcess:
+    proc: subprocess.Popen[bytes]
+    edge_url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture
+def gateway_process(database_url: str, tmp_path: Path) -> Iterator[GatewayProcess]:
+    edge_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZX_", "SUPABASE_"))}
+    env.update(
+        {
+            "ZX_HOME": str(tmp_path / "zxhome"),
+            "ZX_GATEWAY_HOST": "127.0.0.1",
+            "ZX_GATEWAY_PORT": str(free_port()),
+            "ZX_GATEWAY_EDGE_PORT": str(edge_port),
+            "ZX_GATEWAY_DATABASE_URL": database_url,
+            "ZX_GATEWAY_JWT_SECRET": JWT_SECRET,
+            "ZX_GATEWAY_JWT_ISSUER": "https://test.supabase.co/auth/v1",
+            "ZX_GATEWAY_WORKERS": "0",  # the API alone: jobs stay QUEUED until cancelled
+            "ZX_GATEWAY_GRACE_SECONDS": "2",
+            "ZX_GATEWAY_LOG_JSON": "true",
+        }
+    )
+    log = tmp_path / "gateway.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zehanx_gateway"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    running = GatewayProcess(proc, f"http://127.0.0.1:{edge_port}", log)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, f"the gateway exited {proc.returncode}: {running.output()}"
+            try:
+                # Any Connect answer (here: unauthenticated) means the edge serves.
+                if httpx.post(running.edge_url + GETJOB, json={}, timeout=5).status_code == 401:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"the edge never answered: {running.output()}"
+            time.sleep(0.2)
+        yield running
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def api_key(database_url: str) -> str:
+    """A real key, made the way a user makes one (``zx keys create``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZX_")}
+    env["ZX_GATEWAY_DATABASE_URL"] = database_url
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("zx")), "keys", "create", "--user", "readme", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["key"]
+
+
+def readme_examples() -> str:
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"<!-- edge-curl-examples -->\n```sh\n(.*?)```", readme, re.S)
+    assert match, "README.md lost its edge curl examples"
+    return match.group(1)
+
+
+def test_the_readme_curl_examples_run_against_a_gateway_process(
+    gateway_process: GatewayProcess, database_url: str, tmp_path: Path
+) -> None:
+    key = api_key(database_url)
+    env = {**os.environ, "EDGE": gateway_process.edge_url, "KEY": key}
+    done = subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + readme_examples()],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr + gateway_process.output()
+    out = done.stdout
+    job = json.loads((tmp_path / "job.json").read_text())
+    assert job["state"] == "JOB_STATE_QUEUED"
+    # GetJob (by GET) and ListJobs both show the job; the bad request names its field.
+    assert out.count(job["id"]) >= 4
+    assert '"code": "invalid_argument"' in out and "job_id" in out
+    # The stream: a snapshot, the stored events, the CANCELLED transition with its reason, a clean end.
+    assert '"snapshot"' in out
+    assert out.rstrip().endswith("{}")
+    assert '"toState": "JOB_STATE_CANCELLED"' in out
+    assert "just trying" in out
+
+
+def test_the_gateway_process_serves_jwts_on_the_edge_and_stops_on_sigterm(
+    gateway_process: GatewayProcess,
+) -> None:
+    token = jwt_for(uuid.uuid4())
+    created = httpx.post(
+        gateway_process.edge_url + "/zehanx.gateway.v1.GatewayService/CreateJob",
+        json={"job": {"prompt": "Create a sentiment analysis model"}},
+        headers={"authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert created.status_code == 200, created.text
+    assert created.json()["state"] == "JOB_STATE_QUEUED"
+    assert '"edge serving"' in gateway_process.output()
+
+    os.killpg(gateway_process.proc.pid, signal.SIGTERM)
+    assert gateway_process.proc.wait(60) == 0, gateway_process.output()
+    port = int(gateway_process.edge_url.rsplit(":", 1)[1])
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the edge port still accepts after the stop"
