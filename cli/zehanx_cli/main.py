@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from zehanx_gateway.edge.settings import EdgeSettings
 
 from zehanx_cli import account, health, jobs, keys, sandbox
 from zehanx_cli.errors import LaunchError
@@ -95,6 +96,11 @@ def up(
                 f"Made an API key for the local user: {account.key_file(settings)}", highlight=False
             )
         console.print(_table(rows, suite))
+        edge = EdgeSettings()
+        if edge.edge_enabled:
+            port = edge.port_for(settings.gateway_port)
+            where = f"http://{settings.connect_host}:{port}" if port else "a free port (see logs/gateway.log)"
+            console.print(f"Web edge (Connect over HTTP/1.1, curl or a browser): {where}", highlight=False)
         console.print(f"Logs: {settings.logs_dir}", highlight=False)
         if detach:
             console.print("Stop it with: zx down")

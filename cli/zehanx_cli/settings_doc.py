@@ -58,7 +58,10 @@ def env_names(cls: type[BaseSettings], field: str) -> list[str]:
 
 #: Settings classes a service reads besides its ServiceSettings (same prefix), documented after its own.
 EXTRA_CLASSES: dict[str, list[tuple[str, str, str]]] = {
-    "gateway": [("zehanx_gateway.orchestrator.settings", "OrchestratorSettings", "gateway: the job workers")],
+    "gateway": [
+        ("zehanx_gateway.orchestrator.settings", "OrchestratorSettings", "gateway: the job workers"),
+        ("zehanx_gateway.edge.settings", "EdgeSettings", "gateway: the web edge"),
+    ],
 }
 
 
