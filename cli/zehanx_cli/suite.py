@@ -194,9 +194,9 @@ class Suite:
         if problems:
             raise LaunchError("\n".join(problems))
 
-    def _token(self) -> str:
-        """The service token, generated once (mode 0600). Never printed."""
-        path = self.settings.token_file
+    def _token(self, path: Path | None = None) -> str:
+        """The service token (or another secret kept in ``path``), generated once (mode 0600). Never printed."""
+        path = path or self.settings.token_file
         try:
             token = path.read_text().strip()
         except FileNotFoundError:
@@ -233,6 +233,9 @@ class Suite:
                 env["ZX_GATEWAY_DATABASE_URL"] = database_url
             for other in ("crawler", "codegen", "executor", "trainer"):
                 env[f"ZX_GATEWAY_{other.upper()}_ADDRESS"] = self.settings.address(other)
+            if not (env.get("ZX_GATEWAY_JWT_SECRET") or env.get("SUPABASE_JWT_SECRET")):
+                # Signs the sessions of the web edge's email and password accounts (ZX_HOME/jwt-secret).
+                env["ZX_GATEWAY_JWT_SECRET"] = self._token(self.home / "jwt-secret")
         if name == "trainer":
             env["ZX_TRAINER_EXECUTOR_ADDRESS"] = self.settings.address("executor")
         return env

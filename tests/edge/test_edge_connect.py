@@ -1,6 +1,9 @@
 """Every public RPC of the gateway through its Connect edge, with plain HTTP/1.1 (httpx), against a real
 gateway on a real PostgreSQL; the answers must be those the gRPC port gives for the same calls."""
 
+# Fixtures come from edge_support (no conftest.py here, see there); pytest sees them by import.
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +14,17 @@ import uuid
 
 import grpc
 import pytest
-from conftest import SERVICE, ConnectError, Edge, envelope, jwt_for, stream_error
+from edge_support import (  # noqa: F401
+    SERVICE,
+    ConnectError,
+    Edge,
+    _quiet_logs,
+    database_url,
+    edge,
+    envelope,
+    jwt_for,
+    stream_error,
+)
 from google.protobuf import json_format, struct_pb2
 from zehanx.common.v1 import metrics_pb2, task_family_pb2
 from zehanx.gateway.v1 import gateway_service_pb2 as pb

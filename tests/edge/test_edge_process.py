@@ -1,6 +1,9 @@
 """The edge as ``zx-gateway`` serves it: a real gateway process, the README's curl examples run against it
 as they are written, and a clean stop on SIGTERM."""
 
+# Fixtures come from edge_support (no conftest.py here, see there); pytest sees them by import.
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 import json
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import JWT_SECRET, jwt_for
+from edge_support import JWT_SECRET, _quiet_logs, database_url, edge, jwt_for  # noqa: F401
 from zehanx_cli.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -145,10 +145,13 @@ async def test_without_supabase_the_tables_still_enable_rls_and_skip_the_policie
             "select count(*) as n from pg_policies where schemaname = 'zehanx'"
         ).fetchone()
     assert {r["relname"]: r["relrowsecurity"] for r in rows} == {
+        "accounts": True,
         "api_keys": True,
         "job_events": True,
         "jobs": True,
         "models": True,
+        "sessions": True,
+        "sign_in_failures": True,
         "users": True,
     }
     assert policies == {"n": 0}

@@ -22,6 +22,7 @@ from typing import Any
 import uvicorn
 from connectrpc.errors import ConnectError
 
+from zehanx_gateway.edge.auth_routes import PREFIX as AUTH_PREFIX
 from zehanx_gateway.edge.connect import ConnectService
 
 Scope = dict[str, Any]
@@ -30,11 +31,13 @@ Send = Any
 
 
 class EdgeApp:
-    """The ASGI application of the edge: Connect calls of the public service; 404 for anything else."""
+    """The ASGI application of the edge: Connect calls of the public service, the accounts' routes
+    (``/auth/v1/…``); 404 for anything else."""
 
-    def __init__(self, service: ConnectService) -> None:
+    def __init__(self, service: ConnectService, auth: Any = None) -> None:
         self._service = service
         self._prefix = service.path + "/"
+        self._auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -42,6 +45,9 @@ class EdgeApp:
             return
         if scope["type"] != "http":
             return  # websockets: closed unanswered (uvicorn answers 403)
+        if self._auth is not None and scope["path"].startswith(AUTH_PREFIX):
+            await self._auth(scope, receive, send)
+            return
         if not scope["path"].startswith(self._prefix):
             await _plain(send, 404, {"code": "not_found", "message": f"no such path: {scope['path']}"})
             return

@@ -38,3 +38,25 @@ class EdgeSettings(BaseSettings):
         if self.edge_port is not None:
             return self.edge_port
         return DEFAULT_EDGE_PORT if gateway_port == DEFAULT_GATEWAY_PORT else 0
+
+    session_seconds: int = Field(
+        900,
+        ge=60,
+        le=86_400,
+        description="Lifetime of the access JWT a sign-in gives (renewed with its refresh token).",
+    )
+    sign_in_max_failures: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Failed sign-ins per email within the window before sign-in is refused (429).",
+    )
+    sign_in_max_failures_per_client: int = Field(
+        50,
+        ge=1,
+        le=100_000,
+        description="Failed sign-ins per client address within the window before it is refused.",
+    )
+    sign_in_window_seconds: float = Field(
+        900.0, ge=1, le=86_400, description="Sliding window over which failed sign-ins are counted."
+    )
