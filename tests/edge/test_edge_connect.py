@@ -328,8 +328,7 @@ async def test_a_watcher_that_disconnects_is_unsubscribed_at_once(edge: Edge) ->
     hub = edge.gateway.hub
 
     def subscribers() -> int:
-        feed = hub._feeds.get(job_id)
-        return len(feed.subscribers) if feed is not None else 0
+        return hub.subscriber_count(job_id)
 
     frames = edge.frames("WatchJob", {"jobId": job["id"]}, token)
     kind, first = await anext(frames)

@@ -1,0 +1,194 @@
+"""Web edge benchmark: the same gateway through its Connect edge (HTTP/1.1, JSON, httpx) and through its
+gRPC port (grpc.aio), measured in the same run, on the same machine, in the same way.
+
+    .venv/bin/python bench/bench_edge.py [--events 5000] [--calls 2000] [--concurrency 8]
+
+1. WatchJob: a job with ``--events`` stored log events (then SUCCEEDED) is replayed from sequence 0,
+   one stream at a time, three times per door; events/s = events / (request -> end of stream).
+2. GetJob: ``--concurrency`` callers make ``--calls`` authenticated calls in all (API key).
+
+Prints events/s and calls/s for each door and the ratio edge/gRPC. The clients run in this process,
+on the server's event loop, for both doors alike (so the client's own cost is in both numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import struct
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+from zehanx.common.v1 import log_pb2
+from zehanx.gateway.v1 import gateway_service_pb2 as pb
+from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
+from zehanx.gateway.v1 import job_event_pb2, job_pb2
+from zehanx_cli import procs
+from zehanx_cli.postgres import EmbeddedPostgres
+from zehanx_gateway import convert
+from zehanx_gateway.app import Gateway
+from zehanx_gateway.auth import new_api_key
+from zehanx_gateway.domain import JobStage, JobState
+from zehanx_gateway.edge import EdgeSettings, serve_edge
+from zehanx_gateway.settings import GatewaySettings
+from zehanx_runtime.logging import configure_logging
+from zehanx_runtime.server import start_server
+
+SERVICE = "/zehanx.gateway.v1.GatewayService"
+
+
+def log_event(n: int) -> job_event_pb2.JobEvent:
+    text = f"step {n} loss=0.{n:06d} " + "x" * 80
+    return job_event_pb2.JobEvent(log_line=log_pb2.LogLine(source=log_pb2.LOG_SOURCE_PROGRAM, text=text))
+
+
+async def watch_grpc(stub: rpc.GatewayServiceStub, job_id: str, auth: Any) -> tuple[int, float]:
+    started = time.perf_counter()
+    count = 0
+    async for _ in stub.WatchJob(pb.WatchJobRequest(job_id=job_id), metadata=auth):
+        count += 1
+    return count, time.perf_counter() - started
+
+
+async def watch_edge(http: httpx.AsyncClient, job_id: str, key: str) -> tuple[int, float]:
+    body = json.dumps({"jobId": job_id}).encode()
+    headers = {"content-type": "application/connect+json", "authorization": f"Bearer {key}"}
+    started = time.perf_counter()
+    count = 0
+    buffer = b""
+    async with http.stream(
+        "POST", f"{SERVICE}/WatchJob", content=struct.pack(">BI", 0, len(body)) + body, headers=headers
+    ) as response:
+        async for chunk in response.aiter_raw():
+            buffer += chunk
+            while len(buffer) >= 5:
+                flags, size = struct.unpack(">BI", buffer[:5])
+                if len(buffer) < 5 + size:
+                    break
+                json.loads(buffer[5 : 5 + size])  # a browser parses every message too
+                buffer = buffer[5 + size :]
+                if not flags & 0x02:
+                    count += 1
+    return count, time.perf_counter() - started
+
+
+async def hammer(call: Any, calls: int, concurrency: int) -> float:
+    remaining = calls
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await call()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return calls / (time.perf_counter() - started)
+
+
+async def main(args: argparse.Namespace) -> None:
+    configure_logging("warning", json=True)
+    with tempfile.TemporaryDirectory(prefix="zx-bench-edge-") as tmp:
+        home = Path(tmp)
+        postgres = EmbeddedPostgres(home / "pg", port=procs.free_port(), durable=False)
+        process = postgres.start(log_path=home / "postgres.log")
+        try:
+            settings = GatewaySettings(
+                host="127.0.0.1",
+                port=0,
+                database_url=postgres.url(),
+                artifact_dir=home / "artifacts",
+                log_level="warning",
+                log_json=True,
+            )  # type: ignore[call-arg]
+            gateway = await Gateway.open(settings)
+            server = await start_server(
+                settings,
+                [gateway.binding()],
+                service_name="gateway",
+                internal=False,
+                extra_check=gateway.authenticator.check,
+            )
+            edge = await serve_edge(gateway, EdgeSettings(edge_port=0))
+            user_id = await gateway.registry.user_by_name("bench", create=True)
+            key = new_api_key()
+            await gateway.registry.add_api_key(user_id, key.key_id, key.secret_sha256, "bench")
+            auth = (("authorization", f"Bearer {key.token}"),)
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+            stub = rpc.GatewayServiceStub(channel)
+            limits = httpx.Limits(
+                max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+            )
+            http = httpx.AsyncClient(base_url=edge.url, timeout=300, limits=limits)
+            try:
+                job = await stub.CreateJob(
+                    pb.CreateJobRequest(job=job_pb2.Job(prompt="bench")), metadata=auth
+                )
+                job_id = convert.parse_id(job.id, "job_id")
+                await gateway.jobs.transition(
+                    job_id, JobState.RUNNING, stage=JobStage.TRAINING, reason="bench"
+                )
+                for first in range(0, args.events, 100):
+                    await gateway.jobs.publish(
+                        [
+                            convert.pending_event(job_id, log_event(n))
+                            for n in range(first, min(args.events, first + 100))
+                        ]
+                    )
+                await gateway.jobs.transition(job_id, JobState.SUCCEEDED, reason="bench done")
+
+                rates: dict[str, float] = {}
+                for door, watch in (
+                    ("grpc", lambda: watch_grpc(stub, job.id, auth)),
+                    ("edge", lambda: watch_edge(http, job.id, key.token)),
+                ):
+                    best = 0.0
+                    for _ in range(3):
+                        count, seconds = await watch()
+                        assert count >= args.events, (door, count)
+                        best = max(best, count / seconds)
+                    rates[door] = best
+                print(f"WatchJob replay of {args.events} events, best of 3 (events/s):")
+                print(f"  gRPC port           {rates['grpc']:10.0f}")
+                print(
+                    f"  Connect edge (JSON) {rates['edge']:10.0f}   ratio edge/gRPC {rates['edge'] / rates['grpc']:.2f}"
+                )
+
+                get = pb.GetJobRequest(job_id=job.id)
+                headers = {"authorization": f"Bearer {key.token}"}
+
+                async def over_edge() -> None:
+                    response = await http.post(f"{SERVICE}/GetJob", json={"jobId": job.id}, headers=headers)
+                    response.raise_for_status()
+
+                grpc_rate = await hammer(
+                    lambda: stub.GetJob(get, metadata=auth), args.calls, args.concurrency
+                )
+                edge_rate = await hammer(over_edge, args.calls, args.concurrency)
+                print(f"GetJob, {args.calls} calls, {args.concurrency} callers (calls/s):")
+                print(f"  gRPC port           {grpc_rate:10.0f}")
+                print(
+                    f"  Connect edge (JSON) {edge_rate:10.0f}   ratio edge/gRPC {edge_rate / grpc_rate:.2f}"
+                )
+            finally:
+                await http.aclose()
+                await channel.close()
+                await edge.stop(0.5)
+                await server.stop(0.5)
+                await gateway.close()
+        finally:
+            postgres.stop(process.pid)
+            process.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=5000)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    asyncio.run(main(parser.parse_args()))
