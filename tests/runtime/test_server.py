@@ -102,8 +102,9 @@ async def test_deadline_reaches_the_handler(server: Any) -> None:
     )
     async for _ in call:
         pass
-    # The handler sees the caller's deadline (never more than it asked for; a busy machine eats some of it).
-    assert servicer.seen_timeout is not None and 0 < servicer.seen_timeout <= 7
+    # The handler sees the caller's deadline: 7 s less what the trip took (grpc rounds the deadline it
+    # sends, so allow a few milliseconds over).
+    assert servicer.seen_timeout is not None and 0 < servicer.seen_timeout <= 7.05
 
 
 async def test_shutdown_lets_short_calls_finish_and_cancels_long_ones(server: Any) -> None:
