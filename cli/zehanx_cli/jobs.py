@@ -181,7 +181,8 @@ def follow(gateway: Gateway, job_id: str) -> int:
                         continue
                     if bar is None:
                         bar = progress.add_task("training", total=metrics.total_steps or None, detail="")
-                    detail = f"epoch {metrics.epoch}"
+                    # Programs that report no epoch (step-based loops) show their step instead of "epoch 0".
+                    detail = f"epoch {metrics.epoch}" if metrics.epoch else f"step {metrics.step}"
                     if metrics.HasField("loss"):
                         detail += f"  loss {metrics.loss:.4f}"
                     if metrics.validation_metrics.values:

@@ -284,6 +284,10 @@ class Suite:
                         self.say(f"Zehanx is already up (ZX_HOME={self.home}).")
                         on_ready(self.health(state))
                         return 0
+                    if self._revivable(state):
+                        self._revive(state, stop_requested)
+                        on_ready(self.health(state))
+                        return 0
                     if any(r.alive() for r in state.records):
                         gone = ", ".join(r.name for r in state.records if not r.alive())
                         raise LaunchError(
@@ -375,9 +379,40 @@ class Suite:
             raise
         return state
 
-    def _wait_serving(self, state: State, stop_requested: _StopFlag) -> None:
+    def _revivable(self, state: State) -> bool:
+        """A detached suite whose database still runs but some services exited (killed, crashed)."""
+        launcher = state.launcher_pid is not None and procs.is_alive(
+            state.launcher_pid, state.launcher_started
+        )
+        pg = state.record(POSTGRES)
+        database_up = state.external_database or (pg is not None and pg.alive())
+        dead = [r for r in state.records if r.name != POSTGRES and not r.alive()]
+        return not launcher and database_up and bool(dead)
+
+    def _revive(self, state: State, stop_requested: _StopFlag) -> None:
+        """Start again the services of ``state`` that exited; the others reconnect to them by themselves."""
+        settings = self.settings
+        if state.external_database:
+            database_url = settings.gateway_database_url.get_secret_value()  # type: ignore[union-attr]
+        else:
+            database_url = self.postgres.url()
+        token = self._token()
+        revived = []
+        for index, record in enumerate(state.records):
+            if record.name == POSTGRES or record.alive():
+                continue
+            self.say(f"{record.name} (pid {record.pid}) is gone; starting it again.")
+            proc = self._spawn(record.name, self._child_env(record.name, token, database_url))
+            state.records[index] = Record(
+                record.name, proc.pid, procs.start_time(proc.pid), record.address, record.log
+            )
+            revived.append(record.name)
+            self._write_state(state)
+        self._wait_serving(state, stop_requested, only=set(revived))
+
+    def _wait_serving(self, state: State, stop_requested: _StopFlag, *, only: set[str] | None = None) -> None:
         deadline = time.monotonic() + self.settings.startup_timeout
-        pending = {r.name for r in state.records if r.name != POSTGRES}
+        pending = {r.name for r in state.records if r.name != POSTGRES and (only is None or r.name in only)}
         while pending:
             if stop_requested.is_set():
                 raise KeyboardInterrupt

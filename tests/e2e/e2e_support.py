@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -46,10 +48,14 @@ for extra in (
 from svc_harness import ServiceProcess, free_port, start_service  # noqa: E402
 
 TOKEN = "e2e-test-token"
-#: Distinct from a development executor (62000), the executor tests (63000) and the trainer tests (64000).
-EXECUTOR_WORK_DIR = "/var/tmp/zx-e2e-tests"
-EXECUTOR_UID_BASE = 61000
 EXECUTOR_SLOTS = 4
+#: Sandbox uids in 61000-61499, distinct from a development executor (62000), the executor tests (63000)
+#: and the trainer tests (64000), and (by this process's id) from another checkout running these tests at
+#: the same time: the tests count the sandbox's processes by uid.
+EXECUTOR_UID_BASE = 61000 + (os.getpid() % 100) * (EXECUTOR_SLOTS + 1)
+#: The suite's (test_suite.py) executor: uids 60000-60499.
+SUITE_UID_BASE = 60000 + (os.getpid() % 100) * (EXECUTOR_SLOTS + 1)
+EXECUTOR_WORK_DIR = f"/var/tmp/zx-e2e-tests-{EXECUTOR_UID_BASE}"
 DIGITS_PROGRAM = REPO / "examples" / "reference_digits"
 
 
@@ -85,21 +91,32 @@ class Sandbox:
         self.trainer = trainer
         return trainer
 
-    def sandbox_pids(self) -> list[int]:
-        """Processes running as one of this executor's sandbox uids."""
-        uids = range(EXECUTOR_UID_BASE, EXECUTOR_UID_BASE + EXECUTOR_SLOTS + 1)
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
+    def sandbox_pids(self, *, live_only: bool = False) -> list[int]:
+        """Processes running as one of this executor's sandbox uids (zombies too, unless ``live_only``)."""
+        return sandbox_pids(EXECUTOR_UID_BASE, live_only=live_only)
+
+
+def sandbox_pids(uid_base: int, *, live_only: bool = False) -> list[int]:
+    """Processes whose uid is one of the sandbox uids from ``uid_base`` (its slots and the probe's)."""
+    uids = range(uid_base, uid_base + EXECUTOR_SLOTS + 1)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        try:
+            if int(fields["Uid"].split()[0]) not in uids:
                 continue
-            try:
-                status = (entry / "status").read_text()
-            except OSError:
+            if live_only and fields["State"].split()[0] == "Z":
                 continue
-            for line in status.splitlines():
-                if line.startswith("Uid:") and int(line.split()[1]) in uids:
-                    found.append(int(entry.name))
-        return found
+        except (KeyError, IndexError, ValueError):
+            continue
+        found.append(int(entry.name))
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -398,3 +415,51 @@ async def harness_for(gateway: Gateway, crawler: object, codegen: object, **sett
     workers = start_workers(gateway, worker_settings(**settings), crawler=crawler, codegen=codegen)  # type: ignore[arg-type]
     user_id = await gateway.registry.user_by_name("e2e", create=True)
     return Harness(gateway, [workers], Principal(user_id, AuthMethod.API_KEY, "test"))
+
+
+# -- the whole suite as processes: zx up --detach ----------------------------------------------------------
+
+ZX = [sys.executable, "-m", "zehanx_cli.main"]
+SUITE_WORK_DIR = f"/var/tmp/zx-e2e-suite-{SUITE_UID_BASE}"
+#: The suite's leases are short so that a killed gateway's job is taken over within seconds.
+SUITE_LEASE_SECONDS = 5
+
+
+def zx(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ZX, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """``zx up --detach`` with a temporary ZX_HOME and free ports; the environment to run zx with."""
+    from zehanx_executor.sandbox.probe import probe
+
+    caps = probe(work_dir=Path(SUITE_WORK_DIR), probe_uid=SUITE_UID_BASE + EXECUTOR_SLOTS)
+    if not caps.ok:
+        pytest.skip("this host cannot run the executor's local sandbox: " + "; ".join(caps.missing))
+    home = tmp_path_factory.mktemp("zx-home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZX_")}
+    env.update(
+        {
+            "ZX_HOME": str(home),
+            **{
+                f"ZX_{name.upper()}_PORT": str(free_port())
+                for name in ("gateway", "crawler", "codegen", "executor", "trainer", "postgres")
+            },
+            "ZX_EXECUTOR_WORK_DIR": SUITE_WORK_DIR,
+            "ZX_EXECUTOR_UID_BASE": str(SUITE_UID_BASE),
+            "ZX_EXECUTOR_MAX_CONCURRENT": str(EXECUTOR_SLOTS),
+            "ZX_CRAWLER_ALLOW_PRIVATE_NETWORKS": "true",
+            "ZX_GATEWAY_LEASE_SECONDS": str(SUITE_LEASE_SECONDS),
+            "ZX_GATEWAY_CLAIM_POLL_SECONDS": "0.5",
+            "COLUMNS": "160",
+        }
+    )
+    up = zx(env, "up", "--detach", timeout=240)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        key = home / "api-key"
+        assert key.stat().st_mode & 0o777 == 0o600, "the API key zx up made is private"
+        yield env
+    finally:
+        zx(env, "down", "--purge", timeout=120)

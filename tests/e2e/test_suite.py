@@ -11,19 +11,15 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import os
-import subprocess
-import sys
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import EXECUTOR_WORK_DIR, REPO, SHARED
-from svc_harness import free_port
+from e2e_support import SHARED, zx
 
 pytestmark = pytest.mark.slow
-ZX = [sys.executable, "-m", "zehanx_cli.main"]
 SENTIMENT_BASELINE = 0.838  # ../shared/data/README.md: sentiment_labelled_sentences, 10-fold CV LR
 
 
@@ -42,45 +38,6 @@ def data_server() -> Iterator[str]:
         server.shutdown()
 
 
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    from zehanx_executor.sandbox.probe import probe
-
-    caps = probe(work_dir=Path(EXECUTOR_WORK_DIR + "-suite"), probe_uid=60500 + 4)
-    if not caps.ok:
-        pytest.skip("this host cannot run the executor's local sandbox: " + "; ".join(caps.missing))
-    home = tmp_path_factory.mktemp("zx-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZX_")}
-    env.update(
-        {
-            "ZX_HOME": str(home),
-            **{
-                f"ZX_{name.upper()}_PORT": str(free_port())
-                for name in ("gateway", "crawler", "codegen", "executor", "trainer", "postgres")
-            },
-            "ZX_EXECUTOR_WORK_DIR": EXECUTOR_WORK_DIR + "-suite",
-            "ZX_EXECUTOR_UID_BASE": "60500",
-            "ZX_EXECUTOR_MAX_CONCURRENT": "4",
-            "ZX_CRAWLER_ALLOW_PRIVATE_NETWORKS": "true",
-            "COLUMNS": "160",
-        }
-    )
-    up = subprocess.run(
-        [*ZX, "up", "--detach"], env=env, cwd=REPO, capture_output=True, text=True, timeout=240
-    )
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        key = home / "api-key"
-        assert key.stat().st_mode & 0o777 == 0o600, "the API key zx up made is private"
-        yield env
-    finally:
-        subprocess.run([*ZX, "down", "--purge"], env=env, cwd=REPO, capture_output=True, timeout=120)
-
-
-def zx(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*ZX, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-
-
 def test_a_prompt_with_a_local_server_source_trains_a_model_that_beats_the_baseline_and_downloads_and_predicts(
     suite: dict[str, str], data_server: str, tmp_path: Path
 ) -> None:
@@ -91,7 +48,8 @@ def test_a_prompt_with_a_local_server_source_trains_a_model_that_beats_the_basel
         assert stage in trained.stdout
     assert "Held-out test split" in trained.stdout
 
-    models = json.loads(zx(suite, "models", "--json").stdout)
+    job_id = re.search(r"Job ([0-9a-f-]{36}) ", trained.stdout).group(1)  # type: ignore[union-attr]
+    models = [m for m in json.loads(zx(suite, "models", "--json").stdout) if m["jobId"] == job_id]
     assert len(models) == 1
     model = models[0]
     accuracy = model["heldOutMetrics"]["values"]["accuracy"]
@@ -116,3 +74,21 @@ def test_a_prompt_with_a_local_server_source_trains_a_model_that_beats_the_basel
     assert predicted.returncode == 0, predicted.stderr
     rows = [json.loads(line) for line in predicted.stdout.splitlines() if line.strip()]
     assert len(rows) == 2 and all(r["prediction"] is not None for r in rows)
+
+
+def test_a_prompt_with_no_source_trains_on_the_catalogue_dataset_it_names(suite: dict[str, str]) -> None:
+    """No --source: the crawler's built-in catalogue answers "iris flowers" (scikit-learn's iris), with a
+    short training budget (--training-minutes)."""
+    trained = zx(suite, "train", "Classify iris flowers by species", "--training-minutes", "0.5", timeout=290)
+    assert trained.returncode == 0, trained.stdout[-4000:] + trained.stderr[-2000:]
+    out = trained.stdout
+    assert "dataset sklearn.iris:" in out and "target 'species'" in out
+    assert "SUCCEEDED" in out and "Held-out test split" in out
+    job_id = re.search(r"Job ([0-9a-f-]{36}) ", out).group(1)  # type: ignore[union-attr]
+    (model,) = [m for m in json.loads(zx(suite, "models", "--json").stdout) if m["jobId"] == job_id]
+    accuracy = model["heldOutMetrics"]["values"]["accuracy"]
+    baseline = model["baselineMetrics"]["values"]["accuracy"]
+    print(f"iris from the catalogue: held-out accuracy {accuracy:.4f}; majority baseline {baseline:.4f}")
+    assert accuracy > baseline + 0.3, (accuracy, baseline)  # iris: ~0.95 against 1/3
+    job = json.loads(zx(suite, "job", job_id, "--json").stdout)
+    assert not job.get("sources"), "no source was given"

@@ -151,6 +151,9 @@ class PendingEvent:
     kind: str
     payload: Mapping[str, Any]
     event_time: datetime | None = None
+    #: A worker's (owner, attempt): the event is written only while that worker still holds the job's
+    #: lease (ABORTED otherwise), so a worker that lost its job cannot add to its history.
+    lease: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

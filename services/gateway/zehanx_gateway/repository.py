@@ -460,7 +460,8 @@ class PostgresRegistry:
         Returns, for each input in order, the written event or the error that refused it (an unknown
         job is NOT_FOUND, a finished one FAILED_PRECONDITION); refused events do not stop the others.
         """
-        by_job: dict[uuid.UUID, list[int]] = {}
+        # Grouped by job, and by the lease that fences them (None: not fenced).
+        by_job: dict[tuple[uuid.UUID, tuple[str, int] | None], list[int]] = {}
         results: list[JobEvent | errors.DomainError | None] = [None] * len(pending)
         for index, item in enumerate(pending):
             if item.kind in _RESERVED_KINDS:
@@ -468,28 +469,39 @@ class PostgresRegistry:
                     f"{item.kind} events are written by the registry itself", reason="RESERVED_EVENT_KIND"
                 )
                 continue
-            by_job.setdefault(item.job_id, []).append(index)
+            by_job.setdefault((item.job_id, item.lease), []).append(index)
         async with self._pool.connection() as conn, conn.transaction():
             # Sorted, so concurrent batches lock jobs in the same order and cannot deadlock.
-            for job_id in sorted(by_job):
-                indexes = by_job[job_id]
+            for job_id, lease in sorted(by_job, key=lambda k: (k[0], k[1] or ("", 0))):
+                indexes = by_job[(job_id, lease)]
+                owner, attempt = lease if lease is not None else (None, None)
                 cur = await conn.execute(
                     "update zehanx.jobs set last_sequence = last_sequence + %s "
-                    "where id = %s and state <> all(%s) returning last_sequence, user_id, stage",
-                    (len(indexes), job_id, _TERMINAL),
+                    "where id = %s and state <> all(%s) "
+                    "and (%s::text is null or (lease_owner = %s and attempt = %s)) "
+                    "returning last_sequence, user_id, stage",
+                    (len(indexes), job_id, _TERMINAL, owner, owner, attempt),
                 )
                 row = await cur.fetchone()
                 if row is None:
-                    cur = await conn.execute("select state from zehanx.jobs where id = %s", (job_id,))
+                    cur = await conn.execute(
+                        "select state, lease_owner, attempt from zehanx.jobs where id = %s", (job_id,)
+                    )
                     found = await cur.fetchone()
-                    refusal: errors.DomainError = (
-                        _job_not_found(job_id)
-                        if found is None
-                        else errors.FailedPrecondition(
+                    refusal: errors.DomainError
+                    if found is None:
+                        refusal = _job_not_found(job_id)
+                    elif found["state"] in _TERMINAL:
+                        refusal = errors.FailedPrecondition(
                             f"job {job_id} is {found['state']}; it takes no more events",
                             reason="JOB_FINISHED",
                         )
-                    )
+                    else:
+                        refusal = errors.Aborted(
+                            f"job {job_id} is no longer leased to {owner} (attempt {attempt}); it is "
+                            f"{found['state']}, attempt {found['attempt']}",
+                            reason="LEASE_LOST",
+                        )
                     for index in indexes:
                         results[index] = refusal
                     continue

@@ -22,13 +22,18 @@ started with exec only):
    become metric events; a wall-clock deadline, the output cap, and cancellation all write
    ``cgroup.kill`` (the whole tree at once) and wait until the cgroup is empty;
 6. produced files are collected without following links, then the tmpfs is unmounted and the cgroups
-   removed.
+   removed. A sandbox process whose parent died first (bwrap's inner process when the tree is killed
+   at once) is orphaned: the executor service makes itself the child subreaper
+   (:func:`become_subreaper`), so the orphan becomes its child, and reaps it here at once instead of
+   leaving a zombie for the host's init to reap whenever it gets to it (about a second later on some
+   hosts).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import itertools
 import json
 import os
@@ -584,6 +589,10 @@ class _LocalRun:
                         self.proc.kill()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.proc.wait(), KILL_WAIT_S)
+                with contextlib.suppress(OSError):
+                    keep = self.proc.pid if self.proc.returncode is None else None
+                    if not await _finish_even_if_cancelled(reap_run(self.uid, keep=keep)):
+                        log.warning("sandbox processes outlived the run", run=self.run_id, uid=self.uid)
             for t in tasks:
                 t.cancel()
             for t in tasks:
@@ -597,6 +606,62 @@ class _LocalRun:
             except OSError as exc:
                 log.error("could not remove the job folder", run=self.run_id, error=str(exc))
             self.cgroup.remove()
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make this process the child subreaper of its descendants (Linux ``prctl``): a sandbox process
+    orphaned by a kill becomes our child, so :func:`reap_orphans` can reap it at once. Call it in the
+    executor's service process only (a test process that is a subreaper would collect every orphan of
+    the processes it starts)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_orphans(uid: int, *, keep: int | None) -> int:
+    """Reap the zombie children of this process that ran as ``uid`` (a sandbox slot's uid: one run at a
+    time owns it), except ``keep`` (the run's launcher, which asyncio waits for). Returns how many
+    processes of ``uid`` are left (alive, or zombies that are not ours to reap)."""
+    me = os.getpid()
+    left = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == keep:
+            continue
+        try:
+            status = Path(entry.path, "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        try:
+            if int(fields["Uid"].split()[0]) != uid:
+                continue
+            ours = fields["State"].split()[0] == "Z" and int(fields["PPid"]) == me
+        except (KeyError, IndexError, ValueError):
+            continue
+        if ours:
+            try:
+                os.waitpid(int(entry.name), os.WNOHANG)
+                continue
+            except ChildProcessError:
+                pass
+        left += 1
+    return left
+
+
+async def reap_run(uid: int, *, keep: int | None, limit_s: float = 1.0) -> bool:
+    """:func:`reap_orphans` until no process of ``uid`` is left (an orphan is handed to us when its
+    parent's exit completes, a moment after the cgroup empties), for at most ``limit_s``."""
+    deadline = time.monotonic() + limit_s
+    while await asyncio.to_thread(reap_orphans, uid, keep=keep):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
 
 
 def _hit_file_size(stderr_tail: bytes) -> bool:

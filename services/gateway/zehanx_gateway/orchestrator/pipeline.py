@@ -1,7 +1,9 @@
 """One job, stage by stage: crawl → generate → train (smoke run, repairs, full run, evaluation) → publish.
 
-Every stage change is a compare-and-set transition fenced by the worker's lease (owner, attempt), so a
-worker that lost its lease cannot write a state any more. Everything that happens becomes an event.
+Every stage change is a compare-and-set transition fenced by the worker's lease (owner, attempt), and
+so is every event (``PendingEvent.lease``: the registry refuses it with ABORTED once the lease is lost),
+so a worker that lost its lease can write neither a state nor an event any more. Everything that
+happens becomes an event.
 
 Resuming: the events a stage ends with carry, under the payload key ``zx_resume`` (which the public
 API does not show: stored JSON is read back ignoring unknown fields), what the next stages need: the
@@ -639,16 +641,17 @@ class _JobRun:
         event = job_event_pb2.JobEvent()
         getattr(event, kind).CopyFrom(message)
         pending = convert.pending_event(self.job.id, event)
-        if resume is not None:
-            pending = PendingEvent(
-                job_id=pending.job_id,
-                kind=pending.kind,
-                payload={**pending.payload, RESUME_KEY: resume},
-                event_time=pending.event_time,
-            )
+        pending = PendingEvent(
+            job_id=pending.job_id,
+            kind=pending.kind,
+            payload={**pending.payload, RESUME_KEY: resume} if resume is not None else pending.payload,
+            event_time=pending.event_time,
+            lease=self.lease,  # fenced: once another worker holds the job, this one writes nothing more
+        )
         try:
             await self.p._jobs.publish([pending])
-        except errors.FailedPrecondition as exc:  # the job ended meanwhile (cancelled at QUEUED, ...)
+        except (errors.FailedPrecondition, errors.Aborted) as exc:
+            # The job ended meanwhile (cancelled at QUEUED, ...), or its lease went to another worker.
             raise StopRun(str(exc)) from None
 
     async def _platform_log(self, text: str) -> None:
