@@ -14,6 +14,7 @@ since statsmodels is not installed. Ratio > 1 means the generated model is bette
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
@@ -108,9 +109,13 @@ def main() -> None:
         generated = codegen.generate(prompt, plan, data.profile)
         work = running.lay_out(generated.program, out / f"{name}-work", data.folder / "data")
         started = time.time()
-        run = running.train(
-            work, smoke=False, budget_s=args.budget, timeout=args.budget * 1.5 + 120, threads=2
-        )
+        try:
+            run = running.train(
+                work, smoke=False, budget_s=args.budget, timeout=args.budget * 1.5 + 120, threads=2
+            )
+        except subprocess.TimeoutExpired:
+            print(f"{name}: training did not finish in {args.budget * 1.5 + 120:.0f} s", flush=True)
+            continue
         seconds = time.time() - started
         if run.returncode != 0:
             print(f"{name}: training failed\n{run.stderr[-2000:]}")

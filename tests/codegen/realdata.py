@@ -179,9 +179,7 @@ def mnist5k(out: Path) -> Prepared:
     )
 
 
-def sentiment(out: Path) -> Prepared:
-    """Sentiment labelled sentences (Amazon, Yelp, IMDB): each line is 'sentence<TAB>label'; split on
-    the last tab (default CSV quoting loses IMDB rows)."""
+def _sentiment_rows() -> list[dict]:
     folder = need(SHARED_DATA / "sentiment_labelled_sentences")
     rows = []
     for name in ("amazon_cells_labelled.txt", "imdb_labelled.txt", "yelp_labelled.txt"):
@@ -189,8 +187,27 @@ def sentiment(out: Path) -> Prepared:
             if line.strip():
                 text, _, label = line.rstrip().rpartition("\t")
                 rows.append({"sentence": text.strip(), "sentiment": int(label)})
-    train, val, test = _stratified(rows, "sentiment")
+    return rows
+
+
+def sentiment(out: Path) -> Prepared:
+    """Sentiment labelled sentences (Amazon, Yelp, IMDB): each line is 'sentence<TAB>label'; split on
+    the last tab (default CSV quoting loses IMDB rows)."""
+    train, val, test = _stratified(_sentiment_rows(), "sentiment")
     return _write(out, "sentiment", train, val, test, "sentiment", TaskFamily.TEXT_CLASSIFICATION,
+                  {"text_column": "sentence"})  # fmt: skip
+
+
+def sentiment_sample(out: Path, rows: int = 600) -> Prepared:
+    """A stratified sample of the sentiment sentences, split 40/10/50: few training rows (where a
+    pretrained encoder matters most) and a large test split (300 rows of 600: one error is 0.33 pt)."""
+    from sklearn.model_selection import train_test_split
+
+    everything = _sentiment_rows()
+    sample, _ = train_test_split(everything, train_size=rows, stratify=[r["sentiment"] for r in everything],
+                                 random_state=42)  # fmt: skip
+    train, val, test = _stratified(sample, "sentiment", val=0.1, test=0.5)
+    return _write(out, "sentiment_sample", train, val, test, "sentiment", TaskFamily.TEXT_CLASSIFICATION,
                   {"text_column": "sentence"})  # fmt: skip
 
 

@@ -15,7 +15,7 @@ from features import tfidf_bags
 from model import TextClassifier
 
 #% if use_encoder
-from encoder import SentenceEncoder
+from encoder import PACKAGE, SentenceEncoder, package_version
 #% endif
 
 
@@ -26,6 +26,13 @@ def load(output_dir):
     idf = tensors.pop("idf")
     model = TextClassifier(len(config["vocabulary"]), config["sentence_dim"], len(config["classes"]))
     model.load_state_dict(tensors)
+#% if use_encoder
+    # The linear layer was fitted on this encoder's vectors: another version's would not fit it.
+    trained_with = (config["encoder_package"], config["encoder_version"])
+    if trained_with != (PACKAGE, package_version()):
+        raise SystemExit(f"the model was trained with the sentence encoder {trained_with[0]}=={trained_with[1]}, "
+                         f"but {PACKAGE}=={package_version()} is installed: install the one it was trained with")
+#% endif
     return model.eval(), idf, config
 
 

@@ -18,7 +18,7 @@ from features import build_vocabulary, tfidf_bags
 from model import TextClassifier
 
 #% if use_encoder
-from encoder import SentenceEncoder
+from encoder import PACKAGE, SentenceEncoder, package_version
 #% endif
 
 # -----------------------------------------------------------------------------
@@ -27,10 +27,14 @@ from encoder import SentenceEncoder
 # -----------------------------------------------------------------------------
 #% if use_encoder
 sentence_dim = 384  # width of the MiniLM sentence vector
+encoder_package = PACKAGE  # where the encoder's weights come from (recorded with the model)
+encoder_version = package_version()
 #% else
 sentence_dim = 0  # no sentence encoder: n-grams only
+encoder_package = encoder_version = ""
 #% endif
 lbfgs_inner_steps = 20  # L-BFGS iterations per round; the loss is logged between rounds
+converged_tolerance = 1e-5  # stop a fit when a round lowers the loss by less than this (relative)
 
 
 def read_rows(data_dir, name):
@@ -77,10 +81,15 @@ def fit(batch, labels, num_classes, vocabulary_size, c, steps):
         return loss
 
     started = time.time()
+    previous = None
     for step in range(1, steps + 1):
         loss = optimizer.step(closure).item()
         zxrt.log_metrics(step=step, loss=loss, total_steps=steps,
                          samples_per_s=len(labels) * step * lbfgs_inner_steps / (time.time() - started))
+        # The objective is convex: once a round no longer lowers it, more rounds only cost time.
+        if previous is not None and previous - loss <= converged_tolerance * max(1.0, abs(loss)):
+            break
+        previous = loss
     return model
 
 
@@ -158,6 +167,8 @@ def main():
         "vocabulary": vocabulary,
         "sentence_dim": sentence_dim,
         "encoder": encoder,
+        "encoder_package": encoder_package,
+        "encoder_version": encoder_version,
         "encoder_max_tokens": encoder_max_tokens,
         "c": c,
     })
