@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -242,12 +243,31 @@ def _summary(gateway: Gateway, job: job_pb2.Job, evaluation: Any) -> int:
     console.print(table)
     if evaluation is not None:
         console.print(f"{evaluation.test_row_count} held-out rows.", highlight=False)
+    zx = zx_command()
     console.print(f"Model id: {model.id}", highlight=False)
     console.print(
-        f"Model card: zx download {model.id} -o ./model  (then read ./model/MODEL_CARD.md)", highlight=False
+        f"Model card: {zx} download {model.id} -o ./model  (then read ./model/MODEL_CARD.md)", highlight=False
     )
-    console.print(f"Try it:    zx predict {model.id} '<input as JSON>'", highlight=False)
+    console.print(
+        f"Try it:    {zx} predict {model.id} '<one input as JSON: an object of the input columns "
+        "the model card lists under Task>'",
+        highlight=False,
+    )
     return 0
+
+
+def zx_command() -> str:
+    """How the user can type zx again: ``zx`` when it is on PATH, else the path they ran (.venv/bin/zx)."""
+    invoked = Path(sys.argv[0])
+    found = shutil.which("zx")
+    if found and invoked.exists() and Path(found).resolve() == invoked.resolve():
+        return "zx"
+    if invoked.name == "zx" and invoked.exists():
+        try:
+            return os.path.relpath(invoked)
+        except ValueError:
+            return str(invoked)
+    return "zx"
 
 
 # -- commands -------------------------------------------------------------------------------------------

@@ -103,7 +103,7 @@ def up(
             console.print(f"Web edge (Connect over HTTP/1.1, curl or a browser): {where}", highlight=False)
         console.print(f"Logs: {settings.logs_dir}", highlight=False)
         if detach:
-            console.print("Stop it with: zx down")
+            console.print(f"Stop it with: {jobs.zx_command()} down", highlight=False)
         else:
             console.print("Press Ctrl-C to stop everything.")
 
