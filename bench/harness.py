@@ -59,15 +59,32 @@ def _column(name: str, values: list, rows: int) -> ColumnProfile:
     lengths = sorted(len(t) for t in texts) or [0]
     is_text = distinct > 0.5 * len(texts) and statistics.fmean(lengths) > 15
     if is_text:
-        length = TextLength(lengths[0], lengths[-1], statistics.fmean(lengths), lengths[len(lengths) // 2],
-                            lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))])
-        return ColumnProfile(name, ColumnType.TEXT, missing, distinct, text_length=length,
-                             sample_values=tuple(t[:200] for t in texts[:5]))
+        length = TextLength(
+            lengths[0],
+            lengths[-1],
+            statistics.fmean(lengths),
+            lengths[len(lengths) // 2],
+            lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))],
+        )
+        return ColumnProfile(
+            name,
+            ColumnType.TEXT,
+            missing,
+            distinct,
+            text_length=length,
+            sample_values=tuple(t[:200] for t in texts[:5]),
+        )
     return ColumnProfile(name, ColumnType.CATEGORICAL, missing, distinct, sample_values=tuple(texts[:5]))
 
 
-def profile_of(rows: list[dict], target: str | None = None, *, image_shape: tuple[int, ...] = (),
-               time_column: str | None = None, with_schema_target: bool = False) -> DatasetProfile:
+def profile_of(
+    rows: list[dict],
+    target: str | None = None,
+    *,
+    image_shape: tuple[int, ...] = (),
+    time_column: str | None = None,
+    with_schema_target: bool = False,
+) -> DatasetProfile:
     """What the crawler would report for these rows (enough of it for planning)."""
     names = list(rows[0])
     columns = tuple(_column(n, [r.get(n) for r in rows], len(rows)) for n in names)
@@ -81,9 +98,15 @@ def profile_of(rows: list[dict], target: str | None = None, *, image_shape: tupl
                 total = sum(counts.values())
                 classes = tuple(ClassCount(k, n, n / total) for k, n in counts.most_common())
                 ratio = classes[0].count / classes[-1].count
-    return DatasetProfile(row_count=len(rows), columns=columns, classes=classes, imbalance_ratio=ratio,
-                          schema_target=target if with_schema_target else None,
-                          time_column=time_column, image_shape=image_shape)
+    return DatasetProfile(
+        row_count=len(rows),
+        columns=columns,
+        classes=classes,
+        imbalance_ratio=ratio,
+        schema_target=target if with_schema_target else None,
+        time_column=time_column,
+        image_shape=image_shape,
+    )
 
 
 @dataclass
@@ -124,33 +147,61 @@ def write_data(folder: Path, train: list[dict], validation: list[dict], schema: 
 def _env(data: Path, output: Path, *, smoke: bool, budget_s: float, seed: int, threads: int) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZX_")}
     env.update(
-        ZX_DATA=str(data), ZX_OUTPUT=str(output), ZX_SMOKE="1" if smoke else "0", ZX_DEVICE="cpu",
-        ZX_TIME_BUDGET_S=str(budget_s), ZX_SEED=str(seed), PYTHONPATH=str(zxrt_dir()),
-        OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+        ZX_DATA=str(data),
+        ZX_OUTPUT=str(output),
+        ZX_SMOKE="1" if smoke else "0",
+        ZX_DEVICE="cpu",
+        ZX_TIME_BUDGET_S=str(budget_s),
+        ZX_SEED=str(seed),
+        PYTHONPATH=str(zxrt_dir()),
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
     )
     return env
 
 
-def run_train(program_dir: Path, data: Path, output: Path, *, smoke: bool, budget_s: float = 180.0,
-              seed: int = 0, threads: int = 2, timeout: float = 900.0) -> RunResult:
+def run_train(
+    program_dir: Path,
+    data: Path,
+    output: Path,
+    *,
+    smoke: bool,
+    budget_s: float = 180.0,
+    seed: int = 0,
+    threads: int = 2,
+    timeout: float = 900.0,
+) -> RunResult:
     output.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "train.py"], cwd=program_dir, capture_output=True, text=True,
-                          env=_env(data, output, smoke=smoke, budget_s=budget_s, seed=seed, threads=threads),
-                          timeout=timeout, check=False)
+    proc = subprocess.run(
+        [sys.executable, "train.py"],
+        cwd=program_dir,
+        capture_output=True,
+        text=True,
+        env=_env(data, output, smoke=smoke, budget_s=budget_s, seed=seed, threads=threads),
+        timeout=timeout,
+        check=False,
+    )
     seconds = time.monotonic() - started
     records = [json.loads(line[5:]) for line in proc.stdout.splitlines() if line.startswith("@@zx:")]
     return RunResult(proc.returncode, seconds, proc.stdout, proc.stderr, records)
 
 
-def run_predict(program_dir: Path, output: Path, rows: list[dict], work: Path, *, threads: int = 2,
-                timeout: float = 600.0) -> tuple[list[dict], float]:
+def run_predict(
+    program_dir: Path, output: Path, rows: list[dict], work: Path, *, threads: int = 2, timeout: float = 600.0
+) -> tuple[list[dict], float]:
     work.mkdir(parents=True, exist_ok=True)
     _write_jsonl(work / "inputs.jsonl", rows)
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "predict.py", str(work / "inputs.jsonl"), str(work / "predictions.jsonl")],
-        cwd=program_dir, capture_output=True, text=True, timeout=timeout, check=False,
+        cwd=program_dir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
         env=_env(work, output, smoke=False, budget_s=0, seed=0, threads=threads),
     )
     if proc.returncode != 0:

@@ -60,7 +60,12 @@ def test_make_test_sets_up_checks_generated_code_and_runs_pytest() -> None:
     # Under `make test` this runs inside make: MAKELEVEL would make it print "Entering directory".
     env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     plan = subprocess.run(
-        ["make", "--no-print-directory", "-n", "test"], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+        ["make", "--no-print-directory", "-n", "test"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     lines = plan.splitlines()
     assert lines[0] == "scripts/setup.sh"
