@@ -261,7 +261,7 @@ def choose(table: Table, prompt: str, *, target_hint: str | None, task_hint: Tas
     elif pixels is not None and categorical:
         task = Task.IMAGE_CLASSIFICATION
         side = math.isqrt(len(pixels))
-        task_why = f"{len(pixels)} integer pixel columns in 0..255 form {side}x{side} images"
+        task_why = f"{len(pixels)} integer pixel columns (values within 0..255) form {side}x{side} images"
         if wants_image:
             task_why += f" and the prompt is about images ({', '.join(wants_image)})"
     elif texts and categorical and not (wants_reg and not wants_class):
