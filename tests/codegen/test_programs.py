@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import realdata
 import running
-from conftest import TEST_BUDGET_S
+from codegen_support import TEST_BUDGET_S
 from safetensors import safe_open
 from zehanx_codegen.domain import TaskFamily
 from zehanx_codegen.service import Codegen

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Crawler, HttpSite, build_request, crawler_settings, start_crawler, stop_crawler
+from crawler_support import Crawler, HttpSite, build_request, crawler_settings, start_crawler, stop_crawler
 from zehanx.crawler.v1 import crawler_service_pb2 as pb
 from zehanx_runtime.status import error_info_of, field_violations_of
 

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 
 import grpc
 import pytest
-from conftest import Crawler, HttpSite, build_request
+from crawler_support import Crawler, HttpSite, build_request
 from zehanx.common.v1 import dataset_pb2, task_family_pb2
 from zehanx.crawler.v1 import crawler_service_pb2 as pb
 from zehanx_runtime.status import error_info_of

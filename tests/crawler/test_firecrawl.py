@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import crawler_settings, start_crawler, stop_crawler
+from crawler_support import crawler_settings, start_crawler, stop_crawler
 from zehanx.crawler.v1 import crawler_service_pb2 as pb
 from zehanx_crawler.firecrawl_backend import FirecrawlBackend
 from zehanx_runtime.errors import (

@@ -1,5 +1,5 @@
-"""Fixtures and helpers of the edge tests (imported by them as ``edge_support``: a conftest.py here would
-shadow tests/gateway's, whose modules import ``conftest`` by name): a real gateway (the object graph ``zx-gateway`` serves) on a fresh database
+"""Fixtures and helpers of the edge tests (imported by them as ``edge_support``; pytest sees the fixtures
+through that import): a real gateway (the object graph ``zx-gateway`` serves) on a fresh database
 of the session's real PostgreSQL, its gRPC port and its Connect edge, both on free ports, and a Connect
 client speaking plain HTTP/1.1 with httpx (what curl and a browser send)."""
 

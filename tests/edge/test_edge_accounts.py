@@ -1,7 +1,7 @@
 """Email and password accounts on the edge (Supabase Auth's REST shape) against a real PostgreSQL: the
 sessions they issue are JWTs the gateway's ordinary JWT path accepts on both doors."""
 
-# Fixtures come from edge_support (no conftest.py here, see there); pytest sees them by import.
+# Fixtures come from edge_support; pytest sees them by import.
 # ruff: noqa: F811
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Every public RPC of the gateway through its Connect edge, with plain HTTP/1.1 (httpx), against a real
 gateway on a real PostgreSQL; the answers must be those the gRPC port gives for the same calls."""
 
-# Fixtures come from edge_support (no conftest.py here, see there); pytest sees them by import.
+# Fixtures come from edge_support; pytest sees them by import.
 # ruff: noqa: F811
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The edge as ``zx-gateway`` serves it: a real gateway process, the README's curl examples run against it
 as they are written, and a clean stop on SIGTERM."""
 
-# Fixtures come from edge_support (no conftest.py here, see there); pytest sees them by import.
+# Fixtures come from edge_support; pytest sees them by import.
 # ruff: noqa: F811
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import uuid
 
 import grpc
 import pytest
-from conftest import Served, bearer, gateway_settings, publish_model, serve_gateway, stop_gateway
+from gateway_support import Served, bearer, gateway_settings, publish_model, serve_gateway, stop_gateway
 from google.protobuf import struct_pb2
 from zehanx.common.v1 import dataset_pb2, task_family_pb2
 from zehanx.gateway.v1 import gateway_service_pb2 as pb

@@ -15,8 +15,8 @@ from typing import Any
 import grpc
 import jwt
 import pytest
-from conftest import JWT_SECRET, Served, bearer, gateway_settings, serve_gateway, stop_gateway
 from cryptography.hazmat.primitives.asymmetric import ec
+from gateway_support import JWT_SECRET, Served, bearer, gateway_settings, serve_gateway, stop_gateway
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
 from zehanx.gateway.v1 import job_pb2
 from zehanx_runtime.status import error_info_of

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Served, bearer, publish_model
+from gateway_support import Served, bearer, publish_model
 from google.protobuf import descriptor as d
 from google.protobuf import message_factory
 from google.protobuf.message import Message

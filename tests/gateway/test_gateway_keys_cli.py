@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Served, bearer
+from gateway_support import Served, bearer
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
 from zehanx_runtime.status import error_info_of
 

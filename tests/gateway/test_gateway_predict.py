@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Served, bearer, gateway_settings, publish_model, serve_gateway, stop_gateway
+from gateway_support import Served, bearer, gateway_settings, publish_model, serve_gateway, stop_gateway
 from google.protobuf import any_pb2, duration_pb2, struct_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from zehanx.common.v1 import prediction_pb2

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Served, bearer, gateway_settings, serve_gateway, stop_gateway
+from gateway_support import Served, bearer, gateway_settings, serve_gateway, stop_gateway
 from zehanx.common.v1 import log_pb2
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc

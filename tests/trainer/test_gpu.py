@@ -7,7 +7,7 @@ import glob
 from collections.abc import AsyncIterator
 
 import pytest
-from conftest import DIGITS_PROGRAM, Dataset, Run, Suite, program_of, request_for
+from trainer_support import DIGITS_PROGRAM, Dataset, Run, Suite, program_of, request_for
 from zehanx.common.v1 import resources_pb2
 from zehanx.trainer.v1 import trainer_service_pb2 as pb
 from zehanx_runtime.errors import FailedPrecondition

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from conftest import TOKEN, Dataset, Run, Suite
 from google.protobuf import json_format, struct_pb2
+from trainer_support import TOKEN, Dataset, Run, Suite
 from zehanx.trainer.v1 import trainer_service_pb2 as pb
 from zehanx.trainer.v1 import trainer_service_pb2_grpc as rpc
 from zehanx_runtime.server import ServiceBinding, start_server

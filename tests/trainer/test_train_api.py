@@ -11,7 +11,10 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
-from conftest import (
+from google.rpc import error_details_pb2, status_pb2
+from programs import tiny_program
+from safetensors.torch import load_file
+from trainer_support import (
     EXECUTOR_SLOTS,
     EXECUTOR_UID_BASE,
     TOKEN,
@@ -21,9 +24,6 @@ from conftest import (
     manifests,
     request_for,
 )
-from google.rpc import error_details_pb2, status_pb2
-from programs import tiny_program
-from safetensors.torch import load_file
 from zehanx.common.v1 import log_pb2, structured_error_pb2, task_family_pb2
 from zehanx.trainer.v1 import trainer_service_pb2 as pb
 from zehanx_trainer.artifacts import ArtifactStore, LocalBlobBackend

@@ -1,0 +1,156 @@
+"""Fixtures of the gateway tests: a fresh database per test on the session's real PostgreSQL, and a
+real gateway (the same object graph ``zx-gateway`` serves) on port 0 with a real stub."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+from psycopg import sql
+from zehanx.common.v1 import metrics_pb2, task_family_pb2
+from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
+from zehanx.gateway.v1 import model_pb2
+from zehanx_cli.procs import free_port
+from zehanx_gateway import convert
+from zehanx_gateway.app import Gateway
+from zehanx_gateway.auth import new_api_key
+from zehanx_gateway.settings import GatewaySettings
+from zehanx_runtime.logging import configure_logging
+from zehanx_runtime.server import RunningServer, start_server
+
+JWT_SECRET = "test-secret-for-hs256-tokens-0123456789abcdef"
+
+
+def _with_database(url: str, name: str) -> str:
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    params["dbname"] = name
+    return psycopg.conninfo.make_conninfo("", **params)
+
+
+@pytest.fixture
+def database_url(postgres_url: str) -> Iterator[str]:
+    """A new, empty database for one test (dropped after it)."""
+    name = f"gw_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    try:
+        yield _with_database(postgres_url, name)
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+def gateway_settings(database_url: str, tmp_path: Path, **overrides: object) -> GatewaySettings:
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "database_url": database_url,
+        "jwt_secret": JWT_SECRET,
+        "jwt_audience": "authenticated",
+        "jwt_issuer": "https://test.supabase.co/auth/v1",
+        "artifact_dir": tmp_path / "artifacts",
+        # Nothing listens there: Predict without a trainer must fail clearly, not reach a real one.
+        "trainer_address": f"127.0.0.1:{free_port()}",
+        "log_json": True,
+        "log_level": "warning",
+    }
+    values.update(overrides)
+    return GatewaySettings(**values)  # type: ignore[arg-type]
+
+
+@dataclass
+class Served:
+    """A gateway serving on a free port, a channel to it, and a stub."""
+
+    gateway: Gateway
+    server: RunningServer
+    channel: grpc.aio.Channel
+    stub: rpc.GatewayServiceStub
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    async def api_key(self, user: str) -> str:
+        """A new API key of ``user`` (created on first use): the whole key, to send as a bearer."""
+        registry = self.gateway.registry
+        user_id = await registry.user_by_name(user, create=True)
+        key = new_api_key()
+        await registry.add_api_key(user_id, key.key_id, key.secret_sha256, "test")
+        return key.token
+
+    async def user_id(self, user: str) -> uuid.UUID:
+        return await self.gateway.registry.user_by_name(user)
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def serve_gateway(settings: GatewaySettings) -> Served:
+    gateway = await Gateway.open(settings)
+    server = await start_server(
+        settings,
+        [gateway.binding()],
+        service_name="gateway",
+        internal=False,
+        extra_check=gateway.authenticator.check,
+    )
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    return Served(gateway, server, channel, rpc.GatewayServiceStub(channel))
+
+
+async def stop_gateway(served: Served) -> None:
+    await served.channel.close()
+    await served.server.stop(0.5)
+    await served.gateway.close()
+
+
+async def publish_model(
+    served: Served,
+    user: str,
+    data: bytes,
+    *,
+    title: str = "Sentiment",
+    trainer_artifact_id: str | None = None,
+) -> model_pb2.Model:
+    """Store an archive and record a model for ``user``, as the orchestrator will at PUBLISHING."""
+    info = await served.gateway.artifacts.put([data])
+    record = model_pb2.Model(
+        title=title,
+        prompt="Create a sentiment analysis model",
+        task_family=task_family_pb2.TASK_FAMILY_TEXT_CLASSIFICATION,
+        class_labels=["negative", "positive"],
+        metric_name="accuracy",
+        held_out_metrics=metrics_pb2.Metrics(values={"accuracy": 0.91}),
+        baseline_name="majority_class",
+        baseline_metrics=metrics_pb2.Metrics(values={"accuracy": 0.5}),
+        model_card="# Sentiment\n",
+        archive_sha256=info.sha256,
+        archive_size_bytes=info.size,
+    )
+    user_id = await served.user_id(user)
+    model = await served.gateway.models.publish(
+        user_id, convert.new_model(record, trainer_artifact_id=trainer_artifact_id)
+    )
+    return convert.model_to_proto(model)
+
+
+@pytest.fixture
+async def served(database_url: str, tmp_path: Path) -> AsyncIterator[Served]:
+    running = await serve_gateway(gateway_settings(database_url, tmp_path))
+    try:
+        yield running
+    finally:
+        await stop_gateway(running)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_logs() -> None:
+    """Warnings and errors only: one line per RPC of 200 watchers would drown the output."""
+    configure_logging("warning", json=True)

@@ -1,0 +1,267 @@
+"""Fixtures for the trainer tests: a real executor (local sandbox) and a real trainer, as processes.
+
+Everything runs for real: the executor's bubblewrap sandbox, the trainer's gRPC API, the programs'
+training. When the host cannot sandbox, the tests that need it skip with the probe's reasons.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2, struct_pb2
+from zehanx.common.v1 import dataset_pb2, plan_pb2, program_pb2, resources_pb2, task_family_pb2
+from zehanx.trainer.v1 import trainer_service_pb2 as pb
+from zehanx.trainer.v1 import trainer_service_pb2_grpc as rpc
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "services"))
+sys.path.insert(0, str(REPO / "examples" / "reference_digits"))
+
+from svc_harness import ServiceProcess, start_service  # noqa: E402
+
+PROGRAMS = Path(__file__).resolve().parent / "programs"
+DIGITS_PROGRAM = REPO / "examples" / "reference_digits"
+#: Distinct from a development executor (62000) and the executor tests (63000).
+EXECUTOR_WORK_DIR = "/var/tmp/zx-trainer-tests"
+EXECUTOR_UID_BASE = 64000
+EXECUTOR_SLOTS = 4
+TOKEN = "trainer-test-token"
+
+
+@dataclass
+class Dataset:
+    root: Path
+    ref: dataset_pb2.DatasetRef
+    rows: dict[str, list[dict]]
+    schema: dict
+
+
+@dataclass
+class Suite:
+    executor: ServiceProcess
+    trainer: ServiceProcess
+    artifact_dir: Path
+    dataset_root: Path
+    channel: grpc.Channel
+
+    @property
+    def stub(self) -> rpc.TrainerServiceStub:
+        return rpc.TrainerServiceStub(self.channel)
+
+    def train(self, request: pb.TrainRequest, timeout: float = 240.0) -> list[pb.TrainResponse]:
+        return list(self.stub.Train(request, metadata=[("x-zx-service-token", TOKEN)], timeout=timeout))
+
+
+def _write_dataset(root: Path, rows: dict[str, list[dict]], schema: dict) -> Dataset:
+    root.mkdir(parents=True, exist_ok=True)
+    shas = {}
+    for split, split_rows in rows.items():
+        data = "".join(json.dumps(r) + "\n" for r in split_rows).encode()
+        (root / f"{split}.jsonl").write_bytes(data)
+        shas[split] = hashlib.sha256(data).hexdigest()
+    schema_json = json.dumps(schema)
+    (root / "schema.json").write_text(schema_json)
+    ref = dataset_pb2.DatasetRef(
+        dataset_id=str(uuid.uuid4()),
+        train_uri=(root / "train.jsonl").as_uri(),
+        validation_uri=(root / "validation.jsonl").as_uri(),
+        test_uri=(root / "test.jsonl").as_uri(),
+        format=dataset_pb2.DATASET_FILE_FORMAT_JSONL,
+        schema_json=schema_json,
+        train_sha256=shas["train"],
+        validation_sha256=shas["validation"],
+        test_sha256=shas["test"],
+    )
+    return Dataset(root, ref, rows, schema)
+
+
+@pytest.fixture(scope="session")
+def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("datasets")
+
+
+@pytest.fixture(scope="session")
+def digits(dataset_root: Path) -> Dataset:
+    """scikit-learn's 8x8 digits, split 70/15/15 by the reference program's make_dataset.py."""
+    from make_dataset import write_digits
+
+    written = write_digits(dataset_root / "digits")
+    root = written["dir"]
+    rows = {
+        split: [json.loads(line) for line in (root / f"{split}.jsonl").read_text().splitlines() if line]
+        for split in ("train", "validation", "test")
+    }
+    return _write_dataset(root, rows, json.loads(written["schema_json"]))
+
+
+@pytest.fixture(scope="session")
+def tiny(dataset_root: Path) -> Dataset:
+    """A tiny two-class tabular dataset: label = x > 0 (the cheap programs use it)."""
+
+    def split(n: int, offset: int) -> list[dict]:
+        return [
+            {"x": ((i * 37 + offset) % 41) - 20.5, "label": "pos" if ((i * 37 + offset) % 41) > 20 else "neg"}
+            for i in range(n)
+        ]
+
+    schema = {
+        "format": "zehanx.dataset",
+        "format_version": 1,
+        "task": "tabular_classification",
+        "target": "label",
+        "inputs": ["x"],
+        "classes": ["neg", "pos"],
+    }
+    return _write_dataset(
+        dataset_root / "tiny",
+        {"train": split(60, 0), "validation": split(20, 7), "test": split(30, 13)},
+        schema,
+    )
+
+
+@pytest.fixture(scope="session")
+def suite(tmp_path_factory: pytest.TempPathFactory, dataset_root: Path) -> Iterator[Suite]:
+    from zehanx_executor.sandbox.probe import probe
+
+    caps = probe(work_dir=Path(EXECUTOR_WORK_DIR), probe_uid=EXECUTOR_UID_BASE + EXECUTOR_SLOTS)
+    if not caps.ok:
+        pytest.skip("this host cannot run the executor's local sandbox: " + "; ".join(caps.missing))
+    tmp = tmp_path_factory.mktemp("suite")
+    executor = start_service(
+        "executor",
+        tmp,
+        token=TOKEN,
+        extra_env={
+            "ZX_EXECUTOR_BACKEND": "local",
+            "ZX_EXECUTOR_WORK_DIR": EXECUTOR_WORK_DIR,
+            "ZX_EXECUTOR_UID_BASE": str(EXECUTOR_UID_BASE),
+            "ZX_EXECUTOR_MAX_CONCURRENT": str(EXECUTOR_SLOTS),
+        },
+    )
+    trainer = None
+    try:
+        executor.wait_serving(90)
+        artifact_dir = tmp / "artifacts"
+        trainer = start_service(
+            "trainer",
+            tmp,
+            token=TOKEN,
+            extra_env={
+                "ZX_TRAINER_EXECUTOR_ADDRESS": executor.address,
+                "ZX_TRAINER_DATASET_ROOTS": json.dumps([str(dataset_root)]),
+                "ZX_TRAINER_ARTIFACT_DIR": str(artifact_dir),
+                # The host's GPUs (none here: runs get the CPU; on a GPU machine the GPU test uses them).
+                "ZX_TRAINER_GPUS": str(len(glob.glob("/dev/nvidia[0-9]*"))),
+                "ZX_TRAINER_MAX_CONCURRENT_RUNS": "4",
+                "ZX_TRAINER_MEMORY_BYTES": str(2 * 1024**3),
+                "ZX_TRAINER_DISK_BYTES": str(256 * 1024**2),
+                "ZX_TRAINER_TRAINING_GRACE_S": "30",
+            },
+        )
+        trainer.wait_serving(60)
+        with grpc.insecure_channel(
+            trainer.address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        ) as channel:
+            yield Suite(executor, trainer, artifact_dir, dataset_root, channel)
+    finally:
+        if trainer is not None:
+            trainer.stop()
+        executor.stop()
+
+
+def program_of(folder: Path, *, exclude: tuple[str, ...] = ("make_dataset.py",)) -> program_pb2.Program:
+    files = [
+        program_pb2.ProgramFile(path=p.name, content=p.read_bytes())
+        for p in sorted(folder.glob("*.py"))
+        if p.name not in exclude
+    ]
+    return program_pb2.Program(
+        files=files, train_entry_point="train.py", predict_entry_point="predict.py", runtime_version="1"
+    )
+
+
+def cheap_program(name: str) -> program_pb2.Program:
+    """A program from tests/trainer/programs/<name>/ (numpy only: starts in a fraction of a second)."""
+    return program_of(PROGRAMS / name, exclude=())
+
+
+def request_for(
+    program: program_pb2.Program,
+    dataset: Dataset,
+    *,
+    family: int = task_family_pb2.TASK_FAMILY_IMAGE_CLASSIFICATION,
+    target: str = "digit",
+    training_s: float = 300,
+    smoke_only: bool = False,
+    hyperparameters: dict | None = None,
+) -> pb.TrainRequest:
+    hp = {}
+    for key, value in (hyperparameters or {}).items():
+        v = struct_pb2.Value()
+        v.number_value = value
+        hp[key] = v
+    return pb.TrainRequest(
+        run_id=str(uuid.uuid4()),
+        job_id=str(uuid.uuid4()),
+        program=program,
+        dataset=dataset.ref,
+        plan=plan_pb2.Plan(
+            task_family=family,
+            target_column=target,
+            metric_name="accuracy",
+            model_family="cnn",
+            hyperparameters=hp,
+            rationale="test",
+        ),
+        resources=resources_pb2.Resources(
+            device=resources_pb2.DEVICE_KIND_CPU,
+            max_training_duration=duration_pb2.Duration(seconds=int(training_s)),
+        ),
+        smoke_only=smoke_only,
+        model_metadata=pb.ModelMetadata(title="test model", prompt="test prompt", dataset_name="test data"),
+    )
+
+
+@dataclass
+class Run:
+    request: pb.TrainRequest
+    events: list[pb.TrainResponse]
+
+    def of(self, kind: str) -> list:
+        return [getattr(e, kind) for e in self.events if e.WhichOneof("event") == kind]
+
+    @property
+    def last(self) -> pb.TrainResponse:
+        return self.events[-1]
+
+    @property
+    def result(self) -> pb.TrainResult:
+        assert self.last.WhichOneof("event") == "result", self.last
+        return self.last.result
+
+    def stages(self) -> list[int]:
+        return [s.stage for s in self.of("stage_change")]
+
+    def logs(self, source: int | None = None) -> list[str]:
+        return [line.text for line in self.of("log_line") if source is None or line.source == source]
+
+
+@pytest.fixture(scope="session")
+def digits_run(suite: Suite, digits: Dataset) -> Run:
+    """The reference CNN trained once through the gRPC API (shared by the tests that read it)."""
+    request = request_for(program_of(DIGITS_PROGRAM), digits)
+    return Run(request, suite.train(request))
+
+
+def manifests(artifact_dir: Path) -> set[str]:
+    folder = artifact_dir / "manifests"
+    return {p.name for p in folder.glob("*.json")} if folder.is_dir() else set()
