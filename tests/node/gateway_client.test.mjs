@@ -20,6 +20,8 @@ const root = path.resolve(here, "..", "..");
 const protoDirs = [path.join(root, "protos"), path.join(root, "protos", "build"), here];
 const address = process.env.ZX_GATEWAY_ADDRESS ?? "";
 const needsServer = address ? false : "ZX_GATEWAY_ADDRESS is not set";
+// A user's API key (`zx keys create`): the gateway authenticates every call.
+const apiKey = process.env.ZX_API_KEY ?? "";
 const loaderOptions = {
   keepCase: true,
   longs: String,
@@ -28,9 +30,9 @@ const loaderOptions = {
   oneofs: true,
   includeDirs: protoDirs,
 };
-// Answers that prove a real gRPC server understood the call. UNKNOWN, INTERNAL or UNAVAILABLE
-// would mean a crash or no server, so they fail the test.
-const PROPER_ANSWERS = new Set([grpc.status.UNIMPLEMENTED, grpc.status.NOT_FOUND]);
+// With a key, an unknown job must be NOT_FOUND; without one, UNAUTHENTICATED is the proper answer.
+// UNKNOWN, INTERNAL or UNAVAILABLE would mean a crash or no server, so they fail the test.
+const PROPER_ANSWERS = new Set(apiKey ? [grpc.status.NOT_FOUND] : [grpc.status.UNAUTHENTICATED, grpc.status.NOT_FOUND]);
 
 function loadGateway() {
   const validate = path.join(root, "protos", "build", "buf", "validate", "validate.proto");
@@ -50,7 +52,9 @@ function deadline(seconds) {
 
 function unary(client, method, request) {
   return new Promise((resolve, reject) => {
-    client[method](request, { deadline: deadline(5) }, (error, response) =>
+    const metadata = new grpc.Metadata();
+    if (apiKey) metadata.set("authorization", `Bearer ${apiKey}`);
+    client[method](request, metadata, { deadline: deadline(10) }, (error, response) =>
       error ? reject(error) : resolve(response),
     );
   });
@@ -113,7 +117,7 @@ test("GetJob with a valid uuid gets a proper gRPC answer", { skip: needsServer }
     const { code, details } = outcome.error;
     assert.ok(
       PROPER_ANSWERS.has(code),
-      `expected UNIMPLEMENTED or NOT_FOUND, got ${grpc.status[code]} (${code}): ${details}`,
+      `expected ${[...PROPER_ANSWERS].map((c) => grpc.status[c]).join(" or ")}, got ${grpc.status[code]} (${code}): ${details}`,
     );
   } finally {
     client.close();

@@ -1,53 +1,100 @@
-"""The Node.js client test (gateway_client.test.mjs) against a real gRPC server.
+"""The Node.js client test (gateway_client.test.mjs) against the real gateway process.
 
-The server is gateway-shaped but self-contained: the generated `GatewayServiceServicer` base class
-(every RPC answers UNIMPLEMENTED) plus the standard health service, on 127.0.0.1, port 0. The Node
-client loads only `.proto` files, so this proves the contract works across languages, health
-checks included.
+``python -m zehanx_gateway`` on 127.0.0.1 and a free port, with the session's real PostgreSQL, and a
+user's API key made with ``zx keys create``. The Node client loads only `.proto` files and calls the
+standard health check and GetJob (an unknown job must be NOT_FOUND), so this proves the public
+contract, auth included, works from another language.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from zehanx.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = shutil.which("node")
-GATEWAY_SERVICE = gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 
 pytestmark = pytest.mark.skipif(
     NODE is None, reason="node is not installed; the Node.js client test needs it"
 )
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture
-async def gateway_address() -> AsyncIterator[str]:
-    server = grpc.aio.server()
-    gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server(
-        gateway_service_pb2_grpc.GatewayServiceServicer(), server
+def gateway(postgres_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(address, API key) of a real gateway process; stopped with SIGTERM afterwards."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZX_")}
+    env.update(
+        {
+            "ZX_HOME": str(tmp_path / "zx-home"),
+            "ZX_GATEWAY_HOST": "127.0.0.1",
+            "ZX_GATEWAY_PORT": str(port),
+            "ZX_GATEWAY_DATABASE_URL": postgres_url,
+            "ZX_GATEWAY_SERVICE_TOKEN": "node-test-token",
+            "ZX_GATEWAY_WORKERS": "0",  # no job runs here: only the API is under test
+            "ZX_GATEWAY_EDGE_ENABLED": "false",
+        }
     )
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health.set(GATEWAY_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    log = tmp_path / "gateway.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zehanx_gateway"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    address = f"127.0.0.1:{port}"
     try:
-        yield f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        with grpc.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                assert proc.poll() is None, f"gateway exited {proc.returncode}: {log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, f"gateway not SERVING: {log.read_text()[-3000:]}"
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                        break
+                except grpc.RpcError:
+                    time.sleep(0.2)
+        keys_env = {k: v for k, v in os.environ.items() if not k.startswith("ZX_")}
+        keys_env["ZX_GATEWAY_DATABASE_URL"] = postgres_url
+        made = subprocess.run(
+            [str(Path(sys.executable).with_name("zx")), "keys", "create", "--user", "node-client", "--json"],
+            env=keys_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert made.returncode == 0, made.stderr
+        yield address, json.loads(made.stdout)["key"]
     finally:
-        await server.stop(0)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
 
 
 def _render_proto_imports() -> None:
@@ -61,12 +108,12 @@ def _tap_count(output: str, name: str) -> int:
     return int(match.group(1))
 
 
-async def test_node_client_calls_health_and_get_job_on_a_real_server(gateway_address: str) -> None:
+async def test_node_client_calls_health_and_get_job_on_the_real_gateway(gateway: tuple[str, str]) -> None:
+    gateway_address, api_key = gateway
     if not (ROOT / "node_modules" / "@grpc" / "grpc-js").is_dir():
         pytest.fail("node_modules lacks @grpc/grpc-js: run `npm install` at the repository root")
     _render_proto_imports()
-    env = {**os.environ, "ZX_GATEWAY_ADDRESS": gateway_address}
-    # The server runs on this event loop, so node must run as an asyncio subprocess.
+    env = {**os.environ, "ZX_GATEWAY_ADDRESS": gateway_address, "ZX_API_KEY": api_key}
     proc = await asyncio.create_subprocess_exec(
         NODE,
         "--test",
