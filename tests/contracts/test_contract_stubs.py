@@ -31,6 +31,17 @@ EXPECTED_RPCS: dict[str, dict[str, str]] = {
         "DownloadModel": SERVER_STREAM,
         "DeleteModel": UNARY,
         "Predict": UNARY,
+        "ListDatasets": UNARY,
+        "GetDataset": UNARY,
+        "UploadFile": UNARY,
+        "CreateApiKey": UNARY,
+        "ListApiKeys": UNARY,
+        "RevokeApiKey": UNARY,
+        "SetProviderKey": UNARY,
+        "ListProviderKeys": UNARY,
+        "DeleteProviderKey": UNARY,
+        "GetUserSettings": UNARY,
+        "UpdateUserSettings": UNARY,
     },
     "zehanx.crawler.v1.CrawlerService": {"BuildDataset": SERVER_STREAM, "ListCatalog": UNARY},
     "zehanx.codegen.v1.CodegenService": {
@@ -54,7 +65,15 @@ RESOURCE_RETURNING = {
     "zehanx.gateway.v1.GatewayService.GetJob": "zehanx.gateway.v1.Job",
     "zehanx.gateway.v1.GatewayService.CancelJob": "zehanx.gateway.v1.Job",
     "zehanx.gateway.v1.GatewayService.GetModel": "zehanx.gateway.v1.Model",
+    "zehanx.gateway.v1.GatewayService.GetDataset": "zehanx.gateway.v1.DatasetRecord",
+    "zehanx.gateway.v1.GatewayService.UploadFile": "zehanx.gateway.v1.UploadedFile",
+    "zehanx.gateway.v1.GatewayService.RevokeApiKey": "zehanx.gateway.v1.ApiKey",
+    "zehanx.gateway.v1.GatewayService.SetProviderKey": "zehanx.gateway.v1.ProviderKey",
+    "zehanx.gateway.v1.GatewayService.GetUserSettings": "zehanx.gateway.v1.UserSettings",
+    "zehanx.gateway.v1.GatewayService.UpdateUserSettings": "zehanx.gateway.v1.UserSettings",
 }
+# List RPCs over a handful of items (one per key or provider) that return them all, unpaginated.
+UNPAGINATED_LISTS = {"ListApiKeys", "ListProviderKeys"}
 
 
 def _all_contract_files() -> list[FileDescriptor]:
@@ -138,9 +157,15 @@ def test_every_list_rpc_paginates() -> None:
         method
         for service_name in EXPECTED_RPCS
         for method in _service(service_name).methods
-        if method.name.startswith("List")
+        if method.name.startswith("List") and method.name not in UNPAGINATED_LISTS
     ]
-    assert {m.name for m in list_methods} == {"ListJobs", "ListJobEvents", "ListModels", "ListCatalog"}
+    assert {m.name for m in list_methods} == {
+        "ListJobs",
+        "ListJobEvents",
+        "ListModels",
+        "ListCatalog",
+        "ListDatasets",
+    }
     for method in list_methods:
         request, response = method.input_type.fields_by_name, method.output_type
         assert not method.server_streaming, f"{method.full_name}: AIP-158 forbids streaming List"

@@ -102,6 +102,7 @@ class DataSource(_message.Message):
     URL_FIELD_NUMBER: _builtins.int
     LOCAL_PATH_FIELD_NUMBER: _builtins.int
     CATALOG_NAME_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
     url: _builtins.str
     """An http or https URL: a page with tables or links to data files, or a data file itself
     (CSV, TSV, JSON, JSONL, Parquet, or an archive of them).
@@ -112,18 +113,24 @@ class DataSource(_message.Message):
     """
     catalog_name: _builtins.str
     """The name of an entry of the built-in catalogue (see `CrawlerService.ListCatalog`)."""
+    upload_id: _builtins.str
+    """The id of a file the caller uploaded to the gateway (GatewayService.UploadFile). Only the
+    gateway accepts it: it resolves the id to the stored file of the same user before the
+    crawler sees the job; the crawler itself answers INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
         url: _builtins.str = ...,
         local_path: _builtins.str = ...,
         catalog_name: _builtins.str = ...,
+        upload_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["catalog_name", b"catalog_name", "local_path", b"local_path", "source", b"source", "url", b"url"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["catalog_name", b"catalog_name", "local_path", b"local_path", "source", b"source", "upload_id", b"upload_id", "url", b"url"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_name", b"catalog_name", "local_path", b"local_path", "source", b"source", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog_name", b"catalog_name", "local_path", b"local_path", "source", b"source", "upload_id", b"upload_id", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["url", "local_path", "catalog_name"]  # noqa: Y015
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["url", "local_path", "catalog_name", "upload_id"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
 

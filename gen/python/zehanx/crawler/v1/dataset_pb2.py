@@ -22,20 +22,21 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from zehanx.common.v1 import dataset_pb2 as zehanx_dot_common_dot_v1_dot_dataset__pb2
 from zehanx.common.v1 import task_family_pb2 as zehanx_dot_common_dot_v1_dot_task__family__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fzehanx/crawler/v1/dataset.proto\x12\x11zehanx.crawler.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ezehanx/common/v1/dataset.proto\x1a\"zehanx/common/v1/task_family.proto\"\xf3\x03\n\x07\x44\x61taset\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x31\n\x0btask_family\x18\x03 \x01(\x0e\x32\x1c.zehanx.common.v1.TaskFamily\x12\x15\n\rtarget_column\x18\x04 \x01(\t\x12\x13\n\x0b\x65xplanation\x18\x05 \x01(\t\x12)\n\x03ref\x18\x06 \x01(\x0b\x32\x1c.zehanx.common.v1.DatasetRef\x12\x31\n\x07profile\x18\x07 \x01(\x0b\x32 .zehanx.common.v1.DatasetProfile\x12\x30\n\nprovenance\x18\x08 \x03(\x0b\x32\x1c.zehanx.common.v1.Provenance\x12\x12\n\nsplit_seed\x18\t \x01(\x04\x12\x39\n\x0fsplit_fractions\x18\n \x01(\x0b\x32 .zehanx.common.v1.SplitFractions\x12\x17\n\x0ftrain_row_count\x18\x0b \x01(\x03\x12\x1c\n\x14validation_row_count\x18\x0c \x01(\x03\x12\x16\n\x0etest_row_count\x18\r \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08warnings\x18\x0f \x03(\t\"\xd0\x01\n\x0c\x43\x61talogEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x31\n\x0btask_family\x18\x04 \x01(\x0e\x32\x1c.zehanx.common.v1.TaskFamily\x12\x15\n\rtarget_column\x18\x05 \x01(\t\x12\x11\n\trow_count\x18\x06 \x01(\x03\x12\x0f\n\x07license\x18\x07 \x01(\t\x12\x0e\n\x06origin\x18\x08 \x01(\t\x12\x10\n\x08keywords\x18\t \x03(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fzehanx/crawler/v1/dataset.proto\x12\x11zehanx.crawler.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ezehanx/common/v1/dataset.proto\x1a\"zehanx/common/v1/task_family.proto\"\xa2\x04\n\x07\x44\x61taset\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x31\n\x0btask_family\x18\x03 \x01(\x0e\x32\x1c.zehanx.common.v1.TaskFamily\x12\x15\n\rtarget_column\x18\x04 \x01(\t\x12\x13\n\x0b\x65xplanation\x18\x05 \x01(\t\x12)\n\x03ref\x18\x06 \x01(\x0b\x32\x1c.zehanx.common.v1.DatasetRef\x12\x31\n\x07profile\x18\x07 \x01(\x0b\x32 .zehanx.common.v1.DatasetProfile\x12\x30\n\nprovenance\x18\x08 \x03(\x0b\x32\x1c.zehanx.common.v1.Provenance\x12\x12\n\nsplit_seed\x18\t \x01(\x04\x12\x39\n\x0fsplit_fractions\x18\n \x01(\x0b\x32 .zehanx.common.v1.SplitFractions\x12\x17\n\x0ftrain_row_count\x18\x0b \x01(\x03\x12\x1c\n\x14validation_row_count\x18\x0c \x01(\x03\x12\x16\n\x0etest_row_count\x18\r \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08warnings\x18\x0f \x03(\t\x12-\n\x0cpreview_rows\x18\x10 \x03(\x0b\x32\x17.google.protobuf.Struct\"\xd0\x01\n\x0c\x43\x61talogEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x31\n\x0btask_family\x18\x04 \x01(\x0e\x32\x1c.zehanx.common.v1.TaskFamily\x12\x15\n\rtarget_column\x18\x05 \x01(\t\x12\x11\n\trow_count\x18\x06 \x01(\x03\x12\x0f\n\x07license\x18\x07 \x01(\t\x12\x0e\n\x06origin\x18\x08 \x01(\t\x12\x10\n\x08keywords\x18\t \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zehanx.crawler.v1.dataset_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATASET']._serialized_start=156
-  _globals['_DATASET']._serialized_end=655
-  _globals['_CATALOGENTRY']._serialized_start=658
-  _globals['_CATALOGENTRY']._serialized_end=866
+  _globals['_DATASET']._serialized_start=186
+  _globals['_DATASET']._serialized_end=732
+  _globals['_CATALOGENTRY']._serialized_start=735
+  _globals['_CATALOGENTRY']._serialized_end=943
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from zehanx.common.v1 import dataset_pb2 as _dataset_pb2
@@ -42,6 +43,7 @@ class Dataset(_message.Message):
     TEST_ROW_COUNT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    PREVIEW_ROWS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Id of the dataset (a UUID); equal to `ref.dataset_id`."""
     name: _builtins.str
@@ -86,6 +88,12 @@ class Dataset(_message.Message):
         "class 'neutral' has only 9 rows").
         """
 
+    @_builtins.property
+    def preview_rows(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]:
+        """Up to 20 rows of the training split as stored, for a preview (long text cut to 500
+        characters).
+        """
+
     def __init__(
         self,
         *,
@@ -104,10 +112,11 @@ class Dataset(_message.Message):
         test_row_count: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
+        preview_rows: _abc.Iterable[_struct_pb2.Struct] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "profile", b"profile", "ref", b"ref", "split_fractions", b"split_fractions"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "explanation", b"explanation", "id", b"id", "name", b"name", "profile", b"profile", "provenance", b"provenance", "ref", b"ref", "split_fractions", b"split_fractions", "split_seed", b"split_seed", "target_column", b"target_column", "task_family", b"task_family", "test_row_count", b"test_row_count", "train_row_count", b"train_row_count", "validation_row_count", b"validation_row_count", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "explanation", b"explanation", "id", b"id", "name", b"name", "preview_rows", b"preview_rows", "profile", b"profile", "provenance", b"provenance", "ref", b"ref", "split_fractions", b"split_fractions", "split_seed", b"split_seed", "target_column", b"target_column", "task_family", b"task_family", "test_row_count", b"test_row_count", "train_row_count", b"train_row_count", "validation_row_count", b"validation_row_count", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,6 +3,8 @@
 import grpc
 import warnings
 
+from zehanx.gateway.v1 import account_pb2 as zehanx_dot_gateway_dot_v1_dot_account__pb2
+from zehanx.gateway.v1 import dataset_record_pb2 as zehanx_dot_gateway_dot_v1_dot_dataset__record__pb2
 from zehanx.gateway.v1 import gateway_service_pb2 as zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2
 from zehanx.gateway.v1 import job_pb2 as zehanx_dot_gateway_dot_v1_dot_job__pb2
 from zehanx.gateway.v1 import model_pb2 as zehanx_dot_gateway_dot_v1_dot_model__pb2
@@ -95,6 +97,61 @@ class GatewayServiceStub:
                 '/zehanx.gateway.v1.GatewayService/Predict',
                 request_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.PredictRequest.SerializeToString,
                 response_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.PredictResponse.FromString,
+                _registered_method=True)
+        self.ListDatasets = channel.unary_unary(
+                '/zehanx.gateway.v1.GatewayService/ListDatasets',
+                request_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDatasetsRequest.SerializeToString,
+                response_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDatasetsResponse.FromString,
+                _registered_method=True)
+        self.GetDataset = channel.unary_unary(
+                '/zehanx.gateway.v1.GatewayService/GetDataset',
+                request_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.GetDatasetRequest.SerializeToString,
+                response_deserializer=zehanx_dot_gateway_dot_v1_dot_dataset__record__pb2.DatasetRecord.FromString,
+                _registered_method=True)
+        self.UploadFile = channel.unary_unary(
+                '/zehanx.gateway.v1.GatewayService/UploadFile',
+                request_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFileRequest.SerializeToString,
+                response_deserializer=zehanx_dot_gateway_dot_v1_dot_dataset__record__pb2.UploadedFile.FromString,
+                _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/zehanx.gateway.v1.GatewayService/CreateApiKey',
+                request_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/zehanx.gateway.v1.GatewayService/ListApiKeys',
+                request_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/zehanx.gateway.v1.GatewayService/RevokeApiKey',
+                request_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=zehanx_dot_gateway_dot_v1_dot_account__pb2.ApiKey.FromString,
+                _registered_method=True)
+        self.SetProviderKey = channel.unary_unary(
+                '/zehanx.gateway.v1.GatewayService/SetProviderKey',
+                request_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.SetProviderKeyRequest.SerializeToString,
+                response_deserializer=zehanx_dot_gateway_dot_v1_dot_account__pb2.ProviderKey.FromString,
+                _registered_method=True)
+        self.ListProviderKeys = channel.unary_unary(
+                '/zehanx.gateway.v1.GatewayService/ListProviderKeys',
+                request_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.ListProviderKeysRequest.SerializeToString,
+                response_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.ListProviderKeysResponse.FromString,
+                _registered_method=True)
+        self.DeleteProviderKey = channel.unary_unary(
+                '/zehanx.gateway.v1.GatewayService/DeleteProviderKey',
+                request_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteProviderKeyRequest.SerializeToString,
+                response_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteProviderKeyResponse.FromString,
+                _registered_method=True)
+        self.GetUserSettings = channel.unary_unary(
+                '/zehanx.gateway.v1.GatewayService/GetUserSettings',
+                request_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUserSettingsRequest.SerializeToString,
+                response_deserializer=zehanx_dot_gateway_dot_v1_dot_account__pb2.UserSettings.FromString,
+                _registered_method=True)
+        self.UpdateUserSettings = channel.unary_unary(
+                '/zehanx.gateway.v1.GatewayService/UpdateUserSettings',
+                request_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.UpdateUserSettingsRequest.SerializeToString,
+                response_deserializer=zehanx_dot_gateway_dot_v1_dot_account__pb2.UserSettings.FromString,
                 _registered_method=True)
 
 
@@ -195,6 +252,87 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDatasets(self, request, context):
+        """Lists the datasets the caller's jobs built, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDataset(self, request, context):
+        """Gets the dataset a job built. NOT_FOUND when the job does not exist or has built none yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadFile(self, request, context):
+        """Stores a data file (CSV, TSV, JSON, JSONL, Parquet, or a zip of them) for the caller's jobs:
+        pass the returned `upload_id` as a job's source. At most 32 MiB.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateApiKey(self, request, context):
+        """Creates an API key for the caller. The secret is in the response only: store it then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Lists the caller's API keys, revoked ones included, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Revokes one of the caller's API keys at once, on every replica, and returns it. Revoking a
+        revoked key returns it unchanged. NOT_FOUND when it does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetProviderKey(self, request, context):
+        """Stores (or replaces) the caller's own key for a provider, encrypted at rest. It is used for the
+        caller's jobs instead of the operator's, never shown back in full, never logged and never
+        passed into a sandbox.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProviderKeys(self, request, context):
+        """Lists the caller's stored provider keys (hints only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteProviderKey(self, request, context):
+        """Deletes the caller's key for a provider. Deleting a key that is not there succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUserSettings(self, request, context):
+        """Gets the caller's settings (defaults when never set).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateUserSettings(self, request, context):
+        """Replaces the caller's settings and returns them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -252,6 +390,61 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.PredictRequest.FromString,
                     response_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.PredictResponse.SerializeToString,
+            ),
+            'ListDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatasets,
+                    request_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDatasetsRequest.FromString,
+                    response_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDatasetsResponse.SerializeToString,
+            ),
+            'GetDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDataset,
+                    request_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.GetDatasetRequest.FromString,
+                    response_serializer=zehanx_dot_gateway_dot_v1_dot_dataset__record__pb2.DatasetRecord.SerializeToString,
+            ),
+            'UploadFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadFile,
+                    request_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFileRequest.FromString,
+                    response_serializer=zehanx_dot_gateway_dot_v1_dot_dataset__record__pb2.UploadedFile.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=zehanx_dot_gateway_dot_v1_dot_account__pb2.ApiKey.SerializeToString,
+            ),
+            'SetProviderKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetProviderKey,
+                    request_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.SetProviderKeyRequest.FromString,
+                    response_serializer=zehanx_dot_gateway_dot_v1_dot_account__pb2.ProviderKey.SerializeToString,
+            ),
+            'ListProviderKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProviderKeys,
+                    request_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.ListProviderKeysRequest.FromString,
+                    response_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.ListProviderKeysResponse.SerializeToString,
+            ),
+            'DeleteProviderKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteProviderKey,
+                    request_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteProviderKeyRequest.FromString,
+                    response_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteProviderKeyResponse.SerializeToString,
+            ),
+            'GetUserSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUserSettings,
+                    request_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUserSettingsRequest.FromString,
+                    response_serializer=zehanx_dot_gateway_dot_v1_dot_account__pb2.UserSettings.SerializeToString,
+            ),
+            'UpdateUserSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateUserSettings,
+                    request_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.UpdateUserSettingsRequest.FromString,
+                    response_serializer=zehanx_dot_gateway_dot_v1_dot_account__pb2.UserSettings.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -556,6 +749,303 @@ class GatewayService:
             '/zehanx.gateway.v1.GatewayService/Predict',
             zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.PredictRequest.SerializeToString,
             zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zehanx.gateway.v1.GatewayService/ListDatasets',
+            zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDatasetsRequest.SerializeToString,
+            zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zehanx.gateway.v1.GatewayService/GetDataset',
+            zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.GetDatasetRequest.SerializeToString,
+            zehanx_dot_gateway_dot_v1_dot_dataset__record__pb2.DatasetRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zehanx.gateway.v1.GatewayService/UploadFile',
+            zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.UploadFileRequest.SerializeToString,
+            zehanx_dot_gateway_dot_v1_dot_dataset__record__pb2.UploadedFile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zehanx.gateway.v1.GatewayService/CreateApiKey',
+            zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateApiKeyRequest.SerializeToString,
+            zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zehanx.gateway.v1.GatewayService/ListApiKeys',
+            zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.ListApiKeysRequest.SerializeToString,
+            zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zehanx.gateway.v1.GatewayService/RevokeApiKey',
+            zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.RevokeApiKeyRequest.SerializeToString,
+            zehanx_dot_gateway_dot_v1_dot_account__pb2.ApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetProviderKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zehanx.gateway.v1.GatewayService/SetProviderKey',
+            zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.SetProviderKeyRequest.SerializeToString,
+            zehanx_dot_gateway_dot_v1_dot_account__pb2.ProviderKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProviderKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zehanx.gateway.v1.GatewayService/ListProviderKeys',
+            zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.ListProviderKeysRequest.SerializeToString,
+            zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.ListProviderKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteProviderKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zehanx.gateway.v1.GatewayService/DeleteProviderKey',
+            zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteProviderKeyRequest.SerializeToString,
+            zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteProviderKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUserSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zehanx.gateway.v1.GatewayService/GetUserSettings',
+            zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUserSettingsRequest.SerializeToString,
+            zehanx_dot_gateway_dot_v1_dot_account__pb2.UserSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateUserSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zehanx.gateway.v1.GatewayService/UpdateUserSettings',
+            zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.UpdateUserSettingsRequest.SerializeToString,
+            zehanx_dot_gateway_dot_v1_dot_account__pb2.UserSettings.FromString,
             options,
             channel_credentials,
             insecure,

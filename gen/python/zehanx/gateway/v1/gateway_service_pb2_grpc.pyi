@@ -5,6 +5,8 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from zehanx.gateway.v1 import account_pb2 as _account_pb2
+from zehanx.gateway.v1 import dataset_record_pb2 as _dataset_record_pb2
 from zehanx.gateway.v1 import gateway_service_pb2 as _gateway_service_pb2
 from zehanx.gateway.v1 import job_pb2 as _job_pb2
 from zehanx.gateway.v1 import model_pb2 as _model_pb2
@@ -80,6 +82,35 @@ class GatewayServiceStub:
     """Runs a model on input instances and returns its predictions. The program's `predict.py`
     runs in the sandbox; INVALID_ARGUMENT when the instances do not fit the model.
     """
+    ListDatasets: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.ListDatasetsRequest, _gateway_service_pb2.ListDatasetsResponse]
+    """Lists the datasets the caller's jobs built, newest first."""
+    GetDataset: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.GetDatasetRequest, _dataset_record_pb2.DatasetRecord]
+    """Gets the dataset a job built. NOT_FOUND when the job does not exist or has built none yet."""
+    UploadFile: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.UploadFileRequest, _dataset_record_pb2.UploadedFile]
+    """Stores a data file (CSV, TSV, JSON, JSONL, Parquet, or a zip of them) for the caller's jobs:
+    pass the returned `upload_id` as a job's source. At most 32 MiB.
+    """
+    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.CreateApiKeyRequest, _gateway_service_pb2.CreateApiKeyResponse]
+    """Creates an API key for the caller. The secret is in the response only: store it then."""
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.ListApiKeysRequest, _gateway_service_pb2.ListApiKeysResponse]
+    """Lists the caller's API keys, revoked ones included, newest first."""
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.RevokeApiKeyRequest, _account_pb2.ApiKey]
+    """Revokes one of the caller's API keys at once, on every replica, and returns it. Revoking a
+    revoked key returns it unchanged. NOT_FOUND when it does not exist.
+    """
+    SetProviderKey: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.SetProviderKeyRequest, _account_pb2.ProviderKey]
+    """Stores (or replaces) the caller's own key for a provider, encrypted at rest. It is used for the
+    caller's jobs instead of the operator's, never shown back in full, never logged and never
+    passed into a sandbox.
+    """
+    ListProviderKeys: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.ListProviderKeysRequest, _gateway_service_pb2.ListProviderKeysResponse]
+    """Lists the caller's stored provider keys (hints only)."""
+    DeleteProviderKey: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.DeleteProviderKeyRequest, _gateway_service_pb2.DeleteProviderKeyResponse]
+    """Deletes the caller's key for a provider. Deleting a key that is not there succeeds."""
+    GetUserSettings: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.GetUserSettingsRequest, _account_pb2.UserSettings]
+    """Gets the caller's settings (defaults when never set)."""
+    UpdateUserSettings: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.UpdateUserSettingsRequest, _account_pb2.UserSettings]
+    """Replaces the caller's settings and returns them."""
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -131,6 +162,35 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Runs a model on input instances and returns its predictions. The program's `predict.py`
     runs in the sandbox; INVALID_ARGUMENT when the instances do not fit the model.
     """
+    ListDatasets: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.ListDatasetsRequest, _gateway_service_pb2.ListDatasetsResponse]  # type: ignore[assignment]
+    """Lists the datasets the caller's jobs built, newest first."""
+    GetDataset: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.GetDatasetRequest, _dataset_record_pb2.DatasetRecord]  # type: ignore[assignment]
+    """Gets the dataset a job built. NOT_FOUND when the job does not exist or has built none yet."""
+    UploadFile: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.UploadFileRequest, _dataset_record_pb2.UploadedFile]  # type: ignore[assignment]
+    """Stores a data file (CSV, TSV, JSON, JSONL, Parquet, or a zip of them) for the caller's jobs:
+    pass the returned `upload_id` as a job's source. At most 32 MiB.
+    """
+    CreateApiKey: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.CreateApiKeyRequest, _gateway_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
+    """Creates an API key for the caller. The secret is in the response only: store it then."""
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.ListApiKeysRequest, _gateway_service_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    """Lists the caller's API keys, revoked ones included, newest first."""
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.RevokeApiKeyRequest, _account_pb2.ApiKey]  # type: ignore[assignment]
+    """Revokes one of the caller's API keys at once, on every replica, and returns it. Revoking a
+    revoked key returns it unchanged. NOT_FOUND when it does not exist.
+    """
+    SetProviderKey: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.SetProviderKeyRequest, _account_pb2.ProviderKey]  # type: ignore[assignment]
+    """Stores (or replaces) the caller's own key for a provider, encrypted at rest. It is used for the
+    caller's jobs instead of the operator's, never shown back in full, never logged and never
+    passed into a sandbox.
+    """
+    ListProviderKeys: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.ListProviderKeysRequest, _gateway_service_pb2.ListProviderKeysResponse]  # type: ignore[assignment]
+    """Lists the caller's stored provider keys (hints only)."""
+    DeleteProviderKey: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.DeleteProviderKeyRequest, _gateway_service_pb2.DeleteProviderKeyResponse]  # type: ignore[assignment]
+    """Deletes the caller's key for a provider. Deleting a key that is not there succeeds."""
+    GetUserSettings: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.GetUserSettingsRequest, _account_pb2.UserSettings]  # type: ignore[assignment]
+    """Gets the caller's settings (defaults when never set)."""
+    UpdateUserSettings: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.UpdateUserSettingsRequest, _account_pb2.UserSettings]  # type: ignore[assignment]
+    """Replaces the caller's settings and returns them."""
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """The public API of Zehanx: submit a prompt, follow the job that turns it into a model, and
@@ -245,5 +305,100 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         """Runs a model on input instances and returns its predictions. The program's `predict.py`
         runs in the sandbox; INVALID_ARGUMENT when the instances do not fit the model.
         """
+
+    @_abc_1.abstractmethod
+    def ListDatasets(
+        self,
+        request: _gateway_service_pb2.ListDatasetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.ListDatasetsResponse, _abc.Awaitable[_gateway_service_pb2.ListDatasetsResponse]]:
+        """Lists the datasets the caller's jobs built, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetDataset(
+        self,
+        request: _gateway_service_pb2.GetDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dataset_record_pb2.DatasetRecord, _abc.Awaitable[_dataset_record_pb2.DatasetRecord]]:
+        """Gets the dataset a job built. NOT_FOUND when the job does not exist or has built none yet."""
+
+    @_abc_1.abstractmethod
+    def UploadFile(
+        self,
+        request: _gateway_service_pb2.UploadFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dataset_record_pb2.UploadedFile, _abc.Awaitable[_dataset_record_pb2.UploadedFile]]:
+        """Stores a data file (CSV, TSV, JSON, JSONL, Parquet, or a zip of them) for the caller's jobs:
+        pass the returned `upload_id` as a job's source. At most 32 MiB.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateApiKey(
+        self,
+        request: _gateway_service_pb2.CreateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.CreateApiKeyResponse, _abc.Awaitable[_gateway_service_pb2.CreateApiKeyResponse]]:
+        """Creates an API key for the caller. The secret is in the response only: store it then."""
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _gateway_service_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.ListApiKeysResponse, _abc.Awaitable[_gateway_service_pb2.ListApiKeysResponse]]:
+        """Lists the caller's API keys, revoked ones included, newest first."""
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _gateway_service_pb2.RevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.ApiKey, _abc.Awaitable[_account_pb2.ApiKey]]:
+        """Revokes one of the caller's API keys at once, on every replica, and returns it. Revoking a
+        revoked key returns it unchanged. NOT_FOUND when it does not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def SetProviderKey(
+        self,
+        request: _gateway_service_pb2.SetProviderKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.ProviderKey, _abc.Awaitable[_account_pb2.ProviderKey]]:
+        """Stores (or replaces) the caller's own key for a provider, encrypted at rest. It is used for the
+        caller's jobs instead of the operator's, never shown back in full, never logged and never
+        passed into a sandbox.
+        """
+
+    @_abc_1.abstractmethod
+    def ListProviderKeys(
+        self,
+        request: _gateway_service_pb2.ListProviderKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.ListProviderKeysResponse, _abc.Awaitable[_gateway_service_pb2.ListProviderKeysResponse]]:
+        """Lists the caller's stored provider keys (hints only)."""
+
+    @_abc_1.abstractmethod
+    def DeleteProviderKey(
+        self,
+        request: _gateway_service_pb2.DeleteProviderKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_service_pb2.DeleteProviderKeyResponse, _abc.Awaitable[_gateway_service_pb2.DeleteProviderKeyResponse]]:
+        """Deletes the caller's key for a provider. Deleting a key that is not there succeeds."""
+
+    @_abc_1.abstractmethod
+    def GetUserSettings(
+        self,
+        request: _gateway_service_pb2.GetUserSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.UserSettings, _abc.Awaitable[_account_pb2.UserSettings]]:
+        """Gets the caller's settings (defaults when never set)."""
+
+    @_abc_1.abstractmethod
+    def UpdateUserSettings(
+        self,
+        request: _gateway_service_pb2.UpdateUserSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_account_pb2.UserSettings, _abc.Awaitable[_account_pb2.UserSettings]]:
+        """Replaces the caller's settings and returns them."""
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.rpc import status_pb2 as _status_pb2
@@ -307,6 +308,7 @@ class DatasetBuilt(_message.Message):
     VALIDATION_ROW_COUNT_FIELD_NUMBER: _builtins.int
     TEST_ROW_COUNT_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    PREVIEW_ROWS_FIELD_NUMBER: _builtins.int
     dataset_id: _builtins.str
     """Id of the dataset."""
     name: _builtins.str
@@ -335,6 +337,12 @@ class DatasetBuilt(_message.Message):
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Things the user should know about the data."""
 
+    @_builtins.property
+    def preview_rows(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]:
+        """Up to 20 rows of the training split as the program sees them, for a preview (long text cut to
+        500 characters).
+        """
+
     def __init__(
         self,
         *,
@@ -349,10 +357,11 @@ class DatasetBuilt(_message.Message):
         validation_row_count: _builtins.int = ...,
         test_row_count: _builtins.int = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
+        preview_rows: _abc.Iterable[_struct_pb2.Struct] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id", "explanation", b"explanation", "name", b"name", "profile", b"profile", "provenance", b"provenance", "target_column", b"target_column", "task_family", b"task_family", "test_row_count", b"test_row_count", "train_row_count", b"train_row_count", "validation_row_count", b"validation_row_count", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id", "explanation", b"explanation", "name", b"name", "preview_rows", b"preview_rows", "profile", b"profile", "provenance", b"provenance", "target_column", b"target_column", "task_family", b"task_family", "test_row_count", b"test_row_count", "train_row_count", b"train_row_count", "validation_row_count", b"validation_row_count", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
