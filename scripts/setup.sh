@@ -77,7 +77,12 @@ if [[ -x scripts/install_sandbox_deps.sh ]]; then
   PYTHON="$PY" scripts/install_sandbox_deps.sh
 fi
 
-# 5. Node tooling (buf, the Node gRPC client test), when the lock file changed.
+# 4b. The browser the dashboard's tests drive (Debian's chromium through apt).
+if [[ -x scripts/install_browser.sh ]]; then
+  scripts/install_browser.sh
+fi
+
+# 5. Node tooling (buf, the Node gRPC client test, the web app's build tools), when the lock file changed.
 if [[ -f package-lock.json ]]; then
   command -v npm >/dev/null 2>&1 || die "npm not found: install Node.js 20+ (buf and the Node client test need it)"
   node_key=$(digest package-lock.json)
