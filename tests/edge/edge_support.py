@@ -202,7 +202,8 @@ def stream_error(end: dict[str, Any]) -> ConnectError | None:
     return ConnectError(200, error["code"], error.get("message", ""), error.get("details", []))
 
 
-async def serve(database_url: str, tmp_path: Path) -> Edge:
+async def serve(database_url: str, tmp_path: Path, edge_settings: EdgeSettings | None = None) -> Edge:
+    """A gateway with its gRPC server and its edge (``edge_settings``: a free port by default)."""
     settings = gateway_settings(database_url, tmp_path)
     gateway = await Gateway.open(settings)
     server = await start_server(
@@ -212,7 +213,7 @@ async def serve(database_url: str, tmp_path: Path) -> Edge:
         internal=False,
         extra_check=gateway.authenticator.check,
     )
-    edge = await serve_edge(gateway, EdgeSettings(edge_port=0))
+    edge = await serve_edge(gateway, edge_settings or EdgeSettings(edge_port=0))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     http = httpx.AsyncClient(base_url=edge.url, timeout=60)
     return Edge(gateway, server, channel, rpc.GatewayServiceStub(channel), edge, http)

@@ -11,6 +11,8 @@ signed with the gateway's JWT secret and checked by the gateway's ordinary JWT p
 - Guessing: failed sign-ins are counted per email and per client address over a sliding window in
   PostgreSQL (so every replica sees them); beyond the limits sign-in answers RESOURCE_EXHAUSTED with
   the seconds to wait, even for the right password.
+- Sign-ups: counted per client address over a sliding window, also in PostgreSQL; beyond the limit
+  sign-up answers RESOURCE_EXHAUSTED with the seconds to wait (accounts cannot be minted in bulk).
 - Refresh tokens: 256 random bits, stored as SHA-256, rotated on each use (a stolen, already-used
   token is refused); sign-out revokes the session (``local``) or every session of the user (``global``).
   An access token already issued stays valid until its ``exp`` (minutes), as with Supabase.
@@ -67,6 +69,8 @@ class AccountStore(Protocol):
     async def email_of(self, user_id: uuid.UUID) -> str | None: ...
     async def recent_failures(self, email: str, client: str, window_s: float) -> tuple[int, int, float]: ...
     async def record_failure(self, email: str, client: str, window_s: float) -> None: ...
+    async def recent_sign_ups(self, client: str, window_s: float) -> tuple[int, float]: ...
+    async def record_sign_up(self, client: str, window_s: float) -> None: ...
     async def start_session(
         self, session_id: uuid.UUID, user_id: uuid.UUID, refresh_sha256: bytes
     ) -> None: ...
@@ -74,6 +78,7 @@ class AccountStore(Protocol):
         self, old_sha256: bytes, new_sha256: bytes
     ) -> tuple[uuid.UUID, uuid.UUID] | None: ...
     async def revoke_sessions(self, user_id: uuid.UUID, session_id: uuid.UUID | None) -> int: ...
+    async def revoke_by_refresh(self, refresh_sha256: bytes) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +92,8 @@ class SessionConfig:
     max_failures_per_email: int = 5
     max_failures_per_client: int = 50
     failure_window_seconds: float = 900.0
+    max_sign_ups_per_client: int = 10
+    sign_up_window_seconds: float = 3600.0
 
 
 class AccountService:
@@ -103,7 +110,19 @@ class AccountService:
         # Verified against when the email is unknown, so both cases cost one argon2 verification.
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
 
-    async def sign_up(self, email: str, password: str) -> Session:
+    async def sign_up(self, email: str, password: str, *, client: str = "") -> Session:
+        if client:
+            window = self._config.sign_up_window_seconds
+            count, oldest_age = await self._store.recent_sign_ups(client, window)
+            if count >= self._config.max_sign_ups_per_client:
+                wait = max(1, int(window - oldest_age) + 1)
+                raise errors.ResourceExhausted(
+                    f"too many sign-ups from this address; try again in {wait} s",
+                    reason="TOO_MANY_SIGN_UPS",
+                    metadata={"retry_after_seconds": str(wait)},
+                )
+            # Every attempt counts, refused ones too: probing which emails are taken costs the same.
+            await self._store.record_sign_up(client, window)
         email = _checked(email, password)
         password_hash = await asyncio.to_thread(self._hasher.hash, password)
         user_id = await self._store.create_account(email, password_hash)
@@ -159,6 +178,12 @@ class AccountService:
         user_id = uuid.UUID(str(claims["sub"]))
         session = None if everywhere else uuid.UUID(str(claims["session_id"]))
         return await self._store.revoke_sessions(user_id, session)
+
+    async def sign_out_refresh(self, refresh_token: str) -> int:
+        """Revoke the session a refresh token belongs to (sign-out without a valid access token)."""
+        if not refresh_token:
+            return 0
+        return await self._store.revoke_by_refresh(hashlib.sha256(refresh_token.encode()).digest())
 
     def verify(self, token: str) -> Mapping[str, Any]:
         """The claims of a session token this service signed (UNAUTHENTICATED otherwise)."""
@@ -300,6 +325,38 @@ class PostgresAccountStore:
                 "delete from zehanx.sign_in_failures where attempt_time < now() - make_interval(secs => %s)",
                 (window_s * 2,),
             )
+
+    async def recent_sign_ups(self, client: str, window_s: float) -> tuple[int, float]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                """
+                select count(*) as n,
+                  coalesce(extract(epoch from now() - min(attempt_time)), 0)::float8 as oldest_age
+                from zehanx.sign_up_attempts
+                where client = %s and attempt_time > now() - make_interval(secs => %s)
+                """,
+                (client, window_s),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row["n"]), float(row["oldest_age"])
+
+    async def record_sign_up(self, client: str, window_s: float) -> None:
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute("insert into zehanx.sign_up_attempts (client) values (%s)", (client,))
+            await conn.execute(
+                "delete from zehanx.sign_up_attempts where attempt_time < now() - make_interval(secs => %s)",
+                (window_s * 2,),
+            )
+
+    async def revoke_by_refresh(self, refresh_sha256: bytes) -> int:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "update zehanx.sessions set revoke_time = now() "
+                "where refresh_sha256 = %s and revoke_time is null",
+                (refresh_sha256,),
+            )
+            return cur.rowcount
 
     async def start_session(self, session_id: uuid.UUID, user_id: uuid.UUID, refresh_sha256: bytes) -> None:
         async with self._pool.connection() as conn:

@@ -11,12 +11,27 @@ session JSON), so one client serves both; only the base URL differs:
 A session is ``{"access_token", "token_type": "bearer", "expires_in", "expires_at", "refresh_token",
 "user": {"id", "aud", "role", "email"}}``. Errors are ``{"code": <HTTP status>, "error_code", "msg"}``
 like Supabase's, with the gateway's ``reason`` and, for bad input, the field ``violations``.
+
+**Cookie sessions (the dashboard).** A request with the header ``X-Zx-Session: cookie`` gets its refresh
+token as an ``HttpOnly; SameSite=Strict; Path=/auth/v1/`` cookie (``Secure`` over https) instead of in
+the JSON (``"refresh_token": ""``), so page scripts never hold it; a refresh with that header and no
+``refresh_token`` in the body reads the cookie; a logout with it revokes the cookie's session (even when
+the access token has expired) and clears the cookie. The custom header is required for every use of the
+cookie: a cross-site form or ``fetch`` cannot send it without a CORS preflight, which the edge never
+grants, so the cookie cannot be used by another site (CSRF), on top of ``SameSite=Strict``.
+
+**Client address.** Sign-in failures and sign-ups are counted per client address: the TCP peer, or,
+when the peer is one of the trusted proxies (``ZX_GATEWAY_TRUSTED_PROXIES``), the right-most
+``X-Forwarded-For`` address that is not itself a trusted proxy (the left-most entries are whatever
+the client claimed and are never believed).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -27,6 +42,12 @@ from zehanx_gateway.accounts import AccountService, Session
 
 PREFIX = "/auth/v1/"
 MAX_BODY = 64 * 1024
+#: The cookie that holds the refresh token of a cookie session, and how long the browser keeps it.
+REFRESH_COOKIE = "zx_refresh"
+REFRESH_COOKIE_SECONDS = 30 * 86_400
+SESSION_HEADER = b"x-zx-session"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Domain code → (HTTP status, Supabase error_code).
 _HTTP = {
@@ -43,10 +64,18 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 class AuthRoutes:
     """The ASGI handler of ``/auth/v1/*`` over an :class:`AccountService` (None: accounts are off)."""
 
-    def __init__(self, accounts: AccountService | None, *, audience: str, disabled_reason: str = "") -> None:
+    def __init__(
+        self,
+        accounts: AccountService | None,
+        *,
+        audience: str,
+        disabled_reason: str = "",
+        trusted_proxies: Sequence[str] = (),
+    ) -> None:
         self._accounts = accounts
         self._audience = audience
         self._disabled_reason = disabled_reason
+        self._trusted: list[Network] = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
         self._log = get_logger("zehanx.accounts")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
@@ -62,23 +91,40 @@ class AuthRoutes:
                 )
                 return
             body = await _body(receive)
-            client = (scope.get("client") or ("", 0))[0] or ""
+            client = client_address(scope, self._trusted)
+            cookie_mode = _header(scope, SESSION_HEADER).lower() == "cookie"
+            secure = self._secure(scope)
             if path == "signup":
-                session = await self._accounts.sign_up(_text(body, "email"), _text(body, "password"))
-                await _json(send, 200, self._session_json(session))
+                session = await self._accounts.sign_up(
+                    _text(body, "email"), _text(body, "password"), client=client
+                )
+                await self._answer_session(send, session, cookie_mode, secure)
             elif path == "token" and query.get("grant_type") == "password":
                 session = await self._accounts.sign_in(
                     _text(body, "email"), _text(body, "password"), client=client
                 )
-                await _json(send, 200, self._session_json(session))
+                await self._answer_session(send, session, cookie_mode, secure)
             elif path == "token" and query.get("grant_type") == "refresh_token":
-                session = await self._accounts.refresh(_text(body, "refresh_token"))
-                await _json(send, 200, self._session_json(session))
+                token = _text(body, "refresh_token")
+                if not token and cookie_mode:
+                    token = _cookie(scope, REFRESH_COOKIE)
+                session = await self._accounts.refresh(token)
+                await self._answer_session(send, session, cookie_mode, secure)
             elif path == "logout":
-                token = _bearer(scope)
                 everywhere = query.get("scope", "global") != "local"
-                await self._accounts.sign_out(token, everywhere=everywhere)
-                await _json(send, 204, None)
+                cookie_token = _cookie(scope, REFRESH_COOKIE) if cookie_mode else ""
+                try:
+                    await self._accounts.sign_out(_bearer(scope), everywhere=everywhere)
+                except errors.Unauthenticated:
+                    if not cookie_mode:
+                        raise
+                    # An expired access token: the cookie still names the session to end.
+                    await self._accounts.sign_out_refresh(cookie_token)
+                else:
+                    if cookie_token and not everywhere:
+                        await self._accounts.sign_out_refresh(cookie_token)
+                headers = [_clear_cookie(secure)] if cookie_mode else []
+                await _json(send, 204, None, headers)
             else:
                 await _json(
                     send,
@@ -100,10 +146,31 @@ class AuthRoutes:
                     {"field": v.field, "description": v.description} for v in err.violations
                 ]
             headers = []
+            if (
+                path == "token"
+                and err.code == "UNAUTHENTICATED"
+                and query.get("grant_type") == "refresh_token"
+            ):
+                if _header(scope, SESSION_HEADER).lower() == "cookie":
+                    headers.append(_clear_cookie(self._secure(scope)))  # a dead cookie is dropped
             if "retry_after_seconds" in err.metadata:
                 headers.append((b"retry-after", err.metadata["retry_after_seconds"].encode()))
             self._log.info("auth refused", path=path, reason=err.reason)
             await _json(send, status, answer, headers)
+
+    def _secure(self, scope: dict[str, Any]) -> bool:
+        """Whether the browser reached the edge over https (directly or through a trusted proxy)."""
+        if scope.get("scheme") == "https":
+            return True
+        return _peer_trusted(scope, self._trusted) and _header(scope, b"x-forwarded-proto").lower() == "https"
+
+    async def _answer_session(self, send: Send, session: Session, cookie_mode: bool, secure: bool) -> None:
+        body = self._session_json(session)
+        headers = []
+        if cookie_mode:
+            headers.append(_set_cookie(session.refresh_token, secure))
+            body["refresh_token"] = ""
+        await _json(send, 200, body, headers)
 
     def _session_json(self, session: Session) -> dict[str, Any]:
         return {
@@ -150,6 +217,69 @@ def _text(body: dict[str, Any], name: str) -> str:
             reason="VALIDATION_FAILED",
         )
     return value
+
+
+def client_address(scope: dict[str, Any], trusted: Sequence[Network]) -> str:
+    """The address requests are counted against (see the module's notes on X-Forwarded-For)."""
+    peer = (scope.get("client") or ("", 0))[0] or ""
+    if not _peer_trusted(scope, trusted):
+        return peer
+    forwarded = [
+        part.strip()
+        for value in _headers(scope, b"x-forwarded-for")
+        for part in value.split(",")
+        if part.strip()
+    ]
+    for hop in reversed(forwarded):
+        address = _ip(hop)
+        if address is None:
+            return peer  # a malformed hop: believe nothing beyond it
+        if not any(address in net for net in trusted):
+            return str(address)
+    return peer
+
+
+def _peer_trusted(scope: dict[str, Any], trusted: Sequence[Network]) -> bool:
+    peer = _ip((scope.get("client") or ("", 0))[0] or "")
+    return peer is not None and any(peer in net for net in trusted)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip().removeprefix("[").split("]")[0])
+    except ValueError:
+        return None
+
+
+def _headers(scope: dict[str, Any], name: bytes) -> list[str]:
+    return [bytes(v).decode("latin-1") for k, v in scope.get("headers", ()) if k.lower() == name]
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str:
+    found = _headers(scope, name)
+    return found[0].strip() if found else ""
+
+
+def _cookie(scope: dict[str, Any], name: str) -> str:
+    for value in _headers(scope, b"cookie"):
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(value)
+        except Exception:  # a malformed Cookie header: no cookie
+            continue
+        if name in jar:
+            return jar[name].value
+    return ""
+
+
+def _set_cookie(token: str, secure: bool) -> tuple[bytes, bytes]:
+    value = f"{REFRESH_COOKIE}={token}; Path={PREFIX}; Max-Age={REFRESH_COOKIE_SECONDS}; HttpOnly; SameSite=Strict"
+    return (b"set-cookie", (value + ("; Secure" if secure else "")).encode())
+
+
+def _clear_cookie(secure: bool) -> tuple[bytes, bytes]:
+    value = f"{REFRESH_COOKIE}=; Path={PREFIX}; Max-Age=0; HttpOnly; SameSite=Strict"
+    return (b"set-cookie", (value + ("; Secure" if secure else "")).encode())
 
 
 def _bearer(scope: dict[str, Any]) -> str:
