@@ -100,7 +100,10 @@ def up(
         if edge.edge_enabled:
             port = edge.port_for(settings.gateway_port)
             where = f"http://{settings.connect_host}:{port}" if port else "a free port (see logs/gateway.log)"
-            console.print(f"Web edge (Connect over HTTP/1.1, curl or a browser): {where}", highlight=False)
+            console.print(
+                f"Dashboard (sign up in a browser; the API over Connect/HTTP on the same port): {where}",
+                highlight=False,
+            )
         console.print(f"Logs: {settings.logs_dir}", highlight=False)
         if detach:
             console.print(f"Stop it with: {jobs.zx_command()} down", highlight=False)
