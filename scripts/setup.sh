@@ -107,4 +107,7 @@ if [[ -f scripts/gen_protos.py ]]; then
   fi
 fi
 
+# 7. The web dashboard (web/dist) the gateway's edge serves; skipped when its inputs are unchanged.
+[[ -x scripts/build_web.sh ]] && scripts/build_web.sh
+
 say "done in $(awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')s"

@@ -245,7 +245,7 @@ async def test_unknown_and_other_users_ids_are_not_found(edge: Edge) -> None:
 async def test_unknown_paths_and_plain_grpc_get_clear_http_answers(edge: Edge) -> None:
     missing = await edge.http.post(f"{SERVICE}/NoSuchMethod", json={})
     assert missing.status_code == 404
-    elsewhere = await edge.http.get("/nothing/here")
+    elsewhere = await edge.http.get("/nothing/here.js")  # extensionless paths are the web app's routes
     assert elsewhere.status_code == 404
     grpc_call = await edge.http.post(
         f"{SERVICE}/GetJob", content=b"", headers={"content-type": "application/grpc"}

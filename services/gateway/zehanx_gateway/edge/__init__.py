@@ -3,7 +3,8 @@
 Same process, same servicer, same authenticator and validation as the gRPC port: a browser, curl or any
 Connect client calls ``POST http://<host>:47100/zehanx.gateway.v1.GatewayService/<Method>`` with JSON
 (``application/json``) or binary (``application/proto``) bodies; server streams (WatchJob,
-DownloadModel) use Connect's enveloped streaming (``application/connect+json``).
+DownloadModel) use Connect's enveloped streaming (``application/connect+json``). Every other GET is the
+web dashboard (``web/dist``) and its ``/config.json``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from zehanx.gateway.v1 import gateway_service_pb2
 from zehanx_gateway.accounts import AccountService, PostgresAccountStore, SessionConfig
 from zehanx_gateway.edge.auth_routes import AuthRoutes
 from zehanx_gateway.edge.connect import ConnectAdapter, ConnectService
-from zehanx_gateway.edge.server import EdgeApp, RunningEdge, start_edge
+from zehanx_gateway.edge.server import EdgeApp, RunningEdge, WebApp, start_edge
 from zehanx_gateway.edge.settings import EdgeSettings
 
 if TYPE_CHECKING:
@@ -33,7 +34,12 @@ def edge_app(gateway: Gateway, settings: EdgeSettings | None = None) -> EdgeApp:
         SERVICE, gateway.servicer, check=gateway.authenticator.check, service_name="gateway"
     )
     service = ConnectService(adapter, read_max_bytes=gateway.settings.max_message_bytes)
-    return EdgeApp(service, auth_routes(gateway, settings))
+    web = WebApp(
+        settings.edge_web_dir,
+        supabase_url=settings.edge_supabase_url,
+        anon_key=settings.edge_supabase_anon_key.get_secret_value(),
+    )
+    return EdgeApp(service, auth_routes(gateway, settings), web)
 
 
 def auth_routes(gateway: Gateway, settings: EdgeSettings) -> AuthRoutes:
@@ -45,7 +51,9 @@ def auth_routes(gateway: Gateway, settings: EdgeSettings) -> AuthRoutes:
             "email and password accounts need the gateway's JWT secret to sign sessions: set "
             "ZX_GATEWAY_JWT_SECRET (32 characters or more)"
         )
-        return AuthRoutes(None, audience=audience, disabled_reason=reason)
+        return AuthRoutes(
+            None, audience=audience, disabled_reason=reason, trusted_proxies=settings.trusted_proxies
+        )
     config = SessionConfig(
         secret=secret,
         audience=audience,
@@ -54,8 +62,14 @@ def auth_routes(gateway: Gateway, settings: EdgeSettings) -> AuthRoutes:
         max_failures_per_email=settings.sign_in_max_failures,
         max_failures_per_client=settings.sign_in_max_failures_per_client,
         failure_window_seconds=settings.sign_in_window_seconds,
+        max_sign_ups_per_client=settings.sign_up_max_per_client,
+        sign_up_window_seconds=settings.sign_up_window_seconds,
     )
-    return AuthRoutes(AccountService(PostgresAccountStore(gateway.pool), config), audience=audience)
+    return AuthRoutes(
+        AccountService(PostgresAccountStore(gateway.pool), config),
+        audience=audience,
+        trusted_proxies=settings.trusted_proxies,
+    )
 
 
 async def serve_edge(gateway: Gateway, settings: EdgeSettings) -> RunningEdge:

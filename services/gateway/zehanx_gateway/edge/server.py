@@ -3,6 +3,10 @@
 It serves ``/zehanx.gateway.v1.GatewayService/<Method>`` over the Connect protocol (JSON or binary,
 unary and server streaming; gRPC-Web too, which connectrpc picks by content type). Plain gRPC
 (``application/grpc``) needs HTTP/2 and trailers: it is refused here with a pointer to the gRPC port.
+The web dashboard (``web/dist``, built by ``make setup``) is served from the same origin, so the page
+needs no CORS: ``GET /`` and app routes (``/jobs/<id>``…) answer its ``index.html``, its files answer
+themselves, and ``/config.json`` tells the page where to sign in. Connect and ``/auth/v1/`` paths come
+first; every page response carries a strict Content-Security-Policy (no inline script).
 
 A stream whose client went away is cancelled at once, so a WatchJob on a quiet job does not hold its
 subscription until the next event. The server never installs signal handlers: the gateway's
@@ -17,7 +21,9 @@ import json
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import uvicorn
 from connectrpc.errors import ConnectError
@@ -30,14 +36,119 @@ Receive = Any
 Send = Any
 
 
+#: Files of the built app served as themselves, by extension; any other path without an extension is an
+#: app route (the page's own router reads it) and answers index.html.
+_STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".txt": "text/plain; charset=utf-8",
+    ".map": "application/json",
+}
+
+
+def content_security_policy(auth_origin: str = "") -> str:
+    """The page's CSP: everything from this origin only (plus the Supabase origin for sign-in), no
+    inline script or style, no framing, no plugins."""
+    connect = "'self'" + (f" {auth_origin}" if auth_origin else "")
+    return (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+        f"connect-src {connect}; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; "
+        "form-action 'self'"
+    )
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of ``url`` ("" when it has none)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
+
+
+class WebApp:
+    """The built dashboard in ``root`` (``web/dist``) and its ``/config.json``.
+
+    ``supabase_url``: sign-in goes to Supabase Auth at ``<url>/auth/v1`` with ``anon_key``; unset: to this
+    edge's own ``/auth/v1``. A missing build answers 503 with what to run, never a stack trace.
+    """
+
+    def __init__(self, root: Path, *, supabase_url: str = "", anon_key: str = "") -> None:
+        self._root = root.resolve()
+        supabase_url = supabase_url.rstrip("/")
+        self._config = json.dumps(
+            {
+                "auth": {
+                    "mode": "supabase" if supabase_url else "local",
+                    "url": f"{supabase_url}/auth/v1" if supabase_url else "/auth/v1",
+                    "anonKey": anon_key if supabase_url else "",
+                }
+            }
+        ).encode()
+        self._headers = [
+            (b"content-security-policy", content_security_policy(origin_of(supabase_url)).encode()),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),
+            (b"x-frame-options", b"DENY"),
+            (b"cross-origin-opener-policy", b"same-origin"),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        if method not in ("GET", "HEAD"):
+            await _plain(send, 405, {"code": "method_not_allowed", "message": "the web app answers GET only"})
+            return
+        path = unquote(scope["path"])
+        if path == "/config.json":
+            await self._respond(send, 200, "application/json", self._config, method, cache="no-store")
+            return
+        name = path.rsplit("/", 1)[-1]
+        suffix = Path(name).suffix.lower()
+        if suffix:  # a file of the app (app.js, app.css…): itself or 404
+            target = (self._root / path.lstrip("/")).resolve()
+            if suffix not in _STATIC_TYPES or not target.is_relative_to(self._root) or not target.is_file():
+                body = f"no such file: {path}\n".encode()
+                await self._respond(send, 404, "text/plain; charset=utf-8", body, method)
+                return
+        else:  # an app route (/, /jobs/<id>…): the page, whose router reads the path
+            target = self._root / "index.html"
+            suffix = ".html"
+            if not target.is_file():
+                body = (
+                    f"The web dashboard is not built ({target} is missing): run `make setup` "
+                    "(or scripts/build_web.sh).\n"
+                ).encode()
+                await self._respond(send, 503, "text/plain; charset=utf-8", body, method, cache="no-store")
+                return
+        await self._respond(send, 200, _STATIC_TYPES[suffix], target.read_bytes(), method)
+
+    async def _respond(
+        self, send: Send, status: int, content_type: str, body: bytes, method: str, *, cache: str = "no-cache"
+    ) -> None:
+        headers = [
+            (b"content-type", content_type.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", cache.encode()),
+            *self._headers,
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if method == "HEAD" else body, "more_body": False}
+        )
+
+
 class EdgeApp:
     """The ASGI application of the edge: Connect calls of the public service, the accounts' routes
-    (``/auth/v1/…``); 404 for anything else."""
+    (``/auth/v1/…``), then the web app (``web``) for every other path; 404 for anything else when the
+    edge has no web app."""
 
-    def __init__(self, service: ConnectService, auth: Any = None) -> None:
+    def __init__(self, service: ConnectService, auth: Any = None, web: WebApp | None = None) -> None:
         self._service = service
         self._prefix = service.path + "/"
         self._auth = auth
+        self._web = web
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -49,6 +160,9 @@ class EdgeApp:
             await self._auth(scope, receive, send)
             return
         if not scope["path"].startswith(self._prefix):
+            if self._web is not None and not scope["path"].startswith(AUTH_PREFIX):
+                await self._web(scope, receive, send)
+                return
             await _plain(send, 404, {"code": "not_found", "message": f"no such path: {scope['path']}"})
             return
         content_type = _header(scope, b"content-type")
@@ -170,6 +284,9 @@ async def start_edge(app: Any, *, host: str, port: int, grace: float = 5.0) -> R
         log_level="warning",
         timeout_graceful_shutdown=grace,
         server_header=False,
+        # uvicorn would otherwise rewrite the client address from X-Forwarded-For for peers on
+        # 127.0.0.1; the accounts decide whom to believe (ZX_GATEWAY_TRUSTED_PROXIES).
+        proxy_headers=False,
     )
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="zx-gateway-edge")

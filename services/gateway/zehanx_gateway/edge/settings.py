@@ -1,15 +1,21 @@
 """Settings of the gateway's browser edge (environment prefix ``ZX_GATEWAY_``, like the gateway's).
 
 A class of its own so that the gRPC API's settings stay the gateway's; both read the same prefix, so
-the edge's variables are ``ZX_GATEWAY_EDGE_PORT``, ``ZX_GATEWAY_EDGE_HOST`` and ``ZX_GATEWAY_EDGE_ENABLED``.
+the edge's variables are ``ZX_GATEWAY_EDGE_PORT``, ``ZX_GATEWAY_EDGE_HOST``, ``ZX_GATEWAY_EDGE_ENABLED``, the web
+app's ``ZX_GATEWAY_EDGE_WEB_DIR``, ``ZX_GATEWAY_EDGE_SUPABASE_URL`` and ``ZX_GATEWAY_EDGE_SUPABASE_ANON_KEY``.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EDGE_PORT = 47100
+#: The built dashboard in this checkout: <repo>/web/dist (scripts/build_web.sh, run by make setup).
+DEFAULT_WEB_DIR = Path(__file__).resolve().parents[4] / "web" / "dist"
 #: The gateway's default gRPC port: beside it, the edge takes its own default.
 DEFAULT_GATEWAY_PORT = 47101
 
@@ -60,3 +66,52 @@ class EdgeSettings(BaseSettings):
     sign_in_window_seconds: float = Field(
         900.0, ge=1, le=86_400, description="Sliding window over which failed sign-ins are counted."
     )
+    sign_up_max_per_client: int = Field(
+        10,
+        ge=1,
+        le=100_000,
+        description="Sign-ups per client address within the window before sign-up is refused (429).",
+    )
+    sign_up_window_seconds: float = Field(
+        3600.0, ge=1, le=7 * 86_400, description="Sliding window over which sign-ups are counted."
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or CIDRs of reverse proxies in front of the edge (a JSON list, e.g. "
+        '["10.0.0.0/8"]). Only from these is X-Forwarded-For believed (for per-client limits) and '
+        "X-Forwarded-Proto (for Secure cookies). Empty: the TCP peer is the client.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        return value
+
+    edge_web_dir: Path = Field(
+        DEFAULT_WEB_DIR,
+        description="Folder of the built web dashboard the edge serves at / (default: web/dist of this "
+        "checkout, built by make setup). Missing: / answers 503 saying to run make setup.",
+    )
+    edge_supabase_url: str = Field(
+        "",
+        description="Supabase project URL (https://<ref>.supabase.co): the web page then signs in through "
+        "Supabase Auth there instead of the edge's own /auth/v1 accounts. Empty: local accounts.",
+    )
+    edge_supabase_anon_key: SecretStr = Field(
+        SecretStr(""),
+        description="Supabase's public anon key the page sends as `apikey` to Supabase Auth (public by "
+        "design, kept out of logs all the same). Needed with ZX_GATEWAY_EDGE_SUPABASE_URL.",
+    )
+
+    @field_validator("edge_supabase_url")
+    @classmethod
+    def _https_origin(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL such as https://<ref>.supabase.co")
+        return value
