@@ -60,6 +60,8 @@ def gateway_settings(database_url: str, tmp_path: Path) -> GatewaySettings:
         jwt_audience="authenticated",
         jwt_issuer=JWT_ISSUER,
         artifact_dir=tmp_path / "artifacts",
+        # Uploads stay in the test's folder (the default is $ZX_HOME/uploads).
+        upload_dir=tmp_path / "uploads",
         # Nothing listens there: Predict without a trainer must fail clearly, not reach a real one.
         trainer_address=f"127.0.0.1:{free_port()}",
         grace_seconds=1.0,

@@ -258,6 +258,17 @@ def test_the_fuzzer_covers_every_public_rpc() -> None:
         "DownloadModel",
         "DeleteModel",
         "Predict",
+        "ListDatasets",
+        "GetDataset",
+        "UploadFile",
+        "CreateApiKey",
+        "ListApiKeys",
+        "RevokeApiKey",
+        "SetProviderKey",
+        "ListProviderKeys",
+        "DeleteProviderKey",
+        "GetUserSettings",
+        "UpdateUserSettings",
     }
     assert all(
         SERVICE.methods_by_name[m].server_streaming == (m in ("WatchJob", "DownloadModel")) for m in METHODS

@@ -123,6 +123,10 @@ async def test_rls_users_cannot_read_key_hashes_or_write_around_the_gateway(
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("select * from zehanx.api_keys")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("select * from zehanx.provider_keys")  # sealed or not, never exposed
+        assert conn.execute("select * from zehanx.uploads").fetchall() == []
+        assert conn.execute("select * from zehanx.user_settings").fetchall() == []
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("update zehanx.jobs set state = 'SUCCEEDED' where id = %s", (alice_job,))
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("delete from zehanx.models")
@@ -150,8 +154,12 @@ async def test_without_supabase_the_tables_still_enable_rls_and_skip_the_policie
         "job_events": True,
         "jobs": True,
         "models": True,
+        "provider_keys": True,
         "sessions": True,
         "sign_in_failures": True,
+        "sign_up_attempts": True,
+        "uploads": True,
+        "user_settings": True,
         "users": True,
     }
     assert policies == {"n": 0}

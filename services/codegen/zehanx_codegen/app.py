@@ -22,24 +22,43 @@ def build_codegen(settings: CodegenSettings, *, groq_client: groq.Groq | None = 
         if groq_client is None:
             if settings.groq_api_key is None:
                 raise RuntimeError("ZX_CODEGEN_BACKEND=groq needs ZX_CODEGEN_GROQ_API_KEY")
-            groq_client = groq.Groq(
-                api_key=settings.groq_api_key.get_secret_value(),
-                base_url=settings.groq_base_url,
-                timeout=settings.groq_timeout_s,
-                max_retries=settings.groq_max_retries,
-            )
+            groq_client = _client(settings, settings.groq_api_key.get_secret_value())
         writer = GroqWriter(
             groq_client,
             settings.groq_models,
             validator,
             max_completion_tokens=settings.groq_max_completion_tokens,
         )
+    base = groq_client
+
+    def writer_for_key(api_key: str) -> GroqWriter:
+        # A job owner's own key, for one call: the configured client (its transport, timeouts and
+        # retries) with the key replaced, or a new client when the backend is the templates.
+        client = base.with_options(api_key=api_key) if base is not None else _client(settings, api_key)
+        return GroqWriter(
+            client,
+            settings.groq_models,
+            validator,
+            max_completion_tokens=settings.groq_max_completion_tokens,
+            key_name="the job owner's own Groq key",
+        )
+
     return Codegen(
         Planner(InstalledPackages(allow_pretrained=settings.allow_pretrained_encoder)),
         TemplateGenerator(),
         validator,
         writer,
         time_budget_s=settings.time_budget_s,
+        writer_for_key=writer_for_key,
+    )
+
+
+def _client(settings: CodegenSettings, api_key: str) -> groq.Groq:
+    return groq.Groq(
+        api_key=api_key,
+        base_url=settings.groq_base_url,
+        timeout=settings.groq_timeout_s,
+        max_retries=settings.groq_max_retries,
     )
 
 

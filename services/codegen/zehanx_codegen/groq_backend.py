@@ -104,6 +104,7 @@ class GroqWriter:
         *,
         max_completion_tokens: int = 16_384,
         temperature: float = 0.2,
+        key_name: str = "ZX_CODEGEN_GROQ_API_KEY",
     ) -> None:
         if not models:
             raise ValueError("GroqWriter needs at least one model name")
@@ -112,6 +113,8 @@ class GroqWriter:
         self.validator = validator
         self.max_completion_tokens = max_completion_tokens
         self.temperature = temperature
+        #: Whose key the client holds, for the message when Groq refuses it.
+        self.key_name = key_name
 
     def write(self, prompt: str, plan: Plan, profile: DatasetProfile | None, reference: Program) -> Written:
         return self._converse(prompts.generate_messages(prompt, plan, profile, reference))
@@ -178,7 +181,7 @@ class GroqWriter:
                     ) from None
                 except (groq.AuthenticationError, groq.PermissionDeniedError) as exc:
                     raise FailedPrecondition(
-                        f"Groq refused the API key ({exc.status_code}): check ZX_CODEGEN_GROQ_API_KEY",
+                        f"Groq refused the API key ({exc.status_code}): check {self.key_name}",
                         reason="BACKEND_AUTH",
                     ) from None
                 except (groq.APIConnectionError, groq.InternalServerError) as exc:

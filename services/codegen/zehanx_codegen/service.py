@@ -7,6 +7,8 @@ the Groq writer. Every program returned has passed the validator.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from zehanx_runtime.errors import FailedPrecondition
 
 from zehanx_codegen.domain import (
@@ -36,12 +38,22 @@ class Codegen:
         writer: GroqWriter | None = None,
         *,
         time_budget_s: float = 180.0,
+        writer_for_key: Callable[[str], GroqWriter] | None = None,
     ) -> None:
         self.planner = planner
         self.templates = templates
         self.validator = validator
         self.writer = writer
         self.time_budget_s = time_budget_s
+        #: A Groq writer using a caller's own key (a job owner's, sent by the gateway) for one call.
+        self.writer_for_key = writer_for_key
+
+    def _writer(self, groq_api_key: str | None) -> GroqWriter | None:
+        """The caller's own Groq key, when given, writes with Groq on that key instead of the
+        configured backend and key."""
+        if groq_api_key and self.writer_for_key is not None:
+            return self.writer_for_key(groq_api_key)
+        return self.writer
 
     @property
     def backend(self) -> str:
@@ -68,11 +80,19 @@ class Codegen:
             )
         return program
 
-    def generate(self, prompt: str, plan: Plan, profile: DatasetProfile | None = None) -> Generated:
+    def generate(
+        self,
+        prompt: str,
+        plan: Plan,
+        profile: DatasetProfile | None = None,
+        *,
+        groq_api_key: str | None = None,
+    ) -> Generated:
         reference = self._render(plan, prompt)
-        if self.writer is None:
+        writer = self._writer(groq_api_key)
+        if writer is None:
             return Generated(reference, self.validator.validate(reference), "template")
-        written = self.writer.write(prompt, plan, profile, reference)
+        written = writer.write(prompt, plan, profile, reference)
         return Generated(written.program, written.validation, f"groq:{written.model}", (written.summary,))
 
     def repair(
@@ -82,13 +102,16 @@ class Codegen:
         failure: ProgramFailure,
         attempt: int,
         profile: DatasetProfile | None = None,
+        *,
+        groq_api_key: str | None = None,
     ) -> Repaired:
         if not 1 <= attempt <= MAX_REPAIRS:
             raise FailedPrecondition(
                 f"attempt {attempt}: at most {MAX_REPAIRS} repairs", reason="TOO_MANY_REPAIRS"
             )
-        if self.writer is not None:
-            written = self.writer.repair(program, plan, failure, attempt)
+        writer = self._writer(groq_api_key)
+        if writer is not None:
+            written = writer.repair(program, plan, failure, attempt)
             return Repaired(
                 written.program, written.validation, f"groq:{written.model}",
                 written.summary or "rewritten by the model after the failure",

@@ -4,16 +4,25 @@ are quick, but a Groq call blocks for seconds), convert out."""
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import grpc
 from zehanx.codegen.v1 import codegen_service_pb2 as pb
 from zehanx.codegen.v1 import codegen_service_pb2_grpc as rpc
+from zehanx_runtime import provider_keys
 
 from zehanx_codegen import convert
 from zehanx_codegen.schema import apply_schema
 from zehanx_codegen.service import Codegen
 
 SERVICE_NAME = "zehanx.codegen.v1.CodegenService"
+
+
+def _groq_key(context: grpc.aio.ServicerContext | None) -> str | None:
+    """The job owner's own Groq key, when the gateway sent one with this call."""
+    if context is None:
+        return None
+    return provider_keys.caller_key(context.invocation_metadata(), provider_keys.GROQ_KEY)
 
 
 class CodegenServicer(rpc.CodegenServiceServicer):
@@ -38,7 +47,10 @@ class CodegenServicer(rpc.CodegenServiceServicer):
     ) -> pb.GenerateProgramResponse:
         profile = apply_schema(convert.profile(request.profile), request.schema_json)
         generated = await asyncio.to_thread(
-            self.codegen.generate, request.prompt, convert.plan(request.plan), profile
+            functools.partial(self.codegen.generate, groq_api_key=_groq_key(context)),
+            request.prompt,
+            convert.plan(request.plan),
+            profile,
         )
         return pb.GenerateProgramResponse(
             program=convert.program_pb(generated.program),
@@ -53,7 +65,7 @@ class CodegenServicer(rpc.CodegenServiceServicer):
         if request.HasField("profile"):
             profile = apply_schema(convert.profile(request.profile), request.schema_json)
         repaired = await asyncio.to_thread(
-            self.codegen.repair,
+            functools.partial(self.codegen.repair, groq_api_key=_groq_key(context)),
             convert.program(request.program),
             convert.plan(request.plan),
             convert.failure(request.error),

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from google.protobuf import timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 from zehanx.common.v1 import dataset_pb2, task_family_pb2
 from zehanx.crawler.v1 import crawler_service_pb2 as pb
 from zehanx.crawler.v1 import crawler_service_pb2_grpc as rpc
@@ -30,6 +31,11 @@ from zehanx_crawler.model import (
 
 SERVICE_NAME = "zehanx.crawler.v1.CrawlerService"
 DEFAULT_PAGE_SIZE = 100
+#: Rows of the training split shown as a preview, and the longest text kept of any value in them.
+PREVIEW_ROWS = 20
+PREVIEW_TEXT_CHARS = 500
+#: A preview stops growing past this many bytes of JSON (a row of 10,000 columns is no preview).
+PREVIEW_MAX_BYTES = 256 * 1024
 
 _TASKS = {
     Task.TEXT_CLASSIFICATION: task_family_pb2.TASK_FAMILY_TEXT_CLASSIFICATION,
@@ -82,6 +88,15 @@ def to_build_request(request: pb.BuildDatasetRequest) -> BuildRequest:
             sources.append(Source(SourceKind.LOCAL_PATH, source.local_path))
         elif kind == "catalog_name":
             sources.append(Source(SourceKind.CATALOGUE, source.catalog_name))
+        elif kind == "upload_id":
+            violations.append(
+                FieldViolation(
+                    f"sources[{i}].upload_id",
+                    "upload ids are resolved by the gateway (to a local_path); the crawler reads url, "
+                    "local_path or catalog_name sources",
+                    "UPLOAD_ID_NOT_RESOLVED",
+                )
+            )
         else:  # pragma: no cover - protovalidate requires the oneof
             violations.append(FieldViolation(f"sources[{i}]", "exactly one of url, local_path, catalog_name"))
     if len(set(sources)) != len(sources):
@@ -199,6 +214,38 @@ def profile_message(dataset: BuiltDataset, samples: dict[str, list[str]]) -> dat
     )
 
 
+def _cut(value: Any) -> Any:
+    """A stored value for the preview: text cut to PREVIEW_TEXT_CHARS, containers cut inside."""
+    if isinstance(value, str):
+        return value[:PREVIEW_TEXT_CHARS]
+    if isinstance(value, list):
+        return [_cut(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k)[:PREVIEW_TEXT_CHARS]: _cut(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON (and so a Struct shown to a browser) has no NaN or infinity
+    return value
+
+
+def preview_rows(path: str) -> list[struct_pb2.Struct]:
+    """The first PREVIEW_ROWS rows of a JSONL split as stored, long text cut, for a preview."""
+    rows: list[struct_pb2.Struct] = []
+    used = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if len(rows) >= PREVIEW_ROWS:
+                break
+            record = _cut(json.loads(line))
+            size = len(json.dumps(record, ensure_ascii=False))
+            if rows and used + size > PREVIEW_MAX_BYTES:
+                break
+            used += size
+            row = struct_pb2.Struct()
+            row.update(record)
+            rows.append(row)
+    return rows
+
+
 def dataset_message(dataset: BuiltDataset, samples: dict[str, list[str]]) -> crawler_dataset_pb2.Dataset:
     splits = dataset.splits
     schema_path = f"{dataset.directory}/schema.json"
@@ -244,6 +291,7 @@ def dataset_message(dataset: BuiltDataset, samples: dict[str, list[str]]) -> cra
         test_row_count=splits["test"].rows,
         create_time=_timestamp(dataset.created_at),
         warnings=dataset.notes,
+        preview_rows=preview_rows(splits["train"].path),
     )
 
 

@@ -13,15 +13,20 @@ from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
 from zehanx_runtime.server import ServiceBinding
 
 from zehanx_gateway import db
+from zehanx_gateway.api_keys import ApiKeyService
 from zehanx_gateway.artifacts import ArtifactStore, LocalArtifactStore
 from zehanx_gateway.auth import Authenticator, JwtConfig, JwtVerifier
+from zehanx_gateway.datasets import DatasetService
 from zehanx_gateway.fanout import EventHub
 from zehanx_gateway.jobs import JobService
 from zehanx_gateway.models import ModelService
+from zehanx_gateway.provider_keys import ProviderKeyService
 from zehanx_gateway.repository import PostgresRegistry
 from zehanx_gateway.servicer import SERVICE_NAME, GatewayServicer
 from zehanx_gateway.settings import GatewaySettings
 from zehanx_gateway.trainer_client import GrpcTrainerPredictor
+from zehanx_gateway.uploads import UploadService
+from zehanx_gateway.user_settings import UserSettingsService
 
 
 @dataclass
@@ -36,6 +41,8 @@ class Gateway:
     authenticator: Authenticator
     servicer: GatewayServicer
     predictor: GrpcTrainerPredictor
+    uploads: UploadService
+    provider_keys: ProviderKeyService
 
     @classmethod
     async def open(cls, settings: GatewaySettings, *, artifacts: ArtifactStore | None = None) -> Gateway:
@@ -73,7 +80,14 @@ class Gateway:
         )
         hub.start(url if settings.event_listen else None)
         store = artifacts or LocalArtifactStore(settings.artifact_root)
-        jobs = JobService(registry, hub, max_active_jobs=settings.max_active_jobs_per_user)
+        uploads = UploadService(registry, settings.upload_root)
+        jobs = JobService(
+            registry,
+            hub,
+            max_active_jobs=settings.max_active_jobs_per_user,
+            source_check=uploads.check_sources,
+        )
+        provider_keys = ProviderKeyService(registry, settings.secrets_key_value())
         predictor = GrpcTrainerPredictor(
             settings.trainer_address,
             settings.trainer_token_value,
@@ -89,8 +103,18 @@ class Gateway:
             models=models,
             artifacts=store,
             authenticator=Authenticator(registry, registry, verifier),
-            servicer=GatewayServicer(jobs, models),
+            servicer=GatewayServicer(
+                jobs,
+                models,
+                datasets=DatasetService(registry),
+                uploads=uploads,
+                api_keys=ApiKeyService(registry),
+                provider_keys=provider_keys,
+                user_settings=UserSettingsService(registry),
+            ),
             predictor=predictor,
+            uploads=uploads,
+            provider_keys=provider_keys,
         )
 
     def binding(self) -> ServiceBinding:

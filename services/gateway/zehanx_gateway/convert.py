@@ -17,11 +17,13 @@ from google.protobuf import any_pb2, json_format, timestamp_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from zehanx.common.v1 import prediction_pb2, task_family_pb2
-from zehanx.gateway.v1 import job_event_pb2, job_pb2, model_pb2
+from zehanx.gateway.v1 import account_pb2, dataset_record_pb2, job_event_pb2, job_pb2, model_pb2
 from zehanx_runtime.errors import FieldViolation, InvalidArgument
 
 from zehanx_gateway.domain import (
     STATE_CHANGE,
+    ApiKey,
+    DatasetRecord,
     Job,
     JobEvent,
     JobState,
@@ -30,6 +32,10 @@ from zehanx_gateway.domain import (
     NewModel,
     PendingEvent,
     Prediction,
+    Provider,
+    SealedProviderKey,
+    Upload,
+    UserSettings,
 )
 
 ERROR_DOMAIN = "gateway.zehanx"
@@ -285,4 +291,71 @@ def prediction_to_proto(prediction: Prediction) -> prediction_pb2.Prediction:
     message = prediction_pb2.Prediction(probabilities=dict(prediction.probabilities))
     if prediction.output is not None:
         json_format.ParseDict(prediction.output, message.output)
+    return message
+
+
+# -- datasets and uploads --------------------------------------------------------------------------
+
+
+def dataset_record_to_proto(record: DatasetRecord) -> dataset_record_pb2.DatasetRecord:
+    message = dataset_record_pb2.DatasetRecord(job_id=str(record.job_id), job_prompt=record.job_prompt)
+    message.create_time.CopyFrom(_timestamp(record.create_time))
+    _from_json(record.payload, message.dataset)
+    return message
+
+
+def upload_to_proto(upload: Upload) -> dataset_record_pb2.UploadedFile:
+    message = dataset_record_pb2.UploadedFile(
+        upload_id=str(upload.id), filename=upload.filename, size_bytes=upload.size_bytes, sha256=upload.sha256
+    )
+    message.create_time.CopyFrom(_timestamp(upload.create_time))
+    return message
+
+
+# -- API keys, provider keys, settings ------------------------------------------------------------------
+
+
+def api_key_to_proto(key: ApiKey) -> account_pb2.ApiKey:
+    message = account_pb2.ApiKey(key_id=key.id, label=key.label)
+    message.create_time.CopyFrom(_timestamp(key.create_time))
+    if key.revoke_time is not None:
+        message.revoke_time.CopyFrom(_timestamp(key.revoke_time))
+    return message
+
+
+def provider_of(value: int) -> Provider:
+    """The domain provider of a request's enum (protovalidate refuses 0 and unknown numbers first)."""
+    try:
+        return Provider(account_pb2.Provider.Name(value).removeprefix("PROVIDER_"))
+    except ValueError:
+        raise InvalidArgument(
+            "provider must be GROQ, FIRECRAWL or E2B",
+            violations=[FieldViolation("provider", "must be a defined provider", "enum.defined_only")],
+        ) from None
+
+
+def provider_key_to_proto(key: SealedProviderKey) -> account_pb2.ProviderKey:
+    """The user's view of a stored key: the provider and the hint, never the secret."""
+    message = account_pb2.ProviderKey(
+        provider=account_pb2.Provider.Value(f"PROVIDER_{key.provider.value}"), hint=key.hint
+    )
+    message.update_time.CopyFrom(_timestamp(key.update_time))
+    return message
+
+
+def user_settings_json(settings: account_pb2.UserSettings) -> dict[str, Any]:
+    """What to store of new settings (output-only fields dropped)."""
+    inputs = account_pb2.UserSettings()
+    inputs.CopyFrom(settings)
+    inputs.ClearField("update_time")
+    payload = _to_json(inputs)
+    _reject_nul(payload, "settings")
+    return payload
+
+
+def user_settings_to_proto(settings: UserSettings) -> account_pb2.UserSettings:
+    message = _from_json(settings.settings, account_pb2.UserSettings())
+    assert isinstance(message, account_pb2.UserSettings)
+    if settings.update_time is not None:
+        message.update_time.CopyFrom(_timestamp(settings.update_time))
     return message

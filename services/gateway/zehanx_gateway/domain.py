@@ -219,6 +219,56 @@ class ApiKey:
     revoke_time: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class DatasetRecord:
+    """The dataset a job built: its ``dataset_built`` event (payload as stored) and the job's prompt."""
+
+    job_id: uuid.UUID
+    job_prompt: str
+    create_time: datetime
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A file a user uploaded to use as a job source. The bytes are in the upload folder."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    filename: str
+    size_bytes: int
+    sha256: str
+    create_time: datetime
+
+
+class Provider(enum.StrEnum):
+    """A cloud service whose key a user may store (``zehanx.gateway.v1.Provider``)."""
+
+    GROQ = "GROQ"
+    FIRECRAWL = "FIRECRAWL"
+    E2B = "E2B"
+
+
+@dataclass(frozen=True, slots=True)
+class SealedProviderKey:
+    """A stored provider key: sealed (AES-256-GCM) with its nonce, and the hint shown to its owner."""
+
+    user_id: uuid.UUID
+    provider: Provider
+    nonce: bytes
+    sealed: bytes
+    hint: str
+    update_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UserSettings:
+    """A user's settings as stored (the JSON form of ``UserSettings``); ``update_time`` None: never set."""
+
+    settings: Mapping[str, Any]
+    update_time: datetime | None
+
+
 T = TypeVar("T")
 
 

@@ -8,8 +8,8 @@ live watchers see it without waiting for a notification.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from zehanx_runtime import errors
 
@@ -51,15 +51,29 @@ class JobStore(Protocol):
     ) -> list[JobEvent]: ...
 
 
+#: Checks a new job's sources (JSON form) for the caller; raises INVALID_ARGUMENT naming bad ones.
+SourceCheck = Callable[[Principal, Sequence[Mapping[str, Any]]], Awaitable[None]]
+
+
 class JobService:
-    def __init__(self, store: JobStore, hub: EventHub, *, max_active_jobs: int | None = None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        hub: EventHub,
+        *,
+        max_active_jobs: int | None = None,
+        source_check: SourceCheck | None = None,
+    ) -> None:
         self._store = store
         self._hub = hub
         self._max_active = max_active_jobs
+        self._source_check = source_check
 
     # -- the public API ---------------------------------------------------------------------------
 
     async def create(self, principal: Principal, new: NewJob) -> Job:
+        if self._source_check is not None:
+            await self._source_check(principal, list(new.spec.get("sources") or []))
         job, _created = await self._store.create_job(principal.user_id, new, max_active=self._max_active)
         return job
 

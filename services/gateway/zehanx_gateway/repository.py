@@ -30,6 +30,7 @@ from zehanx_gateway.domain import (
     STATE_CHANGE,
     TERMINAL_STATES,
     ApiKey,
+    DatasetRecord,
     Job,
     JobError,
     JobEvent,
@@ -40,6 +41,10 @@ from zehanx_gateway.domain import (
     NewModel,
     Page,
     PendingEvent,
+    Provider,
+    SealedProviderKey,
+    Upload,
+    UserSettings,
 )
 
 P = ParamSpec("P")
@@ -158,6 +163,34 @@ def _api_key(row: dict[str, Any]) -> ApiKey:
         label=row["label"],
         create_time=row["create_time"],
         revoke_time=row["revoke_time"],
+    )
+
+
+def _upload(row: dict[str, Any]) -> Upload:
+    return Upload(
+        id=row["id"],
+        user_id=row["user_id"],
+        filename=row["filename"],
+        size_bytes=row["size_bytes"],
+        sha256=row["sha256"],
+        create_time=row["create_time"],
+    )
+
+
+def _sealed_key(row: dict[str, Any]) -> SealedProviderKey:
+    return SealedProviderKey(
+        user_id=row["user_id"],
+        provider=Provider(row["provider"]),
+        nonce=bytes(row["nonce"]),
+        sealed=bytes(row["sealed"]),
+        hint=row["hint"],
+        update_time=row["update_time"],
+    )
+
+
+def _dataset(row: dict[str, Any]) -> DatasetRecord:
+    return DatasetRecord(
+        job_id=row["job_id"], job_prompt=row["prompt"], create_time=row["event_time"], payload=row["payload"]
     )
 
 
@@ -776,3 +809,171 @@ class PostgresRegistry:
             if not shared["shared"]:
                 await on_unreferenced(digest)
             return _model(deleted)
+
+    # -- datasets (read from the jobs' dataset_built events) ------------------------------------------
+
+    #: The latest dataset_built event of each of a user's jobs, without the resume data (the whole
+    #: dataset again, which only the orchestrator reads).
+    _DATASETS = """
+        select e.job_id, e.event_time, e.payload - 'zx_resume' as payload, j.prompt
+        from zehanx.job_events e join zehanx.jobs j on j.id = e.job_id and j.user_id = e.user_id
+        where e.user_id = %(user)s and e.kind = 'dataset_built'
+          and not exists (select 1 from zehanx.job_events later
+                          where later.job_id = e.job_id and later.kind = 'dataset_built'
+                            and later.sequence > e.sequence)
+    """
+
+    @_translated
+    async def list_datasets(
+        self, user_id: uuid.UUID, *, page_size: int, page_token: str
+    ) -> Page[DatasetRecord]:
+        """The datasets the user's jobs built, newest first."""
+        fp = paging.fingerprint("datasets", str(user_id))
+        after_time, after_id = _keyset(paging.decode(page_token, "datasets", fp))
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                self._DATASETS
+                + """
+                  and (%(t)s::timestamptz is null or (e.event_time, e.job_id) < (%(t)s, %(i)s::uuid))
+                order by e.event_time desc, e.job_id desc limit %(limit)s
+                """,
+                {"user": user_id, "t": after_time, "i": after_id, "limit": page_size + 1},
+            )
+            rows = await cur.fetchall()
+        items = [_dataset(r) for r in rows[:page_size]]
+        next_token = ""
+        if len(rows) > page_size:
+            last = items[-1]
+            next_token = paging.encode(
+                "datasets", fp, {"t": last.create_time.isoformat(), "i": str(last.job_id)}
+            )
+        return Page(items, next_token)
+
+    @_translated
+    async def get_dataset(self, job_id: uuid.UUID, *, user_id: uuid.UUID) -> DatasetRecord:
+        """The dataset of the user's job; NOT_FOUND for another user's job or one that built none yet."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                self._DATASETS + " and e.job_id = %(job)s", {"user": user_id, "job": job_id}
+            )
+            row = await cur.fetchone()
+            if row is None:
+                cur = await conn.execute(
+                    "select 1 from zehanx.jobs where id = %s and user_id = %s", (job_id, user_id)
+                )
+                if await cur.fetchone() is None:
+                    raise _job_not_found(job_id)
+                raise errors.NotFound(
+                    f"job {job_id} has built no dataset yet",
+                    reason="DATASET_NOT_FOUND",
+                    metadata={"job_id": str(job_id)},
+                )
+        return _dataset(row)
+
+    # -- uploads ----------------------------------------------------------------------------------------
+
+    @_translated
+    async def add_upload(self, upload: Upload) -> Upload:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "insert into zehanx.uploads (id, user_id, filename, size_bytes, sha256) "
+                "values (%s, %s, %s, %s, %s) returning *",
+                (upload.id, upload.user_id, upload.filename, upload.size_bytes, upload.sha256),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return _upload(row)
+
+    @_translated
+    async def get_upload(self, upload_id: uuid.UUID, *, user_id: uuid.UUID) -> Upload | None:
+        """The user's upload, or None (another user's upload is None too)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "select * from zehanx.uploads where id = %s and user_id = %s", (upload_id, user_id)
+            )
+            row = await cur.fetchone()
+        return _upload(row) if row is not None else None
+
+    # -- a user's own API keys ----------------------------------------------------------------------------
+
+    @_translated
+    async def revoke_user_api_key(self, user_id: uuid.UUID, key_id: str) -> ApiKey:
+        """Revoke one of the user's keys (a revoked one stays as it is); NOT_FOUND for anyone else's."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "update zehanx.api_keys k set revoke_time = coalesce(k.revoke_time, now()) "
+                "where k.id = %s and k.user_id = %s "
+                "returning k.*, (select name from zehanx.users u where u.id = k.user_id) as user_name",
+                (key_id, user_id),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise errors.NotFound(
+                f"no API key {key_id!r}", reason="API_KEY_NOT_FOUND", metadata={"key_id": key_id}
+            )
+        return _api_key(row)
+
+    # -- provider keys (sealed) ---------------------------------------------------------------------------
+
+    @_translated
+    async def put_provider_key(
+        self, user_id: uuid.UUID, provider: Provider, nonce: bytes, sealed: bytes, hint: str
+    ) -> SealedProviderKey:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                """
+                insert into zehanx.provider_keys (user_id, provider, nonce, sealed, hint)
+                values (%s, %s, %s, %s, %s)
+                on conflict (user_id, provider) do update
+                set nonce = excluded.nonce, sealed = excluded.sealed, hint = excluded.hint, update_time = now()
+                returning *
+                """,
+                (user_id, provider.value, nonce, sealed, hint),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return _sealed_key(row)
+
+    @_translated
+    async def list_provider_keys(self, user_id: uuid.UUID) -> list[SealedProviderKey]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "select * from zehanx.provider_keys where user_id = %s order by provider", (user_id,)
+            )
+            return [_sealed_key(r) for r in await cur.fetchall()]
+
+    @_translated
+    async def delete_provider_key(self, user_id: uuid.UUID, provider: Provider) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "delete from zehanx.provider_keys where user_id = %s and provider = %s",
+                (user_id, provider.value),
+            )
+
+    # -- user settings --------------------------------------------------------------------------------------
+
+    @_translated
+    async def get_user_settings(self, user_id: uuid.UUID) -> UserSettings:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "select settings, update_time from zehanx.user_settings where user_id = %s", (user_id,)
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return UserSettings(settings={}, update_time=None)
+        return UserSettings(settings=row["settings"], update_time=row["update_time"])
+
+    @_translated
+    async def put_user_settings(self, user_id: uuid.UUID, settings: dict[str, Any]) -> UserSettings:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                """
+                insert into zehanx.user_settings (user_id, settings) values (%s, %s)
+                on conflict (user_id) do update set settings = excluded.settings, update_time = now()
+                returning settings, update_time
+                """,
+                (user_id, Jsonb(settings)),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            return UserSettings(settings=row["settings"], update_time=row["update_time"])

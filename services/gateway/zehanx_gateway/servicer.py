@@ -14,15 +14,20 @@ from typing import Any
 
 from google.protobuf import duration_pb2, json_format
 from zehanx.common.v1 import task_family_pb2
+from zehanx.gateway.v1 import account_pb2, dataset_record_pb2, job_pb2, model_pb2
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
-from zehanx.gateway.v1 import job_pb2, model_pb2
 
 from zehanx_gateway import convert
+from zehanx_gateway.api_keys import ApiKeyService
 from zehanx_gateway.auth import current_principal
+from zehanx_gateway.datasets import DatasetService
 from zehanx_gateway.domain import Job, JobEvent
 from zehanx_gateway.jobs import JobService
 from zehanx_gateway.models import ModelService
+from zehanx_gateway.provider_keys import ProviderKeyService
+from zehanx_gateway.uploads import UploadService
+from zehanx_gateway.user_settings import UserSettingsService
 
 SERVICE_NAME = "zehanx.gateway.v1.GatewayService"
 
@@ -32,9 +37,24 @@ _WATCH_CACHE_SIZE = 8192
 
 
 class GatewayServicer(rpc.GatewayServiceServicer):
-    def __init__(self, jobs: JobService, models: ModelService) -> None:
+    def __init__(
+        self,
+        jobs: JobService,
+        models: ModelService,
+        *,
+        datasets: DatasetService,
+        uploads: UploadService,
+        api_keys: ApiKeyService,
+        provider_keys: ProviderKeyService,
+        user_settings: UserSettingsService,
+    ) -> None:
         self._jobs = jobs
         self._models = models
+        self._datasets = datasets
+        self._uploads = uploads
+        self._api_keys = api_keys
+        self._provider_keys = provider_keys
+        self._user_settings = user_settings
         self._watch_cache: OrderedDict[tuple[uuid.UUID, int], pb.WatchJobResponse] = OrderedDict()
 
     def _watch_message(self, event: JobEvent) -> pb.WatchJobResponse:
@@ -151,3 +171,75 @@ class GatewayServicer(rpc.GatewayServiceServicer):
             predictions=[convert.prediction_to_proto(p) for p in result.predictions],
             predict_duration=duration,
         )
+
+    # -- datasets and uploads ---------------------------------------------------------------------
+
+    async def ListDatasets(self, request: pb.ListDatasetsRequest, context: Any) -> pb.ListDatasetsResponse:
+        page = await self._datasets.list(
+            current_principal(), page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListDatasetsResponse(
+            datasets=[convert.dataset_record_to_proto(d) for d in page.items],
+            next_page_token=page.next_page_token,
+        )
+
+    async def GetDataset(
+        self, request: pb.GetDatasetRequest, context: Any
+    ) -> dataset_record_pb2.DatasetRecord:
+        job_id = convert.parse_id(request.job_id, "job_id")
+        return convert.dataset_record_to_proto(await self._datasets.get(current_principal(), job_id))
+
+    async def UploadFile(
+        self, request: pb.UploadFileRequest, context: Any
+    ) -> dataset_record_pb2.UploadedFile:
+        upload = await self._uploads.upload(current_principal(), request.filename, request.content)
+        return convert.upload_to_proto(upload)
+
+    # -- API keys ---------------------------------------------------------------------------------
+
+    async def CreateApiKey(self, request: pb.CreateApiKeyRequest, context: Any) -> pb.CreateApiKeyResponse:
+        key, secret = await self._api_keys.create(current_principal(), request.label)
+        return pb.CreateApiKeyResponse(api_key=convert.api_key_to_proto(key), secret=secret)
+
+    async def ListApiKeys(self, request: pb.ListApiKeysRequest, context: Any) -> pb.ListApiKeysResponse:
+        keys = await self._api_keys.list(current_principal())
+        return pb.ListApiKeysResponse(api_keys=[convert.api_key_to_proto(k) for k in keys])
+
+    async def RevokeApiKey(self, request: pb.RevokeApiKeyRequest, context: Any) -> account_pb2.ApiKey:
+        return convert.api_key_to_proto(await self._api_keys.revoke(current_principal(), request.key_id))
+
+    # -- provider keys ----------------------------------------------------------------------------
+
+    async def SetProviderKey(
+        self, request: pb.SetProviderKeyRequest, context: Any
+    ) -> account_pb2.ProviderKey:
+        provider = convert.provider_of(request.provider)
+        stored = await self._provider_keys.set(current_principal(), provider, request.secret)
+        return convert.provider_key_to_proto(stored)
+
+    async def ListProviderKeys(
+        self, request: pb.ListProviderKeysRequest, context: Any
+    ) -> pb.ListProviderKeysResponse:
+        keys = await self._provider_keys.list(current_principal())
+        return pb.ListProviderKeysResponse(provider_keys=[convert.provider_key_to_proto(k) for k in keys])
+
+    async def DeleteProviderKey(
+        self, request: pb.DeleteProviderKeyRequest, context: Any
+    ) -> pb.DeleteProviderKeyResponse:
+        await self._provider_keys.delete(current_principal(), convert.provider_of(request.provider))
+        return pb.DeleteProviderKeyResponse()
+
+    # -- user settings ----------------------------------------------------------------------------
+
+    async def GetUserSettings(
+        self, request: pb.GetUserSettingsRequest, context: Any
+    ) -> account_pb2.UserSettings:
+        return convert.user_settings_to_proto(await self._user_settings.get(current_principal()))
+
+    async def UpdateUserSettings(
+        self, request: pb.UpdateUserSettingsRequest, context: Any
+    ) -> account_pb2.UserSettings:
+        stored = await self._user_settings.replace(
+            current_principal(), convert.user_settings_json(request.settings)
+        )
+        return convert.user_settings_to_proto(stored)

@@ -91,6 +91,18 @@ class GatewaySettings(ServiceSettings):
         description="Longest a Predict may take at the trainer (model loading included).",
     )
 
+    upload_dir: Path | None = Field(
+        None,
+        description="Folder of uploaded data files (<folder>/<user id>/<upload id>/<filename>); default "
+        "$ZX_HOME/uploads. The crawler must be allowed to read it (zx up adds it to ZX_CRAWLER_LOCAL_ROOTS).",
+    )
+    secrets_key: SecretStr | None = Field(
+        None,
+        description="Key-encryption key of the users' own provider keys (any long random string; an "
+        "AES-256-GCM key is derived from it). Unset: read from $ZX_HOME/secrets-key, which zx up creates; "
+        "with neither, SetProviderKey answers FAILED_PRECONDITION.",
+    )
+
     @model_validator(mode="after")
     def _one_jwks(self) -> GatewaySettings:
         if self.jwt_jwks_url and self.jwt_jwks_json:
@@ -107,3 +119,23 @@ class GatewaySettings(ServiceSettings):
         if self.artifact_dir is not None:
             return self.artifact_dir.expanduser()
         return Path(os.environ.get("ZX_HOME", "~/.zehanx")).expanduser() / "artifacts"
+
+    @property
+    def zx_home(self) -> Path:
+        return Path(os.environ.get("ZX_HOME", "~/.zehanx")).expanduser()
+
+    @property
+    def upload_root(self) -> Path:
+        if self.upload_dir is not None:
+            return self.upload_dir.expanduser()
+        return self.zx_home / "uploads"
+
+    def secrets_key_value(self) -> str | None:
+        """ZX_GATEWAY_SECRETS_KEY, else the content of $ZX_HOME/secrets-key, else None."""
+        if self.secrets_key is not None and self.secrets_key.get_secret_value().strip():
+            return self.secrets_key.get_secret_value().strip()
+        try:
+            text = (self.zx_home / "secrets-key").read_text(encoding="utf-8").strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return text or None

@@ -8,7 +8,8 @@ callee's ErrorInfo reason when it sent one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextvars
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
@@ -19,8 +20,14 @@ from zehanx.crawler.v1 import crawler_service_pb2 as crawler_pb
 from zehanx.crawler.v1 import crawler_service_pb2_grpc as crawler_rpc
 from zehanx.trainer.v1 import trainer_service_pb2 as trainer_pb
 from zehanx.trainer.v1 import trainer_service_pb2_grpc as trainer_rpc
-from zehanx_runtime import errors
+from zehanx_runtime import errors, provider_keys
 from zehanx_runtime.client import call_metadata, internal_channel
+
+#: The job owner's own provider keys (metadata name -> key) for the calls made by the job being run:
+#: set by the pipeline in the job's task, so each call carries only its own job owner's keys.
+caller_keys: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "zx_caller_keys", default=None
+)
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _ERRORS: dict[grpc.StatusCode, type[errors.DomainError]] = {
@@ -76,6 +83,8 @@ def _error_info(exc: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
 
 class _Client:
     service = ""
+    #: The metadata name of the one user key this service uses (sent only to it), if any.
+    provider_key = ""
 
     def __init__(self, address: str, token: str | None, *, max_message_bytes: int) -> None:
         self.address = address
@@ -83,7 +92,11 @@ class _Client:
         self._channel = internal_channel(address, max_message_bytes=max_message_bytes)
 
     def _metadata(self, job_id: str) -> Any:
-        return call_metadata(self._token, job_id=job_id or None)
+        metadata = list(call_metadata(self._token, job_id=job_id or None))
+        key = (caller_keys.get() or {}).get(self.provider_key) if self.provider_key else None
+        if key:
+            metadata.append((self.provider_key, key))
+        return metadata
 
     def _error(self, exc: grpc.aio.AioRpcError) -> errors.DomainError:
         return translate(self.service, self.address, exc)
@@ -105,6 +118,7 @@ class _Client:
 
 class GrpcCrawler(_Client):
     service = "crawler"
+    provider_key = provider_keys.FIRECRAWL_KEY
 
     def __init__(self, address: str, token: str | None, *, max_message_bytes: int = 64 * 1024 * 1024) -> None:
         super().__init__(address, token, max_message_bytes=max_message_bytes)
@@ -119,6 +133,7 @@ class GrpcCrawler(_Client):
 
 class GrpcCodegen(_Client):
     service = "codegen"
+    provider_key = provider_keys.GROQ_KEY
 
     def __init__(self, address: str, token: str | None, *, max_message_bytes: int = 64 * 1024 * 1024) -> None:
         super().__init__(address, token, max_message_bytes=max_message_bytes)
@@ -148,6 +163,7 @@ class GrpcCodegen(_Client):
 
 class GrpcTrainer(_Client):
     service = "trainer"
+    provider_key = provider_keys.E2B_KEY
 
     def __init__(self, address: str, token: str | None, *, max_message_bytes: int = 64 * 1024 * 1024) -> None:
         super().__init__(address, token, max_message_bytes=max_message_bytes)

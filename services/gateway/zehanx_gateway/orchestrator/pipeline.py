@@ -22,31 +22,42 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf import duration_pb2, json_format
 from google.protobuf.message import Message
 from zehanx.codegen.v1 import codegen_service_pb2 as codegen_pb
-from zehanx.common.v1 import log_pb2, plan_pb2, program_pb2, resources_pb2, structured_error_pb2
+from zehanx.common.v1 import dataset_pb2, log_pb2, plan_pb2, program_pb2, resources_pb2, structured_error_pb2
 from zehanx.crawler.v1 import crawler_service_pb2 as crawler_pb
 from zehanx.crawler.v1 import dataset_pb2 as crawler_dataset_pb2
 from zehanx.gateway.v1 import job_event_pb2, job_pb2, model_pb2
 from zehanx.trainer.v1 import trainer_service_pb2 as trainer_pb
-from zehanx_runtime import errors
+from zehanx_runtime import errors, provider_keys
 from zehanx_runtime.logging import get_logger
 
 from zehanx_gateway import convert
 from zehanx_gateway.artifacts import ArtifactStore
-from zehanx_gateway.domain import Job, JobError, JobEvent, JobStage, JobState, Model, PendingEvent
+from zehanx_gateway.domain import Job, JobError, JobEvent, JobStage, JobState, Model, PendingEvent, Provider
 from zehanx_gateway.jobs import JobService
 from zehanx_gateway.models import ModelService
 from zehanx_gateway.orchestrator.archive import build_archive_async
+from zehanx_gateway.orchestrator.clients import caller_keys
 from zehanx_gateway.orchestrator.ports import DatasetBuilder, ProgramWriter, Trainer
 from zehanx_gateway.orchestrator.settings import OrchestratorSettings
+
+if TYPE_CHECKING:
+    from zehanx_gateway.provider_keys import ProviderKeyService
+    from zehanx_gateway.uploads import UploadService
 
 log = get_logger("zehanx.gateway.orchestrator")
 
 RESUME_KEY = "zx_resume"
+#: Where each of a user's provider keys goes: the metadata name the service that uses it reads.
+_KEY_METADATA = {
+    Provider.GROQ: provider_keys.GROQ_KEY,
+    Provider.FIRECRAWL: provider_keys.FIRECRAWL_KEY,
+    Provider.E2B: provider_keys.E2B_KEY,
+}
 DEFAULT_MAX_REPAIRS = 3
 _LOG_TEXT_MAX = 16 * 1024
 _TRAIN_STAGE_NAMES = {
@@ -151,6 +162,8 @@ class Pipeline:
         trainer: Trainer,
         settings: OrchestratorSettings,
         spool_dir: Path | None = None,
+        uploads: UploadService | None = None,
+        provider_keys: ProviderKeyService | None = None,
     ) -> None:
         self._jobs = jobs
         self._models = models
@@ -161,6 +174,8 @@ class Pipeline:
         self._trainer = trainer
         self._settings = settings
         self._spool_dir = spool_dir
+        self._uploads = uploads
+        self._provider_keys = provider_keys
 
     def run(self, job: Job, control: RunControl) -> Awaitable[None]:
         return _JobRun(self, job, control).run()
@@ -208,6 +223,11 @@ class _JobRun:
             )
 
     async def _stages(self) -> None:
+        if self.p._provider_keys is not None:
+            # The owner's own keys go with this job's calls (this task's context only), each to the
+            # one service that uses it; without stored keys the services use their configured ones.
+            opened = await self.p._provider_keys.keys_for(self.job.user_id)
+            caller_keys.set({_KEY_METADATA[p]: key for p, key in opened.items()})
         done = await self._checkpoint()
         if done.model_id is not None:  # published by an attempt that died before its last transition
             await self._succeed(done.model_id)
@@ -233,7 +253,7 @@ class _JobRun:
     async def _crawl(self) -> crawler_dataset_pb2.Dataset:
         await self._move(JobStage.CRAWLING, "building the dataset")
         request = crawler_pb.BuildDatasetRequest(
-            prompt=self.job.prompt, sources=self.spec.sources, job_id=str(self.job.id)
+            prompt=self.job.prompt, sources=await self._crawler_sources(), job_id=str(self.job.id)
         )
         if self.options.HasField("dataset"):
             request.options.CopyFrom(self.options.dataset)
@@ -274,9 +294,35 @@ class _JobRun:
             validation_row_count=dataset.validation_row_count,
             test_row_count=dataset.test_row_count,
             warnings=dataset.warnings,
+            preview_rows=dataset.preview_rows,
         )
         await self._emit("dataset_built", built, resume={"dataset": _json(dataset)})
         return dataset
+
+    async def _crawler_sources(self) -> list[dataset_pb2.DataSource]:
+        """The job's sources as the crawler reads them: each upload as the local path of its file."""
+        sources = []
+        for index, source in enumerate(self.spec.sources):
+            kind = source.WhichOneof("source")
+            if kind == "upload_id" or (kind == "local_path" and self.p._uploads is not None):
+                if self.p._uploads is None:
+                    raise JobFailed(
+                        JobError("FAILED_PRECONDITION", "this gateway keeps no uploads", "UPLOADS_DISABLED")
+                    )
+                if kind == "upload_id":
+                    path = await self.p._uploads.resolve(self.job.user_id, source.upload_id)
+                    sources.append(dataset_pb2.DataSource(local_path=str(path)))
+                    continue
+                if self.p._uploads.inside_root(source.local_path):
+                    raise JobFailed(
+                        JobError(
+                            "INVALID_ARGUMENT",
+                            f"sources[{index}].local_path is inside the upload folder: name uploads by upload_id",
+                            "LOCAL_PATH_IN_UPLOADS",
+                        )
+                    )
+            sources.append(source)
+        return sources
 
     async def _generate(
         self, dataset: crawler_dataset_pb2.Dataset

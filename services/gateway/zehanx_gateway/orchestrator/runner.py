@@ -64,6 +64,8 @@ def start_workers(
         trainer=trainer,
         settings=settings,
         spool_dir=Path(root) / "staging" if root is not None else None,
+        uploads=gateway.uploads,
+        provider_keys=gateway.provider_keys,
     )
     orchestrator = Orchestrator(
         registry=gateway.registry, jobs=gateway.jobs, hub=gateway.hub, pipeline=pipeline, settings=settings

@@ -1,0 +1,67 @@
+"""The dataset's preview: the first rows of the training split as stored (long text cut), and the
+crawler refusing ``upload_id`` sources, which only the gateway can resolve."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+from crawler_support import Crawler, crawler_settings, start_crawler, stop_crawler
+from google.protobuf import json_format
+from zehanx.crawler.v1 import crawler_service_pb2 as pb
+from zehanx_crawler.servicer import PREVIEW_ROWS, PREVIEW_TEXT_CHARS
+from zehanx_runtime.status import error_info_of, field_violations_of
+
+pytestmark = pytest.mark.timeout(180)
+
+
+async def test_preview_rows_are_the_first_training_rows_as_stored(
+    crawler: Crawler, shared_data: Path
+) -> None:
+    messages = await crawler.build(
+        "predict the penguin species", str(shared_data / "palmer_penguins" / "penguins.csv")
+    )
+    dataset = messages[-1].dataset
+    assert len(dataset.preview_rows) == PREVIEW_ROWS
+    train_path = dataset.ref.train_uri.removeprefix("file://")
+    text = await asyncio.to_thread(Path(train_path).read_text, encoding="utf-8")
+    lines = text.splitlines()[:PREVIEW_ROWS]
+    stored = [json.loads(line) for line in lines]
+    shown = [json_format.MessageToDict(row) for row in dataset.preview_rows]
+    # Struct numbers are doubles: compare as JSON numbers do.
+    assert shown == json.loads(json.dumps(stored))
+    assert dataset.target_column in shown[0]
+
+
+async def test_long_text_is_cut_in_the_preview(tmp_path: Path, shared_data: Path) -> None:
+    root = tmp_path / "files"
+    root.mkdir()
+    rows = ["text,label"]
+    for n in range(60):
+        words = ("great lovely fine " if n % 2 else "awful broken poor ") * (40 + n)
+        rows.append(f'"{words.strip()} {n}",{"pos" if n % 2 else "neg"}')
+    (root / "reviews.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    crawler = await start_crawler(crawler_settings(tmp_path, shared_data, local_roots=[root]))
+    try:
+        messages = await crawler.build("review sentiment", str(root / "reviews.csv"))
+    finally:
+        await stop_crawler(crawler)
+    shown = [json_format.MessageToDict(row) for row in messages[-1].dataset.preview_rows]
+    assert len(shown) == PREVIEW_ROWS
+    texts = [row["text"] for row in shown]
+    assert all(len(t) == PREVIEW_TEXT_CHARS for t in texts)  # every text here is longer: all were cut
+
+
+async def test_upload_id_source_is_refused_by_the_crawler(crawler: Crawler) -> None:
+    request = pb.BuildDatasetRequest(prompt="spam or ham")
+    request.sources.add(upload_id="6f1c1d2e-8a55-4b7e-9a37-0c1f3f4a5b6c")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in crawler.stream(request):
+            pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in field_violations_of(info.value)] == ["sources[0].upload_id"]
+    detail = error_info_of(info.value)
+    assert detail is not None
