@@ -322,3 +322,37 @@ async def test_build_dataset_through_firecrawl_search_and_scrape(
         assert KEY not in info.value.details()
     finally:
         await stop_crawler(crawler)
+
+
+async def test_a_job_owners_own_firecrawl_key_is_used_for_that_build_only(
+    firecrawl: FakeFirecrawl, tmp_path: Path, shared_data: Path
+) -> None:
+    """The gateway sends a job owner's key as x-zx-firecrawl-api-key: the build searches Firecrawl with
+    it even on a crawler configured without Firecrawl; a build without it never calls Firecrawl."""
+    user_key = "fc-user-9f8e7d6c5b4a39281706"
+    firecrawl.answer("POST", "/v2/search", (401, {"success": False, "error": "Unauthorized: Invalid token"}))
+    settings = crawler_settings(
+        tmp_path, shared_data, backend="local", firecrawl_api_key=None, firecrawl_api_url=firecrawl.base
+    )
+    crawler = await start_crawler(settings)
+    try:
+        request = pb.BuildDatasetRequest(prompt="which state did a failed bank operate in")
+        metadata = [("x-zx-service-token", "crawler-test-token"), ("x-zx-firecrawl-api-key", user_key)]
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in crawler.stub.BuildDataset(request, metadata=metadata, timeout=60):
+                pass
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_info_of(info.value).reason == "FIRECRAWL_UNAUTHORIZED"  # type: ignore[union-attr]
+        assert user_key not in (info.value.details() or "")
+        assert [headers.get("Authorization") for m, p, _, headers in firecrawl.requests] == [
+            f"Bearer {user_key}"
+        ]
+
+        # Without the header: the configured (local) backend, and Firecrawl hears nothing.
+        messages = [
+            m async for m in crawler.stream(pb.BuildDatasetRequest(prompt="predict the species of a penguin"))
+        ]
+        assert messages[-1].HasField("dataset")
+        assert len(firecrawl.requests) == 1
+    finally:
+        await stop_crawler(crawler)

@@ -51,11 +51,16 @@ def web_backend(settings: CrawlerSettings) -> WebBackend | None:
     """Firecrawl when configured (``backend=firecrawl``, or ``auto`` with an API key), else none."""
     if not settings.use_firecrawl:
         return None
+    key = settings.firecrawl_api_key.get_secret_value() if settings.firecrawl_api_key else None
+    return firecrawl_backend(settings, key)
+
+
+def firecrawl_backend(settings: CrawlerSettings, api_key: str | None) -> WebBackend:
+    """Firecrawl on ``api_key`` (the configured key, or a job owner's own for one build)."""
     from zehanx_crawler.firecrawl_backend import FirecrawlBackend
 
-    key = settings.firecrawl_api_key.get_secret_value() if settings.firecrawl_api_key else None
     return FirecrawlBackend(
-        key,
+        api_key,
         api_url=settings.firecrawl_api_url,
         timeout_s=settings.firecrawl_timeout_s,
         retries=settings.retries,
@@ -73,6 +78,13 @@ def build(
     web = web if web is not None else web_backend(settings)
     store = DatasetStore(settings.datasets_dir)
     catalogue = Catalogue()
-    builder = DatasetBuilder(settings, fetcher=fetcher, catalogue=catalogue, store=store, web=web)
+    builder = DatasetBuilder(
+        settings,
+        fetcher=fetcher,
+        catalogue=catalogue,
+        store=store,
+        web=web,
+        web_for_key=lambda key: firecrawl_backend(settings, key),
+    )
     servicer = CrawlerServicer(builder, catalogue)
     return CrawlerApp(builder=builder, servicer=servicer, fetcher=fetcher, store=store, web=web)

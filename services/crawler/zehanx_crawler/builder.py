@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import hashlib
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -113,8 +114,11 @@ class DatasetBuilder:
         catalogue: Catalogue,
         store: DatasetStore,
         web: WebBackend | None = None,
+        web_for_key: Callable[[str], WebBackend] | None = None,
     ) -> None:
         self._settings = settings
+        #: The web backend on a caller's own key (a job owner's Firecrawl key), for one build.
+        self._web_for_key = web_for_key
         self._fetcher = fetcher
         self._catalogue = catalogue
         self._store = store
@@ -135,10 +139,12 @@ class DatasetBuilder:
         async def emit(event: Progress) -> None:
             await queue.put(event)
 
+        builder = self._for_caller(request)
+
         async def run() -> None:
             try:
                 async with asyncio.timeout(self._settings.build_timeout_s):
-                    result = await self._build(request, emit)
+                    result = await builder._build(request, emit)
                 await queue.put(result)
             except TimeoutError:
                 await queue.put(
@@ -166,6 +172,15 @@ class DatasetBuilder:
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
+
+    def _for_caller(self, request: BuildRequest) -> DatasetBuilder:
+        """This builder, or for a request carrying its owner's Firecrawl key, a copy whose web backend
+        is Firecrawl on that key (whatever backend is configured: the user asked for it)."""
+        if not request.firecrawl_api_key or self._web_for_key is None:
+            return self
+        builder = copy.copy(self)
+        builder._web = self._web_for_key(request.firecrawl_api_key)
+        return builder
 
     # -- the build --------------------------------------------------------------------------------
 

@@ -126,6 +126,9 @@ class BuildRequest:
     sources: tuple[Source, ...] = ()
     options: BuildOptions = BuildOptions()
     job_id: str = ""
+    #: The job owner's own Firecrawl key (sent by the gateway), used for this build instead of the
+    #: configured one. A secret: kept out of repr, so never in a log line.
+    firecrawl_api_key: str | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from zehanx.common.v1 import dataset_pb2, task_family_pb2
 from zehanx.crawler.v1 import crawler_service_pb2 as pb
 from zehanx.crawler.v1 import crawler_service_pb2_grpc as rpc
 from zehanx.crawler.v1 import dataset_pb2 as crawler_dataset_pb2
+from zehanx_runtime import provider_keys
 from zehanx_runtime.errors import FieldViolation, InvalidArgument
 
 from zehanx_crawler.builder import DatasetBuilder
@@ -76,7 +77,9 @@ def _timestamp(when: datetime) -> timestamp_pb2.Timestamp:
 # -- in --------------------------------------------------------------------------------------------
 
 
-def to_build_request(request: pb.BuildDatasetRequest) -> BuildRequest:
+def to_build_request(
+    request: pb.BuildDatasetRequest, *, firecrawl_api_key: str | None = None
+) -> BuildRequest:
     """The domain request. The contract's rules were checked by the interceptor; what is left is ours."""
     violations: list[FieldViolation] = []
     sources: list[Source] = []
@@ -133,6 +136,7 @@ def to_build_request(request: pb.BuildDatasetRequest) -> BuildRequest:
             task=_TASKS_IN.get(options.task_hint),
         ),
         job_id=request.job_id,
+        firecrawl_api_key=firecrawl_api_key,
     )
 
 
@@ -331,7 +335,12 @@ class CrawlerServicer(rpc.CrawlerServiceServicer):
     async def BuildDataset(
         self, request: pb.BuildDatasetRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.BuildDatasetResponse]:
-        build = to_build_request(request)
+        key = (
+            provider_keys.caller_key(context.invocation_metadata(), provider_keys.FIRECRAWL_KEY)
+            if context
+            else None
+        )
+        build = to_build_request(request, firecrawl_api_key=key)
         sequence = 0
         async for event in self._builder.build(build):
             sequence += 1
