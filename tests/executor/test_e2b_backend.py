@@ -425,3 +425,31 @@ def test_an_e2b_key_selects_the_e2b_backend_and_stays_secret(monkeypatch: pytest
     assert settings.use_e2b is True
     assert API_KEY not in repr(settings)
     assert ExecutorSettings(backend="local").use_e2b is False
+
+
+async def test_a_job_owners_own_key_creates_the_sandbox_and_never_enters_it(api: Api) -> None:
+    """The trainer forwards a job owner's E2B key (x-zx-e2b-api-key): it creates the sandbox in place of
+    the configured key, and appears nowhere the program can see (environment, files, command)."""
+    user_key = "e2b_user_" + "7" * 32
+    h = harness(api, Program([("stdout", "ok\n", 0.0)]))
+    plain = job()
+    spec = JobSpec(
+        execution_id=plain.execution_id,
+        job_id=plain.job_id,
+        command=plain.command,
+        files=plain.files,
+        env=plain.env,
+        limits=plain.limits,
+        collect=plain.collect,
+        sandbox_api_key=user_key,
+    )
+    assert user_key not in repr(spec)
+    events = await run_all(h.backend, spec)
+    assert isinstance(events[-1], Finished) and events[-1].reason is ExitReason.COMPLETED
+    [(_, headers, body)] = api.requests("POST")
+    assert headers["x-api-key"] == user_key
+    assert user_key not in json.dumps(body)
+    [run] = h.commands.calls
+    assert user_key not in json.dumps(run["envs"]) and user_key not in run["cmd"]
+    [(_, upload)] = [c for c in h.files.calls if c[0] == "write_files"]
+    assert all(user_key.encode() not in entry["data"] for entry in upload["files"])

@@ -194,6 +194,8 @@ class ExecuteInput:
     collect: tuple[str, ...] = ()
     collect_max_bytes: int = 0
     job_id: str = ""
+    #: A job owner's own E2B key (from the trainer's call metadata); never part of the environment.
+    sandbox_api_key: str | None = field(default=None, repr=False, compare=False)
 
 
 class Execution:
@@ -228,6 +230,7 @@ class Executor:
             limits=self.limit_policy.effective(req.limits),
             collect=req.collect,
             collect_max_bytes=self.limit_policy.collect_bytes(req.collect_max_bytes),
+            sandbox_api_key=req.sandbox_api_key,
         )
         bad = spec.violations() + self.env_policy.violations(spec.env)
         if bad:

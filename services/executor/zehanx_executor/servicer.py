@@ -16,6 +16,7 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from zehanx.common.v1 import log_pb2
 from zehanx.executor.v1 import executor_service_pb2 as pb
 from zehanx.executor.v1 import executor_service_pb2_grpc as rpc
+from zehanx_runtime import provider_keys
 
 from zehanx_executor.sandbox.model import (
     Event,
@@ -56,7 +57,7 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
-def to_input(request: pb.ExecuteRequest) -> ExecuteInput:
+def to_input(request: pb.ExecuteRequest, *, sandbox_api_key: str | None = None) -> ExecuteInput:
     lim = request.limits
     limits = LimitRequest(
         wall_time_s=_seconds(lim.max_wall_duration) if lim.HasField("max_wall_duration") else None,
@@ -77,6 +78,7 @@ def to_input(request: pb.ExecuteRequest) -> ExecuteInput:
         limits=limits,
         collect=tuple(request.collect),
         collect_max_bytes=request.collect_max_bytes,
+        sandbox_api_key=sandbox_api_key,
     )
 
 
@@ -154,7 +156,9 @@ class ExecutorServicer(rpc.ExecutorServiceServicer):
     async def Execute(
         self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ExecuteResponse]:
-        async with self.executor.open(to_input(request)) as execution:
+        # A job owner's own E2B key, sent by the trainer: it creates the cloud sandbox (E2B backend).
+        key = provider_keys.caller_key(context.invocation_metadata(), provider_keys.E2B_KEY)
+        async with self.executor.open(to_input(request, sandbox_api_key=key)) as execution:
             # Cancellation or a passed deadline: kill the tree now, from the callback, whatever the
             # handler is awaiting at that moment.
             context.add_done_callback(lambda _ctx: execution.abort())

@@ -7,6 +7,7 @@ iterator cancels the call, which makes the executor kill the sandbox.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 from collections.abc import AsyncIterator
 
@@ -15,6 +16,7 @@ from google.protobuf import duration_pb2, json_format
 from zehanx.common.v1 import log_pb2
 from zehanx.executor.v1 import executor_service_pb2 as pb
 from zehanx.executor.v1 import executor_service_pb2_grpc as rpc
+from zehanx_runtime import provider_keys
 from zehanx_runtime.client import call_metadata, internal_channel
 from zehanx_runtime.errors import (
     DeadlineExceeded,
@@ -36,6 +38,10 @@ from zehanx_trainer.executor_port import (
     ExecUsage,
     ExitReason,
 )
+
+#: The job owner's own E2B key for the Train call being handled (set by the servicer in that call's
+#: task): passed on to the executor as call metadata only, never in the request's env or files.
+sandbox_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("zx_sandbox_key", default=None)
 
 _REASONS = {
     pb.EXIT_REASON_COMPLETED: ExitReason.COMPLETED,
@@ -126,11 +132,11 @@ class GrpcExecutor:
         await self._channel.close()
 
     async def execute(self, request: ExecRequest, *, timeout_s: float) -> AsyncIterator[ExecEvent]:
-        call = self._stub.Execute(
-            to_request(request),
-            metadata=call_metadata(self._token, job_id=request.job_id or None),
-            timeout=timeout_s,
-        )
+        metadata = list(call_metadata(self._token, job_id=request.job_id or None))
+        key = sandbox_key.get()
+        if key:
+            metadata.append((provider_keys.E2B_KEY, key))
+        call = self._stub.Execute(to_request(request), metadata=metadata, timeout=timeout_s)
         chunks: dict[str, bytearray] = {}
         try:
             async for response in call:

@@ -21,7 +21,9 @@ from zehanx.common.v1 import (
 from zehanx.executor.v1 import executor_service_pb2 as executor_pb
 from zehanx.trainer.v1 import trainer_service_pb2 as pb
 from zehanx.trainer.v1 import trainer_service_pb2_grpc as rpc
+from zehanx_runtime import provider_keys
 
+from zehanx_trainer import executor_client
 from zehanx_trainer.datasets import DatasetSpec
 from zehanx_trainer.executor_port import ExecFile, ExecUsage, ExitReason
 from zehanx_trainer.prediction import Predictor
@@ -307,6 +309,13 @@ class TrainerServicer(rpc.TrainerServiceServicer):
     async def Train(
         self, request: pb.TrainRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TrainResponse]:
+        # The job owner's own E2B key (sent by the gateway) goes on to the executor with this run's
+        # calls (this call's task only); it never enters the request, the program or the sandbox.
+        executor_client.sandbox_key.set(
+            provider_keys.caller_key(context.invocation_metadata(), provider_keys.E2B_KEY)
+            if context
+            else None
+        )
         async for item in self.trainer.train(to_spec(request), deadline=_deadline(context)):
             yield to_response(item)
 

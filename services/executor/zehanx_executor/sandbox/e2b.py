@@ -194,7 +194,7 @@ class _E2BRun:
                     timeout=math.ceil(wall + cfg.lifetime_margin_s),
                     metadata={"execution_id": spec.execution_id, "job_id": spec.job_id},
                     allow_internet_access=cfg.allow_internet,
-                    api_key=cfg.api_key,
+                    api_key=spec.sandbox_api_key or cfg.api_key,  # the job owner's own key first
                     domain=cfg.domain,
                     request_timeout=cfg.request_timeout_s,
                     **({"api_url": cfg.api_url} if cfg.api_url else {}),

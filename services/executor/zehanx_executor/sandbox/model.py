@@ -106,6 +106,9 @@ class JobSpec:
     collect_max_bytes: int = 256 * MiB
     """Total content bytes of collected files; files beyond it are reported without content."""
     job_id: str = ""
+    sandbox_api_key: str | None = field(default=None, repr=False, compare=False)
+    """A job owner's own key for a cloud sandbox (E2B), used to create it instead of the configured key.
+    It creates the sandbox and never enters it (not in ``env``, not in any file)."""
 
     def violations(self) -> list[FieldViolation]:
         out = list(self.limits.violations())
