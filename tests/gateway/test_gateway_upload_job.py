@@ -181,6 +181,9 @@ async def test_an_uploaded_csv_becomes_the_jobs_dataset_and_the_owners_groq_key_
     # The crawler read the uploaded file: its provenance is that file, and the preview is its rows.
     record = await served.stub.GetDataset(pb.GetDatasetRequest(job_id=job.id), metadata=alice)
     assert [p.sha256 for p in record.dataset.provenance] == [hashlib.sha256(content).hexdigest()]
+    # Named as the user knows it, not by the path on the gateway's host.
+    assert [p.source for p in record.dataset.provenance] == [f"upload {uploaded.upload_id} (penguins.csv)"]
+    assert str(suite.uploads) not in str(record)
     assert record.dataset.target_column == "species"
     preview = [json_format.MessageToDict(r) for r in record.dataset.preview_rows]
     assert len(preview) == 20 and all(row["species"] in ("Adelie", "Chinstrap", "Gentoo") for row in preview)

@@ -35,13 +35,15 @@ def build_codegen(settings: CodegenSettings, *, groq_client: groq.Groq | None = 
         # A job owner's own key, for one call: the configured client (its transport, timeouts and
         # retries) with the key replaced, or a new client when the backend is the templates.
         client = base.with_options(api_key=api_key) if base is not None else _client(settings, api_key)
-        return GroqWriter(
+        writer = GroqWriter(
             client,
             settings.groq_models,
             validator,
             max_completion_tokens=settings.groq_max_completion_tokens,
             key_name="the job owner's own Groq key",
         )
+        writer.owns_client = base is None  # a client of its own: closed after the call
+        return writer
 
     return Codegen(
         Planner(InstalledPackages(allow_pretrained=settings.allow_pretrained_encoder)),

@@ -115,6 +115,13 @@ class GroqWriter:
         self.temperature = temperature
         #: Whose key the client holds, for the message when Groq refuses it.
         self.key_name = key_name
+        #: True for a writer made for one call with a client of its own (closed after that call).
+        self.owns_client = False
+
+    def close(self) -> None:
+        """Close the HTTP client when this writer owns it (a per-call writer on a caller's key)."""
+        if self.owns_client:
+            self.client.close()
 
     def write(self, prompt: str, plan: Plan, profile: DatasetProfile | None, reference: Program) -> Written:
         return self._converse(prompts.generate_messages(prompt, plan, profile, reference))

@@ -92,7 +92,10 @@ class Codegen:
         writer = self._writer(groq_api_key)
         if writer is None:
             return Generated(reference, self.validator.validate(reference), "template")
-        written = writer.write(prompt, plan, profile, reference)
+        try:
+            written = writer.write(prompt, plan, profile, reference)
+        finally:
+            writer.close()
         return Generated(written.program, written.validation, f"groq:{written.model}", (written.summary,))
 
     def repair(
@@ -111,7 +114,10 @@ class Codegen:
             )
         writer = self._writer(groq_api_key)
         if writer is not None:
-            written = writer.repair(program, plan, failure, attempt)
+            try:
+                written = writer.repair(program, plan, failure, attempt)
+            finally:
+                writer.close()
             return Repaired(
                 written.program, written.validation, f"groq:{written.model}",
                 written.summary or "rewritten by the model after the failure",

@@ -197,6 +197,8 @@ class _JobRun:
             else DEFAULT_MAX_REPAIRS
         )
         self.repairs = job.repair_count
+        #: Stored paths of the job's uploads -> how the user knows them ("upload <id> (<file name>)").
+        self._uploaded: dict[str, str] = {}
         self.log = log.bind(job_id=str(job.id), attempt=job.attempt)
 
     # -- the run ------------------------------------------------------------------------------------
@@ -282,6 +284,7 @@ class _JobRun:
             return dataset
 
         dataset = await self._retrying("crawler", attempt)
+        self._name_uploads(dataset)
         built = job_event_pb2.DatasetBuilt(
             dataset_id=dataset.id,
             name=dataset.name,
@@ -299,6 +302,26 @@ class _JobRun:
         await self._emit("dataset_built", built, resume={"dataset": _json(dataset)})
         return dataset
 
+    def _name_uploads(self, dataset: crawler_dataset_pb2.Dataset) -> None:
+        """Name each upload as the user knows it ("upload <id> (<file name>)"), never by its path on
+        the gateway's host, in what the user sees of the dataset."""
+
+        def named(text: str) -> str:
+            for path, name in self._uploaded.items():
+                text = text.replace(Path(path).as_uri(), name).replace(path, name)
+            return text
+
+        if not self._uploaded:
+            return
+        dataset.explanation = named(dataset.explanation)
+        dataset.warnings[:] = [named(w) for w in dataset.warnings]
+        for item in dataset.provenance:
+            item.source, item.title, item.description = (
+                named(item.source),
+                named(item.title),
+                named(item.description),
+            )
+
     async def _crawler_sources(self) -> list[dataset_pb2.DataSource]:
         """The job's sources as the crawler reads them: each upload as the local path of its file."""
         sources = []
@@ -312,6 +335,7 @@ class _JobRun:
                 if kind == "upload_id":
                     path = await self.p._uploads.resolve(self.job.user_id, source.upload_id)
                     sources.append(dataset_pb2.DataSource(local_path=str(path)))
+                    self._uploaded[str(path)] = f"upload {source.upload_id} ({path.name})"
                     continue
                 if self.p._uploads.inside_root(source.local_path):
                     raise JobFailed(
