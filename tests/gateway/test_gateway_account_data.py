@@ -176,6 +176,7 @@ async def test_an_upload_is_stored_and_only_its_owner_may_name_it_as_a_job_sourc
         stored,
         stored.parent.parent,
         tmp_path / "uploads" / "." / str(alice_id) / ".." / str(alice_id),
+        tmp_path,  # a folder holding the upload folder would read everyone's uploads
     ):
         request = pb.CreateJobRequest(
             job=job_pb2.Job(prompt="penguin species", sources=[dataset_pb2.DataSource(local_path=str(path))])

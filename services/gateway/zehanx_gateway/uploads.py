@@ -117,7 +117,8 @@ class UploadService:
                 violations.append(
                     FieldViolation(
                         f"job.sources[{index}].local_path",
-                        "uploaded files are named by their upload_id, not by their path",
+                        "the upload folder (or a folder holding it) cannot be read by path: name "
+                        "uploaded files by their upload_id",
                         "LOCAL_PATH_IN_UPLOADS",
                     )
                 )
@@ -147,13 +148,14 @@ class UploadService:
         return path
 
     def inside_root(self, local_path: str) -> bool:
-        """True when ``local_path`` (symlinks resolved as far as they exist) is in the upload folder."""
+        """True when ``local_path`` (symlinks resolved as far as they exist) is in the upload folder, or
+        is a folder that holds it (reading that folder would read every user's uploads)."""
         try:
             resolved = Path(local_path).expanduser().resolve()
         except (OSError, RuntimeError):
             return False
         root = self._root.expanduser().resolve()
-        return resolved == root or resolved.is_relative_to(root)
+        return resolved.is_relative_to(root) or root.is_relative_to(resolved)
 
     async def _find(self, user_id: uuid.UUID, upload_id: str) -> Upload | None:
         try:
