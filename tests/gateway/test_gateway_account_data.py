@@ -414,3 +414,29 @@ async def test_user_settings_default_replace_and_stay_per_user(served: Served) -
     ]
     missing = await _error(served.stub.UpdateUserSettings(pb.UpdateUserSettingsRequest(), metadata=alice))
     assert [f for f, _ in field_violations_of(missing)] == ["settings"]
+
+
+async def test_uploads_beyond_the_users_quota_are_refused(database_url: str, tmp_path: Path) -> None:
+    served = await serve_gateway(gateway_settings(database_url, tmp_path, upload_quota_bytes=100))
+    try:
+        alice = bearer(await served.api_key("alice"))
+        bob = bearer(await served.api_key("bob"))
+        await served.stub.UploadFile(
+            pb.UploadFileRequest(filename="a.csv", content=b"x" * 60), metadata=alice
+        )
+        refused = await _error(
+            served.stub.UploadFile(pb.UploadFileRequest(filename="b.csv", content=b"y" * 41), metadata=alice)
+        )
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert _reason(refused) == "UPLOAD_QUOTA_EXCEEDED"
+        await served.stub.UploadFile(
+            pb.UploadFileRequest(filename="b.csv", content=b"y" * 40), metadata=alice
+        )
+        await served.stub.UploadFile(pb.UploadFileRequest(filename="c.csv", content=b"z" * 100), metadata=bob)
+        alice_id = await served.user_id("alice")
+        assert sorted(p.name for p in (tmp_path / "uploads" / str(alice_id)).rglob("*.csv")) == [
+            "a.csv",
+            "b.csv",
+        ]
+    finally:
+        await stop_gateway(served)

@@ -80,7 +80,7 @@ class Gateway:
         )
         hub.start(url if settings.event_listen else None)
         store = artifacts or LocalArtifactStore(settings.artifact_root)
-        uploads = UploadService(registry, settings.upload_root)
+        uploads = UploadService(registry, settings.upload_root, quota_bytes=settings.upload_quota_bytes)
         jobs = JobService(
             registry,
             hub,

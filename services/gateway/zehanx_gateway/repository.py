@@ -885,6 +885,18 @@ class PostgresRegistry:
             return _upload(row)
 
     @_translated
+    async def upload_bytes(self, user_id: uuid.UUID) -> int:
+        """Bytes of all the user's uploads."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "select coalesce(sum(size_bytes), 0)::bigint as n from zehanx.uploads where user_id = %s",
+                (user_id,),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row["n"])
+
+    @_translated
     async def get_upload(self, upload_id: uuid.UUID, *, user_id: uuid.UUID) -> Upload | None:
         """The user's upload, or None (another user's upload is None too)."""
         async with self._pool.connection() as conn:

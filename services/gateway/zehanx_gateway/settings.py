@@ -96,6 +96,11 @@ class GatewaySettings(ServiceSettings):
         description="Folder of uploaded data files (<folder>/<user id>/<upload id>/<filename>); default "
         "$ZX_HOME/uploads. The crawler must be allowed to read it (zx up adds it to ZX_CRAWLER_LOCAL_ROOTS).",
     )
+    upload_quota_bytes: int = Field(
+        1024**3,
+        ge=1,
+        description="Most bytes of uploads one user may keep; UploadFile beyond it: RESOURCE_EXHAUSTED.",
+    )
     secrets_key: SecretStr | None = Field(
         None,
         description="Key-encryption key of the users' own provider keys (any long random string; an "

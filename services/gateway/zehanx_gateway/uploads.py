@@ -32,6 +32,8 @@ class UploadStore(Protocol):
 
     async def get_upload(self, upload_id: uuid.UUID, *, user_id: uuid.UUID) -> Upload | None: ...
 
+    async def upload_bytes(self, user_id: uuid.UUID) -> int: ...
+
 
 def _write(path: Path, content: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -58,9 +60,10 @@ def _remove(path: Path) -> None:
 
 
 class UploadService:
-    def __init__(self, store: UploadStore, root: Path) -> None:
+    def __init__(self, store: UploadStore, root: Path, *, quota_bytes: int | None = None) -> None:
         self._store = store
         self._root = root
+        self._quota = quota_bytes
 
     @property
     def root(self) -> Path:
@@ -78,6 +81,16 @@ class UploadService:
                     FieldViolation("filename", "at most 255 bytes, not starting with '.'", "filename.unfit")
                 ],
             )
+        if self._quota is not None:
+            # Checked before writing (two uploads at once may pass it together: a soft limit).
+            used = await self._store.upload_bytes(principal.user_id)
+            if used + len(content) > self._quota:
+                raise errors.ResourceExhausted(
+                    f"your uploads would take {used + len(content)} bytes; the limit is {self._quota} "
+                    "(ZX_GATEWAY_UPLOAD_QUOTA_BYTES)",
+                    reason="UPLOAD_QUOTA_EXCEEDED",
+                    metadata={"limit_bytes": str(self._quota), "used_bytes": str(used)},
+                )
         upload = Upload(
             id=uuid.uuid4(),
             user_id=principal.user_id,
