@@ -1,5 +1,5 @@
 // DOM helpers. Every string from data goes in as text (textContent / text nodes), never as markup:
-// there is no innerHTML anywhere in this app.
+// no HTML-parsing DOM API is used anywhere in this app.
 
 export type Child = Node | string | number | null | undefined | false;
 type Attrs = Record<string, string | number | boolean | null | undefined | ((ev: Event) => void)>;

@@ -4,7 +4,8 @@
 // stream the page watches again from the last sequence it applied, keeping what it had (sessionStorage),
 // so the chart has no gap and no duplicate.
 import { Code, ConnectError } from "@connectrpc/connect";
-import { fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import { base64Decode, base64Encode } from "@bufbuild/protobuf/wire";
 import { h, link, notice, replace, table } from "../dom.js";
 import { api, call, errorText, isNetworkError, setReachable, signalSessionLost } from "../api.js";
 import { refresh } from "../auth.js";
@@ -21,7 +22,8 @@ const cacheKey = (id: string) => `zx.job.${id}`;
 
 interface Cache {
   lastSequence: number;
-  events: JsonValue[];
+  /** The applied events, binary protobuf in base64 (JSON would need every Any's type registered). */
+  events: string[];
 }
 
 export function forgetJobCaches(): void {
@@ -88,7 +90,7 @@ export async function jobPage(ctx: PageContext): Promise<void> {
 
   // -- state ------------------------------------------------------------------------------------------
   let lastSequence = 0;
-  const stored: JsonValue[] = [];
+  const stored: string[] = [];
   const trainLoss: [number, number][] = [];
   const validation = new Map<string, [number, number][]>();
   const sequences: number[] = [];
@@ -214,7 +216,7 @@ export async function jobPage(ctx: PageContext): Promise<void> {
       if (e.case === "logLine" && stored.length > 3000) {
         // keep the cache small: log lines beyond the tail are not needed again
       } else {
-        stored.push(toJson(JobEventSchema, ev));
+        stored.push(base64Encode(toBinary(JobEventSchema, ev)));
       }
     }
     if (ev.stage) reachedStages.add(ev.stage);
@@ -313,7 +315,7 @@ export async function jobPage(ctx: PageContext): Promise<void> {
   if (cached) {
     try {
       const c = JSON.parse(cached) as Cache;
-      for (const raw of c.events) apply(fromJson(JobEventSchema, raw), true);
+      for (const raw of c.events) apply(fromBinary(JobEventSchema, base64Decode(raw)), true);
     } catch {
       sessionStorage.removeItem(cacheKey(jobId));
     }
