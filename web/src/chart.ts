@@ -69,10 +69,12 @@ export function drawChart(root: SVGSVGElement, series: Series[], xLabel: string)
   root.append(xl);
   for (const s of series) {
     if (s.points.length === 0) continue;
-    const pts = s.points.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" ");
+    // By step: a program may report a step again or out of order (for example its best step at the end).
+    const sorted = [...s.points].sort((a, b) => a[0] - b[0]);
+    const pts = sorted.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" ");
     root.append(svg("polyline", { points: pts, class: `line ${s.cls}` }));
     if (s.points.length <= 40) {
-      for (const [x, y] of s.points) root.append(svg("circle", { cx: sx(x), cy: sy(y), r: 2.5, class: `dot ${s.cls}` }));
+      for (const [x, y] of sorted) root.append(svg("circle", { cx: sx(x), cy: sy(y), r: 2.5, class: `dot ${s.cls}` }));
     }
   }
 }

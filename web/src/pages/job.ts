@@ -142,7 +142,10 @@ export async function jobPage(ctx: PageContext): Promise<void> {
         return h("li", { class: cls, "aria-current": current ? "step" : null }, stageName(s).toLowerCase());
       }),
     );
-    if (terminal) eta.textContent = "";
+    if (terminal) {
+      eta.textContent = "";
+      progress.textContent = "";
+    }
     if (job.state === JobState.SUCCEEDED && job.modelId && !modelShown) {
       modelShown = true;
       void showModel(job.modelId);
