@@ -137,6 +137,7 @@ async def test_api_keys_through_connect_revoked_key_stops_at_once(edge: Edge) ->
         await edge.call("CreateApiKey", {"label": "x" * 201}, alice), "invalid_argument"
     ).violations() == ["label"]
     assert failed(await edge.call("ListApiKeys", {}), "unauthenticated")
+    assert failed(await edge.call("CreateApiKey", {"label": "x"}), "unauthenticated")
     mine = ok(await edge.call("CreateApiKey", {}, bob_session))
     assert (
         ok(await edge.call("ListApiKeys", {}, bob_session))["apiKeys"][0]["keyId"] == mine["apiKey"]["keyId"]
@@ -170,6 +171,8 @@ async def test_provider_keys_through_connect_hints_only(edge: Edge) -> None:
     assert failed(
         await edge.call("SetProviderKey", {"provider": "PROVIDER_GROQ", "secret": secret}), "unauthenticated"
     )
+    assert failed(await edge.call("ListProviderKeys", {}), "unauthenticated")
+    assert failed(await edge.call("DeleteProviderKey", {"provider": "PROVIDER_E2B"}), "unauthenticated")
 
 
 async def test_user_settings_through_connect(edge: Edge) -> None:
