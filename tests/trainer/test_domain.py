@@ -300,3 +300,26 @@ def test_zxrt_refuses_nonsense_where_the_program_calls_it(tmp_path: Path) -> Non
         3,
     )
     assert "loss must be a number" in record.message
+
+
+def test_a_validation_line_does_not_swallow_the_held_back_loss_line(tmp_path: Path) -> None:
+    # Progress lines 50 per second are throttled to 20; a validation line right after one that was
+    # held back sends it first, so every step that had a validation line also shows its loss.
+    proc = _run(
+        "import time, zxrt\n"
+        "for step in range(1, 41):\n"
+        "    zxrt.log_metrics(step=step, loss=1.0 / step, total_steps=40)\n"
+        "    if step % 10 == 0:\n"
+        "        zxrt.log_metrics(step=step, val={'accuracy': step / 40})\n"
+        "    time.sleep(0.02)\n",
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    metrics = [r for r in _records(proc.stdout) if r["kind"] == "metric"]
+    loss_steps = {r["step"] for r in metrics if "loss" in r}
+    val_steps = [r["step"] for r in metrics if "val.accuracy" in r]
+    assert val_steps == [10, 20, 30, 40]
+    assert set(val_steps) <= loss_steps, (sorted(loss_steps), val_steps)
+    assert len(metrics) < 40 + 4, "progress lines are still throttled"
+    steps = [r["step"] for r in metrics]
+    assert steps == sorted(steps), "in step order"

@@ -200,6 +200,10 @@ class _MetricThrottle:
         epoch = record.get("epoch")
         new_epoch = epoch is not None and epoch != self.last_epoch
         if important or new_epoch or now - self.last_sent >= 1.0 / MAX_METRIC_LINES_PER_S:
+            if important and self.pending is not None:
+                # The held-back progress line goes first: a validation line must not swallow the
+                # training loss of the steps before it (a fast run would chart almost no loss).
+                _emit(self.pending)
             self.pending = None
             self.last_sent = now
             if epoch is not None:
