@@ -35,7 +35,7 @@ def edge_app(gateway: Gateway, settings: EdgeSettings | None = None) -> EdgeApp:
     )
     service = ConnectService(adapter, read_max_bytes=gateway.settings.max_message_bytes)
     web = WebApp(
-        settings.edge_web_dir,
+        settings.web_dir,
         supabase_url=settings.edge_supabase_url,
         anon_key=settings.edge_supabase_anon_key.get_secret_value(),
     )

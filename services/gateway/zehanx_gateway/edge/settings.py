@@ -92,11 +92,16 @@ class EdgeSettings(BaseSettings):
                 raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
         return value
 
-    edge_web_dir: Path = Field(
-        DEFAULT_WEB_DIR,
-        description="Folder of the built web dashboard the edge serves at / (default: web/dist of this "
-        "checkout, built by make setup). Missing: / answers 503 saying to run make setup.",
+    edge_web_dir: Path | None = Field(
+        None,
+        description="Folder of the built web dashboard the edge serves at /. Unset: web/dist of this "
+        "checkout, built by make setup. Missing: / answers 503 saying to run make setup.",
     )
+
+    @property
+    def web_dir(self) -> Path:
+        """The dashboard folder to serve (the setting, or this checkout's web/dist)."""
+        return self.edge_web_dir or DEFAULT_WEB_DIR
     edge_supabase_url: str = Field(
         "",
         description="Supabase project URL (https://<ref>.supabase.co): the web page then signs in through "
