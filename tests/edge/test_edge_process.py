@@ -6,6 +6,7 @@ as they are written, and a clean stop on SIGTERM."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -129,6 +130,11 @@ def test_the_readme_curl_examples_run_against_a_gateway_process(
     # GetJob (by GET) and ListJobs both show the job; the bad request names its field.
     assert out.count(job["id"]) >= 4
     assert '"code": "invalid_argument"' in out and "job_id" in out
+    # The upload answers its id, size and SHA-256; the key list shows the key the test made.
+    tiny = (tmp_path / "tiny.csv").read_bytes()
+    assert f'"sha256": "{hashlib.sha256(tiny).hexdigest()}"' in out and '"filename": "tiny.csv"' in out
+    assert f'"sizeBytes": "{len(tiny)}"' in out
+    assert '"apiKeys"' in out and key.split("_")[1] in out
     # The stream: a snapshot, the stored events, the CANCELLED transition with its reason, a clean end.
     assert '"snapshot"' in out
     assert out.rstrip().endswith("{}")
