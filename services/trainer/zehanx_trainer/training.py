@@ -505,7 +505,7 @@ class _Run:
         yield self._emit(
             StageChanged(
                 Stage.SMOKE_RUN,
-                f"smoke run: ZX_SMOKE=1 on {device}{f' x{gpus} ({launcher})' if gpus > 1 else ''}, "
+                f"ZX_SMOKE=1 on {device}{f' x{gpus} ({launcher})' if gpus > 1 else ''}, "
                 f"limit {cfg.smoke_timeout_s:.0f} s",
             )
         )
