@@ -65,15 +65,26 @@ test("the gateway contract loads from .proto files alone", () => {
   const methods = Object.keys(gateway.GatewayService.service).sort();
   assert.deepEqual(methods, [
     "CancelJob",
+    "CreateApiKey",
     "CreateJob",
     "DeleteModel",
+    "DeleteProviderKey",
     "DownloadModel",
+    "GetDataset",
     "GetJob",
     "GetModel",
+    "GetUserSettings",
+    "ListApiKeys",
+    "ListDatasets",
     "ListJobEvents",
     "ListJobs",
     "ListModels",
+    "ListProviderKeys",
     "Predict",
+    "RevokeApiKey",
+    "SetProviderKey",
+    "UpdateUserSettings",
+    "UploadFile",
     "WatchJob",
   ]);
   assert.equal(gateway.GatewayService.service.WatchJob.responseStream, true);
