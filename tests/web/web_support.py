@@ -10,9 +10,12 @@ import http.server
 import io
 import os
 import random
+import struct
 import sys
 import threading
 import time
+import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,10 @@ SERVICE = "/zehanx.gateway.v1.GatewayService"
 UID_BASE = 59000 + (os.getpid() % 100) * (EXECUTOR_SLOTS + 1)
 WORK_DIR = f"/var/tmp/zx-web-suite-{UID_BASE}"
 MARKUP = '<img src=x onerror="window.__zxPwned=1">'
+PASSWORD = "correct horse battery staple"
+#: The suite's job leases are short (as the e2e suite's) so that a killed gateway's job is taken over
+#: within seconds of `zx up` bringing the gateway back.
+LEASE_SECONDS = 5
 
 
 @dataclass
@@ -66,6 +73,23 @@ class WebSuite:
         )
         assert r.status_code == 200, (method, r.status_code, r.text)
         return r.json()
+
+    def training_sequences(self, job_id: str, token: str) -> list[int]:
+        """The sequence numbers of the job's stored training-metric events of full runs (not smoke)."""
+        stored: list[int] = []
+        page_token = ""
+        while True:
+            res = self.rpc(
+                "ListJobEvents", {"jobId": job_id, "pageSize": 1000, "pageToken": page_token}, token
+            )
+            stored += [
+                int(e["sequence"])
+                for e in res.get("events", [])
+                if "trainingMetrics" in e and not e["trainingMetrics"].get("smoke")
+            ]
+            page_token = res.get("nextPageToken", "")
+            if not page_token:
+                return stored
 
     def wait_job(self, job_id: str, token: str, predicate: Any, within: float = 180) -> dict[str, Any]:
         deadline = time.monotonic() + within
@@ -104,6 +128,7 @@ def web_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebSuite]:
             "ZX_EXECUTOR_MAX_CONCURRENT": str(EXECUTOR_SLOTS),
             "ZX_CRAWLER_ALLOW_PRIVATE_NETWORKS": "true",
             "ZX_GATEWAY_CLAIM_POLL_SECONDS": "0.5",
+            "ZX_GATEWAY_LEASE_SECONDS": str(LEASE_SECONDS),
             "COLUMNS": "160",
         }
     )
@@ -144,6 +169,24 @@ def data_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.shutdown()
 
 
+def grey_png(pixels: list[list[int]], scale: int = 1) -> bytes:
+    """A minimal 8-bit greyscale PNG of rows of 0..255 values, each pixel drawn as a scale x scale block."""
+    rows = [[v for v in row for _ in range(scale)] for row in pixels for _ in range(scale)]
+    height, width = len(rows), len(rows[0])
+    raw = b"".join(b"\0" + bytes(row) for row in rows)  # filter type 0 (none) on every scanline
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale, no interlace
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
 @pytest.fixture(scope="session")
 def web_browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
@@ -174,6 +217,23 @@ new MutationObserver(() => {
   if (!last || last.points !== n || last.state !== s) window.__zxCounts.push({points: n, state: s, at: performance.now()});
 }).observe(document, {subtree: true, childList: true, attributes: true, characterData: true});
 """
+
+
+def new_page(browser: Any, **options: Any) -> Any:
+    """A page in a context of its own (its own cookies), the recorder installed."""
+    context = browser.new_context(viewport=DESKTOP, accept_downloads=True, **options)
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    page.add_init_script(RECORDER)
+    return page
+
+
+def email() -> str:
+    return f"user-{uuid.uuid4().hex[:8]}@example.com"
+
+
+def no_csp_violations(page: Any) -> None:
+    assert page.evaluate("window.__zxCsp") == []
 
 
 def shot(page: Any, name: str) -> None:

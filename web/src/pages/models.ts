@@ -44,6 +44,8 @@ export async function modelPage(ctx: PageContext): Promise<void> {
     replace(ctx.root, h("h1", {}, "Model"), notice("error", errorText(err)), link("/models", "All models"));
     return;
   }
+  // An image model's form scales pictures to the range of its training data's pixels.
+  const shape = model.taskFamily === TaskFamily.IMAGE_CLASSIFICATION ? await imageShape(model) : null;
   const names = [
     ...new Set([...Object.keys(model.heldOutMetrics?.values ?? {}), ...Object.keys(model.baselineMetrics?.values ?? {})]),
   ];
@@ -74,7 +76,7 @@ export async function modelPage(ctx: PageContext): Promise<void> {
     h("h2", {}, "Download"),
     downloadButton(model.id, model.archiveSha256, ctx.signal),
     h("h2", {}, "Try it"),
-    predictForm(model),
+    predictForm(model, shape),
     h("h2", {}, "Model card"),
     h("pre", { class: "card", id: "model-card", tabindex: "0" }, model.modelCard),
     h("h2", {}, "Delete"),
@@ -82,7 +84,7 @@ export async function modelPage(ctx: PageContext): Promise<void> {
   );
 }
 
-function predictForm(model: Model): HTMLElement {
+function predictForm(model: Model, shape: ImageShape | null): HTMLElement {
   const out = h("div", { id: "predict-result", "aria-live": "polite" });
   const submit = h("button", { type: "submit", class: "primary", id: "predict" }, "Predict");
   const form = h("form", { id: "predict-form" });
@@ -93,29 +95,26 @@ function predictForm(model: Model): HTMLElement {
     const text = h("textarea", { name: "text", id: "predict-text", rows: 3, required: true });
     form.append(field("Text", text));
     read = async () => text.value;
-  } else if (family === TaskFamily.IMAGE_CLASSIFICATION && inputs.length > 1 && Number.isInteger(Math.sqrt(inputs.length))) {
-    const side = Math.sqrt(inputs.length);
-    const file = h("input", { type: "file", name: "image", accept: "image/*", required: true });
-    form.append(field("Image", file, `Scaled to ${side}×${side} grey pixels, dark ink on light paper.`));
+  } else if (shape) {
+    const file = h("input", { type: "file", name: "image", id: "predict-image", accept: "image/*", required: true });
+    const invert = h("input", { type: "checkbox", name: "invert", id: "predict-invert", checked: shape.channels === 1 });
+    form.append(
+      field(
+        "Image",
+        file,
+        `Scaled to ${shape.width}×${shape.height} pixels${shape.channels === 1 ? " in grey" : ""}, values 0 to ${shape.top} as in the training data.`,
+      ),
+      h(
+        "div",
+        { class: "check" },
+        invert,
+        h("label", { for: "predict-invert" }, "Dark strokes on a light ground: invert them (the training pictures are light on dark)"),
+      ),
+    );
     read = async () => {
       const chosen = file.files?.[0];
       if (!chosen) throw new Error("choose an image");
-      const bitmap = await createImageBitmap(chosen);
-      const canvas = document.createElement("canvas");
-      canvas.width = side;
-      canvas.height = side;
-      const g = canvas.getContext("2d")!;
-      g.fillStyle = "#fff";
-      g.fillRect(0, 0, side, side);
-      g.drawImage(bitmap, 0, 0, side, side);
-      const px = g.getImageData(0, 0, side, side).data;
-      const row: JsonObject = {};
-      // Ink (1 - brightness) scaled to 0..16, the range of the digits data the image template reads.
-      inputs.forEach((name, i) => {
-        const lum = (0.299 * px[i * 4] + 0.587 * px[i * 4 + 1] + 0.114 * px[i * 4 + 2]) / 255;
-        row[name] = Math.round((1 - lum) * 16);
-      });
-      return row;
+      return imageInstance(await createImageBitmap(chosen), shape, invert.checked, inputs);
     };
   } else if (inputs.length) {
     const controls = inputs.map((name) => {
@@ -159,6 +158,82 @@ function predictForm(model: Model): HTMLElement {
     }
   });
   return form;
+}
+
+interface ImageShape {
+  height: number;
+  width: number;
+  channels: number;
+  /** The largest pixel value of the training data (16 for scikit-learn's 8x8 digits, 255 for photos). */
+  top: number;
+  /** One column holding the pixel array, or one column per pixel value. */
+  layout: "array_column" | "pixel_columns";
+}
+
+/** The image the model reads: its size and layout from its plan's hyperparameters (the codegen's
+ * planner sets them), the pixels' range from the rows of the dataset it was trained on. */
+async function imageShape(model: Model): Promise<ImageShape | null> {
+  const hp = model.plan?.hyperparameters ?? {};
+  const n = (k: string) => {
+    const v = hp[k]?.kind;
+    return v?.case === "numberValue" ? v.value : undefined;
+  };
+  const layout = hp["image_layout"]?.kind;
+  const height = n("height");
+  const width = n("width");
+  const channels = n("channels") ?? 1;
+  if (!height || !width || layout?.case !== "stringValue" || ![1, 3, 4].includes(channels)) return null;
+  if (layout.value !== "array_column" && layout.value !== "pixel_columns") return null;
+  const inputs = model.plan?.inputColumns ?? [];
+  if (layout.value === "array_column" ? inputs.length !== 1 : inputs.length !== height * width * channels) return null;
+  return { height, width, channels, top: await pixelTop(model, inputs), layout: layout.value };
+}
+
+/** The largest pixel value in the model's dataset: the input columns' profiled maximum and the preview
+ * rows' values (1 for data in 0..1). Without a dataset: what the program scales by, else 255. */
+async function pixelTop(model: Model, inputs: string[]): Promise<number> {
+  let top = 0;
+  const walk = (v: JsonValue | undefined): void => {
+    if (typeof v === "number") top = Math.max(top, v);
+    else if (Array.isArray(v)) v.forEach(walk);
+  };
+  try {
+    const d = (await call(() => api.getDataset({ jobId: model.jobId }))).dataset;
+    for (const c of d?.profile?.columns ?? []) if (inputs.includes(c.name) && c.numeric) top = Math.max(top, c.numeric.max);
+    for (const row of d?.previewRows ?? []) for (const name of inputs) walk(row[name]);
+  } catch {
+    // no dataset to read (for example deleted): fall back below
+  }
+  if (top > 0) return top <= 1 ? 1 : Math.ceil(top);
+  const scale = model.plan?.hyperparameters["pixel_scale"]?.kind;
+  return scale?.case === "numberValue" && scale.value > 0 ? Math.round(1 / scale.value) : 255;
+}
+
+/** The picture scaled to the model's size, as the instance its predict.py reads. */
+function imageInstance(bitmap: ImageBitmap, s: ImageShape, invert: boolean, inputs: string[]): JsonObject {
+  const canvas = document.createElement("canvas");
+  canvas.width = s.width;
+  canvas.height = s.height;
+  const g = canvas.getContext("2d")!;
+  g.fillStyle = "#fff";
+  g.fillRect(0, 0, s.width, s.height);
+  g.imageSmoothingQuality = "high";
+  g.drawImage(bitmap, 0, 0, s.width, s.height);
+  const px = g.getImageData(0, 0, s.width, s.height).data;
+  const values: number[] = [];
+  const level = (v: number) => {
+    const x = ((invert ? 255 - v : v) / 255) * s.top;
+    return s.top === 1 ? Math.round(x * 1000) / 1000 : Math.round(x);
+  };
+  for (let i = 0; i < s.width * s.height; i++) {
+    const [r, gr, b, a] = [px[i * 4], px[i * 4 + 1], px[i * 4 + 2], px[i * 4 + 3]];
+    if (s.channels === 1) values.push(level(0.299 * r + 0.587 * gr + 0.114 * b));
+    else values.push(level(r), level(gr), level(b), ...(s.channels === 4 ? [level(a)] : []));
+  }
+  if (s.layout === "array_column") return { [inputs[0]]: values };
+  const row: JsonObject = {};
+  inputs.forEach((name, i) => (row[name] = values[i]));
+  return row;
 }
 
 function deleteBox(model: Model, ctx: PageContext): HTMLElement {
