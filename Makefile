@@ -40,7 +40,8 @@ demo: setup ## Start the suite, train "Classify handwritten digits" live, print 
 	$(ZX) up --detach
 	$(ZX) train "Classify handwritten digits" --follow
 	@echo "The suite is still running (logs in $${ZX_HOME:-~/.zehanx}/logs). Stop it with: $(ZX) down"
-	@echo "Open the dashboard at the address zx up printed above (http://127.0.0.1:47100 by default), sign up, and train from the browser."
+	@echo "Dashboard: the address zx up printed above (http://127.0.0.1:47100 by default). To see this model there,"
+	@echo "give the CLI's user a sign-in first: $(ZX) account password --email you@example.org"
 
 clean: ## Remove caches and build outputs (keeps .venv and node_modules)
 	find . -path ./.venv -prune -o -path ./node_modules -prune -o -name __pycache__ -type d -exec rm -rf {} +

@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.table import Table
 from zehanx_gateway.edge.settings import EdgeSettings
 
-from zehanx_cli import account, health, jobs, keys, sandbox
+from zehanx_cli import account, health, jobs, keys, sandbox, web_account
 from zehanx_cli.errors import LaunchError
 from zehanx_cli.settings import LauncherSettings
 from zehanx_cli.suite import POSTGRES, Health, Suite
@@ -30,6 +30,7 @@ err_console = Console(stderr=True, soft_wrap=True)
 # Sub-apps: `zx sandbox …` (the executor's isolation probe) and `zx keys …` (the gateway's API keys).
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(keys.app, name="keys")
+app.add_typer(web_account.app, name="account")
 # The public API from a shell: zx train / jobs / job / cancel / models / download / predict.
 jobs.register(app)
 

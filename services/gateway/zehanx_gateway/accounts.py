@@ -79,6 +79,7 @@ class AccountStore(Protocol):
     ) -> tuple[uuid.UUID, uuid.UUID] | None: ...
     async def revoke_sessions(self, user_id: uuid.UUID, session_id: uuid.UUID | None) -> int: ...
     async def revoke_by_refresh(self, refresh_sha256: bytes) -> int: ...
+    async def set_password(self, user_id: uuid.UUID, email: str, password_hash: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +240,17 @@ class AccountService:
         return Session(access, self._config.access_seconds, expires_at, refresh, user_id, email, session_id)
 
 
+async def set_password(store: AccountStore, user_id: uuid.UUID, email: str, password: str) -> str:
+    """Give an existing user (say the CLI's ``local`` user) an email and password, or replace them, so
+    the dashboard shows that user's jobs and models; the user's sessions are signed out. Returns the
+    normalised email."""
+    email = _checked(email, password)
+    password_hash = await asyncio.to_thread(argon2.PasswordHasher().hash, password)
+    await store.set_password(user_id, email, password_hash)
+    await store.revoke_sessions(user_id, None)
+    return email
+
+
 def _checked(email: str, password: str) -> str:
     """The normalised email, or INVALID_ARGUMENT naming every bad field."""
     email = (email or "").strip().lower()
@@ -283,6 +295,22 @@ class PostgresAccountStore:
                 "an account with this email exists: sign in instead", reason="EMAIL_TAKEN"
             ) from None
         return user_id
+
+    async def set_password(self, user_id: uuid.UUID, email: str, password_hash: str) -> None:
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(
+                    """
+                    insert into zehanx.accounts (user_id, email, password_hash) values (%s, %s, %s)
+                    on conflict (user_id) do update
+                      set email = excluded.email, password_hash = excluded.password_hash
+                    """,
+                    (user_id, email, password_hash),
+                )
+        except pg_errors.UniqueViolation:
+            raise errors.AlreadyExists(
+                "another user's account has this email", reason="EMAIL_TAKEN"
+            ) from None
 
     async def find_account(self, email: str) -> Account | None:
         async with self._pool.connection() as conn:
