@@ -14,6 +14,7 @@ import pytest
 from web_support import (
     MARKUP,
     PASSWORD,
+    PHONE,
     WebSuite,
     email,
     grey_png,
@@ -93,6 +94,8 @@ def test_train_watch_live_reload_download_predict_and_delete(
     )
     after = page.evaluate("window.__zxCounts")
     assert page.locator("#job-state").text_content() == "SUCCEEDED", page.locator("#job-error").text_content()
+    assert page.locator("#job-stage").text_content() == "", "no stage once the job ended"
+    assert "ended" in page.locator("main .meta").first.text_content()
     running = [c["points"] for c in before + after if c["state"] == "RUNNING"]
     final = int(page.locator("#chart").get_attribute("data-points"))
     assert any(0 < n < final for n in running), (
@@ -165,6 +168,12 @@ def test_cancel_a_running_job_shows_cancelled(
         "() => document.getElementById('job-state')?.textContent === 'CANCELLED'", timeout=60_000
     )
     assert "cancelled" in page.locator("#job-error").text_content().lower()
+    assert page.locator("#job-stage").text_content() == "", "no stage once the job ended"
+    # Cancelled before training: a line says so where the (empty) chart was.
+    page.wait_for_function("() => document.getElementById('chart').dataset.watch === 'ended'")
+    if page.locator("#chart").get_attribute("data-points") == "0":
+        page.locator("#no-steps").wait_for()
+        assert page.locator("#chart").is_hidden()
     shot(page, "job-cancelled")
 
 
@@ -249,7 +258,13 @@ def test_settings_api_keys_provider_keys_and_defaults(web_browser: Any, web_suit
     page.get_by_role("button", name="Save defaults").click()
     page.locator("#defaults-status .ok").wait_for()
     shot(page, "settings")
-    page.get_by_role("button", name=re.compile("Revoke key")).click()
+    # At phone width the key's row is a stacked card: Revoke in view, no sideways scroll to reach it.
+    page.set_viewport_size(PHONE)
+    revoke = page.get_by_role("button", name=re.compile("Revoke key"))
+    box = revoke.bounding_box()
+    assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], box
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    revoke.click()
     page.get_by_text("revoked").wait_for()
     page.get_by_role("link", name="Dashboard").click()
     page.locator("summary", has_text="Options").click()

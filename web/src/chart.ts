@@ -22,8 +22,10 @@ function label(n: number): string {
 
 /** Draws `series` into `root` (an <svg>), replacing what was there. */
 export function drawChart(root: SVGSVGElement, series: Series[], xLabel: string): void {
-  const W = 640;
-  const H = 260;
+  // As wide as the chart is drawn (so its labels keep their size on a phone), 640 before it is laid out.
+  const shown = Math.round(root.getBoundingClientRect().width);
+  const W = shown > 0 ? Math.min(1000, Math.max(280, shown)) : 640;
+  const H = W < 500 ? 200 : 260;
   const L = 56;
   const R = 12;
   const T = 12;

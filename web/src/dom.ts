@@ -55,14 +55,17 @@ export function link(href: string, ...children: Child[]): HTMLAnchorElement {
   return h("a", { href, "data-link": "" }, ...children);
 }
 
-/** A table from a header row and rows of cells (cells are text unless they are nodes). */
+/** A table from a header row and rows of cells (cells are text unless they are nodes). Each cell carries
+ * its column's name (data-label): at phone width a table of four or more columns shows each row as a
+ * stacked card of "name: value" lines instead of scrolling sideways (app.css), unless it sits in a
+ * .scroll region (a preview of data rows, read across). */
 export function table(headers: string[], rows: Child[][], caption?: string): HTMLTableElement {
   return h(
     "table",
-    {},
+    { class: headers.length >= 4 ? "stack" : null },
     caption ? h("caption", {}, caption) : null,
     h("thead", {}, h("tr", {}, ...headers.map((t) => h("th", { scope: "col" }, t)))),
-    h("tbody", {}, ...rows.map((r) => h("tr", {}, ...r.map((c) => h("td", {}, c))))),
+    h("tbody", {}, ...rows.map((r) => h("tr", {}, ...r.map((c, i) => h("td", { "data-label": headers[i] || null }, c))))),
   );
 }
 

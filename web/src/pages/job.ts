@@ -66,6 +66,7 @@ export async function jobPage(ctx: PageContext): Promise<void> {
     metricSvg,
     h("figcaption", {}, legend),
   );
+  const noSteps = h("p", { id: "no-steps", class: "empty", hidden: true }, "No training steps were run.");
   const logList = h("ol", { id: "log", class: "log", "aria-label": "Log tail" });
   const datasetBox = h("section", { id: "dataset-summary" });
   const resultBox = h("section", { id: "result" });
@@ -82,6 +83,7 @@ export async function jobPage(ctx: PageContext): Promise<void> {
     h("h2", {}, "Training"),
     progress,
     chartFigure,
+    noSteps,
     datasetBox,
     resultBox,
     h("h2", {}, "Log"),
@@ -114,7 +116,9 @@ export async function jobPage(ctx: PageContext): Promise<void> {
     const state = stateName(job.state);
     stateBadge.textContent = state;
     stateBadge.className = `state ${state.toLowerCase()}`;
-    root.querySelector("#job-stage")!.textContent = job.stage ? `· ${stageName(job.stage)}` : "";
+    const terminal = TERMINAL.has(job.state);
+    // The stage only while the job runs: an ended job reads SUCCEEDED, not "SUCCEEDED · PUBLISHING".
+    root.querySelector("#job-stage")!.textContent = job.stage && !terminal ? `· ${stageName(job.stage)}` : "";
     replace(
       meta,
       "Job ",
@@ -123,7 +127,6 @@ export async function jobPage(ctx: PageContext): Promise<void> {
       job.endTime ? ` · ended ${when(job.endTime)}` : "",
       job.repairCount ? ` · ${job.repairCount} repair(s)` : "",
     );
-    const terminal = TERMINAL.has(job.state);
     cancel.hidden = terminal || job.state === JobState.CANCELLING;
     if (job.error && job.error.message && (job.state === JobState.FAILED || job.state === JobState.CANCELLED)) {
       replace(errorBox, notice(job.state === JobState.FAILED ? "error" : "info", job.error.message));
@@ -229,6 +232,7 @@ export async function jobPage(ctx: PageContext): Promise<void> {
         job.state = c.toState;
         if (c.toStage) job.stage = c.toStage;
         if (c.error) job.error = c.error;
+        if (TERMINAL.has(c.toState) && ev.eventTime) job.endTime = ev.eventTime;
         if (c.reason) addLog(c.reason, "platform", seq);
         renderJob();
         break;
@@ -336,6 +340,16 @@ export async function jobPage(ctx: PageContext): Promise<void> {
     }, 300);
   };
   window.addEventListener("pagehide", saveCache, { signal });
+  // Redrawn at its new width when the window is resized (the chart's labels keep their size).
+  let drawnWidth = chartFigure.getBoundingClientRect().width;
+  const resized = new ResizeObserver(() => {
+    const w = chartFigure.getBoundingClientRect().width;
+    if (Math.abs(w - drawnWidth) < 1) return;
+    drawnWidth = w;
+    renderChart();
+  });
+  resized.observe(chartFigure);
+  signal.addEventListener("abort", () => resized.disconnect());
 
   let backoff = 500;
   let refreshed = false;
@@ -374,4 +388,9 @@ export async function jobPage(ctx: PageContext): Promise<void> {
   }
   saveCache();
   chartFigure.dataset.watch = "ended";
+  // Every event is in: a job that ended before its first training step gets a line, not an empty box.
+  if (TERMINAL.has(job.state) && sequences.length === 0) {
+    chartFigure.hidden = true;
+    noSteps.hidden = false;
+  }
 }
