@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
+import hashlib
 import json
 import socket
 from collections.abc import Iterator
@@ -38,6 +40,20 @@ Send = Any
 
 #: Files of the built app served as themselves, by extension; any other path without an extension is an
 #: app route (the page's own router reads it) and answers index.html.
+#: Types worth compressing (text); images are compressed already.
+_COMPRESSIBLE = {".html", ".js", ".css", ".json", ".svg", ".txt", ".map"}
+
+
+@dataclass(frozen=True)
+class _File:
+    """A file of the build as served: its bytes, gzip'd bytes (text only) and a strong ETag."""
+
+    stamp: tuple[int, int]
+    raw: bytes
+    packed: bytes | None
+    etag: bytes
+
+
 _STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -94,6 +110,7 @@ class WebApp:
             (b"x-frame-options", b"DENY"),
             (b"cross-origin-opener-policy", b"same-origin"),
         ]
+        self._files: dict[Path, _File] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
@@ -122,15 +139,47 @@ class WebApp:
                 ).encode()
                 await self._respond(send, 503, "text/plain; charset=utf-8", body, method, cache="no-store")
                 return
-        await self._respond(send, 200, _STATIC_TYPES[suffix], target.read_bytes(), method)
+        served = self._file(target, suffix)
+        extra = [(b"etag", served.etag), (b"vary", b"accept-encoding")]
+        if _header(scope, b"if-none-match") == served.etag.decode():
+            # Unchanged since the browser's copy: no body (the build changes the ETag).
+            await self._respond(send, 304, _STATIC_TYPES[suffix], b"", "HEAD", extra=extra, length=False)
+            return
+        body = served.raw
+        if served.packed is not None and "gzip" in _header(scope, b"accept-encoding"):
+            body = served.packed
+            extra.append((b"content-encoding", b"gzip"))
+        await self._respond(send, 200, _STATIC_TYPES[suffix], body, method, extra=extra)
+
+    def _file(self, target: Path, suffix: str) -> _File:
+        """The file as served, read (and compressed) again only when it changed on disk."""
+        info = target.stat()
+        stamp = (info.st_mtime_ns, info.st_size)
+        cached = self._files.get(target)
+        if cached is None or cached.stamp != stamp:
+            raw = target.read_bytes()
+            packed = gzip.compress(raw, compresslevel=9, mtime=0) if suffix in _COMPRESSIBLE else None
+            etag = f'"{hashlib.sha256(raw).hexdigest()[:32]}"'.encode()
+            cached = self._files[target] = _File(stamp, raw, packed, etag)
+        return cached
 
     async def _respond(
-        self, send: Send, status: int, content_type: str, body: bytes, method: str, *, cache: str = "no-cache"
+        self,
+        send: Send,
+        status: int,
+        content_type: str,
+        body: bytes,
+        method: str,
+        *,
+        cache: str = "no-cache",
+        extra: list[tuple[bytes, bytes]] | None = None,
+        length: bool = True,
     ) -> None:
         headers = [
             (b"content-type", content_type.encode()),
-            (b"content-length", str(len(body)).encode()),
+            *([(b"content-length", str(len(body)).encode())] if length else []),
             (b"cache-control", cache.encode()),
+            *(extra or []),
             *self._headers,
         ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
