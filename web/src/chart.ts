@@ -61,9 +61,12 @@ export function drawChart(root: SVGSVGElement, series: Series[], xLabel: string)
     t.textContent = label(y);
     root.append(t);
   }
-  for (const x of [x0, (x0 + x1) / 2, x1]) {
+  // Steps are whole numbers; one step alone gets one tick.
+  const single = Math.min(...all.map((p) => p[0])) === Math.max(...all.map((p) => p[0]));
+  const xs = single ? [x0] : [...new Set([x0, Math.round((x0 + x1) / 2), x1])];
+  for (const x of xs) {
     const t = svg("text", { x: sx(x), y: H - B + 16, "text-anchor": "middle", class: "tick" });
-    t.textContent = label(Math.round(x));
+    t.textContent = String(Math.round(x));
     root.append(t);
   }
   const xl = svg("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle", class: "axis" });

@@ -65,7 +65,7 @@ export function table(headers: string[], rows: Child[][], caption?: string): HTM
     { class: headers.length >= 4 ? "stack" : null },
     caption ? h("caption", {}, caption) : null,
     h("thead", {}, h("tr", {}, ...headers.map((t) => h("th", { scope: "col" }, t)))),
-    h("tbody", {}, ...rows.map((r) => h("tr", {}, ...r.map((c, i) => h("td", { "data-label": headers[i] || null }, c))))),
+    h("tbody", {}, ...rows.map((r) => h("tr", {}, ...r.map((c, i) => h("td", { "data-label": headers[i] || null }, c === "" ? null : c))))),
   );
 }
 

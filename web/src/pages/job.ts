@@ -149,6 +149,7 @@ export async function jobPage(ctx: PageContext): Promise<void> {
       eta.textContent = "";
       progress.textContent = "";
     }
+    progress.hidden = terminal; // its reserved line is for a running job's progress
     if (job.state === JobState.SUCCEEDED && job.modelId && !modelShown) {
       modelShown = true;
       void showModel(job.modelId);
