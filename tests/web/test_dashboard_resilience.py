@@ -141,3 +141,31 @@ def test_an_expired_session_goes_to_sign_in_and_the_typed_prompt_survives(
         "no job was created by the refused call"
     )
     no_csp_violations(page)
+
+
+def test_after_an_expired_session_another_user_does_not_get_the_typed_prompt(
+    web_browser: Any, web_suite: WebSuite
+) -> None:
+    page = new_page(web_browser)
+    first, second = email(), email()
+    sign_up(page, web_suite.url, first, PASSWORD)
+    page.get_by_label("What should the model do?").fill("Predict churn from our private CRM export")
+    expired = expired_token(web_suite, web_suite.session(first, PASSWORD))
+    page.context.clear_cookies()
+    page.route(
+        f"**{SERVICE}/**",
+        lambda route: route.continue_(
+            headers={**route.request.headers, "authorization": f"Bearer {expired}"}
+        ),
+    )
+    page.get_by_role("button", name="Train").click()
+    page.get_by_role("heading", name="Sign in").wait_for()
+    page.unroute(f"**{SERVICE}/**")
+
+    assert "private CRM" in (page.evaluate("sessionStorage.getItem('zx.draft')") or "")
+
+    # Someone else signs in on this tab: the first user's draft is not theirs to see.
+    sign_up(page, web_suite.url, second, PASSWORD)
+    assert page.get_by_label("What should the model do?").input_value() == ""
+    assert page.evaluate("sessionStorage.getItem('zx.draft')") is None
+    no_csp_violations(page)

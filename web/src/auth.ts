@@ -93,8 +93,22 @@ async function post(path: string, body: unknown, bearer?: string): Promise<Sessi
   return data as SessionJson;
 }
 
+/** What this tab keeps for its user (the typed prompt, job event caches) belongs to one user: when a
+ * different user signs in here (a session expired and someone else signed in), drop it first. */
+const TAB_OWNER = "zx.owner";
+function claimTab(userId: string): void {
+  const previous = sessionStorage.getItem(TAB_OWNER);
+  if (previous !== null && previous !== userId) {
+    for (const key of Object.keys(sessionStorage)) {
+      if (key.startsWith("zx.") && key !== SUPABASE_REFRESH) sessionStorage.removeItem(key);
+    }
+  }
+  sessionStorage.setItem(TAB_OWNER, userId);
+}
+
 function adopt(session: SessionJson | null): boolean {
   if (!session || !session.access_token) return false;
+  claimTab(session.user?.id ?? "");
   accessToken = session.access_token;
   userEmail = session.user?.email ?? userEmail;
   if (config.mode === "supabase" && session.refresh_token) {
