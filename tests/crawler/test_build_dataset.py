@@ -388,6 +388,12 @@ async def test_digits_images_are_packed_for_image_classification(crawler: Crawle
     rows = _splits(dataset)["test"]
     assert set(rows[0]) == {"image", "digit"} and len(rows[0]["image"]) == 64
     assert json.loads(dataset.ref.schema_json)["image"]["shape"] == [8, 8]
+    # The pixel range is profiled (scikit-learn's digits are 0..16, not 0..255), so a program scales
+    # them right; mean and spread recomputed here from every pixel of every row.
+    (image,) = [c for c in dataset.profile.columns if c.name == "image"]
+    pixels = [v for split in _splits(dataset).values() for row in split for v in row["image"]]
+    assert (image.numeric.min, image.numeric.max) == (0, 16)
+    assert image.numeric.mean == pytest.approx(sum(pixels) / len(pixels), rel=1e-5)
 
 
 def _request(prompt: str, *sources: str) -> pb.BuildDatasetRequest:

@@ -6,6 +6,8 @@ import statistics
 from collections import Counter
 from typing import Any
 
+import numpy as np
+
 from zehanx_crawler.cleaning import NUMERIC, Column, Table
 from zehanx_crawler.splitting import SPLITS, Split
 from zehanx_crawler.task import TaskChoice
@@ -60,6 +62,17 @@ def column_profile(col: Column, role: str) -> dict[str, Any]:
         out["top_values"] = [[k, v] for k, v in Counter(present).most_common(10)]
     if col.type in ("date", "datetime") and present:
         out.update(min=min(present), max=max(present))
+    if col.type == "image" and present:
+        # Statistics over every pixel: the range tells a program how to scale (0..16 for scikit-learn's
+        # digits, 0..255 for photos).
+        pixels = np.asarray([v for image in present for v in image], dtype=np.float64)
+        if pixels.size:
+            out.update(
+                min=_round(float(pixels.min())),
+                max=_round(float(pixels.max())),
+                mean=_round(float(pixels.mean())),
+                std=_round(float(pixels.std())),
+            )
     out.update({k: v for k, v in col.facts.items() if k in ("shape", "channels", "value_range", "percent")})
     return out
 

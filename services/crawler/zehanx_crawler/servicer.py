@@ -179,7 +179,7 @@ def profile_message(dataset: BuiltDataset, samples: dict[str, list[str]]) -> dat
             distinct_count=column["distinct"],
             sample_values=samples.get(column["name"], []),
         )
-        if column["type"] in ("integer", "number") and "mean" in column:
+        if column["type"] in ("integer", "number", "image") and "mean" in column:
             message.numeric.CopyFrom(
                 dataset_pb2.NumericStats(
                     min=column["min"], max=column["max"], mean=column["mean"], stddev=column["std"]
