@@ -229,6 +229,9 @@ def test_markup_in_column_names_log_lines_and_prompts_is_shown_as_text_and_never
     names = page.locator("code.column-name").all_text_contents()
     assert MARKUP in names, names
     assert MARKUP in page.locator("main table thead").last.text_content()  # the preview's header
+    # The preview's columns come in the file's order (the rows travel as JSON objects, keys sorted).
+    preview_header = page.locator("main table thead").last.locator("th").all_text_contents()
+    assert preview_header == [MARKUP, "humidity", "outcome"], preview_header
     assert page.locator("main img").count() == 0
     page.wait_for_timeout(300)
     assert page.evaluate("window.__zxPwned") is None

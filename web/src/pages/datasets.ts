@@ -47,7 +47,10 @@ export async function datasetPage(ctx: PageContext): Promise<void> {
     const p = d.profile;
     const total = Number(p?.rowCount ?? 0n);
     const preview = d.previewRows;
-    const columns = [...new Set(preview.flatMap((r) => Object.keys(r)))];
+    // The rows are JSON objects (their keys come back sorted): show them in the dataset's column order.
+    const order = (p?.columns ?? []).map((c) => c.name);
+    const rank = (name: string) => (order.indexOf(name) + order.length + 1) % (order.length + 1);
+    const columns = [...new Set(preview.flatMap((r) => Object.keys(r)))].sort((a, b) => rank(a) - rank(b));
     replace(
       ctx.root,
       h("h1", {}, d.name),
