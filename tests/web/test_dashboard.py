@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -163,10 +164,34 @@ def test_cancel_a_running_job_shows_cancelled(
     page = new_page(web_browser)
     sign_up(page, web_suite.url, email(), PASSWORD)
     start_job(page, "Predict whether it rains", f"{data_server}/weather2.csv", epochs=200)
-    page.get_by_role("button", name="Cancel job").click()
     page.wait_for_function(
-        "() => document.getElementById('job-state')?.textContent === 'CANCELLED'", timeout=60_000
+        "() => document.getElementById('job-state')?.textContent === 'RUNNING'", timeout=60_000
     )
+
+    # CancelJob's answer (CANCELLING: a running job stops within moments) is held back until the stream
+    # has surely brought CANCELLED: the page must not go back to the older state the answer carries.
+    answered: list[int] = []
+
+    def answer_late(route: Any) -> None:
+        answer = route.fetch()
+        time.sleep(2.0)
+        route.fulfill(response=answer)
+        answered.append(answer.status)
+
+    page.route("**/zehanx.gateway.v1.GatewayService/CancelJob", answer_late)
+    page.get_by_role("button", name="Cancel job").click()
+    try:
+        page.wait_for_function(
+            "() => document.getElementById('job-state')?.textContent === 'CANCELLED'", timeout=60_000
+        )
+    except Exception as exc:  # say what the page and the gateway showed
+        shown = page.locator("main").text_content()
+        raise AssertionError(f"not CANCELLED; answers {answered}; the page showed: {shown[:1500]}") from exc
+    while not answered:
+        page.wait_for_timeout(100)
+    page.wait_for_timeout(500)  # the page has handled the late answer
+    assert answered == [200]
+    assert page.locator("#job-state").text_content() == "CANCELLED", "the late answer took the page back"
     assert "cancelled" in page.locator("#job-error").text_content().lower()
     assert page.locator("#job-stage").text_content() == "", "no stage once the job ended"
     # Cancelled before training: a line says so where the (empty) chart was.

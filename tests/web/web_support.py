@@ -129,6 +129,9 @@ def web_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebSuite]:
             "ZX_CRAWLER_ALLOW_PRIVATE_NETWORKS": "true",
             "ZX_GATEWAY_CLAIM_POLL_SECONDS": "0.5",
             "ZX_GATEWAY_LEASE_SECONDS": str(LEASE_SECONDS),
+            # Every test signs up users of its own from 127.0.0.1: well over the default 10 per hour
+            # per address (that limit is tested in tests/edge/test_edge_sessions.py).
+            "ZX_GATEWAY_SIGN_UP_MAX_PER_CLIENT": "10000",
             "COLUMNS": "160",
         }
     )

@@ -309,8 +309,13 @@ export async function jobPage(ctx: PageContext): Promise<void> {
   cancel.addEventListener("click", async () => {
     cancel.disabled = true;
     try {
-      job = await call(() => api.cancelJob({ jobId, reason: "cancelled from the dashboard" }));
-      renderJob();
+      const answered = await call(() => api.cancelJob({ jobId, reason: "cancelled from the dashboard" }));
+      // The stream may already have brought what came after (CANCELLED right behind CANCELLING): an
+      // older answer must not put the page back to CANCELLING with nothing more to come.
+      if (Number(answered.lastSequence) >= lastSequence) {
+        job = answered;
+        renderJob();
+      }
       replace(cancelStatus);
     } catch (err) {
       replace(cancelStatus, notice("error", errorText(err)));
