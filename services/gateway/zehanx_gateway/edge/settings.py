@@ -102,6 +102,7 @@ class EdgeSettings(BaseSettings):
     def web_dir(self) -> Path:
         """The dashboard folder to serve (the setting, or this checkout's web/dist)."""
         return self.edge_web_dir or DEFAULT_WEB_DIR
+
     edge_supabase_url: str = Field(
         "",
         description="Supabase project URL (https://<ref>.supabase.co): the web page then signs in through "
