@@ -11,6 +11,13 @@ import sys
 from typing import Any
 
 import structlog
+import structlog.tracebacks
+
+#: Tracebacks as structured data, WITHOUT each frame's local variables (structlog's ``dict_tracebacks``
+#: shows them): a frame's locals hold API keys, users' provider keys, passwords and tokens.
+_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -27,7 +34,7 @@ def configure_logging(level: str = "info", json: bool | None = None, *, service:
     if service:
         processors.append(_add_service(service))
     if json:
-        processors += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        processors += [_TRACEBACKS, structlog.processors.JSONRenderer()]
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
     structlog.configure(
