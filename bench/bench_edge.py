@@ -24,20 +24,13 @@ from typing import Any
 
 import grpc
 import httpx
+from served_gateway import served_gateway, stored_job
 from zehanx.common.v1 import log_pb2
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
-from zehanx.gateway.v1 import job_event_pb2, job_pb2
-from zehanx_cli import procs
-from zehanx_cli.postgres import EmbeddedPostgres
-from zehanx_gateway import convert
-from zehanx_gateway.app import Gateway
+from zehanx.gateway.v1 import job_event_pb2
 from zehanx_gateway.auth import new_api_key
-from zehanx_gateway.domain import JobStage, JobState
-from zehanx_gateway.edge import EdgeSettings, serve_edge
-from zehanx_gateway.settings import GatewaySettings
 from zehanx_runtime.logging import configure_logging
-from zehanx_runtime.server import start_server
 
 SERVICE = "/zehanx.gateway.v1.GatewayService"
 
@@ -94,58 +87,28 @@ async def hammer(call: Any, calls: int, concurrency: int) -> float:
 async def main(args: argparse.Namespace) -> None:
     configure_logging("warning", json=True)
     with tempfile.TemporaryDirectory(prefix="zx-bench-edge-") as tmp:
-        home = Path(tmp)
-        postgres = EmbeddedPostgres(home / "pg", port=procs.free_port(), durable=False)
-        process = postgres.start(log_path=home / "postgres.log")
-        try:
-            settings = GatewaySettings(
-                host="127.0.0.1",
-                port=0,
-                database_url=postgres.url(),
-                artifact_dir=home / "artifacts",
-                log_level="warning",
-                log_json=True,
-            )  # type: ignore[call-arg]
-            gateway = await Gateway.open(settings)
-            server = await start_server(
-                settings,
-                [gateway.binding()],
-                service_name="gateway",
-                internal=False,
-                extra_check=gateway.authenticator.check,
-            )
-            edge = await serve_edge(gateway, EdgeSettings(edge_port=0))
+        async with served_gateway(Path(tmp), edge=True) as served:
+            assert served.edge is not None
+            gateway = served.gateway
             user_id = await gateway.registry.user_by_name("bench", create=True)
             key = new_api_key()
             await gateway.registry.add_api_key(user_id, key.key_id, key.secret_sha256, "bench")
             auth = (("authorization", f"Bearer {key.token}"),)
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{served.server.port}")
             stub = rpc.GatewayServiceStub(channel)
             limits = httpx.Limits(
                 max_connections=args.concurrency, max_keepalive_connections=args.concurrency
             )
-            http = httpx.AsyncClient(base_url=edge.url, timeout=300, limits=limits)
+            http = httpx.AsyncClient(base_url=served.edge.url, timeout=300, limits=limits)
             try:
-                job = await stub.CreateJob(
-                    pb.CreateJobRequest(job=job_pb2.Job(prompt="bench")), metadata=auth
+                job_id = await stored_job(
+                    gateway, stub, auth, [log_event(n) for n in range(args.events)], end=True
                 )
-                job_id = convert.parse_id(job.id, "job_id")
-                await gateway.jobs.transition(
-                    job_id, JobState.RUNNING, stage=JobStage.TRAINING, reason="bench"
-                )
-                for first in range(0, args.events, 100):
-                    await gateway.jobs.publish(
-                        [
-                            convert.pending_event(job_id, log_event(n))
-                            for n in range(first, min(args.events, first + 100))
-                        ]
-                    )
-                await gateway.jobs.transition(job_id, JobState.SUCCEEDED, reason="bench done")
 
                 rates: dict[str, float] = {}
                 for door, watch in (
-                    ("grpc", lambda: watch_grpc(stub, job.id, auth)),
-                    ("edge", lambda: watch_edge(http, job.id, key.token)),
+                    ("grpc", lambda: watch_grpc(stub, job_id, auth)),
+                    ("edge", lambda: watch_edge(http, job_id, key.token)),
                 ):
                     best = 0.0
                     for _ in range(3):
@@ -159,11 +122,11 @@ async def main(args: argparse.Namespace) -> None:
                     f"  Connect edge (JSON) {rates['edge']:10.0f}   ratio edge/gRPC {rates['edge'] / rates['grpc']:.2f}"
                 )
 
-                get = pb.GetJobRequest(job_id=job.id)
+                get = pb.GetJobRequest(job_id=job_id)
                 headers = {"authorization": f"Bearer {key.token}"}
 
                 async def over_edge() -> None:
-                    response = await http.post(f"{SERVICE}/GetJob", json={"jobId": job.id}, headers=headers)
+                    response = await http.post(f"{SERVICE}/GetJob", json={"jobId": job_id}, headers=headers)
                     response.raise_for_status()
 
                 grpc_rate = await hammer(
@@ -178,12 +141,6 @@ async def main(args: argparse.Namespace) -> None:
             finally:
                 await http.aclose()
                 await channel.close()
-                await edge.stop(0.5)
-                await server.stop(0.5)
-                await gateway.close()
-        finally:
-            postgres.stop(process.pid)
-            process.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -31,19 +31,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 import grpc  # noqa: E402
 import jwt  # noqa: E402
+from served_gateway import served_gateway  # noqa: E402
 from zehanx.common.v1 import log_pb2  # noqa: E402
 from zehanx.gateway.v1 import gateway_service_pb2 as pb  # noqa: E402
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc  # noqa: E402
 from zehanx.gateway.v1 import job_event_pb2, job_pb2  # noqa: E402
-from zehanx_cli import procs  # noqa: E402
-from zehanx_cli.postgres import EmbeddedPostgres  # noqa: E402
 from zehanx_gateway import convert  # noqa: E402
 from zehanx_gateway.app import Gateway  # noqa: E402
 from zehanx_gateway.auth import new_api_key  # noqa: E402
 from zehanx_gateway.domain import JobStage, JobState  # noqa: E402
-from zehanx_gateway.settings import GatewaySettings  # noqa: E402
 from zehanx_runtime.logging import configure_logging  # noqa: E402
-from zehanx_runtime.server import start_server  # noqa: E402
 
 JWT_SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 CHANNELS = 8
@@ -190,28 +187,8 @@ async def gateway_getjob(port: int, auth: Any, calls: int, concurrency: int) -> 
 async def main(args: argparse.Namespace) -> None:
     configure_logging("warning", json=True)
     with tempfile.TemporaryDirectory(prefix="zx-bench-gateway-") as tmp:
-        home = Path(tmp)
-        postgres = EmbeddedPostgres(home / "pg", port=procs.free_port(), durable=False)
-        process = postgres.start(log_path=home / "postgres.log")
-        try:
-            settings = GatewaySettings(
-                host="127.0.0.1",
-                port=0,
-                database_url=postgres.url(),
-                jwt_secret=JWT_SECRET,
-                artifact_dir=home / "artifacts",
-                max_active_jobs_per_user=1000,
-                log_level="warning",
-                log_json=True,
-            )  # type: ignore[call-arg]
-            gateway = await Gateway.open(settings)
-            server = await start_server(
-                settings,
-                [gateway.binding()],
-                service_name="gateway",
-                internal=False,
-                extra_check=gateway.authenticator.check,
-            )
+        async with served_gateway(Path(tmp), jwt_secret=JWT_SECRET, max_active_jobs_per_user=1000) as served:
+            gateway, server = served.gateway, served.server
             user_id = await gateway.registry.user_by_name("bench", create=True)
             key = new_api_key()
             await gateway.registry.add_api_key(user_id, key.key_id, key.secret_sha256, "bench")
@@ -256,11 +233,6 @@ async def main(args: argparse.Namespace) -> None:
                 )
             finally:
                 await bare.stop(0)
-                await server.stop(0.5)
-                await gateway.close()
-        finally:
-            postgres.stop(process.pid)
-            process.wait(timeout=15)
 
 
 if __name__ == "__main__":

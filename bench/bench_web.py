@@ -30,23 +30,16 @@ from typing import Any
 import grpc
 from playwright.async_api import async_playwright
 from zehanx.common.v1 import metrics_pb2
-from zehanx.gateway.v1 import gateway_service_pb2 as pb
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
-from zehanx.gateway.v1 import job_event_pb2, job_pb2
-from zehanx_cli import procs
-from zehanx_cli.postgres import EmbeddedPostgres
-from zehanx_gateway import convert
+from zehanx.gateway.v1 import job_event_pb2
 from zehanx_gateway.app import Gateway
 from zehanx_gateway.auth import new_api_key
-from zehanx_gateway.domain import JobStage, JobState
-from zehanx_gateway.edge import EdgeSettings, serve_edge
-from zehanx_gateway.settings import GatewaySettings
 from zehanx_runtime.logging import configure_logging
-from zehanx_runtime.server import start_server
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from bench_edge import log_event, watch_grpc  # noqa: E402
+from served_gateway import served_gateway, stored_job  # noqa: E402
 
 DIST = REPO / "web" / "dist"
 CHROMIUM = "/usr/bin/chromium"
@@ -100,52 +93,13 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="zx-bench-web-") as tmp_name:
         tmp = Path(tmp_name)
         script = bench_page_script(tmp)
-        postgres = EmbeddedPostgres(tmp / "pg", port=procs.free_port(), durable=False)
-        process = postgres.start(log_path=tmp / "postgres.log")
-        try:
-            settings = GatewaySettings(
-                host="127.0.0.1",
-                port=0,
-                database_url=postgres.url(),
-                artifact_dir=tmp / "artifacts",
-                jwt_secret="bench-secret-" + "x" * 40,
-                log_level="warning",
-                log_json=True,
-            )  # type: ignore[call-arg]
-            gateway = await Gateway.open(settings)
-            server = await start_server(
-                settings,
-                [gateway.binding()],
-                service_name="gateway",
-                internal=False,
-                extra_check=gateway.authenticator.check,
-            )
-            edge = await serve_edge(gateway, EdgeSettings(edge_port=0))
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-            stub = rpc.GatewayServiceStub(channel)
+        async with served_gateway(tmp, edge=True, jwt_secret="bench-secret-" + "x" * 40) as served:
+            assert served.edge is not None
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{served.server.port}")
             try:
-                await run(args, gateway, stub, edge.url, script)
+                await run(args, served.gateway, rpc.GatewayServiceStub(channel), served.edge.url, script)
             finally:
                 await channel.close()
-                await edge.stop(0.5)
-                await server.stop(0.5)
-                await gateway.close()
-        finally:
-            postgres.stop(process.pid)
-            process.wait(timeout=30)
-
-
-async def stored_job(
-    gateway: Gateway, stub: Any, auth: Any, events: list[job_event_pb2.JobEvent], *, end: bool
-) -> str:
-    job = await stub.CreateJob(pb.CreateJobRequest(job=job_pb2.Job(prompt="bench")), metadata=auth)
-    job_id = convert.parse_id(job.id, "job_id")
-    await gateway.jobs.transition(job_id, JobState.RUNNING, stage=JobStage.TRAINING, reason="bench")
-    for first in range(0, len(events), 100):
-        await gateway.jobs.publish([convert.pending_event(job_id, e) for e in events[first : first + 100]])
-    if end:
-        await gateway.jobs.transition(job_id, JobState.SUCCEEDED, reason="bench done")
-    return job.id
 
 
 async def run(args: argparse.Namespace, gateway: Gateway, stub: Any, url: str, script: str) -> None:
