@@ -222,15 +222,39 @@ class EmbeddedPostgres:
     def initialized(self) -> bool:
         return (self.data_dir / "PG_VERSION").exists()
 
+    def _write_pwfile(self, pwfile: Path, uid: int, gid: int) -> None:
+        """Write the superuser's password to a new file ``pwfile`` that only the runtime user can read.
+
+        The cluster folder belongs to the runtime user (``nobody`` under root), who could have planted a
+        link at that name: the file is created new (O_EXCL, O_NOFOLLOW: never through a link, never an
+        existing file; one left there is removed, itself and not what it points to) and handed over
+        with fchown on the open file, never by name.
+        """
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd: int | None = None
+        for _attempt in range(3):
+            try:
+                fd = os.open(pwfile, flags, 0o600)
+                break
+            except FileExistsError:
+                try:
+                    os.unlink(pwfile)  # a leftover or a planted link: unlink removes the link itself
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    raise LaunchError(f"cannot remove {pwfile} to write a new one: {exc.strerror}") from None
+        if fd is None:
+            raise LaunchError(f"cannot create {pwfile}: something keeps putting a file there")
+        with os.fdopen(fd, "w") as out:
+            if self._privileged:
+                os.fchown(out.fileno(), uid, gid)
+            out.write(self._password() + "\n")
+
     def _initdb(self, bin_dir: Path, env: Mapping[str, str]) -> None:
         uid, gid = self._account()
         cluster = self.cluster_dir
         pwfile = cluster / f".pwfile.{os.getpid()}"
-        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(self._password() + "\n")
-        if self._privileged:
-            os.chown(pwfile, uid, gid)
+        self._write_pwfile(pwfile, uid, gid)
         try:
             shutil.rmtree(self.data_dir, ignore_errors=True)  # a half-made cluster from a failed init
             done = self._run_as(
