@@ -48,6 +48,7 @@ def trainer_config(settings: TrainerSettings) -> TrainerConfig:
         seed=settings.seed,
         max_concurrent_runs=settings.max_concurrent_runs,
         log_lines_per_s=settings.log_lines_per_s,
+        max_weights_header_bytes=settings.max_weights_header_bytes,
     )
 
 

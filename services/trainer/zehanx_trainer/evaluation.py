@@ -84,7 +84,10 @@ def _finite_floats(name: str, values: Sequence[Any]) -> np.ndarray:
     for i, value in enumerate(values):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise EvaluationError(f"{name}[{i}] must be a number, got {type(value).__name__}")
-        out[i] = float(value)
+        try:
+            out[i] = float(value)
+        except OverflowError:  # an int beyond a double
+            raise EvaluationError(f"{name}[{i}] is not a finite number") from None
         if not math.isfinite(out[i]):
             raise EvaluationError(f"{name}[{i}] is not a finite number")
     return out
@@ -234,24 +237,96 @@ def evaluate(
     )
 
 
+#: Bytes in one line of ``predictions.jsonl`` (a row's prediction and its probabilities; 1000 classes fit).
+MAX_PREDICTION_LINE_BYTES = 1024 * 1024
+#: Nesting of a prediction value (a list of lists of numbers is depth 3; JSON parsing recurses).
+MAX_PREDICTION_DEPTH = 32
+#: Digits of an integer in a prediction: any integer beyond this does not fit a double either.
+MAX_PREDICTION_INT_DIGITS = 309
+
+
+class _NumberError(ValueError):
+    """A JSON number in a prediction that is not a finite double (raised from the parser's hooks)."""
+
+
+def _finite_int(text: str) -> int:
+    """``parse_int`` hook: refuse digit strings a double cannot hold, before ``int()`` converts them."""
+    if len(text.lstrip("-")) > MAX_PREDICTION_INT_DIGITS:
+        raise _NumberError(f"an integer of {len(text)} digits does not fit a double")
+    value = int(text)
+    try:
+        float(value)
+    except OverflowError:
+        raise _NumberError(f"the integer {text:.20}... does not fit a double") from None
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NumberError(f"the number {text:.40} is not finite")
+    return value
+
+
+def _non_finite(text: str) -> float:
+    raise _NumberError(f"{text} is not a number JSON allows")
+
+
+def nests_deeper(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and objects more than ``limit`` deep (iterative: it may be deep)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in item)
+    return False
+
+
 def parse_predictions(data: bytes, rows: int, kind: TaskKind | None) -> list[tuple[Any, dict[str, float]]]:
     """``predictions.jsonl``: one ``{"prediction": v, "probabilities": {...}?}`` per input row.
 
-    ``kind`` checks the prediction's type (a label, a finite number); ``None`` accepts any JSON value.
-    Raises ValueError with the first problem.
+    ``kind`` checks the prediction's type (a label, a finite number); ``None`` accepts any JSON value
+    that is not too large or too deeply nested. Raises ValueError with the first problem and its line:
+    the file comes from a sandboxed program, so nothing in it may raise anything else. Pure CPU work
+    over up to the collect cap (64 MiB): async callers run it in a thread.
     """
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError("the file is not UTF-8") from None
+        return _parse_predictions(data, rows, kind)
+    except ValueError:
+        raise
+    except (OverflowError, RecursionError, TypeError) as exc:  # defence in depth; the checks come first
+        raise ValueError(f"the file cannot be read: {type(exc).__name__}: {exc!s:.200}") from None
+
+
+def _parse_predictions(data: bytes, rows: int, kind: TaskKind | None) -> list[tuple[Any, dict[str, float]]]:
     out: list[tuple[Any, dict[str, float]]] = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
             continue
+        if len(out) == rows:
+            raise ValueError(f"expected {rows} predictions (one per input line), got more (line {number})")
+        if len(raw) > MAX_PREDICTION_LINE_BYTES:
+            raise ValueError(f"line {number} is longer than {MAX_PREDICTION_LINE_BYTES} bytes")
         try:
-            obj = json.loads(line)
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"line {number} is not UTF-8") from None
+        try:
+            obj = json.loads(
+                line, parse_int=_finite_int, parse_float=_finite_float, parse_constant=_non_finite
+            )
+        except _NumberError as exc:
+            raise ValueError(f"line {number}: {exc}") from None
         except json.JSONDecodeError as exc:
             raise ValueError(f"line {number} is not JSON: {exc}") from None
+        except RecursionError:
+            raise ValueError(f"line {number} nests deeper than {MAX_PREDICTION_DEPTH} levels") from None
+        if nests_deeper(obj, MAX_PREDICTION_DEPTH + 1):  # the line's own object is one level
+            raise ValueError(f"line {number} nests deeper than {MAX_PREDICTION_DEPTH} levels")
         if not isinstance(obj, dict) or "prediction" not in obj:
             raise ValueError(f'line {number} must be an object with a "prediction" key')
         value = obj["prediction"]

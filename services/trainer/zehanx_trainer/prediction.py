@@ -229,7 +229,8 @@ class Predictor:
                 "predict.py exited 0 but wrote no predictions", reason="PREDICT_NO_OUTPUT"
             )
         try:
-            predictions = parse_predictions(output.content, len(rows), None)
+            # A program's output, up to 64 MiB: parsed in a thread, off the event loop.
+            predictions = await asyncio.to_thread(parse_predictions, output.content, len(rows), None)
         except ValueError as exc:
             raise FailedPrecondition(
                 f"predict.py wrote unusable predictions: {exc}", reason="PREDICT_BAD_OUTPUT"

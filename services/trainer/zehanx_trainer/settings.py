@@ -101,7 +101,17 @@ class TrainerSettings(ServiceSettings):
     )
     seed: int = Field(42, ge=0, le=2**31 - 1, description="ZX_SEED when the plan names no seed.")
     log_lines_per_s: float = Field(
-        50.0, gt=0, description="Program output lines forwarded per second (burst 200)."
+        50.0,
+        gt=0,
+        description="Program output lines and zxrt log records forwarded per second (burst 200); "
+        "the rest are counted in one platform line.",
+    )
+    max_weights_header_bytes: int = Field(
+        4 * MiB,
+        ge=64 * 1024,
+        le=100_000_000,
+        description="Largest safetensors header (JSON) the trainer parses in a model.safetensors; real "
+        "headers take about 100 bytes a tensor (a 7B model: ~30 KiB). 100 MB is safetensors' own cap.",
     )
 
     # Predictions.

@@ -44,7 +44,14 @@ from zehanx_runtime.logging import get_logger
 
 from zehanx_trainer import datasets as ds
 from zehanx_trainer.artifacts import ArtifactStore
-from zehanx_trainer.evaluation import Evaluation, EvaluationError, TaskKind, evaluate, parse_predictions
+from zehanx_trainer.evaluation import (
+    Evaluation,
+    EvaluationError,
+    TaskKind,
+    evaluate,
+    nests_deeper,
+    parse_predictions,
+)
 from zehanx_trainer.executor_port import (
     ExecFile,
     ExecLimits,
@@ -71,7 +78,7 @@ from zehanx_trainer.records import (
     parse_record,
 )
 from zehanx_trainer.runtime_helper import ZXRT_VERSION, zxrt_source
-from zehanx_trainer.weights import WeightsError, WeightsSummary, inspect_safetensors
+from zehanx_trainer.weights import MAX_HEADER_BYTES, WeightsError, WeightsSummary, inspect_safetensors
 
 log = get_logger("zehanx.trainer")
 
@@ -81,6 +88,9 @@ OUTPUT_DIR = "output"
 MAX_LOG_LINE_BYTES = 16 * 1024
 STDERR_TAIL_BYTES = 32 * 1024
 MAX_PREDICTIONS_BYTES = 64 * 1024 * 1024
+#: ``output/model_config.json``: sizes, class names, a vocabulary; the model card quotes it.
+MAX_MODEL_CONFIG_BYTES = 4 * 1024 * 1024
+MAX_MODEL_CONFIG_DEPTH = 64
 #: Task families (``schema.json`` / ``TaskFamily`` names) and how the trainer scores them.
 TASK_KINDS = {
     "text_classification": TaskKind.CLASSIFICATION,
@@ -172,6 +182,7 @@ class TrainerConfig:
     log_lines_per_s: float = 50.0
     log_burst: int = 200
     executor_margin_s: float = 30.0
+    max_weights_header_bytes: int = MAX_HEADER_BYTES
 
 
 # -- what a run reports -------------------------------------------------------------------------------
@@ -275,6 +286,9 @@ class ProgramRun:
     curve: CurveSummary = field(default_factory=CurveSummary)
     invalid_records: int = 0
     dropped_lines: int = 0
+    #: What ``_train_failure`` found in a valid model (set only when it returned None).
+    weights: WeightsSummary | None = None
+    model_config: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -517,7 +531,7 @@ class _Run:
                 smoke = item.run
             else:
                 yield item
-        failure = self._train_failure(smoke, Stage.SMOKE_RUN, "train.py (smoke run)", repairable=True)
+        failure = await self._train_failure(smoke, Stage.SMOKE_RUN, "train.py (smoke run)", repairable=True)
         if failure is not None:
             yield self._emit(failure)
             return
@@ -531,7 +545,7 @@ class _Run:
                 predict_run = item.run
             else:
                 yield item
-        predictions, failure = self._predictions(
+        predictions, failure = await self._predictions(
             predict_run, len(smoke_rows), task, Stage.SMOKE_RUN, repairable=True
         )
         if failure is not None:
@@ -564,14 +578,13 @@ class _Run:
                 full = item.run
             else:
                 yield item
-        failure = self._train_failure(full, Stage.TRAINING, "train.py", repairable=None)
+        failure = await self._train_failure(full, Stage.TRAINING, "train.py", repairable=None)
         if failure is not None:
             yield self._emit(failure)
             return
-        assert full.result is not None
+        assert full.result is not None and full.weights is not None
         model_files = self._model_files(full)
-        weights_bytes = model_files[f"{OUTPUT_DIR}/model.safetensors"]
-        weights = inspect_safetensors(weights_bytes)  # checked in _train_failure already
+        weights = full.weights  # checked (off the event loop) in _train_failure
         if (
             full.model is not None
             and full.model.sha256 != full.files[f"{OUTPUT_DIR}/model.safetensors"].sha256
@@ -595,7 +608,7 @@ class _Run:
                 eval_run = item.run
             else:
                 yield item
-        predictions, failure = self._predictions(
+        predictions, failure = await self._predictions(
             eval_run, len(test_rows), task, Stage.EVALUATING, repairable=None
         )
         if failure is not None:
@@ -794,7 +807,12 @@ class _Run:
                         )
                     )
                 elif isinstance(record, LogRecord):
-                    yield self._emit(LogLine("program", "stdout", f"[{record.level}] {record.message}"))
+                    # Under the same bucket as stdout and stderr lines: the metric channel's own cap
+                    # (200/s) would otherwise store ~17 M log events in a 24 h run.
+                    if bucket.take():
+                        yield self._emit(LogLine("program", "stdout", f"[{record.level}] {record.message}"))
+                    else:
+                        run.dropped_lines += 1
                 elif isinstance(record, PhaseRecord):
                     run.phase = record.phase
                 elif isinstance(record, ErrorRecord):
@@ -812,7 +830,8 @@ class _Run:
                 yield item
         if run.dropped_lines:
             yield self._platform(
-                f"{run.dropped_lines} output lines were not forwarded (over {self.config.log_lines_per_s:.0f} lines/s)"
+                f"{run.dropped_lines} output lines and zxrt log records were not forwarded "
+                f"(over {self.config.log_lines_per_s:.0f} lines/s)"
             )
         if run.invalid_records > warned_invalid:
             yield self._platform(
@@ -858,10 +877,11 @@ class _Run:
         exit_code = -1 if result.signal else result.exit_code
         return ProgramFailed(stage, error, result.reason, exit_code, repairable)
 
-    def _train_failure(
+    async def _train_failure(
         self, run: ProgramRun, stage: Stage, what: str, repairable: bool | None
     ) -> ProgramFailed | None:
-        """None when train.py succeeded and left a valid model; else the failure to report."""
+        """None when train.py succeeded and left a valid model (then in ``run.weights`` and
+        ``run.model_config``); else the failure to report."""
         assert run.result is not None
         if not run.ok:
             return self._program_failed(run, stage, what, repairable, "")
@@ -888,14 +908,17 @@ class _Run:
                     f"({self.config.max_model_bytes} bytes)",
                     stage is Stage.SMOKE_RUN,
                 )
+        # Both files are untrusted and up to max_model_bytes: checked in a thread, never on the loop.
         try:
-            inspect_safetensors(weights.content or b"")
+            run.weights = await asyncio.to_thread(
+                inspect_safetensors,
+                weights.content or b"",
+                max_header_bytes=self.config.max_weights_header_bytes,
+            )
         except WeightsError as exc:
             return self._saving_failure(stage, f"model.safetensors is not valid safetensors: {exc}", fixable)
         try:
-            config_value = json.loads((config.content or b"").decode("utf-8"))
-            if not isinstance(config_value, dict):
-                raise ValueError("it is not a JSON object")
+            run.model_config = await asyncio.to_thread(_model_config, config.content or b"")
         except ValueError as exc:
             return self._saving_failure(stage, f"model_config.json is not a JSON object: {exc}", fixable)
         return None
@@ -913,7 +936,7 @@ class _Run:
             if produced.content is not None and path.count("/") == 1 and path.startswith(f"{OUTPUT_DIR}/")
         }
 
-    def _predictions(
+    async def _predictions(
         self, run: ProgramRun, rows: int, task: ds.TaskSpec, stage: Stage, *, repairable: bool | None
     ) -> tuple[list[tuple[Any, dict[str, float]]], ProgramFailed | None]:
         assert run.result is not None
@@ -931,7 +954,8 @@ class _Run:
                 stage, failure_error(message, phase="prediction"), ExitReason.COMPLETED, 0, fixable
             )
         try:
-            return parse_predictions(produced.content, rows, task.kind), None
+            # Up to 64 MiB of a program's output: parsed in a thread.
+            return await asyncio.to_thread(parse_predictions, produced.content, rows, task.kind), None
         except ValueError as exc:
             error = failure_error(f"predict.py wrote unusable predictions: {exc}", phase="prediction")
             return [], ProgramFailed(stage, error, ExitReason.COMPLETED, 0, fixable)
@@ -995,7 +1019,7 @@ class _Run:
                 model_family=spec.plan.model_family or "PyTorch",
                 hyperparameters=spec.plan.hyperparameters,
                 rationale=spec.plan.rationale,
-                model_config=json.loads(model_files[f"{OUTPUT_DIR}/model_config.json"]),
+                model_config=full.model_config or {},
                 weights=weights,
                 weights_sha256=weights_sha,
                 curve=full.curve,
@@ -1053,6 +1077,22 @@ def _claimed(run: ProgramRun) -> dict[str, float]:
     """What the program said about itself: its final report, else its last validation metrics."""
     source = run.final.metrics if run.final is not None and run.final.metrics else run.curve.last_val
     return {k: v for k, v in source.items() if not math.isnan(v)}
+
+
+def _model_config(data: bytes) -> dict[str, Any]:
+    """``model_config.json`` as a JSON object; ValueError (never anything else) when it is not one."""
+    if len(data) > MAX_MODEL_CONFIG_BYTES:
+        raise ValueError(f"it is {len(data)} bytes, more than {MAX_MODEL_CONFIG_BYTES}")
+    too_deep = ValueError(f"it nests deeper than {MAX_MODEL_CONFIG_DEPTH} levels")
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise too_deep from None
+    if nests_deeper(value, MAX_MODEL_CONFIG_DEPTH):
+        raise too_deep
+    if not isinstance(value, dict):
+        raise ValueError("it is not a JSON object")
+    return value
 
 
 def _seed(hyperparameters: dict[str, Any], default: int) -> int:
