@@ -1,5 +1,6 @@
 """Email and password accounts on the edge (Supabase Auth's REST shape) against a real PostgreSQL: the
-sessions they issue are JWTs the gateway's ordinary JWT path accepts on both doors."""
+sessions they issue are the gateway's own JWTs (its generated key, issuer and audience), which its JWT
+path accepts on both doors."""
 
 # Fixtures come from edge_support; pytest sees them by import.
 # ruff: noqa: F811
@@ -9,8 +10,10 @@ from __future__ import annotations
 import httpx
 import jwt
 import psycopg
-from edge_support import JWT_ISSUER, JWT_SECRET, ConnectError, Edge, _quiet_logs, database_url, edge  # noqa: F401
+import pytest
+from edge_support import JWT_SECRET, ConnectError, Edge, _quiet_logs, database_url, edge  # noqa: F401
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
+from zehanx_gateway.auth import SESSION_AUDIENCE, SESSION_ISSUER
 from zehanx_gateway.edge.auth_routes import AuthRoutes
 
 PASSWORD = "correct horse battery staple"
@@ -26,18 +29,27 @@ async def sign_in(edge: Edge, email: str, password: str = PASSWORD) -> httpx.Res
     )
 
 
-async def test_sign_up_gives_a_supabase_style_session_both_doors_accept(edge: Edge) -> None:
+async def test_sign_up_gives_a_session_of_the_gateways_own_both_doors_accept(edge: Edge) -> None:
     response = await sign_up(edge, "Ada@Example.org")
     assert response.status_code == 200, response.text
     session = response.json()
     assert session["token_type"] == "bearer"
     assert session["user"]["email"] == "ada@example.org"
+    assert edge.gateway.session_key and edge.gateway.session_key != JWT_SECRET
     claims = jwt.decode(
-        session["access_token"], JWT_SECRET, algorithms=["HS256"], audience="authenticated", issuer=JWT_ISSUER
+        session["access_token"],
+        edge.gateway.session_key,
+        algorithms=["HS256"],
+        audience=SESSION_AUDIENCE,
+        issuer=SESSION_ISSUER,
     )
     assert claims["sub"] == session["user"]["id"]
-    assert (claims["aud"], claims["role"]) == ("authenticated", "authenticated")
+    assert "role" not in claims and claims["aud"] == SESSION_AUDIENCE != "authenticated"
     assert claims["exp"] == session["expires_at"] and claims["exp"] - claims["iat"] == session["expires_in"]
+    assert claims["auth_time"] <= claims["iat"]
+    # Not signed with the configured (Supabase) secret.
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(session["access_token"], JWT_SECRET, algorithms=["HS256"], options={"verify_aud": False})
 
     # The edge and the gRPC port both take it: one token format, the gateway's own JWT path.
     token = session["access_token"]
@@ -138,9 +150,10 @@ async def test_accounts_see_only_their_own_jobs(edge: Edge) -> None:
     assert (await edge.call("ListJobs", {}, bob)).get("jobs", []) == []
 
 
-async def test_without_a_jwt_secret_accounts_say_what_to_set() -> None:
-    routes = AuthRoutes(None, audience="authenticated", disabled_reason="set ZX_GATEWAY_JWT_SECRET")
+async def test_disabled_accounts_say_why() -> None:
+    routes = AuthRoutes(None, disabled_reason="Supabase signs users in here")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=routes), base_url="http://edge") as client:
         answer = await client.post("/auth/v1/signup", json={"email": "a@b.org", "password": PASSWORD})
     assert answer.status_code == 503
-    assert "ZX_GATEWAY_JWT_SECRET" in answer.json()["msg"]
+    assert answer.json()["error_code"] == "accounts_disabled"
+    assert "Supabase" in answer.json()["msg"]

@@ -1,21 +1,36 @@
 """Accounts of the embedded default: sign up, sign in, renew and sign out with an email and a password.
 
-The gateway is then its own small identity provider, shaped like Supabase Auth so that one token
-format serves both: a session is a short-lived HS256 JWT with Supabase's claims (``sub`` the user id,
-``aud`` and ``role`` ``authenticated``, ``exp``, ``iss`` when configured, ``email``, ``session_id``),
-signed with the gateway's JWT secret and checked by the gateway's ordinary JWT path
-(:class:`~zehanx_gateway.auth.JwtVerifier`) on every call, plus a refresh token that renews it.
+The gateway is then its own small identity provider, with Supabase Auth's REST shape (so that one page
+client serves both) but tokens of its own: a session is a short-lived HS256 JWT (``sub`` the user id,
+``iss`` :data:`~zehanx_gateway.auth.SESSION_ISSUER`, ``aud`` :data:`~zehanx_gateway.auth.SESSION_AUDIENCE`,
+``exp``, ``iat``, ``auth_time``, ``email``, ``session_id``) signed with a key the gateway generated itself
+(:func:`session_key`, kept in PostgreSQL for every replica), never with a configured secret: a local
+session is never a valid Supabase token and a Supabase token is never a local session. The gateway's
+JWT path (:class:`~zehanx_gateway.auth.Authenticator`) checks it on every call, on both ports. With
+Supabase configured the local accounts are off (see ``zehanx_gateway.edge.auth_routes``).
 
 - Passwords: argon2id (argon2-cffi's defaults), hashed and verified off the event loop. An unknown
   email costs the same verification as a wrong password, so timing does not tell which emails exist.
-- Guessing: failed sign-ins are counted per email and per client address over a sliding window in
-  PostgreSQL (so every replica sees them); beyond the limits sign-in answers RESOURCE_EXHAUSTED with
-  the seconds to wait, even for the right password.
-- Sign-ups: counted per client address over a sliding window, also in PostgreSQL; beyond the limit
-  sign-up answers RESOURCE_EXHAUSTED with the seconds to wait (accounts cannot be minted in bulk).
-- Refresh tokens: 256 random bits, stored as SHA-256, rotated on each use (a stolen, already-used
-  token is refused); sign-out revokes the session (``local``) or every session of the user (``global``).
-  An access token already issued stays valid until its ``exp`` (minutes), as with Supabase.
+- Guessing: an attempt takes its slot in PostgreSQL before any password is hashed: under advisory locks
+  on the email and on the client, the recent attempts are counted and, below the limits, a row is
+  written, all in one transaction (so concurrent attempts cannot all pass one check); a right password
+  deletes its row, a wrong one leaves it. Limits over a sliding window: per email from one client
+  (``max_failures_per_email``, even the right password is refused from there), per client
+  (``max_failures_per_client``), and per email from every client together
+  (``max_failures_per_email_total``), which does not apply to a client that has signed in to that
+  account before (``known_client_days``): anyone can still exhaust an email's limit from their own
+  addresses, but not lock its owner out of the places they sign in from.
+  A client is an IPv4 address or an IPv6 /64 (see ``zehanx_gateway.edge.auth_routes.client_bucket``).
+- Sign-ups: counted per client over a sliding window the same way (slot taken before hashing); beyond
+  the limit sign-up answers RESOURCE_EXHAUSTED with the seconds to wait.
+- Refresh tokens: 256 random bits, stored as SHA-256, rotated on each use. A session lasts at most
+  ``lifetime_seconds`` from its sign-in and ends after ``idle_seconds`` without a refresh. A refresh
+  token that was already rotated away, presented again, means it was copied: the whole session is
+  revoked, so the copy's newer tokens stop too. Sign-out revokes the session (``local``) or every
+  session of the user (``global``), as does a password change; an access token already issued stays
+  valid until its ``exp`` (minutes), as with Supabase. API keys are not sessions and stay valid (they
+  are revoked one by one); creating one from a session needs a recent sign-in (``auth_time``).
+- Input: lengths are checked before any pattern runs, and the email pattern is linear.
 """
 
 from __future__ import annotations
@@ -29,7 +44,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import argon2
 import jwt
@@ -38,7 +53,13 @@ from psycopg_pool import AsyncConnectionPool
 from zehanx_runtime import errors
 from zehanx_runtime.errors import FieldViolation
 
-_EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+from zehanx_gateway.auth import SESSION_AUDIENCE, SESSION_ISSUER
+
+#: Linear: every ``.``-separated label is a run of characters that are not ``.``, so no two ways to
+#: split the text exist (the old ``[^@\s]+\.[^@\s]+`` tried every dot: quadratic). Applied only to
+#: text already known to be at most MAX_EMAIL characters.
+_EMAIL_RE = re.compile(r"[^@\s]{1,64}@[^@\s.]+(?:\.[^@\s.]+)+")
+MAX_EMAIL = 320
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 
@@ -63,20 +84,44 @@ class Session:
     session_id: uuid.UUID
 
 
+@dataclass(frozen=True, slots=True)
+class SignInLimits:
+    """Failed sign-ins allowed within ``window_s``; see the module's notes."""
+
+    per_email: int
+    per_client: int
+    per_email_total: int
+    window_s: float
+    known_client_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """What presenting a refresh token did: ``ok`` (rotated), ``invalid`` (unknown or revoked),
+    ``reused`` (an old token of a live session: the session is now revoked) or ``expired`` (past
+    its idle or absolute lifetime: revoked)."""
+
+    outcome: Literal["ok", "invalid", "reused", "expired"]
+    session_id: uuid.UUID | None = None
+    user_id: uuid.UUID | None = None
+    auth_time: float = 0.0
+
+
 class AccountStore(Protocol):
     async def create_account(self, email: str, password_hash: str) -> uuid.UUID: ...
     async def find_account(self, email: str) -> Account | None: ...
     async def email_of(self, user_id: uuid.UUID) -> str | None: ...
-    async def recent_failures(self, email: str, client: str, window_s: float) -> tuple[int, int, float]: ...
-    async def record_failure(self, email: str, client: str, window_s: float) -> None: ...
-    async def recent_sign_ups(self, client: str, window_s: float) -> tuple[int, float]: ...
-    async def record_sign_up(self, client: str, window_s: float) -> None: ...
+    async def take_sign_in_slot(
+        self, email: str, client: str, limits: SignInLimits
+    ) -> tuple[int | None, float]: ...
+    async def sign_in_succeeded(self, attempt_id: int, email: str, client: str) -> None: ...
+    async def take_sign_up_slot(self, client: str, limit: int, window_s: float) -> float | None: ...
     async def start_session(
-        self, session_id: uuid.UUID, user_id: uuid.UUID, refresh_sha256: bytes
-    ) -> None: ...
+        self, session_id: uuid.UUID, user_id: uuid.UUID, refresh_sha256: bytes, lifetime_s: float
+    ) -> float: ...
     async def rotate_session(
-        self, old_sha256: bytes, new_sha256: bytes
-    ) -> tuple[uuid.UUID, uuid.UUID] | None: ...
+        self, old_sha256: bytes, new_sha256: bytes, *, idle_s: float, lifetime_s: float
+    ) -> Rotation: ...
     async def revoke_sessions(self, user_id: uuid.UUID, session_id: uuid.UUID | None) -> int: ...
     async def revoke_by_refresh(self, refresh_sha256: bytes) -> int: ...
     async def set_password(self, user_id: uuid.UUID, email: str, password_hash: str) -> None: ...
@@ -86,13 +131,18 @@ class AccountStore(Protocol):
 class SessionConfig:
     """How sessions are signed and limited."""
 
+    #: The key the gateway generated (:func:`session_key`); never a secret configured from outside.
     secret: str
-    audience: str = "authenticated"
-    issuer: str | None = None
     access_seconds: int = 900
+    #: A session ends this long after its sign-in, however often it is renewed.
+    lifetime_seconds: float = 30 * 86_400.0
+    #: A session ends when not renewed for this long.
+    idle_seconds: float = 7 * 86_400.0
     max_failures_per_email: int = 5
     max_failures_per_client: int = 50
+    max_failures_per_email_total: int = 20
     failure_window_seconds: float = 900.0
+    known_client_days: float = 30.0
     max_sign_ups_per_client: int = 10
     sign_up_window_seconds: float = 3600.0
 
@@ -103,51 +153,65 @@ class AccountService:
     def __init__(
         self, store: AccountStore, config: SessionConfig, *, hasher: argon2.PasswordHasher | None = None
     ) -> None:
-        if len(config.secret) < 32:
-            raise ValueError("the JWT secret that signs sessions must be at least 32 characters")
+        if len(config.secret.encode()) < 32:
+            raise ValueError("the key that signs sessions must be at least 32 bytes")
         self._store = store
         self._config = config
         self._hasher = hasher or argon2.PasswordHasher()
         # Verified against when the email is unknown, so both cases cost one argon2 verification.
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        self._limits = SignInLimits(
+            per_email=config.max_failures_per_email,
+            per_client=config.max_failures_per_client,
+            per_email_total=config.max_failures_per_email_total,
+            window_s=config.failure_window_seconds,
+            known_client_s=config.known_client_days * 86_400.0,
+        )
 
     async def sign_up(self, email: str, password: str, *, client: str = "") -> Session:
         if client:
-            window = self._config.sign_up_window_seconds
-            count, oldest_age = await self._store.recent_sign_ups(client, window)
-            if count >= self._config.max_sign_ups_per_client:
-                wait = max(1, int(window - oldest_age) + 1)
+            # The slot is taken (checked and counted in one transaction) before anything is hashed;
+            # every attempt counts, refused ones too: probing which emails are taken costs the same.
+            wait = await self._store.take_sign_up_slot(
+                client, self._config.max_sign_ups_per_client, self._config.sign_up_window_seconds
+            )
+            if wait is not None:
+                seconds = max(1, int(wait) + 1)
                 raise errors.ResourceExhausted(
-                    f"too many sign-ups from this address; try again in {wait} s",
+                    f"too many sign-ups from this address; try again in {seconds} s",
                     reason="TOO_MANY_SIGN_UPS",
-                    metadata={"retry_after_seconds": str(wait)},
+                    metadata={"retry_after_seconds": str(seconds)},
                 )
-            # Every attempt counts, refused ones too: probing which emails are taken costs the same.
-            await self._store.record_sign_up(client, window)
         email = _checked(email, password)
         password_hash = await asyncio.to_thread(self._hasher.hash, password)
         user_id = await self._store.create_account(email, password_hash)
         return await self._new_session(user_id, email)
 
     async def sign_in(self, email: str, password: str, *, client: str = "") -> Session:
-        email = (email or "").strip().lower()
-        if not email or not password:
+        email = email or ""
+        if len(email) <= MAX_EMAIL + 64:  # lengths first: a long text is refused as it is
+            email = email.strip().lower()
+        password = password or ""
+        violations = [
+            FieldViolation(name, "is required", "required")
+            for name, value in (("email", email), ("password", password))
+            if not value
+        ]
+        if len(email) > MAX_EMAIL:
+            violations.append(FieldViolation("email", f"must be at most {MAX_EMAIL} characters", "max_len"))
+        if len(password) > MAX_PASSWORD:
+            violations.append(
+                FieldViolation("password", f"must be at most {MAX_PASSWORD} characters", "max_len")
+            )
+        if violations:
             raise errors.InvalidArgument(
-                "email and password are required",
-                violations=[
-                    FieldViolation(name, "is required", "required")
-                    for name, value in (("email", email), ("password", password))
-                    if not value
-                ],
+                "email and password are required (" + ", ".join(v.field for v in violations) + ")",
+                violations=violations,
                 reason="VALIDATION_FAILED",
             )
-        window = self._config.failure_window_seconds
-        by_email, by_client, oldest_age = await self._store.recent_failures(email, client, window)
-        if (
-            by_email >= self._config.max_failures_per_email
-            or by_client >= self._config.max_failures_per_client
-        ):
-            wait = max(1, int(window - oldest_age) + 1)
+        attempt_id, retry_after = await self._store.take_sign_in_slot(email, client, self._limits)
+        if attempt_id is None:
+            wait = max(1, int(retry_after) + 1)
             raise errors.ResourceExhausted(
                 f"too many failed sign-ins; try again in {wait} s",
                 reason="TOO_MANY_SIGN_IN_ATTEMPTS",
@@ -156,25 +220,42 @@ class AccountService:
         account = await self._store.find_account(email)
         stored = account.password_hash if account else self._dummy_hash
         if not await asyncio.to_thread(self._verify, stored, password) or account is None:
-            await self._store.record_failure(email, client, window)
+            # The attempt's row stays: it is the failure counted against the limits.
             raise errors.Unauthenticated("invalid email or password", reason="INVALID_CREDENTIALS")
+        await self._store.sign_in_succeeded(attempt_id, email, client)
         return await self._new_session(account.user_id, email)
 
     async def refresh(self, refresh_token: str) -> Session:
         digest = hashlib.sha256((refresh_token or "").encode()).digest()
         new_token = _refresh_token()
-        rotated = await self._store.rotate_session(digest, hashlib.sha256(new_token.encode()).digest())
-        if rotated is None:
+        rotated = await self._store.rotate_session(
+            digest,
+            hashlib.sha256(new_token.encode()).digest(),
+            idle_s=self._config.idle_seconds,
+            lifetime_s=self._config.lifetime_seconds,
+        )
+        if rotated.outcome == "reused":
             raise errors.Unauthenticated(
-                "the refresh token is not valid (used, revoked or unknown): sign in again",
+                "this refresh token was already used, so it may have been copied: the session is now "
+                "signed out everywhere it was used; sign in again",
+                reason="REFRESH_TOKEN_REUSED",
+            )
+        if rotated.outcome == "expired":
+            raise errors.Unauthenticated(
+                "the session has expired (signed in too long ago, or unused too long): sign in again",
+                reason="SESSION_EXPIRED",
+            )
+        if rotated.outcome != "ok" or rotated.session_id is None or rotated.user_id is None:
+            raise errors.Unauthenticated(
+                "the refresh token is not valid (revoked or unknown): sign in again",
                 reason="REFRESH_TOKEN_INVALID",
             )
-        session_id, user_id = rotated
-        email = await self._store.email_of(user_id) or ""
-        return self._session(user_id, email, session_id, new_token)
+        email = await self._store.email_of(rotated.user_id) or ""
+        return self._session(rotated.user_id, email, rotated.session_id, new_token, rotated.auth_time)
 
     async def sign_out(self, access_token: str, *, everywhere: bool = True) -> int:
-        """Revoke the token's session (or all the user's sessions); returns how many were revoked."""
+        """Revoke the token's session (or all the user's sessions); returns how many were revoked.
+        API keys are not sessions: they stay valid."""
         claims = self.verify(access_token)
         user_id = uuid.UUID(str(claims["sub"]))
         session = None if everywhere else uuid.UUID(str(claims["session_id"]))
@@ -193,9 +274,9 @@ class AccountService:
                 token,
                 self._config.secret,
                 algorithms=["HS256"],
-                audience=self._config.audience,
-                issuer=self._config.issuer,
-                options={"require": ["exp", "sub", "session_id"]},
+                audience=SESSION_AUDIENCE,
+                issuer=SESSION_ISSUER,
+                options={"require": ["exp", "sub", "session_id", "iss", "aud"]},
             )
         except jwt.ExpiredSignatureError:
             raise errors.Unauthenticated("the session has expired", reason="TOKEN_EXPIRED") from None
@@ -218,32 +299,35 @@ class AccountService:
     async def _new_session(self, user_id: uuid.UUID, email: str) -> Session:
         session_id = uuid.uuid4()
         token = _refresh_token()
-        await self._store.start_session(session_id, user_id, hashlib.sha256(token.encode()).digest())
-        return self._session(user_id, email, session_id, token)
+        auth_time = await self._store.start_session(
+            session_id, user_id, hashlib.sha256(token.encode()).digest(), self._config.lifetime_seconds
+        )
+        return self._session(user_id, email, session_id, token, auth_time)
 
-    def _session(self, user_id: uuid.UUID, email: str, session_id: uuid.UUID, refresh: str) -> Session:
+    def _session(
+        self, user_id: uuid.UUID, email: str, session_id: uuid.UUID, refresh: str, auth_time: float
+    ) -> Session:
         now = int(time.time())
         expires_at = now + self._config.access_seconds
         claims: dict[str, Any] = {
+            "iss": SESSION_ISSUER,
+            "aud": SESSION_AUDIENCE,
             "sub": str(user_id),
-            "aud": self._config.audience,
-            "role": "authenticated",
             "iat": now,
             "exp": expires_at,
+            "auth_time": int(auth_time),
             "email": email,
             "session_id": str(session_id),
-            "amr": [{"method": "password", "timestamp": now}],
+            "amr": [{"method": "password", "timestamp": int(auth_time)}],
         }
-        if self._config.issuer:
-            claims["iss"] = self._config.issuer
         access = jwt.encode(claims, self._config.secret, algorithm="HS256")
         return Session(access, self._config.access_seconds, expires_at, refresh, user_id, email, session_id)
 
 
 async def set_password(store: AccountStore, user_id: uuid.UUID, email: str, password: str) -> str:
     """Give an existing user (say the CLI's ``local`` user) an email and password, or replace them, so
-    the dashboard shows that user's jobs and models; the user's sessions are signed out. Returns the
-    normalised email."""
+    the dashboard shows that user's jobs and models; the user's sessions are signed out (their API
+    keys stay: revoke them with ``zx keys revoke``). Returns the normalised email."""
     email = _checked(email, password)
     password_hash = await asyncio.to_thread(argon2.PasswordHasher().hash, password)
     await store.set_password(user_id, email, password_hash)
@@ -252,11 +336,18 @@ async def set_password(store: AccountStore, user_id: uuid.UUID, email: str, pass
 
 
 def _checked(email: str, password: str) -> str:
-    """The normalised email, or INVALID_ARGUMENT naming every bad field."""
-    email = (email or "").strip().lower()
+    """The normalised email, or INVALID_ARGUMENT naming every bad field. Lengths are checked first:
+    no pattern ever runs on more than MAX_EMAIL characters."""
+    email = email or ""
     violations = []
-    if not _EMAIL_RE.match(email) or len(email) > 320:
-        violations.append(FieldViolation("email", "must be an email address", "email"))
+    if len(email) > MAX_EMAIL + 64:  # room for surrounding blanks, still bounded
+        violations.append(FieldViolation("email", f"must be at most {MAX_EMAIL} characters", "max_len"))
+    else:
+        email = email.strip().lower()
+        if len(email) > MAX_EMAIL:
+            violations.append(FieldViolation("email", f"must be at most {MAX_EMAIL} characters", "max_len"))
+        elif not _EMAIL_RE.fullmatch(email):
+            violations.append(FieldViolation("email", "must be an email address", "email"))
     if len(password or "") < MIN_PASSWORD:
         violations.append(
             FieldViolation("password", f"must be at least {MIN_PASSWORD} characters", "min_len")
@@ -273,6 +364,21 @@ def _checked(email: str, password: str) -> str:
 
 def _refresh_token() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+
+
+async def session_key(pool: AsyncConnectionPool) -> str:
+    """The key that signs this gateway's sessions: generated by the first replica to start (256 random
+    bits, migration 0007), then read by every replica. Never a secret configured from outside."""
+    candidate = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+    async with pool.connection() as conn:
+        await conn.execute(
+            "insert into zehanx.session_keys (id, secret) values (1, %s) on conflict (id) do nothing",
+            (candidate,),
+        )
+        cur = await conn.execute("select secret from zehanx.session_keys where id = 1")
+        row = await cur.fetchone()
+    assert row is not None
+    return str(row["secret"])
 
 
 class PostgresAccountStore:
@@ -326,36 +432,90 @@ class PostgresAccountStore:
             row = await cur.fetchone()
         return row["email"] if row else None
 
-    async def recent_failures(self, email: str, client: str, window_s: float) -> tuple[int, int, float]:
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                """
-                select
-                  count(*) filter (where email = %(email)s) as by_email,
-                  count(*) filter (where client = %(client)s and %(client)s <> '') as by_client,
-                  coalesce(extract(epoch from now() - min(attempt_time)), 0)::float8 as oldest_age
-                from zehanx.sign_in_failures
-                where attempt_time > now() - make_interval(secs => %(window)s)
-                  and (email = %(email)s or (client = %(client)s and %(client)s <> ''))
-                """,
-                {"email": email, "client": client, "window": window_s},
-            )
-            row = await cur.fetchone()
-        assert row is not None
-        return int(row["by_email"]), int(row["by_client"]), float(row["oldest_age"])
-
-    async def record_failure(self, email: str, client: str, window_s: float) -> None:
+    async def take_sign_in_slot(
+        self, email: str, client: str, limits: SignInLimits
+    ) -> tuple[int | None, float]:
+        """Check the limits and count this attempt in one transaction, under advisory locks on the
+        email and the client (always in that order, so never a deadlock): (the attempt's row id, 0), or
+        (None, seconds until the limit that was reached frees a slot)."""
         async with self._pool.connection() as conn, conn.transaction():
             await conn.execute(
-                "insert into zehanx.sign_in_failures (email, client) values (%s, %s)", (email, client)
+                "select pg_advisory_xact_lock(hashtextextended('zx.sign_in.email:' || %s, 0))", (email,)
             )
+            if client:
+                await conn.execute(
+                    "select pg_advisory_xact_lock(hashtextextended('zx.sign_in.client:' || %s, 0))",
+                    (client,),
+                )
+            cur = await conn.execute(
+                """
+                with recent as (
+                  select email, client, attempt_time from zehanx.sign_in_failures
+                  where attempt_time > now() - make_interval(secs => %(window)s)
+                    and (email = %(email)s or (client = %(client)s and %(client)s <> ''))
+                )
+                select
+                  count(*) filter (where email = %(email)s and client = %(client)s) as by_pair,
+                  count(*) filter (where email = %(email)s) as by_email,
+                  count(*) filter (where client = %(client)s and %(client)s <> '') as by_client,
+                  extract(epoch from now() - min(attempt_time)
+                    filter (where email = %(email)s and client = %(client)s))::float8 as pair_age,
+                  extract(epoch from now() - min(attempt_time) filter (where email = %(email)s))::float8
+                    as email_age,
+                  extract(epoch from now() - min(attempt_time)
+                    filter (where client = %(client)s and %(client)s <> ''))::float8 as client_age,
+                  exists (
+                    select 1 from zehanx.sign_in_known_clients k
+                    where k.email = %(email)s and k.client = %(client)s and %(client)s <> ''
+                      and k.last_time > now() - make_interval(secs => %(known)s)
+                  ) as known
+                from recent
+                """,
+                {"email": email, "client": client, "window": limits.window_s, "known": limits.known_client_s},
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            reached = []
+            if row["by_pair"] >= limits.per_email:
+                reached.append(row["pair_age"])
+            if client and row["by_client"] >= limits.per_client:
+                reached.append(row["client_age"])
+            if not row["known"] and row["by_email"] >= limits.per_email_total:
+                reached.append(row["email_age"])
+            if reached:
+                return None, max(0.0, limits.window_s - min(float(age or 0.0) for age in reached))
+            cur = await conn.execute(
+                "insert into zehanx.sign_in_failures (email, client) values (%s, %s) returning id",
+                (email, client),
+            )
+            inserted = await cur.fetchone()
+            assert inserted is not None
             await conn.execute(
                 "delete from zehanx.sign_in_failures where attempt_time < now() - make_interval(secs => %s)",
-                (window_s * 2,),
+                (limits.window_s * 2,),
             )
+        return int(inserted["id"]), 0.0
 
-    async def recent_sign_ups(self, client: str, window_s: float) -> tuple[int, float]:
-        async with self._pool.connection() as conn:
+    async def sign_in_succeeded(self, attempt_id: int, email: str, client: str) -> None:
+        """The attempt was right: it is not a failure, and its client is now known for this email."""
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute("delete from zehanx.sign_in_failures where id = %s", (attempt_id,))
+            if client:
+                await conn.execute(
+                    """
+                    insert into zehanx.sign_in_known_clients (email, client) values (%s, %s)
+                    on conflict (email, client) do update set last_time = now()
+                    """,
+                    (email, client),
+                )
+
+    async def take_sign_up_slot(self, client: str, limit: int, window_s: float) -> float | None:
+        """Count this sign-up against the client, checked in the same transaction under an advisory
+        lock: None when taken, else the seconds until a slot frees."""
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "select pg_advisory_xact_lock(hashtextextended('zx.sign_up.client:' || %s, 0))", (client,)
+            )
             cur = await conn.execute(
                 """
                 select count(*) as n,
@@ -366,53 +526,109 @@ class PostgresAccountStore:
                 (client, window_s),
             )
             row = await cur.fetchone()
-        assert row is not None
-        return int(row["n"]), float(row["oldest_age"])
-
-    async def record_sign_up(self, client: str, window_s: float) -> None:
-        async with self._pool.connection() as conn, conn.transaction():
+            assert row is not None
+            if int(row["n"]) >= limit:
+                return max(0.0, window_s - float(row["oldest_age"]))
             await conn.execute("insert into zehanx.sign_up_attempts (client) values (%s)", (client,))
             await conn.execute(
                 "delete from zehanx.sign_up_attempts where attempt_time < now() - make_interval(secs => %s)",
                 (window_s * 2,),
             )
+        return None
 
     async def revoke_by_refresh(self, refresh_sha256: bytes) -> int:
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                "update zehanx.sessions set revoke_time = now() "
-                "where refresh_sha256 = %s and revoke_time is null",
-                (refresh_sha256,),
-            )
-            return cur.rowcount
-
-    async def start_session(self, session_id: uuid.UUID, user_id: uuid.UUID, refresh_sha256: bytes) -> None:
-        async with self._pool.connection() as conn:
-            await conn.execute(
-                "insert into zehanx.sessions (id, user_id, refresh_sha256) values (%s, %s, %s)",
-                (session_id, user_id, refresh_sha256),
-            )
-
-    async def rotate_session(
-        self, old_sha256: bytes, new_sha256: bytes
-    ) -> tuple[uuid.UUID, uuid.UUID] | None:
+        """Revoke the session of a refresh token (its current one, or one it rotated away)."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 """
-                update zehanx.sessions set refresh_sha256 = %s, refresh_time = now()
-                where refresh_sha256 = %s and revoke_time is null
-                returning id, user_id
+                update zehanx.sessions set revoke_time = now(), revoke_reason = 'signed_out'
+                where revoke_time is null
+                  and (refresh_sha256 = %(h)s
+                       or id = (select session_id from zehanx.session_retired_tokens
+                                where refresh_sha256 = %(h)s))
                 """,
-                (new_sha256, old_sha256),
+                {"h": refresh_sha256},
+            )
+            return cur.rowcount
+
+    async def start_session(
+        self, session_id: uuid.UUID, user_id: uuid.UUID, refresh_sha256: bytes, lifetime_s: float
+    ) -> float:
+        """Store a new session; returns its sign-in time (epoch seconds). Sessions past their lifetime
+        (and long-revoked ones) are deleted as new ones come, their rotated tokens with them."""
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "insert into zehanx.sessions (id, user_id, refresh_sha256) values (%s, %s, %s) "
+                "returning extract(epoch from create_time)::float8 as auth_time",
+                (session_id, user_id, refresh_sha256),
             )
             row = await cur.fetchone()
-        return (row["id"], row["user_id"]) if row else None
+            await conn.execute(
+                """
+                delete from zehanx.sessions where id in (
+                  select id from zehanx.sessions
+                  where create_time < now() - make_interval(secs => %s)
+                  order by create_time limit 100
+                )
+                """,
+                (lifetime_s + 86_400,),
+            )
+        assert row is not None
+        return float(row["auth_time"])
+
+    async def rotate_session(
+        self, old_sha256: bytes, new_sha256: bytes, *, idle_s: float, lifetime_s: float
+    ) -> Rotation:
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                """
+                select id, user_id, revoke_time,
+                  extract(epoch from create_time)::float8 as auth_time,
+                  create_time < now() - make_interval(secs => %s) as too_old,
+                  refresh_time < now() - make_interval(secs => %s) as idle
+                from zehanx.sessions where refresh_sha256 = %s
+                for update
+                """,
+                (lifetime_s, idle_s, old_sha256),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                # An old token of a session: it was copied (the holder and the copy both renew). End
+                # the session, whoever holds its current token.
+                cur = await conn.execute(
+                    """
+                    update zehanx.sessions set revoke_time = now(), revoke_reason = 'refresh_token_reused'
+                    where revoke_time is null and id = (
+                      select session_id from zehanx.session_retired_tokens where refresh_sha256 = %s
+                    )
+                    returning id
+                    """,
+                    (old_sha256,),
+                )
+                return Rotation("reused") if await cur.fetchone() else Rotation("invalid")
+            if row["revoke_time"] is not None:
+                return Rotation("invalid")
+            if row["too_old"] or row["idle"]:
+                await conn.execute(
+                    "update zehanx.sessions set revoke_time = now(), revoke_reason = %s where id = %s",
+                    ("lifetime" if row["too_old"] else "idle", row["id"]),
+                )
+                return Rotation("expired")
+            await conn.execute(
+                "insert into zehanx.session_retired_tokens (refresh_sha256, session_id) values (%s, %s)",
+                (old_sha256, row["id"]),
+            )
+            await conn.execute(
+                "update zehanx.sessions set refresh_sha256 = %s, refresh_time = now() where id = %s",
+                (new_sha256, row["id"]),
+            )
+        return Rotation("ok", row["id"], row["user_id"], float(row["auth_time"]))
 
     async def revoke_sessions(self, user_id: uuid.UUID, session_id: uuid.UUID | None) -> int:
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 """
-                update zehanx.sessions set revoke_time = now()
+                update zehanx.sessions set revoke_time = now(), revoke_reason = 'signed_out'
                 where user_id = %s and revoke_time is null and (%s::uuid is null or id = %s::uuid)
                 """,
                 (user_id, session_id, session_id),

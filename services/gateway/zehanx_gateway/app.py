@@ -13,9 +13,10 @@ from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
 from zehanx_runtime.server import ServiceBinding
 
 from zehanx_gateway import db
+from zehanx_gateway.accounts import session_key
 from zehanx_gateway.api_keys import ApiKeyService
 from zehanx_gateway.artifacts import ArtifactStore, LocalArtifactStore
-from zehanx_gateway.auth import Authenticator, JwtConfig, JwtVerifier
+from zehanx_gateway.auth import SESSION_AUDIENCE, SESSION_ISSUER, Authenticator, JwtConfig, JwtVerifier
 from zehanx_gateway.datasets import DatasetService
 from zehanx_gateway.fanout import EventHub
 from zehanx_gateway.jobs import JobService
@@ -43,6 +44,8 @@ class Gateway:
     predictor: GrpcTrainerPredictor
     uploads: UploadService
     provider_keys: ProviderKeyService
+    #: The key the gateway generated to sign its own accounts' sessions; None in Supabase mode.
+    session_key: str | None = None
 
     @classmethod
     async def open(cls, settings: GatewaySettings, *, artifacts: ArtifactStore | None = None) -> Gateway:
@@ -72,6 +75,22 @@ class Gateway:
             url, max_size=settings.database_pool_size, prepare=settings.database_prepared_statements
         )
         registry = PostgresRegistry(pool)
+        # The own accounts' sessions: signed with a key generated here (never a configured secret),
+        # with their own issuer and audience; off when Supabase signs users in.
+        own_key = None if settings.supabase_mode else await session_key(pool)
+        sessions = (
+            JwtVerifier(
+                JwtConfig(
+                    secret=own_key,
+                    audience=SESSION_AUDIENCE,
+                    issuer=SESSION_ISSUER,
+                    leeway_seconds=settings.jwt_leeway_seconds,
+                    required_claims=("session_id",),
+                )
+            )
+            if own_key
+            else None
+        )
         hub = EventHub(
             registry,
             subscriber_buffer=settings.watch_buffer,
@@ -102,19 +121,20 @@ class Gateway:
             jobs=jobs,
             models=models,
             artifacts=store,
-            authenticator=Authenticator(registry, registry, verifier),
+            authenticator=Authenticator(registry, registry, verifier, sessions=sessions),
             servicer=GatewayServicer(
                 jobs,
                 models,
                 datasets=DatasetService(registry),
                 uploads=uploads,
-                api_keys=ApiKeyService(registry),
+                api_keys=ApiKeyService(registry, recent_sign_in_seconds=settings.recent_sign_in_seconds),
                 provider_keys=provider_keys,
                 user_settings=UserSettingsService(registry),
             ),
             predictor=predictor,
             uploads=uploads,
             provider_keys=provider_keys,
+            session_key=own_key,
         )
 
     def binding(self) -> ServiceBinding:

@@ -5,9 +5,18 @@ sends ``authorization: Bearer <credential>`` (or ``x-api-key: <key>``):
 
 - an API key ``zx_<id>_<secret>``: looked up by id on every call (no cache, so a revoked key stops
   working at once on every replica) and compared by SHA-256 in constant time;
-- otherwise a JWT: HS256 with the project's secret, or RS256/ES256 against a JWKS (Supabase's
-  asymmetric signing keys); ``exp`` is required, ``aud`` and ``iss`` are checked when configured
-  (Supabase: ``authenticated`` and ``https://<ref>.supabase.co/auth/v1``), ``sub`` must be a UUID.
+- a session of this gateway's own accounts (the edge's ``/auth/v1``): an HS256 JWT whose ``iss`` is
+  :data:`SESSION_ISSUER`, verified only with the key the gateway generated (never a configured secret)
+  and only with its own issuer and audience (:data:`SESSION_AUDIENCE`), so it is never a valid
+  Supabase token and a Supabase token is never one of these;
+- otherwise a JWT of the identity provider: HS256 with the project's secret (32 bytes or more), or
+  RS256/ES256 against a JWKS (Supabase's asymmetric signing keys); ``exp`` is required, ``aud`` and
+  ``iss`` are checked when configured (Supabase: ``authenticated`` and
+  ``https://<ref>.supabase.co/auth/v1``), ``sub`` must be a UUID.
+
+The principal records how the caller authenticated and, for a JWT, when the user last signed in
+(``auth_time``, else the newest ``amr`` timestamp, else ``iat``): creating an API key from a browser
+session needs a recent sign-in (see :mod:`zehanx_gateway.api_keys`).
 
 The principal is put in a context variable: the check runs in the same asyncio task as the handler
 (the interceptor awaits it just before calling the handler), so :func:`current_principal` inside a
@@ -38,6 +47,7 @@ from zehanx_runtime import errors
 from zehanx_gateway.domain import AuthMethod, Principal
 
 API_KEY_PREFIX = "zx_"
+_API_KEY_LENGTH = len("zx_") + 16 + 1 + 43
 _API_KEY_RE = re.compile(r"^zx_([a-z0-9]{16})_([A-Za-z0-9_-]{43})$")
 _KEY_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -77,6 +87,8 @@ def new_api_key() -> NewApiKey:
 
 def parse_api_key(token: str) -> tuple[str, str] | None:
     """(key id, secret) of a well-formed key, else None."""
+    if len(token) != _API_KEY_LENGTH:
+        return None
     match = _API_KEY_RE.match(token)
     return (match.group(1), match.group(2)) if match else None
 
@@ -91,6 +103,13 @@ class UserRegistry(Protocol):
 
 # -- JWTs ------------------------------------------------------------------------------------------
 
+#: ``iss`` and ``aud`` of the sessions this gateway's own accounts sign: never Supabase's
+#: (``https://<ref>.supabase.co/auth/v1``, ``authenticated``), so neither kind passes for the other.
+SESSION_ISSUER = "urn:zehanx:gateway:session"
+SESSION_AUDIENCE = "urn:zehanx:gateway"
+#: The shortest HS256 secret accepted (RFC 7518 3.2: a key of at least the hash's size).
+MIN_HS256_SECRET_BYTES = 32
+
 
 @dataclass(frozen=True, slots=True)
 class JwtConfig:
@@ -102,6 +121,11 @@ class JwtConfig:
     audience: str | None = "authenticated"
     issuer: str | None = None
     leeway_seconds: float = 0.0
+    #: Claims required besides ``exp``, ``sub`` (and ``aud``/``iss`` when configured).
+    required_claims: tuple[str, ...] = ()
+    #: How long a fetched JWKS is used before it is fetched again; a key removed from the JWKS stops
+    #: verifying within about twice this (tokens verified with it are re-verified after this long too).
+    jwks_cache_seconds: float = 300.0
 
     @property
     def enabled(self) -> bool:
@@ -119,29 +143,45 @@ class JwtVerifier:
     def __init__(self, config: JwtConfig) -> None:
         if not config.enabled:
             raise ValueError("JwtVerifier needs a secret, a JWKS URL or a JWKS document")
+        if config.secret and len(config.secret.encode()) < MIN_HS256_SECRET_BYTES:
+            raise ValueError(
+                f"the HS256 JWT secret is {len(config.secret.encode())} bytes: it must be at least "
+                f"{MIN_HS256_SECRET_BYTES} (a short secret can be brute-forced from one token)"
+            )
         self._config = config
-        #: Tokens already verified, with their claims, until they expire: the same bytes (signature
-        #: included) verify the same way, so a client that reuses its token skips the crypto.
-        self._verified: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
+        #: Tokens already verified, with their claims and until when the verification holds (``exp``;
+        #: for JWKS-verified tokens at most ``jwks_cache_seconds``, so a key removed from the JWKS
+        #: stops working): the same bytes verify the same way, so a reused token skips the crypto.
+        self._verified: OrderedDict[str, tuple[Mapping[str, Any], float]] = OrderedDict()
         self._keyset = jwt.PyJWKSet.from_json(config.jwks_json) if config.jwks_json else None
+        # No per-kid key cache (PyJWKClient's cache_keys never expires): the JWKS document itself is
+        # cached for jwks_cache_seconds, so a removed key is noticed at the next fetch.
         self._client = (
-            jwt.PyJWKClient(config.jwks_url, cache_keys=True, lifespan=600) if config.jwks_url else None
+            jwt.PyJWKClient(config.jwks_url, cache_keys=False, lifespan=config.jwks_cache_seconds)
+            if config.jwks_url
+            else None
         )
 
     async def verify(self, token: str) -> Mapping[str, Any]:
+        now = time.time()
         cached = self._verified.get(token)
         if cached is not None:
-            if float(cached["exp"]) + self._config.leeway_seconds > time.time():
+            claims, until = cached
+            if until > now:
                 self._verified.move_to_end(token)
-                return cached
+                return claims
             del self._verified[token]
-        claims = await self._verify(token)
-        self._verified[token] = claims
+        claims, fetched_key = await self._verify(token)
+        until = float(claims["exp"]) + self._config.leeway_seconds
+        if fetched_key:
+            until = min(until, now + self._config.jwks_cache_seconds)
+        self._verified[token] = (claims, until)
         if len(self._verified) > _VERIFIED_CACHE_SIZE:
             self._verified.popitem(last=False)
         return claims
 
-    async def _verify(self, token: str) -> Mapping[str, Any]:
+    async def _verify(self, token: str) -> tuple[Mapping[str, Any], bool]:
+        """The claims, and whether the key came from a fetched JWKS (which may drop it later)."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -152,12 +192,14 @@ class JwtVerifier:
                 raise _unauth("HS256 tokens are not accepted here", "TOKEN_ALGORITHM")
             key: Any = self._config.secret
             algorithms = ["HS256"]
+            fetched = False
         elif alg in _ASYMMETRIC:
             key = await self._signing_key(header)
             algorithms = [alg]
+            fetched = self._client is not None and self._keyset is None
         else:
             raise _unauth(f"token algorithm {alg!r} is not accepted", "TOKEN_ALGORITHM")
-        options: dict[str, Any] = {"require": ["exp", "sub"]}
+        options: dict[str, Any] = {"require": ["exp", "sub", *self._config.required_claims]}
         if self._config.audience:
             options["require"].append("aud")
         if self._config.issuer:
@@ -184,7 +226,7 @@ class JwtVerifier:
             raise _unauth(f"the token lacks the {exc.claim!r} claim", "TOKEN_CLAIMS") from None
         except jwt.InvalidTokenError as exc:
             raise _unauth(f"the token is not valid: {type(exc).__name__}", "TOKEN_INVALID") from None
-        return claims
+        return claims, fetched
 
     async def _signing_key(self, header: Mapping[str, Any]) -> Any:
         kid = header.get("kid")
@@ -223,10 +265,20 @@ def _unauth(message: str, reason: str) -> errors.Unauthenticated:
 class Authenticator:
     """The gateway's ``extra_check``: authenticates the caller and records the principal."""
 
-    def __init__(self, keys: KeyLookup, users: UserRegistry, jwt_verifier: JwtVerifier | None = None) -> None:
+    def __init__(
+        self,
+        keys: KeyLookup,
+        users: UserRegistry,
+        jwt_verifier: JwtVerifier | None = None,
+        *,
+        sessions: JwtVerifier | None = None,
+    ) -> None:
+        """``jwt_verifier``: the identity provider's JWTs (Supabase); ``sessions``: the sessions of this
+        gateway's own accounts (``iss`` :data:`SESSION_ISSUER`), None where they are off."""
         self._keys = keys
         self._users = users
         self._jwt = jwt_verifier
+        self._sessions = sessions
         self._known_users: OrderedDict[uuid.UUID, None] = OrderedDict()
 
     async def check(self, method: str, metadata: Mapping[str, str], request: Any) -> None:
@@ -234,7 +286,7 @@ class Authenticator:
         credential = _credential(metadata)
         if credential.startswith(API_KEY_PREFIX):
             principal = await self._api_key(credential)
-        elif self._jwt is not None:
+        elif self._jwt is not None or self._sessions is not None:
             principal = await self._token(credential)
         else:
             raise _unauth(
@@ -258,8 +310,23 @@ class Authenticator:
         return Principal(user_id=user_id, method=AuthMethod.API_KEY, credential_id=key_id)
 
     async def _token(self, credential: str) -> Principal:
-        assert self._jwt is not None
-        claims = await self._jwt.verify(credential)
+        # Which verifier is chosen by the unverified ``iss`` only; each then requires its own issuer,
+        # audience and key, so a forged ``iss`` only picks a verifier that refuses the token.
+        if _unverified_issuer(credential) == SESSION_ISSUER:
+            if self._sessions is None:
+                raise _unauth(
+                    "this gateway's own sessions are off here (an identity provider signs users in)",
+                    "TOKEN_ISSUER",
+                )
+            claims = await self._sessions.verify(credential)
+        elif self._jwt is not None:
+            claims = await self._jwt.verify(credential)
+        else:
+            raise _unauth(
+                "not an API key nor a session of this gateway, and it accepts no other JWTs "
+                "(no JWT secret or JWKS configured)",
+                "CREDENTIALS_MALFORMED",
+            )
         try:
             user_id = uuid.UUID(str(claims["sub"]))
         except ValueError:
@@ -269,7 +336,41 @@ class Authenticator:
             self._known_users[user_id] = None
             if len(self._known_users) > 100_000:
                 self._known_users.popitem(last=False)
-        return Principal(user_id=user_id, method=AuthMethod.JWT, credential_id=str(user_id))
+        return Principal(
+            user_id=user_id, method=AuthMethod.JWT, credential_id=str(user_id), auth_time=auth_time_of(claims)
+        )
+
+
+def _unverified_issuer(token: str) -> str | None:
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        return None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer if isinstance(issuer, str) else None
+
+
+def auth_time_of(claims: Mapping[str, Any]) -> float | None:
+    """When the user behind a JWT last signed in: ``auth_time`` (OpenID Connect; this gateway's sessions),
+    else the newest ``amr`` timestamp (Supabase), else ``iat``; None when the token says nothing."""
+    value = claims.get("auth_time")
+    if _is_time(value):
+        return float(value)
+    amr = claims.get("amr")
+    if isinstance(amr, list):
+        stamps = [
+            float(entry["timestamp"])
+            for entry in amr
+            if isinstance(entry, dict) and _is_time(entry.get("timestamp"))
+        ]
+        if stamps:
+            return max(stamps)
+    value = claims.get("iat")
+    return float(value) if _is_time(value) else None
+
+
+def _is_time(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 2**40
 
 
 def _credential(metadata: Mapping[str, str]) -> str:

@@ -68,6 +68,8 @@ class Principal:
     method: AuthMethod
     #: The API key id, or the JWT subject.
     credential_id: str
+    #: For a JWT, when the user last signed in (epoch seconds; see auth.auth_time_of), else None.
+    auth_time: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

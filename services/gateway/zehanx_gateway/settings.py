@@ -48,6 +48,20 @@ class GatewaySettings(ServiceSettings):
         description="Required `iss` of JWTs (Supabase: https://<ref>.supabase.co/auth/v1); unset: not checked.",
     )
     jwt_leeway_seconds: float = Field(0.0, ge=0, le=300, description="Clock skew allowed on `exp`/`nbf`.")
+    supabase_jwt_secret: SecretStr | None = Field(
+        None,
+        validation_alias="SUPABASE_JWT_SECRET",
+        description="The Supabase project's JWT secret. Set (not empty): Supabase signs users in, so the "
+        "edge's own email and password accounts and their sessions are off (its HS256 JWTs are verified "
+        "with it unless ZX_GATEWAY_JWT_SECRET is set).",
+    )
+    recent_sign_in_seconds: float = Field(
+        600.0,
+        ge=0,
+        le=30 * 86_400,
+        description="How recent the sign-in behind a browser session (a JWT's auth_time, else its newest "
+        "amr timestamp, else iat) must be for it to create an API key; an API key may always create keys.",
+    )
     max_active_jobs_per_user: int = Field(
         4,
         ge=1,
@@ -113,6 +127,12 @@ class GatewaySettings(ServiceSettings):
         if self.jwt_jwks_url and self.jwt_jwks_json:
             raise ValueError("set ZX_GATEWAY_JWT_JWKS_URL or ZX_GATEWAY_JWT_JWKS_JSON, not both")
         return self
+
+    @property
+    def supabase_mode(self) -> bool:
+        """SUPABASE_JWT_SECRET is set: Supabase Auth signs users in, the gateway's own accounts are off."""
+        secret = self.supabase_jwt_secret
+        return secret is not None and bool(secret.get_secret_value().strip())
 
     @property
     def trainer_token_value(self) -> str | None:

@@ -43,33 +43,33 @@ def edge_app(gateway: Gateway, settings: EdgeSettings | None = None) -> EdgeApp:
 
 
 def auth_routes(gateway: Gateway, settings: EdgeSettings) -> AuthRoutes:
-    """Accounts signing sessions with the gateway's JWT secret, so its JWT path verifies them."""
-    audience = gateway.settings.jwt_audience or "authenticated"
-    secret = gateway.settings.jwt_secret.get_secret_value() if gateway.settings.jwt_secret else ""
-    if len(secret) < 32:
+    """The edge's own email and password accounts, signing sessions with the key the gateway generated
+    (``gateway.session_key``; never a configured secret), which its JWT path verifies. Off in Supabase
+    mode (ZX_GATEWAY_EDGE_SUPABASE_URL or SUPABASE_JWT_SECRET set): Supabase Auth signs users in then,
+    and a second, local way to get an account would bypass its rules (sign-ups off, confirmed emails)."""
+    trusted, cookie_seconds = settings.trusted_proxies, settings.session_lifetime_seconds
+    if settings.edge_supabase_url or gateway.settings.supabase_mode or gateway.session_key is None:
         reason = (
-            "email and password accounts need the gateway's JWT secret to sign sessions: set "
-            "ZX_GATEWAY_JWT_SECRET (32 characters or more)"
+            "this gateway signs users in through Supabase Auth (ZX_GATEWAY_EDGE_SUPABASE_URL or "
+            "SUPABASE_JWT_SECRET is set), so its own email and password accounts are off: sign in with Supabase"
         )
         return AuthRoutes(
-            None, audience=audience, disabled_reason=reason, trusted_proxies=settings.trusted_proxies
+            None, disabled_reason=reason, trusted_proxies=trusted, cookie_seconds=cookie_seconds
         )
     config = SessionConfig(
-        secret=secret,
-        audience=audience,
-        issuer=gateway.settings.jwt_issuer or None,
+        secret=gateway.session_key,
         access_seconds=settings.session_seconds,
+        lifetime_seconds=settings.session_lifetime_seconds,
+        idle_seconds=settings.session_idle_seconds,
         max_failures_per_email=settings.sign_in_max_failures,
         max_failures_per_client=settings.sign_in_max_failures_per_client,
+        max_failures_per_email_total=settings.sign_in_max_failures_per_email,
         failure_window_seconds=settings.sign_in_window_seconds,
         max_sign_ups_per_client=settings.sign_up_max_per_client,
         sign_up_window_seconds=settings.sign_up_window_seconds,
     )
-    return AuthRoutes(
-        AccountService(PostgresAccountStore(gateway.pool), config),
-        audience=audience,
-        trusted_proxies=settings.trusted_proxies,
-    )
+    accounts = AccountService(PostgresAccountStore(gateway.pool), config)
+    return AuthRoutes(accounts, trusted_proxies=trusted, cookie_seconds=cookie_seconds)
 
 
 async def serve_edge(gateway: Gateway, settings: EdgeSettings) -> RunningEdge:

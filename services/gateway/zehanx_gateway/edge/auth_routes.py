@@ -1,7 +1,9 @@
 """Sign-up, sign-in, refresh and sign-out over HTTP, shaped like Supabase Auth's REST API.
 
 The page talks to the embedded accounts exactly as it would to Supabase Auth (same paths, bodies and
-session JSON), so one client serves both; only the base URL differs:
+session JSON), so one client serves both; only the base URL differs. The tokens are the gateway's own
+(its own key, issuer and audience: see ``zehanx_gateway.accounts``), and in Supabase mode these routes
+are off (503 ``accounts_disabled``): Supabase Auth is then the only way to sign up or in.
 
 - ``POST /auth/v1/signup`` ``{"email", "password"}`` → a session
 - ``POST /auth/v1/token?grant_type=password`` ``{"email", "password"}`` → a session
@@ -10,7 +12,9 @@ session JSON), so one client serves both; only the base URL differs:
 
 A session is ``{"access_token", "token_type": "bearer", "expires_in", "expires_at", "refresh_token",
 "user": {"id", "aud", "role", "email"}}``. Errors are ``{"code": <HTTP status>, "error_code", "msg"}``
-like Supabase's, with the gateway's ``reason`` and, for bad input, the field ``violations``.
+like Supabase's, with the gateway's ``reason`` and, for bad input, the field ``violations``. Sign-up
+and sign-in bodies must be sent as ``application/json``: a cross-site HTML form can only send
+``text/plain``, form or multipart bodies, so it cannot sign a visitor's browser up (CSRF).
 
 **Cookie sessions (the dashboard).** A request with the header ``X-Zx-Session: cookie`` gets its refresh
 token as an ``HttpOnly; SameSite=Strict; Path=/auth/v1/`` cookie (``Secure`` over https) instead of in
@@ -23,7 +27,9 @@ grants, so the cookie cannot be used by another site (CSRF), on top of ``SameSit
 **Client address.** Sign-in failures and sign-ups are counted per client address: the TCP peer, or,
 when the peer is one of the trusted proxies (``ZX_GATEWAY_TRUSTED_PROXIES``), the right-most
 ``X-Forwarded-For`` address that is not itself a trusted proxy (the left-most entries are whatever
-the client claimed and are never believed).
+the client claimed and are never believed). An IPv6 client is counted by its /64 (one subscriber's
+network: anyone holding one holds 2^64 addresses), an IPv4-mapped one as its IPv4 address
+(:func:`client_bucket`).
 """
 
 from __future__ import annotations
@@ -39,12 +45,16 @@ from zehanx_runtime import errors
 from zehanx_runtime.logging import get_logger
 
 from zehanx_gateway.accounts import AccountService, Session
+from zehanx_gateway.auth import SESSION_AUDIENCE
 
 PREFIX = "/auth/v1/"
 MAX_BODY = 64 * 1024
-#: The cookie that holds the refresh token of a cookie session, and how long the browser keeps it.
+#: The cookie that holds the refresh token of a cookie session, and how long the browser keeps it
+#: by default (the session's absolute lifetime, ZX_GATEWAY_SESSION_LIFETIME_SECONDS).
 REFRESH_COOKIE = "zx_refresh"
 REFRESH_COOKIE_SECONDS = 30 * 86_400
+#: The prefix length an IPv6 client is counted by.
+IPV6_CLIENT_PREFIX = 64
 SESSION_HEADER = b"x-zx-session"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -68,13 +78,13 @@ class AuthRoutes:
         self,
         accounts: AccountService | None,
         *,
-        audience: str,
         disabled_reason: str = "",
         trusted_proxies: Sequence[str] = (),
+        cookie_seconds: int = REFRESH_COOKIE_SECONDS,
     ) -> None:
         self._accounts = accounts
-        self._audience = audience
         self._disabled_reason = disabled_reason
+        self._cookie_seconds = cookie_seconds
         self._trusted: list[Network] = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
         self._log = get_logger("zehanx.accounts")
 
@@ -90,8 +100,13 @@ class AuthRoutes:
                     send, 503, {"code": 503, "error_code": "accounts_disabled", "msg": self._disabled_reason}
                 )
                 return
+            if path in ("signup", "token") and not _is_json(_header(scope, b"content-type")):
+                # Refused before the body is read: a cross-site form cannot send application/json.
+                raise errors.InvalidArgument(
+                    "send the body as JSON (content-type: application/json)", reason="BODY_NOT_JSON"
+                )
             body = await _body(receive)
-            client = client_address(scope, self._trusted)
+            client = client_bucket(client_address(scope, self._trusted))
             cookie_mode = _header(scope, SESSION_HEADER).lower() == "cookie"
             secure = self._secure(scope)
             if path == "signup":
@@ -168,7 +183,7 @@ class AuthRoutes:
         body = self._session_json(session)
         headers = []
         if cookie_mode:
-            headers.append(_set_cookie(session.refresh_token, secure))
+            headers.append(_set_cookie(session.refresh_token, secure, self._cookie_seconds))
             body["refresh_token"] = ""
         await _json(send, 200, body, headers)
 
@@ -181,7 +196,7 @@ class AuthRoutes:
             "refresh_token": session.refresh_token,
             "user": {
                 "id": str(session.user_id),
-                "aud": self._audience,
+                "aud": SESSION_AUDIENCE,
                 "role": "authenticated",
                 "email": session.email,
             },
@@ -239,6 +254,24 @@ def client_address(scope: dict[str, Any], trusted: Sequence[Network]) -> str:
     return peer
 
 
+def client_bucket(address: str) -> str:
+    """What per-client limits count ``address`` as: an IPv4 address as itself, an IPv6 address as its
+    /64 network (``2001:db8:1:2::/64``), an IPv4-mapped IPv6 address as the IPv4 address."""
+    ip = _ip(address)
+    if ip is None:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_CLIENT_PREFIX), strict=False))
+    return str(ip)
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 def _peer_trusted(scope: dict[str, Any], trusted: Sequence[Network]) -> bool:
     peer = _ip((scope.get("client") or ("", 0))[0] or "")
     return peer is not None and any(peer in net for net in trusted)
@@ -272,8 +305,8 @@ def _cookie(scope: dict[str, Any], name: str) -> str:
     return ""
 
 
-def _set_cookie(token: str, secure: bool) -> tuple[bytes, bytes]:
-    value = f"{REFRESH_COOKIE}={token}; Path={PREFIX}; Max-Age={REFRESH_COOKIE_SECONDS}; HttpOnly; SameSite=Strict"
+def _set_cookie(token: str, secure: bool, max_age: int = REFRESH_COOKIE_SECONDS) -> tuple[bytes, bytes]:
+    value = f"{REFRESH_COOKIE}={token}; Path={PREFIX}; Max-Age={max_age}; HttpOnly; SameSite=Strict"
     return (b"set-cookie", (value + ("; Secure" if secure else "")).encode())
 
 

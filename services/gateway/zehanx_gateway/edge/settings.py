@@ -51,17 +51,40 @@ class EdgeSettings(BaseSettings):
         le=86_400,
         description="Lifetime of the access JWT a sign-in gives (renewed with its refresh token).",
     )
+    session_lifetime_seconds: int = Field(
+        30 * 86_400,
+        ge=300,
+        le=365 * 86_400,
+        description="Longest a signed-in session lasts, however often it is renewed (then: sign in again); "
+        "also the refresh cookie's Max-Age.",
+    )
+    session_idle_seconds: int = Field(
+        7 * 86_400,
+        ge=300,
+        le=365 * 86_400,
+        description="A session not renewed for this long ends (its refresh token is refused).",
+    )
     sign_in_max_failures: int = Field(
         5,
         ge=1,
         le=1000,
-        description="Failed sign-ins per email within the window before sign-in is refused (429).",
+        description="Failed sign-ins per email from one client (an IPv4 address or IPv6 /64) within the "
+        "window before sign-in to that email is refused from there (429), even with the right password.",
+    )
+    sign_in_max_failures_per_email: int = Field(
+        20,
+        ge=1,
+        le=100_000,
+        description="Failed sign-ins per email from all clients together within the window before sign-in "
+        "to it is refused (429), except from clients that signed in to it before (so nobody can lock its "
+        "owner out).",
     )
     sign_in_max_failures_per_client: int = Field(
         50,
         ge=1,
         le=100_000,
-        description="Failed sign-ins per client address within the window before it is refused.",
+        description="Failed sign-ins per client (an IPv4 address or IPv6 /64) within the window before it "
+        "is refused.",
     )
     sign_in_window_seconds: float = Field(
         900.0, ge=1, le=86_400, description="Sliding window over which failed sign-ins are counted."
@@ -70,7 +93,8 @@ class EdgeSettings(BaseSettings):
         10,
         ge=1,
         le=100_000,
-        description="Sign-ups per client address within the window before sign-up is refused (429).",
+        description="Sign-ups per client (an IPv4 address or IPv6 /64) within the window before sign-up is "
+        "refused (429).",
     )
     sign_up_window_seconds: float = Field(
         3600.0, ge=1, le=7 * 86_400, description="Sliding window over which sign-ups are counted."
