@@ -11,9 +11,17 @@ EXITED = "EXITED"
 SERVING = "SERVING"
 
 
-def check(address: str, *, timeout: float = 1.0) -> str:
-    """``SERVING`` / ``NOT_SERVING`` / ... for the server at ``address``; ``UNREACHABLE`` when nothing answers."""
-    with grpc.insecure_channel(address) as channel:
+def check(address: str, *, timeout: float = 1.0, credentials: grpc.ChannelCredentials | None = None) -> str:
+    """``SERVING`` / ``NOT_SERVING`` / ... for the server at ``address``; ``UNREACHABLE`` when nothing answers.
+
+    ``credentials``: dial it over TLS (the gateway serving ZX_GATEWAY_TLS_CERT_FILE).
+    """
+    channel = (
+        grpc.secure_channel(address, credentials)
+        if credentials is not None
+        else grpc.insecure_channel(address)
+    )
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,15 +26,20 @@ from google.protobuf import json_format, struct_pb2
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 from zehanx.common.v1 import dataset_pb2
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
-from zehanx.gateway.v1 import job_pb2, model_pb2
+from zehanx.gateway.v1 import job_pb2
 
 from zehanx_cli import account
+from zehanx_cli.channel import gateway_target
 from zehanx_cli.errors import LaunchError
 from zehanx_cli.settings import LauncherSettings
 
+# What the gateway sends (dataset names from crawled pages, reasons and log lines from programs, titles,
+# error text) is printed as plain text, never parsed as rich markup: "[/data]" would crash a following
+# zx train, "[link=...]" would hide a hyperlink. Only our own fixed strings carry styles.
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 TERMINAL = {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
@@ -52,10 +58,10 @@ class Gateway:
 
     def __init__(self) -> None:
         settings = LauncherSettings()
-        self.address = os.environ.get("ZX_GATEWAY_ADDRESS") or settings.address("gateway")
+        target = gateway_target(settings)
+        self.address = target.address
         self._key = account.read_api_key(settings)
-        self.channel = grpc.insecure_channel(
-            self.address,
+        self.channel = target.channel(
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -71,8 +77,13 @@ class Gateway:
         self.channel.close()
 
 
+def _styled(style: str, label: str, text: str) -> Text:
+    """``label`` in ``style``, then ``text`` as it is (no markup)."""
+    return Text.assemble((label, style), text)
+
+
 def _fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(_styled("bold red", "error:", f" {message}"))
     raise typer.Exit(code)
 
 
@@ -140,7 +151,7 @@ def follow(gateway: Gateway, job_id: str) -> int:
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("{task.fields[detail]}"),
+        TextColumn("{task.fields[detail]}", markup=False),
         TimeElapsedColumn(),
         console=console,
         transient=False,
@@ -158,7 +169,7 @@ def follow(gateway: Gateway, job_id: str) -> int:
                 if kind == "state_change":
                     change = event.state_change
                     line = f"{_state(change.to_state):<10} {_stage(change.to_stage):<11} {change.reason}"
-                    progress.console.print(line.rstrip(), highlight=False)
+                    progress.console.print(line.rstrip(), highlight=False, markup=False)
                     if change.to_state in TERMINAL:
                         break
                 elif kind == "dataset_built":
@@ -167,6 +178,7 @@ def follow(gateway: Gateway, job_id: str) -> int:
                         f"  dataset {built.name}: {built.train_row_count} train / {built.validation_row_count} "
                         f"validation / {built.test_row_count} held-out rows, target '{built.target_column}'",
                         highlight=False,
+                        markup=False,
                     )
                 elif kind == "program_generated":
                     made = event.program_generated
@@ -175,6 +187,7 @@ def follow(gateway: Gateway, job_id: str) -> int:
                         f"  program v{made.program_attempt} {what} ({made.plan.model_family}, "
                         f"{len(made.file_paths)} files, {made.backend})",
                         highlight=False,
+                        markup=False,
                     )
                 elif kind == "training_metrics":
                     metrics = event.training_metrics
@@ -192,7 +205,8 @@ def follow(gateway: Gateway, job_id: str) -> int:
                         bar, completed=metrics.step, total=metrics.total_steps or None, detail=detail
                     )
                 elif kind == "log_line" and event.log_line.source == 2 and "fail" in event.log_line.text:
-                    progress.console.print(f"  [yellow]{event.log_line.text.splitlines()[0]}[/]")
+                    first = (event.log_line.text.splitlines() or [""])[0]
+                    progress.console.print(Text(f"  {first}", style="yellow"))
                 elif kind == "evaluation_result":
                     evaluation = event.evaluation_result
     except KeyboardInterrupt:
@@ -207,7 +221,8 @@ def _interrupted(gateway: Gateway, job_id: str) -> int:
         console.print(f"Stopped watching; the job goes on. Watch again: zx job {job_id} --follow")
         return 130
     try:
-        answer = console.input("\nCancel the job [c], or only stop watching [d]? [d] ").strip().lower()
+        answer = console.input("\nCancel the job [c], or only stop watching [d]? [d] ", markup=False)
+        answer = answer.strip().lower()
     except (KeyboardInterrupt, EOFError):
         answer = "d"
     if answer.startswith("c"):
@@ -223,7 +238,7 @@ def _interrupted(gateway: Gateway, job_id: str) -> int:
 def _summary(gateway: Gateway, job: job_pb2.Job, evaluation: Any) -> int:
     state = _state(job.state)
     if job.state != job_pb2.JOB_STATE_SUCCEEDED:
-        console.print(f"[bold red]Job {job.id} {state}[/]: {job.error.message}", highlight=False)
+        console.print(_styled("bold red", f"Job {job.id} {state}", f": {job.error.message}"))
         return 1
     model = gateway.stub.GetModel(pb.GetModelRequest(model_id=job.model_id), metadata=gateway.metadata)
     name = model.metric_name
@@ -233,10 +248,10 @@ def _summary(gateway: Gateway, job: job_pb2.Job, evaluation: Any) -> int:
     table = Table(box=None, pad_edge=False, title="Held-out test split (never seen by the program)")
     table.add_column("metric")
     table.add_column("model", justify="right")
-    table.add_column(f"baseline ({model.baseline_name})", justify="right")
+    table.add_column(Text(f"baseline ({model.baseline_name})"), justify="right")
     for metric in sorted(held):
         table.add_row(
-            ("* " if metric == name else "  ") + metric,
+            Text(("* " if metric == name else "  ") + metric),
             f"{held[metric]:.4f}",
             f"{base.get(metric, float('nan')):.4f}",
         )
@@ -296,7 +311,7 @@ def train(
         created = gateway.stub.CreateJob(
             pb.CreateJobRequest(job=job, request_id=str(uuid.uuid4())), metadata=gateway.metadata
         )
-        console.print(f"Job {created.id} {_state(created.state)}: {prompt}", highlight=False)
+        console.print(f"Job {created.id} {_state(created.state)}: {prompt}", highlight=False, markup=False)
         if not follow_:
             console.print(f"Watch it: zx job {created.id} --follow", highlight=False)
             return 0
@@ -325,7 +340,7 @@ def jobs(
                 _state(j.state),
                 _stage(j.stage),
                 j.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M"),
-                j.prompt[:60],
+                Text(j.prompt[:60]),
             )
         console.print(table)
 
@@ -347,14 +362,14 @@ def job(
             print(json.dumps(json_format.MessageToDict(found), indent=2))
             return 0
         console.print(f"Job {found.id}: {_state(found.state)} ({_stage(found.stage)})", highlight=False)
-        console.print(f"  prompt:  {found.prompt}", highlight=False)
+        console.print(f"  prompt:  {found.prompt}", highlight=False, markup=False)
         console.print(f"  attempt: {found.attempt}, repairs: {found.repair_count}", highlight=False)
         if found.dataset_id:
             console.print(f"  dataset: {found.dataset_id}", highlight=False)
         if found.model_id:
             console.print(f"  model:   {found.model_id}", highlight=False)
         if found.HasField("error") and found.error.message:
-            console.print(f"  error:   {found.error.message}", highlight=False)
+            console.print(f"  error:   {found.error.message}", highlight=False, markup=False)
         return 0
 
     raise typer.Exit(_call(action))
@@ -398,8 +413,8 @@ def models(
             name = m.metric_name
             table.add_row(
                 m.id,
-                m.title[:40],
-                f"{name} {m.held_out_metrics.values.get(name, float('nan')):.4f}",
+                Text(m.title[:40]),
+                Text(f"{name} {m.held_out_metrics.values.get(name, float('nan')):.4f}"),
                 f"{m.baseline_metrics.values.get(name, float('nan')):.4f}",
                 m.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M"),
             )
@@ -421,45 +436,81 @@ def download(
         import zipfile
 
         out.mkdir(parents=True, exist_ok=True)
-        header: model_pb2.Model | Any = None
+        # Received into a fresh private file of our own (O_EXCL, no name from the server), renamed or
+        # unpacked only once its size and sha256 match the header.
+        fd, temp_name = tempfile.mkstemp(prefix=".zx-download-", suffix=".part", dir=out)
+        temp = Path(temp_name)
+        header: pb.DownloadHeader | None = None
+        name = ""
         digest = hashlib.sha256()
-        target: Path | None = None
         size = 0
-        handle = None
         try:
-            for message in gateway.stub.DownloadModel(
-                pb.DownloadModelRequest(model_id=model_id), metadata=gateway.metadata
-            ):
-                if message.WhichOneof("part") == "header":
-                    header = message.header
-                    target = out / header.filename
-                    handle = open(target.with_suffix(".part"), "wb")
-                else:
-                    assert handle is not None
-                    handle.write(message.chunk.data)
-                    digest.update(message.chunk.data)
-                    size += len(message.chunk.data)
-        finally:
-            if handle is not None:
-                handle.close()
-        assert header is not None and target is not None
-        part = target.with_suffix(".part")
-        if digest.hexdigest() != header.sha256 or size != header.total_size_bytes:
-            part.unlink(missing_ok=True)
-            _fail(
-                f"the download does not match its sha256 {header.sha256} (got {digest.hexdigest()}, {size} bytes)"
+            with os.fdopen(fd, "wb") as handle:
+                for message in gateway.stub.DownloadModel(
+                    pb.DownloadModelRequest(model_id=model_id), metadata=gateway.metadata
+                ):
+                    if message.WhichOneof("part") == "header":
+                        if header is not None:
+                            _fail("the gateway sent a second header in one download")
+                        header = message.header
+                        name = archive_name(header.filename)
+                        continue
+                    if header is None:
+                        _fail("the gateway sent data before the download's header")
+                    data = message.chunk.data
+                    size += len(data)
+                    if size > header.total_size_bytes:
+                        _fail(f"the gateway sent more than the {header.total_size_bytes} bytes it announced")
+                    handle.write(data)
+                    digest.update(data)
+            if header is None:
+                _fail("the gateway sent no download header")
+            if digest.hexdigest() != header.sha256 or size != header.total_size_bytes:
+                _fail(
+                    f"the download does not match its sha256 {header.sha256} "
+                    f"(got {digest.hexdigest()}, {size} bytes)"
+                )
+            console.print(f"verified sha256 {header.sha256} ({size} bytes)", highlight=False, markup=False)
+            if keep_zip:
+                target = out / name
+                os.chmod(temp, 0o666 & ~_umask())
+                os.replace(temp, target)  # replaces a link of that name itself, never what it points to
+                console.print(f"saved {target}", highlight=False, markup=False)
+                return
+            with zipfile.ZipFile(temp) as archive:
+                archive.extractall(out)  # member names lose their '..' parts and leading '/'
+            console.print(
+                f"unpacked into {out} (model card: {out / 'MODEL_CARD.md'})", highlight=False, markup=False
             )
-        part.replace(target)
-        console.print(f"verified sha256 {header.sha256} ({size} bytes)", highlight=False)
-        if keep_zip:
-            console.print(f"saved {target}", highlight=False)
-            return
-        with zipfile.ZipFile(target) as archive:
-            archive.extractall(out)
-        target.unlink()
-        console.print(f"unpacked into {out} (model card: {out / 'MODEL_CARD.md'})", highlight=False)
+        finally:
+            temp.unlink(missing_ok=True)
 
     _call(action)
+
+
+def archive_name(name: str) -> str:
+    """The archive's file name as the gateway sent it, when it is one plain name in the output folder.
+
+    Anything else (empty, absolute, with a separator, ``.``/``..``, hidden, NUL, longer than a file name
+    may be) is refused: a malicious gateway, or anyone in the middle of the channel, must not pick where
+    the CLI writes.
+    """
+    plain = (
+        bool(name)
+        and name == Path(name).name
+        and not name.startswith(".")
+        and not any(c in name for c in "/\\\0")
+        and len(name.encode("utf-8", "surrogateescape")) <= 255
+    )
+    if not plain:
+        _fail(f"the gateway sent an unsafe file name for the archive: {name!r}; nothing was written")
+    return name
+
+
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
 
 
 def predict(

@@ -18,6 +18,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from zehanx_gateway import db
 from zehanx_gateway.auth import new_api_key, parse_api_key
 from zehanx_gateway.domain import ApiKey
@@ -76,7 +77,7 @@ def _with_registry(action: Callable[[PostgresRegistry], Awaitable[T]]) -> T:
     try:
         return asyncio.run(run())
     except (LaunchError, RuntimeError, DomainError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(Text.assemble(("error:", "bold red"), f" {exc}"))
         raise typer.Exit(1) from None
 
 
@@ -104,7 +105,7 @@ def create(
     if as_json:
         print(json.dumps({"id": key_id, "user": user.strip(), "user_id": user_id, "key": token}))
         return
-    console.print(f"API key [bold]{key_id}[/] for {user.strip()} ({user_id}):", highlight=False)
+    console.print(Text.assemble("API key ", (key_id, "bold"), f" for {user.strip()} ({user_id}):"))
     print(token)
     err_console.print(
         "Keep it secret; it is shown only now. Send it as 'authorization: Bearer <key>'.", highlight=False
@@ -141,8 +142,19 @@ def list_keys(
     for column in ("ID", "USER", "LABEL", "CREATED", "STATUS"):
         table.add_column(column)
     for k in keys:
-        status = f"[red]revoked {k.revoke_time:%Y-%m-%d %H:%M}[/]" if k.revoke_time else "[green]active[/]"
-        table.add_row(k.id, k.user_name or str(k.user_id), k.label, f"{k.create_time:%Y-%m-%d %H:%M}", status)
+        status = (
+            Text(f"revoked {k.revoke_time:%Y-%m-%d %H:%M}", style="red")
+            if k.revoke_time
+            else Text("active", style="green")
+        )
+        # Labels and user names are the users' own text (CreateApiKey): cells of plain text, not markup.
+        table.add_row(
+            Text(k.id),
+            Text(k.user_name or str(k.user_id)),
+            Text(k.label),
+            f"{k.create_time:%Y-%m-%d %H:%M}",
+            status,
+        )
     console.print(table)
 
 
@@ -158,4 +170,6 @@ def revoke(
         return await registry.revoke_api_key(key_id)
 
     revoked = _with_registry(action)
-    console.print(f"revoked {revoked.id} ({revoked.user_name or revoked.user_id})", highlight=False)
+    console.print(
+        f"revoked {revoked.id} ({revoked.user_name or revoked.user_id})", highlight=False, markup=False
+    )

@@ -12,9 +12,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 from zehanx_gateway.edge.settings import EdgeSettings
 
-from zehanx_cli import account, health, jobs, keys, sandbox, web_account
+from zehanx_cli import account, channel, health, jobs, keys, sandbox, web_account
 from zehanx_cli.errors import LaunchError
 from zehanx_cli.settings import LauncherSettings
 from zehanx_cli.suite import POSTGRES, Health, Suite
@@ -48,7 +49,8 @@ def _settings() -> LauncherSettings:
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    # Messages quote logs and settings: printed as text, never parsed as rich markup.
+    err_console.print(Text.assemble(("error:", "bold red"), f" {message}"))
     raise typer.Exit(1)
 
 
@@ -63,7 +65,7 @@ def _table(rows: list[Health], suite: Suite) -> Table:
         address = row.address
         if row.name == POSTGRES and row.pid is not None:  # the embedded one: show how to connect
             address = suite.postgres.url(redact=True)
-        table.add_row(row.name, address, f"[{colour}]{row.health}[/]", str(row.pid or "-"))
+        table.add_row(Text(row.name), Text(address), Text(row.health, style=colour), str(row.pid or "-"))
     return table
 
 
@@ -86,7 +88,9 @@ def up(
 ) -> None:
     """Start PostgreSQL and every service as local processes and wait until all are SERVING."""
     settings = _settings()
-    suite = Suite(settings, say=lambda text: console.print(text, highlight=False, soft_wrap=True))
+    suite = Suite(
+        settings, say=lambda text: console.print(text, highlight=False, soft_wrap=True, markup=False)
+    )
 
     def ready(rows: list[Health]) -> None:
         # The local user and its API key (ZX_HOME/api-key, 0600), so zx train works with no extra step.
@@ -100,7 +104,10 @@ def up(
         edge = EdgeSettings()
         if edge.edge_enabled:
             port = edge.port_for(settings.gateway_port)
-            where = f"http://{settings.connect_host}:{port}" if port else "a free port (see logs/gateway.log)"
+            scheme = "https" if channel.local_gateway_cert() else "http"
+            where = (
+                f"{scheme}://{settings.connect_host}:{port}" if port else "a free port (see logs/gateway.log)"
+            )
             console.print(
                 f"Dashboard (sign up in a browser; the API over Connect/HTTP on the same port): {where}",
                 highlight=False,
@@ -133,8 +140,9 @@ def _watch(suite: Suite, should_stop: Callable[[], bool]) -> str:
                 for record in dead:
                     tail = "\n".join(Path(record.log).read_text(errors="replace").splitlines()[-20:])
                     err_console.print(
-                        f"[bold red]{record.name} exited[/]; last lines of {record.log}:\n{tail}",
-                        highlight=False,
+                        Text.assemble(
+                            (f"{record.name} exited", "bold red"), f"; last lines of {record.log}:\n{tail}"
+                        )
                     )
                 return "exited: " + ", ".join(r.name for r in dead)
             if live is not None and time.monotonic() - last_refresh > 2.0:
@@ -188,7 +196,9 @@ def down(
 ) -> None:
     """Stop every service and PostgreSQL and check that no process is left behind."""
     settings = _settings()
-    suite = Suite(settings, say=lambda text: console.print(text, highlight=False, soft_wrap=True))
+    suite = Suite(
+        settings, say=lambda text: console.print(text, highlight=False, soft_wrap=True, markup=False)
+    )
 
     def stop() -> int:
         had_state = settings.state_file.exists()

@@ -42,6 +42,16 @@ class LauncherSettings(BaseSettings):
         description="Set it to use an existing PostgreSQL (Supabase's included): zx up then starts no "
         "embedded one and hands this URL to the gateway.",
     )
+    gateway_address: str | None = Field(
+        None,
+        description="The gateway the CLI's commands (zx train, jobs, download...) call: host:port, "
+        "https://host:port (TLS) or http://host:port. Unset: this ZX_HOME's suite.",
+    )
+    tls_ca_file: Path | None = Field(
+        None,
+        description="CA certificate(s) (PEM) the CLI trusts for the gateway's TLS; setting it turns TLS on. "
+        "Unset: https:// addresses use the system's roots, the local suite's TLS gateway its own certificate.",
+    )
     startup_timeout: float = Field(
         120.0, gt=0, le=3600, description="Seconds zx up waits for every service to report SERVING."
     )

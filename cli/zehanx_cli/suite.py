@@ -24,15 +24,40 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import grpc
 import psycopg
 
-from zehanx_cli import health, procs
+from zehanx_cli import channel, health, procs
 from zehanx_cli.errors import LaunchError
 from zehanx_cli.postgres import EmbeddedPostgres, _port_taken_message
 from zehanx_cli.settings import SERVICES, LauncherSettings
 
 STATE_VERSION = 1
 POSTGRES = "postgres"
+
+#: Cloud credentials in zx's environment and the only services that get them (first match wins; a
+#: trailing "_" matches a prefix). The crawler, which parses untrusted pages, files and archives, sees
+#: only Firecrawl's; the executor only E2B's. Names of this family that no service reads go to none.
+CLOUD_VARIABLES: tuple[tuple[str, frozenset[str]], ...] = (
+    ("GROQ_", frozenset({"codegen"})),
+    ("FIRECRAWL_", frozenset({"crawler"})),
+    ("E2B_", frozenset({"executor"})),
+    ("SUPABASE_JWT_SECRET", frozenset({"gateway"})),
+    ("SUPABASE_URL", frozenset({"trainer"})),
+    ("SUPABASE_SERVICE_ROLE_KEY", frozenset({"trainer"})),
+    ("SUPABASE_", frozenset()),
+    # zx's own: the CLI's API key and a database URL only the gateway reads.
+    ("ZX_API_KEY", frozenset()),
+    ("ZX_DATABASE_URL", frozenset({"gateway"})),
+)
+
+
+def _cloud_variable_allowed(variable: str, service: str) -> bool:
+    """Whether ``service`` may see ``variable`` (True for anything not in CLOUD_VARIABLES)."""
+    for pattern, services in CLOUD_VARIABLES:
+        if variable == pattern or (pattern.endswith("_") and variable.startswith(pattern)):
+            return service in services
+    return True
 
 
 @dataclass
@@ -159,11 +184,15 @@ class Suite:
             elif record.name == POSTGRES:
                 value = health.SERVING if self.postgres.ready() else health.UNREACHABLE
             else:
-                value = health.check(record.address)
+                value = health.check(record.address, credentials=self._credentials(record.name))
             found.append(Health(record.name, record.address, value, record.pid))
         if state.external_database:
             found.append(Health(POSTGRES, self._external_database_address(), self._external_health(), None))
         return found
+
+    def _credentials(self, name: str) -> grpc.ChannelCredentials | None:
+        """TLS for the gateway when it serves TLS (ZX_GATEWAY_TLS_CERT_FILE); the others are plaintext."""
+        return channel.local_gateway_credentials(self.settings) if name == "gateway" else None
 
     def _external_database_address(self) -> str:
         url = self.settings.gateway_database_url
@@ -221,8 +250,12 @@ class Suite:
     def _child_env(self, name: str, token: str, database_url: str | None) -> dict[str, str]:
         others = tuple(f"ZX_{other.upper()}_" for other in SERVICES if other != name)
         # Each child sees its own ZX_<NAME>_* variables, not another service's (the database URL stays
-        # with the gateway); cloud API keys and the rest of the environment pass through.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(others)}
+        # with the gateway), and only its own cloud keys (CLOUD_VARIABLES); the rest passes through.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(others) and _cloud_variable_allowed(k, name)
+        }
         prefix = f"ZX_{name.upper()}_"
         env.update(
             {
@@ -439,7 +472,8 @@ class Suite:
                         f"{record.name} exited while starting; last lines of {record.log}:\n"
                         f"{_tail(Path(record.log))}"
                     )
-                if health.check(record.address, timeout=0.5) == health.SERVING:
+                dial = self._credentials(record.name)
+                if health.check(record.address, timeout=0.5, credentials=dial) == health.SERVING:
                     pending.discard(record.name)
             if pending and time.monotonic() > deadline:
                 raise LaunchError(

@@ -49,4 +49,5 @@ def password(
     console.print(
         f"{name} signs in to the dashboard as {stored} (their other dashboard sessions were signed out).",
         highlight=False,
+        markup=False,
     )

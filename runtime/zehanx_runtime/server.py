@@ -58,8 +58,12 @@ async def start_server(
     internal: bool = True,
     extra_check: CallCheck | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> RunningServer:
-    """Start serving ``services`` on ``settings.host:settings.port`` (0 = any free port)."""
+    """Start serving ``services`` on ``settings.host:settings.port`` (0 = any free port).
+
+    ``credentials`` (``grpc.ssl_server_credentials``): serve TLS on that port instead of plaintext.
+    """
     token = settings.service_token.get_secret_value() if settings.service_token else None
     if internal and not token and not settings.allow_no_token:
         raise RuntimeError(
@@ -92,7 +96,11 @@ async def start_server(
         binding.add(binding.servicer, server)
     names = [b.name for b in bindings]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    if credentials is not None:
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"{service_name}: could not bind {settings.host}:{settings.port}")
     await server.start()
@@ -109,14 +117,25 @@ async def serve(
     internal: bool = True,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     extra_check: CallCheck | None = None,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> None:
-    """Run a service until SIGTERM/SIGINT, then shut down gracefully."""
+    """Run a service until SIGTERM/SIGINT, then shut down gracefully (TLS with ``credentials``)."""
     configure_logging(settings.log_level, settings.log_json, service=service_name)
     log = get_logger("zehanx.server")
     running = await start_server(
-        settings, services, service_name=service_name, internal=internal, extra_check=extra_check
+        settings,
+        services,
+        service_name=service_name,
+        internal=internal,
+        extra_check=extra_check,
+        credentials=credentials,
     )
-    log.info("serving", address=f"{settings.host}:{running.port}", services=running.service_names)
+    log.info(
+        "serving",
+        address=f"{settings.host}:{running.port}",
+        services=running.service_names,
+        tls=credentials is not None,
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from zehanx_runtime.logging import configure_logging, get_logger
 from zehanx_runtime.server import run, serve
 
-from zehanx_gateway.app import Gateway
+from zehanx_gateway.app import Gateway, server_credentials
 from zehanx_gateway.edge import EdgeSettings, serve_edge
 from zehanx_gateway.orchestrator.runner import start_workers
 from zehanx_gateway.orchestrator.settings import OrchestratorSettings
@@ -17,6 +17,7 @@ async def _main() -> None:
     worker_settings = OrchestratorSettings()
     configure_logging(settings.log_level, settings.log_json, service="gateway")
     edge_settings = EdgeSettings()
+    credentials = server_credentials(settings)  # TLS files unreadable: fail before anything starts
     gateway = await Gateway.open(settings)
     # The browser edge: the same servicer and authenticator over Connect (HTTP/1.1) on its own port.
     try:
@@ -46,6 +47,7 @@ async def _main() -> None:
             internal=False,
             on_shutdown=shutdown,
             extra_check=gateway.authenticator.check,
+            credentials=credentials,
         )
     except BaseException:
         await shutdown()

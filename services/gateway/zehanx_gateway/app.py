@@ -6,8 +6,11 @@ use to get the very same object graph on port 0.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
+import grpc
 from psycopg_pool import AsyncConnectionPool
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
 from zehanx_runtime.server import ServiceBinding
@@ -28,6 +31,30 @@ from zehanx_gateway.settings import GatewaySettings
 from zehanx_gateway.trainer_client import GrpcTrainerPredictor
 from zehanx_gateway.uploads import UploadService
 from zehanx_gateway.user_settings import UserSettingsService
+
+
+def _read_pem(path: Path, variable: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise RuntimeError(f"cannot read {variable}={path}: {exc.strerror or exc}") from None
+
+
+def server_credentials(settings: GatewaySettings) -> grpc.ServerCredentials | None:
+    """TLS credentials of the public gRPC port (ZX_GATEWAY_TLS_CERT_FILE / _KEY_FILE); None: plaintext."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    chain = _read_pem(settings.tls_cert_file, "ZX_GATEWAY_TLS_CERT_FILE")
+    key = _read_pem(settings.tls_key_file, "ZX_GATEWAY_TLS_KEY_FILE")
+    try:  # the same check the edge's TLS makes: PEM that parses, a key that matches the certificate
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.tls_cert_file, settings.tls_key_file
+        )
+    except (ssl.SSLError, ValueError) as exc:
+        raise RuntimeError(
+            f"ZX_GATEWAY_TLS_CERT_FILE / ZX_GATEWAY_TLS_KEY_FILE are not a matching PEM certificate and key: {exc}"
+        ) from None
+    return grpc.ssl_server_credentials([(key, chain)])
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 from zehanx_runtime.settings import ServiceSettings
 
@@ -121,6 +121,24 @@ class GatewaySettings(ServiceSettings):
         "AES-256-GCM key is derived from it). Unset: read from $ZX_HOME/secrets-key, which zx up creates; "
         "with neither, SetProviderKey answers FAILED_PRECONDITION.",
     )
+
+    tls_cert_file: Path | None = Field(
+        None,
+        description="Certificate chain (PEM) to serve TLS with on the public ports: the gRPC API and the "
+        "web edge. Needs ZX_GATEWAY_TLS_KEY_FILE. Unset: plaintext (keep the gateway on loopback then).",
+    )
+    tls_key_file: Path | None = Field(None, description="Private key (PEM) of ZX_GATEWAY_TLS_CERT_FILE.")
+
+    @field_validator("tls_cert_file", "tls_key_file")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> GatewaySettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both ZX_GATEWAY_TLS_CERT_FILE and ZX_GATEWAY_TLS_KEY_FILE, or neither")
+        return self
 
     @model_validator(mode="after")
     def _one_jwks(self) -> GatewaySettings:

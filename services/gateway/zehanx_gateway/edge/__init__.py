@@ -80,4 +80,6 @@ async def serve_edge(gateway: Gateway, settings: EdgeSettings) -> RunningEdge:
         host=host,
         port=settings.port_for(gateway.settings.port),
         grace=gateway.settings.grace_seconds,
+        ssl_certfile=gateway.settings.tls_cert_file,
+        ssl_keyfile=gateway.settings.tls_key_file,
     )

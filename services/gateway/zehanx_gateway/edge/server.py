@@ -294,11 +294,12 @@ class RunningEdge:
     port: int
     _server: _Server
     _task: asyncio.Task[None]
+    tls: bool = False
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting calls, give open ones ``grace`` seconds (streams are then cancelled)."""
@@ -308,8 +309,19 @@ class RunningEdge:
             await self._task
 
 
-async def start_edge(app: Any, *, host: str, port: int, grace: float = 5.0) -> RunningEdge:
-    """Bind ``host:port`` (0: a free port) and serve ``app`` over HTTP/1.1 until stopped."""
+async def start_edge(
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    grace: float = 5.0,
+    ssl_certfile: Path | None = None,
+    ssl_keyfile: Path | None = None,
+) -> RunningEdge:
+    """Bind ``host:port`` (0: a free port) and serve ``app`` over HTTP/1.1 until stopped.
+
+    ``ssl_certfile`` and ``ssl_keyfile`` (PEM): serve https instead of http.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -336,6 +348,8 @@ async def start_edge(app: Any, *, host: str, port: int, grace: float = 5.0) -> R
         # uvicorn would otherwise rewrite the client address from X-Forwarded-For for peers on
         # 127.0.0.1; the accounts decide whom to believe (ZX_GATEWAY_TRUSTED_PROXIES).
         proxy_headers=False,
+        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
     )
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="zx-gateway-edge")
@@ -346,4 +360,6 @@ async def start_edge(app: Any, *, host: str, port: int, grace: float = 5.0) -> R
             raise RuntimeError("the gateway's web edge stopped while starting")
         await asyncio.sleep(0.01)
     bound = sock.getsockname()
-    return RunningEdge(host=host, port=int(bound[1]), _server=server, _task=task)
+    return RunningEdge(
+        host=host, port=int(bound[1]), _server=server, _task=task, tls=ssl_certfile is not None
+    )
