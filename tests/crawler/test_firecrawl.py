@@ -20,11 +20,13 @@ import grpc
 import pytest
 from crawler_support import crawler_settings, start_crawler, stop_crawler
 from zehanx.crawler.v1 import crawler_service_pb2 as pb
+from zehanx_crawler.egress import EgressGuard
 from zehanx_crawler.firecrawl_backend import FirecrawlBackend
 from zehanx_runtime.errors import (
     DeadlineExceeded,
     DomainError,
     FailedPrecondition,
+    PermissionDenied,
     ResourceExhausted,
     Unavailable,
 )
@@ -121,9 +123,19 @@ def firecrawl() -> Iterator[FakeFirecrawl]:
         server.server_close()
 
 
+def _dns(private: dict[str, str] | None = None) -> Any:
+    """DNS for the page URLs handed to Firecrawl (this machine resolves no public names): a public address,
+    or the one ``private`` gives the name."""
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return [(private or {}).get(host, "93.184.216.34")]
+
+    return resolve
+
+
 def _backend(fake: FakeFirecrawl, **kwargs: Any) -> FirecrawlBackend:
     options: dict[str, Any] = {"api_url": fake.base, "timeout_s": 5.0, "retries": 2, "backoff_s": 0.01,
-                               "poll_interval_s": 0.01}  # fmt: skip
+                               "poll_interval_s": 0.01, "guard": EgressGuard(resolver=_dns())}  # fmt: skip
     options.update(kwargs)
     return FirecrawlBackend(KEY, **options)
 
@@ -200,6 +212,55 @@ async def test_crawl_that_never_finishes_is_cancelled(firecrawl: FakeFirecrawl) 
         await _backend(firecrawl, timeout_s=0.2).crawl("https://example.org/", 10)
     assert info.value.reason == "FIRECRAWL_TIMEOUT"
     assert firecrawl.calls("DELETE", f"/v2/crawl/{job}")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://127.0.0.1:8080/admin",
+        "http://[fd00:ec2::254]/latest/meta-data/",
+        "http://100.100.100.200/latest/meta-data/",
+        "https://intranet.corp.test/reports",  # a name that resolves to 10.0.0.5
+    ],
+)
+async def test_m8_firecrawl_refuses_private_urls_before_calling_the_sdk(
+    firecrawl: FakeFirecrawl, url: str
+) -> None:
+    backend = _backend(firecrawl, guard=EgressGuard(resolver=_dns({"intranet.corp.test": "10.0.0.5"})))
+    with pytest.raises(PermissionDenied) as scraped:
+        await backend.scrape(url)
+    with pytest.raises(PermissionDenied) as crawled:
+        await backend.crawl(url, 10)
+    assert scraped.value.reason == crawled.value.reason == "PRIVATE_ADDRESS"
+    assert firecrawl.requests == []  # the SDK was never called
+
+
+async def test_m8_firecrawl_page_that_landed_on_a_private_address_is_refused(
+    firecrawl: FakeFirecrawl,
+) -> None:
+    """Firecrawl followed a redirect from a public page to the metadata address: its HTML is not used."""
+    document = _document("http://169.254.169.254/latest/meta-data/", "<p>ami-id</p>", "metadata")
+    document["metadata"]["sourceURL"] = BANK_URL
+    firecrawl.answer("POST", "/v2/scrape", (200, {"success": True, "data": document}))
+    with pytest.raises(PermissionDenied) as info:
+        await _backend(firecrawl).scrape(BANK_URL)
+    assert info.value.reason == "PRIVATE_ADDRESS"
+    assert len(firecrawl.calls("POST", "/v2/scrape")) == 1
+
+
+async def test_m8_firecrawl_crawl_drops_pages_on_private_addresses(firecrawl: FakeFirecrawl) -> None:
+    job = "7f1c3b2a-7d6e-4f80-9a1b-2c3d4e5f6a7b"
+    firecrawl.answer("POST", "/v2/crawl", (200, {"success": True, "id": job, "url": ""}))
+    done = {"success": True, "status": "completed", "completed": 2, "total": 2, "creditsUsed": 2,
+            "expiresAt": "2026-12-01T00:00:00.000Z", "next": None, "data": [
+                _document("https://example.org/a", "<p>a</p>", "A"),
+                _document("http://intranet.corp.test/secrets", "<p>internal</p>", "internal"),
+            ]}  # fmt: skip
+    firecrawl.answer("GET", f"/v2/crawl/{job}", (200, done))
+    backend = _backend(firecrawl, guard=EgressGuard(resolver=_dns({"intranet.corp.test": "10.0.0.5"})))
+    pages = await backend.crawl("https://example.org/", 10)
+    assert [p.url for p in pages] == ["https://example.org/a"]
 
 
 @pytest.mark.parametrize(

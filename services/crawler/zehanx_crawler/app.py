@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx
-
 from zehanx_crawler.builder import DatasetBuilder
 from zehanx_crawler.catalogue import Catalogue
+from zehanx_crawler.egress import EgressGuard
 from zehanx_crawler.fetcher import FetchPolicy, HttpFetcher
 from zehanx_crawler.servicer import CrawlerServicer
 from zehanx_crawler.settings import CrawlerSettings
@@ -47,20 +46,22 @@ def fetch_policy(settings: CrawlerSettings) -> FetchPolicy:
     )
 
 
-def web_backend(settings: CrawlerSettings) -> WebBackend | None:
+def web_backend(settings: CrawlerSettings, guard: EgressGuard) -> WebBackend | None:
     """Firecrawl when configured (``backend=firecrawl``, or ``auto`` with an API key), else none."""
     if not settings.use_firecrawl:
         return None
     key = settings.firecrawl_api_key.get_secret_value() if settings.firecrawl_api_key else None
-    return firecrawl_backend(settings, key)
+    return firecrawl_backend(settings, key, guard)
 
 
-def firecrawl_backend(settings: CrawlerSettings, api_key: str | None) -> WebBackend:
-    """Firecrawl on ``api_key`` (the configured key, or a job owner's own for one build)."""
+def firecrawl_backend(settings: CrawlerSettings, api_key: str | None, guard: EgressGuard) -> WebBackend:
+    """Firecrawl on ``api_key`` (the configured key, or a job owner's own for one build); the URLs it is
+    handed are checked by ``guard``, the local fetcher's egress policy."""
     from zehanx_crawler.firecrawl_backend import FirecrawlBackend
 
     return FirecrawlBackend(
         api_key,
+        guard=guard,
         api_url=settings.firecrawl_api_url,
         timeout_s=settings.firecrawl_timeout_s,
         retries=settings.retries,
@@ -68,14 +69,9 @@ def firecrawl_backend(settings: CrawlerSettings, api_key: str | None) -> WebBack
     )
 
 
-def build(
-    settings: CrawlerSettings,
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
-    web: WebBackend | None = None,
-) -> CrawlerApp:
-    fetcher = HttpFetcher(fetch_policy(settings), transport=transport)
-    web = web if web is not None else web_backend(settings)
+def build(settings: CrawlerSettings, *, web: WebBackend | None = None) -> CrawlerApp:
+    fetcher = HttpFetcher(fetch_policy(settings))
+    web = web if web is not None else web_backend(settings, fetcher.guard)
     store = DatasetStore(settings.datasets_dir)
     catalogue = Catalogue()
     builder = DatasetBuilder(
@@ -84,7 +80,7 @@ def build(
         catalogue=catalogue,
         store=store,
         web=web,
-        web_for_key=lambda key: firecrawl_backend(settings, key),
+        web_for_key=lambda key: firecrawl_backend(settings, key, fetcher.guard),
     )
     servicer = CrawlerServicer(builder, catalogue)
     return CrawlerApp(builder=builder, servicer=servicer, fetcher=fetcher, store=store, web=web)

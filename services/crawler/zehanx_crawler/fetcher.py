@@ -8,19 +8,18 @@
   (``Retry-After`` honoured up to the backoff cap); 4xx are not.
 - ``Content-Length`` past the size cap is refused before a byte is read; a body without one is counted
   while it streams and cut at the cap. A whole-fetch budget bounds slow-drip servers.
-- Unless ``allow_private_networks`` is set, hosts that resolve to loopback, private, link-local or
-  reserved addresses are refused, so a request cannot make the crawler probe the internal network.
-  (The check resolves the name before httpx does; a DNS server that answers differently the second time
-  could still slip through. Put the crawler behind an egress proxy where that matters.)
+- Unless ``allow_private_networks`` is set, only global unicast addresses are reached, so a request cannot
+  make the crawler probe the internal network. The check is part of the connection itself
+  (:mod:`zehanx_crawler.egress`): every new connection resolves the name once, checks every address and
+  connects to a checked one, robots.txt and each redirect hop included. Nothing is cached, so DNS
+  rebinding cannot reach an address that was not checked for that connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import random
-import socket
 import time
 import urllib.robotparser
 from collections import defaultdict
@@ -43,6 +42,7 @@ from zehanx_runtime.errors import (
     Unavailable,
 )
 
+from zehanx_crawler.egress import EgressGuard
 from zehanx_crawler.model import Resource
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -104,19 +104,22 @@ class _HostLimiter:
 
 
 class HttpFetcher:
-    """The local crawler's fetcher (httpx)."""
+    """The local crawler's fetcher (httpx over the egress guard's transport)."""
 
     def __init__(
         self,
         policy: FetchPolicy,
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
+        guard: EgressGuard | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._policy = policy
         self._sleep = sleep
+        #: Checks every connection; the Firecrawl backend checks its URLs with the same guard.
+        self.guard = guard or EgressGuard(allow_private_networks=policy.allow_private_networks)
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
         self._client = httpx.AsyncClient(
-            transport=transport,
+            transport=self.guard.transport(limits=limits),
             follow_redirects=False,
             headers={"User-Agent": policy.user_agent, "Accept-Encoding": "gzip, deflate"},
             timeout=httpx.Timeout(
@@ -125,13 +128,11 @@ class HttpFetcher:
                 write=policy.read_timeout_s,
                 pool=policy.connect_timeout_s,
             ),
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
             trust_env=False,
         )
         self._limiter = _HostLimiter(1.0 / policy.per_host_rps, sleep)
         self._robots: dict[str, urllib.robotparser.RobotFileParser | None] = {}
         self._robots_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._checked_hosts: set[tuple[str, int]] = set()
         #: Requests actually sent (robots.txt included), for tests and benchmarks.
         self.requests_sent = 0
 
@@ -153,8 +154,7 @@ class HttpFetcher:
     async def _fetch(self, url: str, cap: int) -> Resource:
         current = url
         for _hop in range(_MAX_REDIRECTS + 1):
-            parts = self._check_url(current)
-            await self._check_address(parts)
+            parts = self._check_url(current)  # the address is checked by the transport, per connection
             delay = await self._robots_allow(parts, current)
             response = await self._send(current, parts.hostname or "", delay, cap)
             if response.status_code in _REDIRECTS:
@@ -180,42 +180,6 @@ class HttpFetcher:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidArgument(f"{url!r} is not an http(s) URL", reason="INVALID_URL")
         return parts
-
-    async def _check_address(self, parts: SplitResult) -> None:
-        if self._policy.allow_private_networks:
-            return
-        host = parts.hostname or ""
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        if (host, port) in self._checked_hosts:
-            return
-        try:
-            addresses = [ipaddress.ip_address(host)]
-        except ValueError:
-            try:
-                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                raise Unavailable(
-                    f"could not resolve host {host!r} ({exc.strerror or exc})",
-                    reason="HOST_NOT_FOUND",
-                    metadata={"host": host},
-                ) from None
-            addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-        for address in addresses:
-            if (
-                address.is_private
-                or address.is_loopback
-                or address.is_link_local
-                or address.is_multicast
-                or address.is_reserved
-                or address.is_unspecified
-            ):
-                raise PermissionDenied(
-                    f"{host} resolves to {address}, a private or local address; the crawler only fetches public "
-                    "addresses (set ZX_CRAWLER_ALLOW_PRIVATE_NETWORKS=true for local development)",
-                    reason="PRIVATE_ADDRESS",
-                    metadata={"host": host},
-                )
-        self._checked_hosts.add((host, port))
 
     async def _robots_allow(self, parts: SplitResult, url: str) -> float | None:
         """Raise if robots.txt forbids ``url``; return the host's Crawl-delay, if any."""

@@ -5,6 +5,12 @@ through the same table parsers as the local crawler. The SDK is synchronous (``r
 runs in a worker thread; crawls are polled here (not with the SDK's blocking ``crawl``) so a cancelled or
 timed-out build cancels the crawl job too.
 
+Firecrawl fetches pages itself, so the crawler cannot pin the address it connects to; instead every URL is
+checked by the local fetcher's egress policy (:class:`~zehanx_crawler.egress.EgressGuard`) before it is
+handed to Firecrawl, and the URL a page says it finally came from (after Firecrawl followed redirects) is
+checked again before its HTML is used. That matters for a self-hosted ``firecrawl_api_url`` inside the
+internal network.
+
 Errors become clear statuses:
 
 =====================  ===================  =============================================
@@ -48,6 +54,7 @@ from zehanx_runtime.errors import (
     Unavailable,
 )
 
+from zehanx_crawler.egress import EgressGuard
 from zehanx_crawler.web import ScrapedPage, SearchHit
 
 T = TypeVar("T")
@@ -126,6 +133,7 @@ class FirecrawlBackend:
         self,
         api_key: str | None,
         *,
+        guard: EgressGuard | None = None,
         api_url: str = "https://api.firecrawl.dev",
         timeout_s: float = 60.0,
         retries: int = 3,
@@ -134,6 +142,8 @@ class FirecrawlBackend:
     ) -> None:
         # max_retries=1: the SDK's own loop only retries 502; 429 and timeouts are retried here.
         self._client = Firecrawl(api_key=api_key or None, api_url=api_url, timeout=timeout_s, max_retries=1)
+        #: The egress policy for the URLs handed to Firecrawl (default: public addresses only).
+        self._guard = guard or EgressGuard()
         self._timeout_s = timeout_s
         self._retries = retries
         self._backoff_s = backoff_s
@@ -166,16 +176,25 @@ class FirecrawlBackend:
                 )
         return hits
 
+    async def _check_landing(self, doc: Any, url: str) -> None:
+        """Refuse a page Firecrawl reached somewhere else than ``url`` (a redirect) when that is refused."""
+        metadata = doc.metadata_typed
+        for landed in {metadata.url, metadata.source_url} - {None, "", url}:
+            await self._guard.check_url(str(landed))
+
     async def scrape(self, url: str) -> ScrapedPage:
+        await self._guard.check_url(url)
         doc = await self._call(
             f"scrape {url}",
             lambda: self._client.scrape(
                 url, formats=["rawHtml", "links"], timeout=int(self._timeout_s * 1000)
             ),
         )
+        await self._check_landing(doc, url)
         return _page(doc, url)
 
     async def crawl(self, url: str, limit: int) -> list[ScrapedPage]:
+        await self._guard.check_url(url)
         options = ScrapeOptions(formats=["rawHtml", "links"])
         job = await self._call(
             f"crawl {url}", lambda: self._client.start_crawl(url, limit=limit, scrape_options=options)
@@ -217,4 +236,11 @@ class FirecrawlBackend:
                 job_id, pagination_config=PaginationConfig(auto_paginate=True, max_results=limit)
             ),
         )
-        return [_page(doc, url) for doc in full.data]
+        pages = []
+        for doc in full.data:
+            try:
+                await self._check_landing(doc, "")
+            except DomainError:
+                continue  # a page on a refused address (or one that no longer resolves) is not used
+            pages.append(_page(doc, url))
+        return pages
