@@ -23,7 +23,6 @@ import numpy as np
 from zehanx_runtime.errors import (
     DeadlineExceeded,
     DomainError,
-    InvalidArgument,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
@@ -32,6 +31,7 @@ from zehanx_runtime.errors import (
 from zehanx_crawler import cleaning, profiling, splitting, task
 from zehanx_crawler.catalogue import Catalogue
 from zehanx_crawler.fetcher import Fetcher, human_bytes
+from zehanx_crawler.localpaths import is_allowed, resolve_local_path
 from zehanx_crawler.model import (
     BuildRequest,
     BuiltDataset,
@@ -527,30 +527,18 @@ class DatasetBuilder:
         return out
 
     def _local_resources(self, source: Source, budget: _ByteBudget) -> list[Resource]:
-        roots = [Path(r).expanduser().resolve() for r in self._settings.local_roots]
-        if not roots:
+        if not self._settings.local_roots:
             raise PermissionDenied(
                 "local paths are disabled on this crawler; set ZX_CRAWLER_LOCAL_ROOTS (a JSON list of folders) "
                 "to allow reading files under those folders",
                 reason="LOCAL_PATHS_DISABLED",
             )
-        path = Path(source.value)
-        if not path.is_absolute():
-            raise InvalidArgument(f"local_path must be absolute: {source.value!r}", reason="RELATIVE_PATH")
-        try:
-            resolved = path.resolve(strict=True)
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotFound(f"{source.value} does not exist", reason="PATH_NOT_FOUND") from None
+        # The roots are checked on the written path before the file system is touched (L1, S1).
+        resolved, roots = resolve_local_path(source.value, self._settings.local_roots)
 
         def allowed(p: Path) -> bool:
-            return any(p.is_relative_to(root) for root in roots)
+            return is_allowed(p, roots)
 
-        if not allowed(resolved):
-            raise PermissionDenied(
-                f"{source.value} is outside the folders this crawler may read "
-                f"({', '.join(str(r) for r in roots)}; ZX_CRAWLER_LOCAL_ROOTS)",
-                reason="PATH_NOT_ALLOWED",
-            )
         if resolved.is_dir():
             files = sorted(
                 p for p in resolved.rglob("*")
