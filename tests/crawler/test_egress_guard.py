@@ -433,3 +433,15 @@ async def test_m8_check_url_applies_the_same_policy() -> None:
         await guard.check_url("http://[fd00:ec2::254]/latest/meta-data/")
     await EgressGuard(resolver=Dns([PUBLIC])).check_url(f"https://{NAME}/page")
     await EgressGuard(allow_private_networks=True).check_url("http://127.0.0.1/")
+
+
+async def test_h1_the_next_checked_address_is_tried_when_one_is_unreachable(public: Site) -> None:
+    unreachable = "2606:2800:220:1:248:1893:25c8:1946"
+    internet = Internet({PUBLIC: public.port})
+    fetcher = _fetcher(EgressGuard(resolver=Dns([unreachable, PUBLIC]), connector=internet))
+    try:
+        resource = await fetcher.fetch(f"http://{NAME}/data.csv")
+    finally:
+        await fetcher.aclose()
+    assert resource.data == PUBLIC_BODY
+    assert internet.connects == [unreachable, PUBLIC]

@@ -245,8 +245,11 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
         except TimeoutError:
             raise httpcore.ConnectTimeout(f"resolving {host} took more than {timeout} s") from None
         last: Exception = httpcore.ConnectError(f"{host}: no address to connect to")
-        for address in addresses:
-            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+        for index, address in enumerate(addresses):
+            # One address that drops packets must not use up the time of the others: each gets its share.
+            remaining = (
+                None if deadline is None else max(0.0, deadline - loop.time()) / (len(addresses) - index)
+            )
             try:
                 return await self._connector.connect_tcp(
                     str(address), port, remaining, local_address, socket_options

@@ -35,8 +35,9 @@ class CrawlerSettings(ServiceSettings):
     # Sources on this machine.
     local_roots: list[Path] = Field(
         default_factory=list,
-        description="Folders that local_path sources may read (after resolving symlinks). Empty: local paths "
-        "are refused, so a caller of an internal service cannot read arbitrary files of the host.",
+        description="Folders that local_path sources may read (checked as written, then after resolving "
+        "symlinks; /proc, /dev and /sys never). Empty: local paths are refused, so a caller of an internal "
+        "service cannot read arbitrary files of the host.",
     )
 
     # HTTP fetching (the local crawler).
@@ -63,8 +64,10 @@ class CrawlerSettings(ServiceSettings):
     max_total_bytes: int = Field(1024 * MiB, ge=1024, description="Most bytes one build may fetch and read.")
     allow_private_networks: bool = Field(
         False,
-        description="Let URL sources reach loopback, private and link-local addresses. Off by default so a "
-        "request cannot make the crawler probe the internal network; local development may turn it on.",
+        description="Let URL sources (and the URLs handed to Firecrawl) reach addresses that are not global "
+        "unicast: loopback, private, link-local, carrier-grade NAT, cloud metadata. Off by default so a request "
+        "cannot make the crawler probe the internal network (checked on every connection); local development "
+        "may turn it on.",
     )
     max_pages: int = Field(
         20,
