@@ -60,6 +60,7 @@ class Gateway:
         settings = LauncherSettings()
         target = gateway_target(settings)
         self.address = target.address
+        self.tls = target.tls
         self._key = account.read_api_key(settings)
         self.channel = target.channel(
             options=[
@@ -99,7 +100,10 @@ def _call(action: Any) -> Any:
         code = exc.code()  # type: ignore[attr-defined]
         detail = exc.details()  # type: ignore[attr-defined]
         if code is grpc.StatusCode.UNAVAILABLE:
-            _fail(f"the gateway at {gateway.address} is not reachable ({detail}); is the suite up? (zx up)")
+            hint = " (TLS: does ZX_TLS_CA_FILE hold the CA of its certificate?)" if gateway.tls else ""
+            _fail(
+                f"the gateway at {gateway.address} is not reachable ({detail}); is the suite up? (zx up){hint}"
+            )
         _fail(f"{code.name}: {detail}")
     finally:
         gateway.close()
