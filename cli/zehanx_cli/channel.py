@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 from pydantic import ValidationError
-from zehanx_gateway.settings import GatewaySettings
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from zehanx_cli.errors import LaunchError
 from zehanx_cli.settings import LauncherSettings
@@ -43,12 +43,22 @@ def _read(path: Path, what: str) -> bytes:
         raise LaunchError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
+class _LocalGatewayTls(BaseSettings):
+    """The one gateway setting the CLI reads (GatewaySettings' own ZX_GATEWAY_TLS_CERT_FILE), alone, so
+    that calling a gateway never depends on the validity of every other gateway variable around."""
+
+    model_config = SettingsConfigDict(env_prefix="ZX_GATEWAY_", extra="ignore")
+
+    tls_cert_file: Path | None = None
+
+
 def local_gateway_cert() -> Path | None:
     """The certificate the local suite's gateway serves TLS with (``ZX_GATEWAY_TLS_CERT_FILE``), if any."""
     try:
-        return GatewaySettings().tls_cert_file
+        cert = _LocalGatewayTls().tls_cert_file
     except ValidationError as exc:
-        raise LaunchError(f"invalid gateway settings: {exc}") from None
+        raise LaunchError(f"invalid ZX_GATEWAY_TLS_CERT_FILE: {exc}") from None
+    return cert.expanduser() if cert is not None else None
 
 
 def credentials(settings: LauncherSettings, *, fallback_ca: Path | None = None) -> grpc.ChannelCredentials:
