@@ -28,7 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 WORK_DIR = Path("/var/tmp/zx-executor-bench")
-UID_BASE = 63500  # distinct from the tests' ranges (63000, 63100, 64000) and a dev executor (62000)
+UID_BASE = 68000  # distinct from the tests' ranges and a dev executor (60600); outside 61184-65535
 TOKEN = "bench-token"
 
 HELLO = "print('hello')\n"

@@ -31,10 +31,10 @@ from zehanx_executor.sandbox.model import (
 )
 from zehanx_executor.sandbox.probe import probe
 
-#: Distinct from a development executor (62000), the trainer (64000), e2e (60500, 61000) and the
-#: executor tests (100000+): sandbox uids 65000..65001, probe uid 65002.
+#: Distinct from a development executor (60600), the trainer (66000), e2e (60000, 67000) and the
+#: executor tests (100000+), outside systemd's dynamic-user range: sandbox uids 68500..68501, probe 68502.
 WORK_DIR = Path("/var/tmp/zx-codegen-tests")
-UID_BASE = 65000
+UID_BASE = 68500
 SLOTS = 2
 
 

@@ -49,10 +49,10 @@ from svc_harness import ServiceProcess, free_port, start_service  # noqa: E402
 
 TOKEN = "e2e-test-token"
 EXECUTOR_SLOTS = 4
-#: Sandbox uids in 61000-61499, distinct from a development executor (62000), the executor tests (63000)
-#: and the trainer tests (64000), and (by this process's id) from another checkout running these tests at
+#: Sandbox uids in 67000-67499, distinct from a development executor (60600), the executor tests (100000+)
+#: and the trainer tests (66000), outside systemd's dynamic-user range the executor refuses, and (by this process's id) from another checkout running these tests at
 #: the same time: the tests count the sandbox's processes by uid.
-EXECUTOR_UID_BASE = 61000 + (os.getpid() % 100) * (EXECUTOR_SLOTS + 1)
+EXECUTOR_UID_BASE = 67000 + (os.getpid() % 100) * (EXECUTOR_SLOTS + 1)
 #: The suite's (test_suite.py) executor: uids 60000-60499.
 SUITE_UID_BASE = 60000 + (os.getpid() % 100) * (EXECUTOR_SLOTS + 1)
 EXECUTOR_WORK_DIR = f"/var/tmp/zx-e2e-tests-{EXECUTOR_UID_BASE}"

@@ -24,7 +24,8 @@ from zehanx_executor.sandbox.probe import ISOLATION_PROBE, isolation_problems
 WORK_DIR = "/var/tmp/zx-executor-tests"
 # Sandbox uids of this test session: [UID_BASE, UID_BASE + 32). Per session (from the pid), so two test
 # runs at once on this shared machine never see (or count) each other's sandboxed processes; above 65535,
-# away from nobody (65534), a development executor (62000) and the trainer tests (64000).
+# away from nobody (65534), systemd's dynamic users (61184-65519), a development executor (60600) and
+# the trainer tests (66000).
 UID_BASE = 100_000 + (os.getpid() % 4000) * 32
 SLOTS = 8
 #: The executor process of test_executor_process.py (2 slots): uids UID_BASE + 16 .. + 18.

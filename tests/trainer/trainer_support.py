@@ -30,9 +30,10 @@ from svc_harness import ServiceProcess, start_service  # noqa: E402
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 DIGITS_PROGRAM = REPO / "examples" / "reference_digits"
-#: Distinct from a development executor (62000) and the executor tests (63000).
+#: Distinct from a development executor (60600) and the executor tests (100000+); outside systemd's
+#: dynamic-user range (61184-65535), which the executor refuses.
 EXECUTOR_WORK_DIR = "/var/tmp/zx-trainer-tests"
-EXECUTOR_UID_BASE = 64000
+EXECUTOR_UID_BASE = 66000
 EXECUTOR_SLOTS = 4
 TOKEN = "trainer-test-token"
 

@@ -37,7 +37,7 @@ SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 SERVICE = "/zehanx.gateway.v1.GatewayService"
-#: Sandbox uids 59000-59499 (by this process's id), apart from the e2e suite's (60000) and tests' (61000).
+#: Sandbox uids 59000-59499 (by this process's id), apart from the e2e suite's (60000) and tests' (67000).
 UID_BASE = 59000 + (os.getpid() % 100) * (EXECUTOR_SLOTS + 1)
 WORK_DIR = f"/var/tmp/zx-web-suite-{UID_BASE}"
 MARKUP = '<img src=x onerror="window.__zxPwned=1">'

@@ -38,6 +38,7 @@ def limit_policy(s: ExecutorSettings) -> LimitPolicy:
         file_size_bytes=s.default_file_size_bytes,
         open_files=s.open_files,
         tmp_bytes=s.tmp_bytes,
+        cpus=s.resolved_default_cpus(),
     )
     ceilings = Limits(
         wall_time_s=s.max_wall_s,
@@ -49,6 +50,7 @@ def limit_policy(s: ExecutorSettings) -> LimitPolicy:
         file_size_bytes=s.max_file_size_bytes,
         open_files=s.open_files,
         tmp_bytes=s.tmp_bytes,
+        cpus=s.resolved_max_cpus(),
     )
     return LimitPolicy(defaults, ceilings, s.default_collect_bytes, s.max_collect_bytes)
 
@@ -128,6 +130,23 @@ async def build_executor(s: ExecutorSettings, *, e2b_factory: E2BFactory | None 
             + "\n  - ".join(caps.missing)
             + "\n(for development only, ZX_EXECUTOR_UNSAFE_DEV_NO_SANDBOX=1 runs programs WITHOUT isolation)"
         )
+    layout = caps.cgroups
+    if layout is not None and not layout.has_cpu:
+        why = "; ".join(n for n in layout.notes if "cpu" in n) or "no cpu controller"
+        if s.cpu_quota_required:
+            raise SandboxUnavailableError(
+                f"this host's cgroups cannot give runs a CPU quota ({why}), so one job could take every "
+                "core; the executor will not start. Enable the cpu controller for the executor's cgroup, "
+                "or set ZX_EXECUTOR_CPU_QUOTA_REQUIRED=false to run without CPU quotas."
+            )
+        log.warning("runs get NO CPU quota: one job can take every core", reason=why)
+    budget = s.resolved_memory_budget()
+    if budget:
+        slots = SlotPool(
+            s.max_concurrent, max_waiting=s.max_queue, wait_timeout_s=s.queue_timeout_s, memory_budget=budget
+        )
+    else:
+        log.warning("no memory budget: the host's MemTotal is unreadable and none is set")
     box = LocalSandbox(local_config(s), caps)
     try:
         await self_test(box)
@@ -135,5 +154,12 @@ async def build_executor(s: ExecutorSettings, *, e2b_factory: E2BFactory | None 
         with contextlib.suppress(Exception):
             await box.close()
         raise
-    log.info("executor backend", backend="local", **caps.summary())
+    log.info(
+        "executor backend",
+        backend="local",
+        memory_budget_bytes=budget,
+        default_cpus=policy.defaults.cpus,
+        max_cpus=policy.ceilings.cpus,
+        **caps.summary(),
+    )
     return Executor(box, slots=slots, limits=policy, env=env)

@@ -1,8 +1,9 @@
 """The executor's domain: turn a request into a checked job, wait for a slot, run it on the backend.
 
-No grpc here: the servicer converts protobuf in and out. Slots bound how many programs run at once;
-beyond them a bounded queue waits (never longer than ``queue_timeout_s``), and beyond the queue the
-request is refused with RESOURCE_EXHAUSTED at once. Nothing ever hangs on a full executor.
+No grpc here: the servicer converts protobuf in and out. Slots bound how many programs run at once,
+and a memory budget bounds the sum of their memory limits (so 8 slots of 16 GiB cannot overcommit a
+24 GiB host); beyond either a bounded queue waits (never longer than ``queue_timeout_s``), and beyond
+the queue the request is refused with RESOURCE_EXHAUSTED at once. Nothing ever hangs on a full executor.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
-from zehanx_runtime.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from zehanx_runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, ResourceExhausted
 from zehanx_runtime.logging import get_logger
 
 from zehanx_executor.sandbox.base import SandboxBackend, SandboxRun
@@ -37,6 +38,7 @@ class LimitRequest:
     output_bytes: int | None = None
     file_size_bytes: int | None = None
     gpu: bool = False
+    cpus: float | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class LimitPolicy:
             gpu=req.gpu,
             open_files=d.open_files,
             tmp_bytes=d.tmp_bytes,
+            cpus=pick(req.cpus, d.cpus, c.cpus),
         )
 
     def collect_bytes(self, asked: int) -> int:
@@ -117,15 +120,24 @@ class EnvPolicy:
 
 
 class SlotPool:
-    """``size`` numbered slots; at most ``max_waiting`` callers queue for one, each at most
-    ``wait_timeout_s``; anyone beyond that gets ResourceExhausted immediately."""
+    """``size`` numbered slots and, optionally, a memory budget: a run takes a slot and reserves its
+    memory limit, and is admitted only when both are there. At most ``max_waiting`` callers queue, in
+    arrival order (a large request at the head is not overtaken by small ones, so it is never starved),
+    each at most ``wait_timeout_s``; anyone beyond that gets ResourceExhausted immediately, and a run
+    that asks for more memory than the whole budget FailedPrecondition (it could never be admitted)."""
 
-    def __init__(self, size: int, *, max_waiting: int, wait_timeout_s: float) -> None:
+    def __init__(
+        self, size: int, *, max_waiting: int, wait_timeout_s: float, memory_budget: int | None = None
+    ) -> None:
         if size < 1 or max_waiting < 0 or wait_timeout_s <= 0:
             raise ValueError("size >= 1, max_waiting >= 0 and wait_timeout_s > 0 are required")
+        if memory_budget is not None and memory_budget <= 0:
+            raise ValueError("memory_budget must be positive (None: no budget)")
         self.size, self.max_waiting, self.wait_timeout_s = size, max_waiting, wait_timeout_s
+        self.memory_budget = memory_budget
+        self.memory_reserved = 0
         self._free = list(range(size))
-        self._waiters: deque[asyncio.Future[int]] = deque()
+        self._waiters: deque[tuple[asyncio.Future[int], int]] = deque()
 
     @property
     def busy(self) -> int:
@@ -133,53 +145,92 @@ class SlotPool:
 
     @property
     def waiting(self) -> int:
-        return sum(1 for w in self._waiters if not w.done())
+        return sum(1 for w, _ in self._waiters if not w.done())
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[int]:
-        index = await self._acquire()
+    async def slot(self, memory_bytes: int = 0) -> AsyncIterator[int]:
+        memory = memory_bytes if self.memory_budget is not None else 0
+        index = await self._acquire(memory)
         try:
             yield index
         finally:
-            self._release(index)
+            self._release(index, memory)
 
-    async def _acquire(self) -> int:
-        if self._free and not self.waiting:
+    def _fits(self, memory: int) -> bool:
+        return self.memory_budget is None or self.memory_reserved + memory <= self.memory_budget
+
+    async def _acquire(self, memory: int) -> int:
+        if self.memory_budget is not None and memory > self.memory_budget:
+            raise FailedPrecondition(
+                f"the execution asks for {memory} bytes of memory, more than this executor's memory "
+                f"budget of {self.memory_budget} bytes for all running programs together; ask for less",
+                reason="MEMORY_BUDGET",
+                metadata={"memory_bytes": str(memory), "memory_budget_bytes": str(self.memory_budget)},
+            )
+        if self._free and not self.waiting and self._fits(memory):
+            self.memory_reserved += memory
             return self._free.pop(0)
         if self.waiting >= self.max_waiting:
-            raise ResourceExhausted(
-                f"all {self.size} sandbox slots are busy and {self.waiting} executions are already waiting",
-                reason="EXECUTOR_BUSY",
-                metadata={"slots": str(self.size), "waiting": str(self.waiting)},
-            )
+            raise ResourceExhausted(self._busy_message(memory), reason="EXECUTOR_BUSY", metadata=self._meta())
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        entry = (fut, memory)
+        self._waiters.append(entry)
         try:
             async with asyncio.timeout(self.wait_timeout_s):
                 return await fut
         except BaseException as exc:
             if fut.done() and not fut.cancelled():
-                self._release(fut.result())  # a slot arrived as we gave up: pass it on
+                self._release(fut.result(), memory)  # admitted as we gave up: pass it on
             else:
                 fut.cancel()
             with contextlib.suppress(ValueError):
-                self._waiters.remove(fut)
+                self._waiters.remove(entry)
+            self._admit()  # we may have been the head that held the others back
             if isinstance(exc, TimeoutError):
                 raise ResourceExhausted(
-                    f"no sandbox slot became free within {self.wait_timeout_s:g} s",
+                    f"no sandbox slot and memory became free within {self.wait_timeout_s:g} s "
+                    f"({self._busy_message(memory)})",
                     reason="EXECUTOR_BUSY",
-                    metadata={"slots": str(self.size)},
+                    metadata=self._meta(),
                 ) from None
             raise
 
-    def _release(self, index: int) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(index)
-                return
+    def _busy_message(self, memory: int) -> str:
+        if self._free and not self._fits(memory):
+            return (
+                f"the running programs hold {self.memory_reserved} of the executor's memory budget of "
+                f"{self.memory_budget} bytes, {memory} more do not fit, and {self.waiting} executions "
+                "are already waiting"
+            )
+        return f"all {self.size} sandbox slots are busy and {self.waiting} executions are already waiting"
+
+    def _meta(self) -> dict[str, str]:
+        meta = {"slots": str(self.size), "waiting": str(self.waiting)}
+        if self.memory_budget is not None:
+            meta |= {
+                "memory_budget_bytes": str(self.memory_budget),
+                "memory_reserved_bytes": str(self.memory_reserved),
+            }
+        return meta
+
+    def _release(self, index: int, memory: int) -> None:
+        self.memory_reserved -= memory
         self._free.append(index)
         self._free.sort()
+        self._admit()
+
+    def _admit(self) -> None:
+        """Hand free slots to the waiters at the head of the queue, in order, while their memory fits."""
+        while self._waiters and self._free:
+            fut, memory = self._waiters[0]
+            if fut.done():
+                self._waiters.popleft()
+                continue
+            if not self._fits(memory):
+                return
+            self._waiters.popleft()
+            self.memory_reserved += memory
+            fut.set_result(self._free.pop(0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +294,7 @@ class Executor:
         block kills whatever still runs and frees the slot."""
         spec = self.job(req)
         self.backend.check(spec)
-        async with self.slots.slot() as slot:
+        async with self.slots.slot(spec.limits.memory_bytes) as slot:
             run = self.backend.start(spec, slot)
             events = run.events()
             execution = Execution(_Started(run, events))

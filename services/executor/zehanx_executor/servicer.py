@@ -68,6 +68,7 @@ def to_input(request: pb.ExecuteRequest, *, sandbox_api_key: str | None = None) 
         output_bytes=lim.max_output_bytes or None,
         file_size_bytes=lim.max_file_size_bytes or None,
         gpu=lim.gpu,
+        cpus=lim.max_cpus or None,
     )
     return ExecuteInput(
         execution_id=request.execution_id or str(uuid.uuid4()),
@@ -92,6 +93,7 @@ def limits_pb(limits: Limits) -> pb.Limits:
         max_output_bytes=limits.output_bytes,
         max_file_size_bytes=limits.file_size_bytes,
         gpu=limits.gpu,
+        max_cpus=limits.cpus,
     )
 
 

@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 from zehanx_runtime.settings import ServiceSettings
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
+
+#: uids a sandbox slot may never run as (finding L4): a host process with the same uid could ptrace the
+#: jobs or read their /proc. 0-999 are system users; 61184-65519 is systemd's DynamicUser range, whose
+#: uids services get at run time without any /etc/passwd entry; 65520-65535 holds nobody (65534) and
+#: the 16-bit -1.
+RESERVED_UIDS = ((0, 999, "system users"), (61184, 65535, "systemd's dynamic service users and nobody"))
+
+
+def host_memory_bytes() -> int:
+    """MemTotal of /proc/meminfo (0 when unreadable)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 class ExecutorSettings(ServiceSettings):
@@ -57,11 +76,13 @@ class ExecutorSettings(ServiceSettings):
         "by other users (o+x) so the unprivileged sandbox uids can reach their job folder.",
     )
     uid_base: int = Field(
-        62000,
+        60600,
         ge=1000,
         le=2**31 - 70_000,
         description="Slot n runs as uid/gid uid_base + n (no /etc/passwd entry needed). Keep the range "
-        "[uid_base, uid_base + max_concurrent] unused on the host and distinct per executor.",
+        "[uid_base, uid_base + max_concurrent] unused on the host and distinct per executor. The default "
+        "lies in 60578-61183, which systemd leaves unused; ranges that overlap 0-999 (system users) or "
+        "61184-65535 (systemd's dynamic service users, nobody) are refused.",
     )
     python_roots: list[Path] = Field(
         default_factory=list,
@@ -95,6 +116,33 @@ class ExecutorSettings(ServiceSettings):
     max_cpu_s: float = Field(86_400.0 * 16, gt=0)
     default_memory_bytes: int = Field(2 * GiB, ge=16 * MiB)
     max_memory_bytes: int = Field(16 * GiB, ge=16 * MiB)
+    memory_budget_bytes: int = Field(
+        0,
+        ge=0,
+        description="Memory the running programs may ask for together (the sum of their memory limits); a "
+        "run that would go over it waits for its turn like one waiting for a slot, and one that asks for "
+        "more than all of it is refused. 0: three quarters of the host's MemTotal (the rest is for the "
+        "platform's own services and the page cache). Local sandbox only.",
+    )
+    default_cpus: float = Field(
+        0.0,
+        ge=0,
+        le=1024,
+        description="CPU quota of a run in cores (cgroup cpu.max) when the request sets none. 0: half the "
+        "host's cores, at least 1, so one job never takes every core (on a 2-core host: 1).",
+    )
+    max_cpus: float = Field(
+        0.0,
+        ge=0,
+        le=1024,
+        description="Most cores a request may ask for. 0: the host's cores minus one, at least 1, so even "
+        "the largest run leaves a core to the platform and the other jobs.",
+    )
+    cpu_quota_required: bool = Field(
+        True,
+        description="Refuse to start when the host's cgroups cannot set a CPU quota (no cpu controller). "
+        "false: run without quotas, with a warning in the log.",
+    )
     default_processes: int = Field(64, ge=1, le=4096)
     max_processes: int = Field(1024, ge=1, le=4096)
     default_disk_bytes: int = Field(
@@ -126,6 +174,33 @@ class ExecutorSettings(ServiceSettings):
         120.0, ge=0, le=3600, description="Sandbox lifetime beyond the wall-clock limit (setup, downloads)."
     )
     e2b_allow_internet: bool = Field(False, description="Let E2B sandboxes reach the internet.")
+
+    @model_validator(mode="after")
+    def _uids_clear_of_reserved_ranges(self) -> Self:
+        low, high = self.uid_base, self.uid_base + self.max_concurrent  # the probe runs as the last one
+        for first, last, what in RESERVED_UIDS:
+            if low <= last and first <= high:
+                raise ValueError(
+                    f"uid_base: the sandbox uids {low}-{high} overlap {first}-{last} ({what}); a host "
+                    "process with one of those uids could reach the jobs. Pick a range such as 60600 "
+                    "(the default) or one above 65535 that nothing else on the host uses."
+                )
+        return self
+
+    def resolved_default_cpus(self) -> float:
+        """The CPU quota of a run that asks for none, in cores."""
+        return self.default_cpus or max(1.0, (os.cpu_count() or 1) / 2)
+
+    def resolved_max_cpus(self) -> float:
+        """The most cores a run may ask for."""
+        return self.max_cpus or float(max(1, (os.cpu_count() or 1) - 1))
+
+    def resolved_memory_budget(self) -> int:
+        """The sum of memory limits the running programs may hold at once, in bytes."""
+        if self.memory_budget_bytes:
+            return self.memory_budget_bytes
+        total = host_memory_bytes()
+        return total * 3 // 4 if total else 0
 
     def resolved_python_roots(self) -> list[Path]:
         if self.python_roots:

@@ -6,22 +6,32 @@ memory cgroup is nested at ``/process_api/...``, not ``/``):
 
     <own>/zehanx/<instance>/<job>
 
-v1: ``memory.limit_in_bytes`` and ``memory.memsw.limit_in_bytes`` (so swap cannot extend it), and
-``pids.max``; a v2 leaf (when the unified mount exists) gives ``cgroup.kill``, ``cgroup.events`` and
-``cpu.stat``. v2: ``memory.max``, ``memory.swap.max = 0``, ``pids.max``, ``cgroup.kill``. On pure v2 the
+v1: ``memory.limit_in_bytes`` and ``memory.memsw.limit_in_bytes`` (so swap cannot extend it),
+``pids.max`` and, where the ``cpu`` hierarchy is mounted, a CFS quota (``cpu.cfs_quota_us``); a v2
+leaf (when the unified mount exists) gives ``cgroup.kill``, ``cgroup.events`` and ``cpu.stat``. v2:
+``memory.max``, ``memory.swap.max = 0``, ``pids.max``, ``cpu.max``, ``cgroup.kill``. On pure v2 the
 controllers must be enabled in the parent's ``cgroup.subtree_control``, which the kernel refuses while
 the parent holds processes; the executor then moves itself into a ``<own>/supervisor`` leaf first.
+
+A CPU quota is lifted before a kill: a job throttled for the rest of its CFS period could not run its
+exit path until the period ends (up to ``CPU_PERIOD_US``), which would stretch the kill by as much.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ctypes
 import errno
 import os
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+CPU_PERIOD_US = 100_000
+"""The CFS period of a job's CPU quota (the kernel's default): ``cpus`` cores are ``cpus * period`` of
+CPU time per period."""
 
 
 class CgroupError(RuntimeError):
@@ -108,6 +118,13 @@ class CgroupLayout:
     unified_base: Path | None  # v2 directory used for cgroup.kill / events / cpu.stat
     has_kill: bool
     notes: list[str] = field(default_factory=list)
+    cpu_base: Path | None = None  # v1: our cpu cgroup; v2: our cgroup; None: no CPU quota possible
+
+    @property
+    def has_cpu(self) -> bool:
+        """Whether job cgroups can carry a CPU quota (v1 ``cpu`` hierarchy with CFS bandwidth, or the
+        v2 ``cpu`` controller delegated to our subtree)."""
+        return self.cpu_base is not None
 
     @classmethod
     def detect(
@@ -117,7 +134,9 @@ class CgroupLayout:
         proc_cgroup = proc_cgroup if proc_cgroup is not None else _read(Path("/proc/self/cgroup"))
         mounts = _mounts(mountinfo)
         own = _own_paths(proc_cgroup)
-        v1 = {c: m for m in mounts if m.fstype == "cgroup" for c in m.options if c in ("memory", "pids")}
+        v1 = {
+            c: m for m in mounts if m.fstype == "cgroup" for c in m.options if c in ("memory", "pids", "cpu")
+        }
         v2 = next((m for m in mounts if m.fstype == "cgroup2"), None)
         if "memory" in v1 and "pids" in v1:
             mem = _dir_for(v1["memory"], own.get("memory", "/"))
@@ -127,7 +146,13 @@ class CgroupLayout:
             notes = (
                 [] if has_kill else ["no cgroup v2 cgroup.kill: whole-tree kill falls back to a kill loop"]
             )
-            return cls(1, mem, pids, unified if has_kill else None, has_kill, notes)
+            cpu = _dir_for(v1["cpu"], own.get("cpu", "/")) if "cpu" in v1 else None
+            if cpu is not None and not (cpu / "cpu.cfs_quota_us").exists():
+                notes.append(f"the cpu hierarchy at {cpu} has no CFS bandwidth control (cpu.cfs_quota_us)")
+                cpu = None
+            elif cpu is None:
+                notes.append("no cgroup v1 cpu hierarchy is mounted: runs get no CPU quota")
+            return cls(1, mem, pids, unified if has_kill else None, has_kill, notes, cpu)
         if v2 is not None and not v1:
             base = _dir_for(v2, own.get("", "/"))
             controllers = set(_read(v2.point / "cgroup.controllers").split())
@@ -138,6 +163,7 @@ class CgroupLayout:
             if prepare:
                 layout._prepare_v2()
                 layout.has_kill = _probe_kill(base)
+                layout._prepare_v2_cpu(controllers)
             if not layout.has_kill:
                 layout.notes.append(
                     "no cgroup.kill (kernel < 5.14?): whole-tree kill falls back to a kill loop"
@@ -172,6 +198,20 @@ class CgroupLayout:
                 ) from exc2
             self.notes.append(f"moved the executor into {leaf} to delegate memory and pids controllers")
 
+    def _prepare_v2_cpu(self, controllers: set[str]) -> None:
+        """Delegate the v2 ``cpu`` controller to our subtree (separately from memory and pids: a host
+        may hold it back, and the executor then runs without CPU quotas, saying so)."""
+        base = self.memory_base
+        if "cpu" not in controllers:
+            self.notes.append("cgroup v2 has no cpu controller here: runs get no CPU quota")
+            return
+        try:
+            _write(base / "cgroup.subtree_control", "+cpu")
+        except OSError as exc:
+            self.notes.append(f"cannot enable the cpu controller in {base} ({exc}): runs get no CPU quota")
+            return
+        self.cpu_base = base
+
     def job(self, instance: str, name: str) -> JobCgroup:
         return JobCgroup(self, instance, name)
 
@@ -199,21 +239,28 @@ class JobCgroup:
             self.memory = layout.memory_base / rel
             self.pids = layout.pids_base / rel
             self.unified = layout.unified_base / rel if layout.unified_base else None
+            self.cpu = layout.cpu_base / rel if layout.cpu_base else None
         else:
             self.memory = self.pids = layout.memory_base / rel
             self.unified = self.memory
-        self._dirs = list(dict.fromkeys(d for d in (self.memory, self.pids, self.unified) if d))
+            self.cpu = self.memory if layout.cpu_base else None
+        self._dirs = list(dict.fromkeys(d for d in (self.memory, self.pids, self.unified, self.cpu) if d))
+        self.cpu_quota_us = 0  # 0: none set
 
-    def create(self, memory_bytes: int, pids_max: int) -> None:
+    def create(self, memory_bytes: int, pids_max: int, cpus: float = 0.0) -> None:
+        """Make the job's cgroups with their limits. ``cpus`` > 0 sets a CPU quota of that many cores
+        where the layout has a cpu controller (:attr:`CgroupLayout.has_cpu`); the caller decides what a
+        host without one means."""
+        controllers = "+memory +pids" + (" +cpu" if self.layout.has_cpu else "")
         for d in self._dirs:
             if self.layout.version == 2:
-                # Each level down to the job needs memory+pids in its parent's subtree_control.
+                # Each level down to the job needs the controllers in its parent's subtree_control.
                 for parent in reversed(d.relative_to(self.layout.memory_base).parents):
                     p = self.layout.memory_base / parent
                     if p != self.layout.memory_base:
                         p.mkdir(exist_ok=True)
                         with contextlib.suppress(OSError):
-                            _write(p / "cgroup.subtree_control", "+memory +pids")
+                            _write(p / "cgroup.subtree_control", controllers)
             d.mkdir(parents=True, exist_ok=True)
         if self.layout.version == 1:
             _write(self.memory / "memory.limit_in_bytes", str(memory_bytes))
@@ -225,6 +272,25 @@ class JobCgroup:
             with contextlib.suppress(FileNotFoundError):
                 _write(self.memory / "memory.swap.max", "0")
             _write(self.memory / "pids.max", str(pids_max))
+        if cpus > 0 and self.cpu is not None:
+            # The kernel's floor is 1 ms per period.
+            quota = max(1000, round(cpus * CPU_PERIOD_US))
+            if self.layout.version == 1:
+                _write(self.cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+                _write(self.cpu / "cpu.cfs_quota_us", str(quota))
+            else:
+                _write(self.cpu / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            self.cpu_quota_us = quota
+
+    def lift_cpu_quota(self) -> None:
+        """Remove the CPU quota, which unthrottles the job at once (before a kill)."""
+        if not self.cpu_quota_us or self.cpu is None:
+            return
+        with contextlib.suppress(OSError):
+            if self.layout.version == 1:
+                _write(self.cpu / "cpu.cfs_quota_us", "-1")
+            else:
+                _write(self.cpu / "cpu.max", f"max {CPU_PERIOD_US}")
 
     @property
     def procs_files(self) -> list[Path]:
@@ -246,7 +312,9 @@ class JobCgroup:
         return bool(self.pids_now())
 
     def kill(self) -> None:
-        """SIGKILL every process of the job at once (cgroup.kill), or in a loop where that is missing."""
+        """SIGKILL every process of the job at once (cgroup.kill), or in a loop where that is missing.
+        The CPU quota goes first, so a throttled job runs its exit path now, not at its next period."""
+        self.lift_cpu_quota()
         if self.layout.has_kill and self.unified is not None:
             with contextlib.suppress(FileNotFoundError):
                 _write(self.unified / "cgroup.kill", "1")
@@ -264,6 +332,29 @@ class JobCgroup:
                 self.kill()
             time.sleep(0.001)
         return True
+
+    async def wait_empty(self, limit_s: float) -> bool:
+        """Until no process is left in the job (True), or ``limit_s`` seconds (False). Sleeps on
+        inotify for ``cgroup.events`` (the kernel notifies every change of ``populated``) where the job
+        has a v2 leaf; polls every millisecond otherwise, re-killing when there is no cgroup.kill."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
+        watch = _EventsWatch.open(self.unified / "cgroup.events") if self.unified is not None else None
+        try:
+            while self.populated():
+                left = deadline - loop.time()
+                if left <= 0:
+                    return False
+                if not self.layout.has_kill:
+                    self.kill()
+                if watch is None:
+                    await asyncio.sleep(0.001)
+                else:
+                    await watch.changed(min(left, 0.05))
+            return True
+        finally:
+            if watch is not None:
+                watch.close()
 
     def usage(self) -> dict[str, int]:
         """``cpu_user_us``, ``cpu_system_us``, ``peak_memory``, ``pids_limit_hits`` (0 when unknown)."""
@@ -287,15 +378,27 @@ class JobCgroup:
         return 0
 
     def limits_applied(self) -> dict[str, str]:
-        """What the kernel reports back for the limits (used by the isolation probe)."""
+        """What the kernel reports back for the limits (used by the isolation probe). ``cpu`` is
+        ``"<quota> <period>"`` in microseconds (``"max <period>"``: none), or empty without a cpu
+        controller."""
+        cpu = ""
+        if self.cpu is not None:
+            if self.layout.version == 1:
+                quota = _read(self.cpu / "cpu.cfs_quota_us").strip()
+                period = _read(self.cpu / "cpu.cfs_period_us").strip()
+                cpu = f"{'max' if quota == '-1' else quota} {period}"
+            else:
+                cpu = _read(self.cpu / "cpu.max").strip()
         if self.layout.version == 1:
             return {
                 "memory": _read(self.memory / "memory.limit_in_bytes").strip(),
                 "pids": _read(self.pids / "pids.max").strip(),
+                "cpu": cpu,
             }
         return {
             "memory": _read(self.memory / "memory.max").strip(),
             "pids": _read(self.memory / "pids.max").strip(),
+            "cpu": cpu,
         }
 
     def remove(self) -> None:
@@ -314,7 +417,8 @@ class JobCgroup:
 
 def remove_stale(layout: CgroupLayout, instance: str) -> None:
     """Kill and remove every job cgroup an executor instance (a dead one) left behind."""
-    bases = {layout.memory_base, layout.pids_base, *([layout.unified_base] if layout.unified_base else [])}
+    bases = {layout.memory_base, layout.pids_base}
+    bases |= {b for b in (layout.unified_base, layout.cpu_base) if b is not None}
     for base in bases:
         root = base / "zehanx" / instance
         if not root.is_dir():
@@ -327,3 +431,48 @@ def remove_stale(layout: CgroupLayout, instance: str) -> None:
                 cg.remove()
         with contextlib.suppress(OSError):
             root.rmdir()
+
+
+_IN_MODIFY = 0x00000002
+_IN_NONBLOCK = os.O_NONBLOCK
+_IN_CLOEXEC = os.O_CLOEXEC
+
+
+class _EventsWatch:
+    """inotify on one ``cgroup.events`` file, awaited on the event loop (no thread, no sleep-polling)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @classmethod
+    def open(cls, path: Path) -> _EventsWatch | None:
+        """A watch, or None where inotify is unavailable (the caller polls instead)."""
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = int(libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC))
+            if fd < 0:
+                return None
+            if int(libc.inotify_add_watch(fd, os.fsencode(path), _IN_MODIFY)) < 0:
+                os.close(fd)
+                return None
+        except (OSError, AttributeError):
+            return None
+        return cls(fd)
+
+    async def changed(self, limit_s: float) -> None:
+        """Return when the file changed (or after ``limit_s`` seconds), draining pending events."""
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        loop.add_reader(self.fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ready, limit_s)
+        finally:
+            loop.remove_reader(self.fd)
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self.fd, 4096):
+                pass
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)

@@ -7,8 +7,8 @@ started with exec only):
 
 1. mount a tmpfs of ``disk_bytes`` at ``<work_dir>/jobs/<instance>/<run>`` (``nosymfollow,nosuid,nodev``,
    mode 0700, owned by the job uid) and write the job's files into it;
-2. create the job's cgroups under the executor's own cgroup (memory + swap, pids, a v2 leaf for
-   ``cgroup.kill``);
+2. create the job's cgroups under the executor's own cgroup (memory + swap, pids, a CPU quota, a v2
+   leaf for ``cgroup.kill``);
 3. exec ``[unshare --mount --propagation private] sh -c '...'`` with ``env={PATH}``, ``close_fds`` and
    stdin from /dev/null. The shell writes its pid into the job's cgroups before anything else runs,
    bind-mounts read-only sources the sandbox uid cannot reach (the pyenv interpreter under /root, 0700)
@@ -19,8 +19,9 @@ started with exec only):
    ``--remount-ro /``, ``--clearenv`` plus the allow-list, ``--new-session``, ``--die-with-parent`` and the
    seccomp filter on an fd;
 5. stdout and stderr are read with a byte cap into line-buffered chunks; ``@@zx:`` lines on stdout
-   become metric events; a wall-clock deadline, the output cap, and cancellation all write
-   ``cgroup.kill`` (the whole tree at once) and wait until the cgroup is empty;
+   become metric events; a wall-clock deadline, the output cap, and cancellation all lift the CPU
+   quota and write ``cgroup.kill`` (the whole tree at once, synchronously, from the caller's callback),
+   then wait on inotify for ``cgroup.events`` to say the cgroup is empty;
 6. produced files are collected without following links, then the tmpfs is unmounted and the cgroups
    removed. A sandbox process whose parent died first (bwrap's inner process when the tree is killed
    at once) is orphaned: the executor service makes itself the child subreaper
@@ -89,7 +90,7 @@ class LocalSandboxConfig:
     """How the local backend lays out a sandbox. Built once from the settings."""
 
     work_dir: Path
-    uid_base: int = 62000
+    uid_base: int = 60600
     python_roots: tuple[Path, ...] = ()
     """Read-only binds at their real paths so the interpreter (and its site-packages) work inside."""
     path_dirs: tuple[str, ...] = ()
@@ -209,6 +210,8 @@ class LocalSandbox:
 
     def description(self, limits: Limits) -> str:
         cg = f"cgroup v{self.layout.version} memory/pids" + (" + cgroup.kill" if self.layout.has_kill else "")
+        if limits.cpus and self.layout.has_cpu:
+            cg += f"; CPU quota {limits.cpus:g} cores"
         gpu = f"; GPU devices {' '.join(self.gpu_devices)}" if limits.gpu else ""
         return (
             "bwrap as an unprivileged uid: user, pid, net, ipc, uts namespaces; seccomp deny list; "
@@ -372,14 +375,7 @@ class _LocalRun:
                 self.proc.kill()
 
     async def wait_empty(self, limit_s: float = KILL_WAIT_S) -> bool:
-        deadline = time.monotonic() + limit_s
-        while self.cgroup.populated():
-            if time.monotonic() > deadline:
-                return False
-            if not self.box.layout.has_kill:
-                self.cgroup.kill()
-            await asyncio.sleep(0.001)
-        return True
+        return await self.cgroup.wait_empty(limit_s)
 
     async def _watch(self) -> None:
         """Every 250 ms: CPU time over all processes (cgroup accounting) and the job folder's size."""
@@ -464,7 +460,7 @@ class _LocalRun:
         status_r = -1
         try:
             await _finish_even_if_cancelled(asyncio.to_thread(self.jobdir.prepare, spec.files))
-            self.cgroup.create(limits.memory_bytes, limits.max_processes + SANDBOX_OWN_PROCESSES)
+            self.cgroup.create(limits.memory_bytes, limits.max_processes + SANDBOX_OWN_PROCESSES, limits.cpus)
             yield Started(spec.execution_id, self.box.name, self.box.description(limits), limits)
             if self.reason is not None:  # aborted before the program started
                 self.finished = True

@@ -46,6 +46,9 @@ class Limits:
     """RLIMIT_NOFILE (server setting, not part of the request)."""
     tmp_bytes: int = 64 * MiB
     """Size of the sandbox's private ``/tmp`` (server setting; charged to the memory limit too)."""
+    cpus: float = 0.0
+    """CPU quota in cores (cgroup ``cpu.max``): the whole tree gets at most this much CPU time per unit
+    of wall time, however many threads it runs. 0: no quota (the executor's policy always sets one)."""
 
     def violations(self) -> list[FieldViolation]:
         out: list[FieldViolation] = []
@@ -61,6 +64,7 @@ class Limits:
         need(self.disk_bytes >= MiB, "max_disk_bytes", "must be at least 1 MiB")
         need(self.output_bytes >= 1024, "max_output_bytes", "must be at least 1 KiB")
         need(self.file_size_bytes >= 1024, "max_file_size_bytes", "must be at least 1 KiB")
+        need(0 <= self.cpus <= 1024, "max_cpus", "must be between 0 and 1024 cores")
         return out
 
 

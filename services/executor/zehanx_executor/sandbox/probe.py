@@ -51,6 +51,7 @@ class Capabilities:
             "missing": self.missing,
             "cgroup_version": self.cgroups.version if self.cgroups else None,
             "cgroup_kill": self.cgroups.has_kill if self.cgroups else False,
+            "cgroup_cpu_quota": self.cgroups.has_cpu if self.cgroups else False,
             "gpu_devices": self.gpu_devices,
             "notes": self.notes,
         }

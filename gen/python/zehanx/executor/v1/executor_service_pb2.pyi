@@ -275,6 +275,7 @@ class Limits(_message.Message):
     MAX_OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
     MAX_FILE_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     GPU_FIELD_NUMBER: _builtins.int
+    MAX_CPUS_FIELD_NUMBER: _builtins.int
     max_memory_bytes: _builtins.int
     """Memory limit over all processes of the command, 16 MiB to 1 TiB."""
     max_processes: _builtins.int
@@ -290,6 +291,11 @@ class Limits(_message.Message):
     gpu: _builtins.bool
     """Whether the command gets the host's GPUs. Answers FAILED_PRECONDITION on a backend
     without GPUs.
+    """
+    max_cpus: _builtins.float
+    """CPU quota in cores over all processes of the command (fractions allowed, e.g. 0.5): it gets
+    at most this much CPU time per second of wall time, however many threads it runs. Unset:
+    the server's default; above the server's ceiling: lowered to it.
     """
     @_builtins.property
     def max_wall_duration(self) -> _duration_pb2.Duration:
@@ -310,10 +316,11 @@ class Limits(_message.Message):
         max_output_bytes: _builtins.int = ...,
         max_file_size_bytes: _builtins.int = ...,
         gpu: _builtins.bool = ...,
+        max_cpus: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["max_cpu_duration", b"max_cpu_duration", "max_wall_duration", b"max_wall_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpu", b"gpu", "max_cpu_duration", b"max_cpu_duration", "max_disk_bytes", b"max_disk_bytes", "max_file_size_bytes", b"max_file_size_bytes", "max_memory_bytes", b"max_memory_bytes", "max_output_bytes", b"max_output_bytes", "max_processes", b"max_processes", "max_wall_duration", b"max_wall_duration"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpu", b"gpu", "max_cpu_duration", b"max_cpu_duration", "max_cpus", b"max_cpus", "max_disk_bytes", b"max_disk_bytes", "max_file_size_bytes", b"max_file_size_bytes", "max_memory_bytes", b"max_memory_bytes", "max_output_bytes", b"max_output_bytes", "max_processes", b"max_processes", "max_wall_duration", b"max_wall_duration"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
