@@ -93,10 +93,13 @@ def test_a_killed_gateway_shows_the_banner_and_the_same_page_resumes_the_chart_w
 
 
 def expired_token(suite: WebSuite, token: str) -> str:
-    """The same session's claims, expired a minute ago, signed with the suite's own JWT secret."""
+    """The same user's token, expired a minute ago: as the identity provider's (HS256 with the suite's
+    ZX_GATEWAY_JWT_SECRET, ``aud`` authenticated), since the dashboard's own sessions are signed with a
+    key only the gateway holds."""
     claims = jwt.decode(token, options={"verify_signature": False})
     now = int(time.time())
-    claims.update(iat=now - 960, exp=now - 60)
+    claims.pop("iss", None)
+    claims.update(aud="authenticated", iat=now - 960, exp=now - 60)
     return jwt.encode(claims, suite.jwt_secret(), algorithm="HS256")
 
 

@@ -31,8 +31,9 @@ class GatewaySettings(ServiceSettings):
     jwt_secret: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("ZX_GATEWAY_JWT_SECRET", "SUPABASE_JWT_SECRET"),
-        description="HS256 secret of Supabase Auth JWTs (the project's JWT secret; SUPABASE_JWT_SECRET is "
-        "read too). Unset with no JWKS: only API keys are accepted.",
+        description="HS256 secret of Supabase Auth JWTs (the project's JWT secret, 32 bytes or more; "
+        "SUPABASE_JWT_SECRET is read too). Never signs the edge's own sessions. Unset with no JWKS: only API "
+        "keys and the edge's own sessions are accepted.",
     )
     jwt_jwks_url: str | None = Field(
         None,
