@@ -126,11 +126,19 @@ class Gateway:
         )
         hub.start(url if settings.event_listen else None)
         store = artifacts or LocalArtifactStore(settings.artifact_root)
-        uploads = UploadService(registry, settings.upload_root, quota_bytes=settings.upload_quota_bytes)
+        uploads = UploadService(
+            registry,
+            settings.upload_root,
+            quota_bytes=settings.upload_quota_bytes,
+            max_in_progress=settings.max_concurrent_uploads_per_user,
+        )
         jobs = JobService(
             registry,
             hub,
             max_active_jobs=settings.max_active_jobs_per_user,
+            max_jobs_per_minute=settings.max_jobs_per_user_per_minute,
+            max_jobs_per_day=settings.max_jobs_per_user_per_day,
+            max_memory_bytes=settings.max_job_memory_bytes,
             source_check=uploads.check_sources,
         )
         provider_keys = ProviderKeyService(registry, settings.secrets_key_value())
@@ -139,7 +147,13 @@ class Gateway:
             settings.trainer_token_value,
             max_message_bytes=settings.max_message_bytes,
         )
-        models = ModelService(registry, store, predictor, predict_timeout_s=settings.predict_timeout_seconds)
+        models = ModelService(
+            registry,
+            store,
+            predictor,
+            predict_timeout_s=settings.predict_timeout_seconds,
+            max_concurrent_predicts=settings.max_concurrent_predicts_per_user,
+        )
         return cls(
             settings=settings,
             pool=pool,
@@ -157,6 +171,7 @@ class Gateway:
                 api_keys=ApiKeyService(registry, recent_sign_in_seconds=settings.recent_sign_in_seconds),
                 provider_keys=provider_keys,
                 user_settings=UserSettingsService(registry),
+                predict_max_bytes=settings.predict_max_bytes,
             ),
             predictor=predictor,
             uploads=uploads,

@@ -5,6 +5,12 @@ them for DownloadModel and removes them for DeleteModel. :class:`LocalArtifactSt
 archive at ``<root>/sha256/<aa>/<full hex digest>``, written through a temporary file and an atomic
 rename, and verifies the SHA-256 of the whole file before serving any byte of it: a corrupted or
 truncated archive is DATA_LOSS, never silently served.
+
+An archive never changes once stored, so it is hashed once per process: after a successful check the
+file's identity (inode, size, modification and change times) is remembered, and later reads of the
+same unchanged file (a resumed download) skip the hash. A read at ``offset == size`` sends nothing and
+hashes nothing. (Stamping at ``put`` instead would trust a file rewritten in place within the same
+file-system clock tick; the first read pays for one hash instead.)
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import hashlib
 import os
 import re
 import tempfile
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +30,8 @@ from zehanx_gateway.domain import DataLoss, OutOfRange
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _READ = 1024 * 1024
+#: Verified archives remembered per process (least recently used dropped first).
+_VERIFIED_CACHE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +65,8 @@ class LocalArtifactStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        #: sha256 -> identity of the file whose bytes were last verified to hash to it.
+        self._verified: OrderedDict[str, tuple[int, int, int, int, int]] = OrderedDict()
 
     def path_of(self, sha256: str) -> Path:
         if not _DIGEST.match(sha256):
@@ -101,17 +112,28 @@ class LocalArtifactStore:
         except FileNotFoundError:
             raise _missing(sha256) from None
         try:
-            size = os.fstat(handle.fileno()).st_size
+            stat = os.fstat(handle.fileno())
+            size = stat.st_size
             if offset > size:
                 raise OutOfRange(
                     f"offset {offset} is beyond the archive's {size} bytes", reason="OFFSET_BEYOND_END"
                 )
-            actual = await asyncio.to_thread(_hash_file, handle)
-            if actual != sha256:
-                raise DataLoss(
-                    f"the stored archive {sha256} is corrupted (its bytes hash to {actual})",
-                    reason="ARCHIVE_CORRUPTED",
-                )
+            if offset == size:
+                return  # nothing to send (a finished download resumed): nothing to verify either
+            identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+            if self._verified.get(sha256) == identity:
+                self._verified.move_to_end(sha256)
+            else:
+                actual = await asyncio.to_thread(_hash_file, handle)
+                if actual != sha256:
+                    self._verified.pop(sha256, None)
+                    raise DataLoss(
+                        f"the stored archive {sha256} is corrupted (its bytes hash to {actual})",
+                        reason="ARCHIVE_CORRUPTED",
+                    )
+                self._verified[sha256] = identity
+                if len(self._verified) > _VERIFIED_CACHE:
+                    self._verified.popitem(last=False)
             handle.seek(offset)
             while True:
                 chunk = await asyncio.to_thread(handle.read, chunk_size)
@@ -122,6 +144,7 @@ class LocalArtifactStore:
             handle.close()
 
     async def delete(self, sha256: str) -> bool:
+        self._verified.pop(sha256, None)
         try:
             await asyncio.to_thread(self.path_of(sha256).unlink)
         except FileNotFoundError:

@@ -33,7 +33,13 @@ _UNSET = object()
 
 class JobStore(Protocol):
     async def create_job(
-        self, user_id: uuid.UUID, new: NewJob, *, max_active: int | None = None
+        self,
+        user_id: uuid.UUID,
+        new: NewJob,
+        *,
+        max_active: int | None = None,
+        max_per_minute: int | None = None,
+        max_per_day: int | None = None,
     ) -> tuple[Job, bool]: ...
 
     async def get_job(self, job_id: uuid.UUID, *, user_id: uuid.UUID | None) -> Job: ...
@@ -62,20 +68,55 @@ class JobService:
         hub: EventHub,
         *,
         max_active_jobs: int | None = None,
+        max_jobs_per_minute: int | None = None,
+        max_jobs_per_day: int | None = None,
+        max_memory_bytes: int | None = None,
         source_check: SourceCheck | None = None,
     ) -> None:
         self._store = store
         self._hub = hub
         self._max_active = max_active_jobs
+        self._max_per_minute = max_jobs_per_minute
+        self._max_per_day = max_jobs_per_day
+        self._max_memory = max_memory_bytes
         self._source_check = source_check
 
     # -- the public API ---------------------------------------------------------------------------
 
     async def create(self, principal: Principal, new: NewJob) -> Job:
+        """Create a QUEUED job. RESOURCE_EXHAUSTED beyond the caller's unfinished-job limit or creation
+        rate (checked and charged by the store under one lock); INVALID_ARGUMENT for a memory request
+        above the per-job cap (the trainer would only lower it, and eight such runs at once would
+        overcommit the executor's host)."""
+        self._check_memory(new)
         if self._source_check is not None:
             await self._source_check(principal, list(new.spec.get("sources") or []))
-        job, _created = await self._store.create_job(principal.user_id, new, max_active=self._max_active)
+        job, _created = await self._store.create_job(
+            principal.user_id,
+            new,
+            max_active=self._max_active,
+            max_per_minute=self._max_per_minute,
+            max_per_day=self._max_per_day,
+        )
         return job
+
+    def _check_memory(self, new: NewJob) -> None:
+        if self._max_memory is None:
+            return
+        resources = (new.spec.get("options") or {}).get("resources") or {}
+        asked = int(resources.get("max_memory_bytes") or 0)  # int64 is a string in the JSON form
+        if asked > self._max_memory:
+            field = "job.options.resources.max_memory_bytes"
+            raise errors.InvalidArgument(
+                f"{field} asks for {asked} bytes; a job may ask for at most {self._max_memory} "
+                "(ZX_GATEWAY_MAX_JOB_MEMORY_BYTES)",
+                violations=[
+                    errors.FieldViolation(
+                        field, f"must be at most {self._max_memory}", "JOB_MEMORY_ABOVE_CAP"
+                    )
+                ],
+                reason="JOB_MEMORY_ABOVE_CAP",
+            )
 
     async def get(self, principal: Principal, job_id: uuid.UUID) -> Job:
         return await self._store.get_job(job_id, user_id=principal.user_id)

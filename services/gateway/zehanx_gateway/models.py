@@ -69,11 +69,15 @@ class ModelService:
         predictor: Predictor | None = None,
         *,
         predict_timeout_s: float = 120.0,
+        max_concurrent_predicts: int | None = None,
     ) -> None:
         self._store = store
         self._artifacts = artifacts
         self._predictor = predictor
         self._predict_timeout_s = predict_timeout_s
+        self._max_predicts = max_concurrent_predicts
+        #: Predicts running now, per user (on this replica).
+        self._predicting: dict[uuid.UUID, int] = {}
 
     async def list(
         self,
@@ -130,7 +134,33 @@ class ModelService:
         *,
         timeout_s: float | None = None,
     ) -> PredictResult:
-        """Run the caller's model on ``instances`` through the trainer; one prediction per instance."""
+        """Run the caller's model on ``instances`` through the trainer; one prediction per instance.
+
+        Each user may have ``max_concurrent_predicts`` running at once (RESOURCE_EXHAUSTED beyond):
+        every Predict holds one of the executor's few sandbox slots for up to the timeout, and they are
+        shared with everyone's training runs."""
+        user_id = principal.user_id
+        running = self._predicting.get(user_id, 0)
+        if self._max_predicts is not None and running >= self._max_predicts:
+            raise errors.ResourceExhausted(
+                f"you already have {running} predictions running (the limit is {self._max_predicts} at "
+                "once, ZX_GATEWAY_MAX_CONCURRENT_PREDICTS_PER_USER); wait for one to finish",
+                reason="TOO_MANY_PREDICTS",
+                metadata={"limit": str(self._max_predicts), "running": str(running)},
+            )
+        self._predicting[user_id] = running + 1  # no await since the check: the two are atomic
+        try:
+            return await self._predict(principal, model_id, instances, timeout_s)
+        finally:
+            left = self._predicting[user_id] - 1
+            if left:
+                self._predicting[user_id] = left
+            else:
+                del self._predicting[user_id]
+
+    async def _predict(
+        self, principal: Principal, model_id: uuid.UUID, instances: Sequence[Any], timeout_s: float | None
+    ) -> PredictResult:
         model = await self._store.get_model(model_id, user_id=principal.user_id)
         if not model.trainer_artifact_id:
             raise errors.FailedPrecondition(

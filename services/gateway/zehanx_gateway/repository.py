@@ -53,6 +53,7 @@ R = TypeVar("R")
 #: First key of the two-key advisory locks taken by this module (the second is a hash).
 _LOCK_USER_JOBS = 0x7A78_0001
 _LOCK_ARTIFACT = 0x7A78_0002
+_LOCK_USER_UPLOADS = 0x7A78_0003
 
 _TERMINAL = [s.value for s in TERMINAL_STATES]
 _ACTIVE = [s.value for s in ACTIVE_STATES]
@@ -305,12 +306,21 @@ class PostgresRegistry:
 
     @_translated
     async def create_job(
-        self, user_id: uuid.UUID, new: NewJob, *, max_active: int | None = None
+        self,
+        user_id: uuid.UUID,
+        new: NewJob,
+        *,
+        max_active: int | None = None,
+        max_per_minute: int | None = None,
+        max_per_day: int | None = None,
     ) -> tuple[Job, bool]:
         """Create a QUEUED job (and, by trigger, its first event). Returns ``(job, created)``.
 
-        Creates of one user are serialized by an advisory lock, so the request-id lookup and the
-        active-job count cannot race: N concurrent calls with one request id make one job.
+        Creates of one user are serialized by an advisory lock, so the request-id lookup, the
+        active-job count and the creation-rate counts cannot race: N concurrent calls with one
+        request id make one job, and N concurrent creates cannot pass a limit together. The rates
+        count every job created in the last minute and day, cancelled ones too, so creating and
+        cancelling in a loop is bounded (RESOURCE_EXHAUSTED beyond).
         """
         async with self._pool.connection() as conn, conn.transaction():
             await conn.execute(
@@ -345,6 +355,8 @@ class PostgresRegistry:
                         reason="TOO_MANY_ACTIVE_JOBS",
                         metadata={"limit": str(max_active), "active": str(row["n"])},
                     )
+            if max_per_minute is not None or max_per_day is not None:
+                await self._check_create_rate(conn, user_id, max_per_minute, max_per_day)
             cur = await conn.execute(
                 "insert into zehanx.jobs (user_id, request_id, request_sha256, prompt, spec) "
                 "values (%s, %s, %s, %s, %s) returning *",
@@ -353,6 +365,36 @@ class PostgresRegistry:
             row = await cur.fetchone()
             assert row is not None
             return _job(row), True
+
+    @staticmethod
+    async def _check_create_rate(
+        conn: psycopg.AsyncConnection[Any],
+        user_id: uuid.UUID,
+        max_per_minute: int | None,
+        max_per_day: int | None,
+    ) -> None:
+        """RESOURCE_EXHAUSTED when the user created the most jobs allowed in the last minute or day
+        (the index on (user_id, create_time) reads at most a day's jobs, which the limit bounds)."""
+        cur = await conn.execute(
+            "select count(*) filter (where create_time > now() - interval '1 minute') as minute, "
+            "count(*) as day from zehanx.jobs "
+            "where user_id = %s and create_time > now() - interval '1 day'",
+            (user_id,),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        for count, limit, window in (
+            (row["minute"], max_per_minute, "minute"),
+            (row["day"], max_per_day, "day"),
+        ):
+            if limit is not None and count >= limit:
+                setting = "ZX_GATEWAY_MAX_JOBS_PER_USER_PER_" + window.upper()
+                raise errors.ResourceExhausted(
+                    f"you created {count} jobs in the last {window} (the limit is {limit}, {setting}); "
+                    "try again later",
+                    reason="JOB_CREATE_RATE_EXCEEDED",
+                    metadata={"limit": str(limit), "window": window, "created": str(count)},
+                )
 
     @_translated
     async def get_job(self, job_id: uuid.UUID, *, user_id: uuid.UUID | None) -> Job:
@@ -873,20 +915,93 @@ class PostgresRegistry:
     # -- uploads ----------------------------------------------------------------------------------------
 
     @_translated
-    async def add_upload(self, upload: Upload) -> Upload:
-        async with self._pool.connection() as conn:
+    async def reserve_upload(
+        self,
+        upload: Upload,
+        *,
+        quota_bytes: int | None,
+        max_in_progress: int | None,
+        stale_after: timedelta,
+    ) -> list[Upload]:
+        """Charge ``upload`` to its user before its file is written: in one transaction under the
+        user's lock, check their quota (every row, pending ones included) and their uploads in
+        progress, then insert the row pending. RESOURCE_EXHAUSTED beyond either limit. Returns the
+        user's pending uploads older than ``stale_after`` (left by a crashed gateway), deleted here,
+        whose files the caller removes."""
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "select pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_USER_UPLOADS, str(upload.user_id))
+            )
             cur = await conn.execute(
-                "insert into zehanx.uploads (id, user_id, filename, size_bytes, sha256) "
-                "values (%s, %s, %s, %s, %s) returning *",
-                (upload.id, upload.user_id, upload.filename, upload.size_bytes, upload.sha256),
+                "delete from zehanx.uploads where user_id = %s and pending_since < now() - %s returning *",
+                (upload.user_id, stale_after),
+            )
+            stale = [_upload(r) for r in await cur.fetchall()]
+            cur = await conn.execute(
+                "select coalesce(sum(size_bytes), 0)::bigint as used, "
+                "count(*) filter (where pending_since is not null) as in_progress "
+                "from zehanx.uploads where user_id = %s",
+                (upload.user_id,),
             )
             row = await cur.fetchone()
             assert row is not None
-            return _upload(row)
+            used, in_progress = int(row["used"]), int(row["in_progress"])
+            if max_in_progress is not None and in_progress >= max_in_progress:
+                raise errors.ResourceExhausted(
+                    f"you already have {in_progress} uploads in progress (the limit is {max_in_progress}, "
+                    "ZX_GATEWAY_MAX_CONCURRENT_UPLOADS_PER_USER); wait for one to finish",
+                    reason="TOO_MANY_UPLOADS",
+                    metadata={"limit": str(max_in_progress), "in_progress": str(in_progress)},
+                )
+            if quota_bytes is not None and used + upload.size_bytes > quota_bytes:
+                raise errors.ResourceExhausted(
+                    f"your uploads would take {used + upload.size_bytes} bytes; the limit is {quota_bytes} "
+                    "(ZX_GATEWAY_UPLOAD_QUOTA_BYTES)",
+                    reason="UPLOAD_QUOTA_EXCEEDED",
+                    metadata={"limit_bytes": str(quota_bytes), "used_bytes": str(used)},
+                )
+            await conn.execute(
+                "insert into zehanx.uploads (id, user_id, filename, size_bytes, sha256, create_time, "
+                "pending_since) values (%s, %s, %s, %s, %s, %s, now())",
+                (
+                    upload.id,
+                    upload.user_id,
+                    upload.filename,
+                    upload.size_bytes,
+                    upload.sha256,
+                    upload.create_time,
+                ),
+            )
+            return stale
+
+    @_translated
+    async def complete_upload(self, upload_id: uuid.UUID, *, user_id: uuid.UUID) -> Upload:
+        """Mark a reserved upload stored. FAILED_PRECONDITION when its reservation is gone."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "update zehanx.uploads set pending_since = null "
+                "where id = %s and user_id = %s and pending_since is not null returning *",
+                (upload_id, user_id),
+            )
+            row = await cur.fetchone()
+        if row is None:
+            raise errors.FailedPrecondition(
+                f"the reservation of upload {upload_id} expired before its file was stored; upload again",
+                reason="UPLOAD_RESERVATION_LOST",
+            )
+        return _upload(row)
+
+    @_translated
+    async def release_upload(self, upload_id: uuid.UUID, *, user_id: uuid.UUID) -> None:
+        """Delete an upload's row (its file could not be stored): the bytes are free again."""
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "delete from zehanx.uploads where id = %s and user_id = %s", (upload_id, user_id)
+            )
 
     @_translated
     async def upload_bytes(self, user_id: uuid.UUID) -> int:
-        """Bytes of all the user's uploads."""
+        """Bytes of all the user's uploads (those in progress included)."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 "select coalesce(sum(size_bytes), 0)::bigint as n from zehanx.uploads where user_id = %s",
@@ -898,10 +1013,11 @@ class PostgresRegistry:
 
     @_translated
     async def get_upload(self, upload_id: uuid.UUID, *, user_id: uuid.UUID) -> Upload | None:
-        """The user's upload, or None (another user's upload is None too)."""
+        """The user's stored upload, or None (another user's, or one still in progress, is None too)."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                "select * from zehanx.uploads where id = %s and user_id = %s", (upload_id, user_id)
+                "select * from zehanx.uploads where id = %s and user_id = %s and pending_since is null",
+                (upload_id, user_id),
             )
             row = await cur.fetchone()
         return _upload(row) if row is not None else None

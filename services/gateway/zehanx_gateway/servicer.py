@@ -7,12 +7,13 @@ domain's typed errors to status codes.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
-from google.protobuf import duration_pb2, json_format
+from google.protobuf import duration_pb2
 from zehanx.common.v1 import task_family_pb2
 from zehanx.gateway.v1 import account_pb2, dataset_record_pb2, job_pb2, model_pb2
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
@@ -34,6 +35,10 @@ SERVICE_NAME = "zehanx.gateway.v1.GatewayService"
 #: Converted WatchJob messages kept for reuse: one event goes to every watcher of its job, and
 #: converting it (JSON payload to proto) costs far more than sending it.
 _WATCH_CACHE_SIZE = 8192
+#: ListJobs pages longer than this are converted in a worker thread: each job's stored options go
+#: through ParseDict (up to about 5 ms for the largest hyperparameters allowed), and a page holds
+#: up to 1000 jobs.
+_JOBS_CONVERTED_INLINE = 50
 
 
 class GatewayServicer(rpc.GatewayServiceServicer):
@@ -47,6 +52,7 @@ class GatewayServicer(rpc.GatewayServiceServicer):
         api_keys: ApiKeyService,
         provider_keys: ProviderKeyService,
         user_settings: UserSettingsService,
+        predict_max_bytes: int = 1024 * 1024,
     ) -> None:
         self._jobs = jobs
         self._models = models
@@ -55,6 +61,7 @@ class GatewayServicer(rpc.GatewayServiceServicer):
         self._api_keys = api_keys
         self._provider_keys = provider_keys
         self._user_settings = user_settings
+        self._predict_max_bytes = predict_max_bytes
         self._watch_cache: OrderedDict[tuple[uuid.UUID, int], pb.WatchJobResponse] = OrderedDict()
 
     def _watch_message(self, event: JobEvent) -> pb.WatchJobResponse:
@@ -84,9 +91,11 @@ class GatewayServicer(rpc.GatewayServiceServicer):
             page_size=request.page_size,
             page_token=request.page_token,
         )
-        return pb.ListJobsResponse(
-            jobs=[convert.job_to_proto(j) for j in page.items], next_page_token=page.next_page_token
-        )
+        if len(page.items) > _JOBS_CONVERTED_INLINE:
+            jobs = await asyncio.to_thread(lambda: [convert.job_to_proto(j) for j in page.items])
+        else:
+            jobs = [convert.job_to_proto(j) for j in page.items]
+        return pb.ListJobsResponse(jobs=jobs, next_page_token=page.next_page_token)
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> job_pb2.Job:
         job_id = convert.parse_id(request.job_id, "job_id")
@@ -162,7 +171,14 @@ class GatewayServicer(rpc.GatewayServiceServicer):
 
     async def Predict(self, request: pb.PredictRequest, context: Any) -> pb.PredictResponse:
         model_id = convert.parse_id(request.model_id, "model_id")
-        instances = [json_format.MessageToDict(v) for v in request.instances]
+        # The instances go to the trainer as they came (no conversion here); they are bounded first
+        # (protovalidate skips them: see convert.py), the depth walk of large ones off the loop.
+        instances = list(request.instances)
+        size = convert.check_instances_size(instances, self._predict_max_bytes)
+        if size > convert.INSTANCES_CHECKED_INLINE_BYTES:
+            await asyncio.to_thread(convert.check_instances_depth, instances)
+        else:
+            convert.check_instances_depth(instances)
         remaining = context.time_remaining() if context is not None else None
         result = await self._models.predict(current_principal(), model_id, instances, timeout_s=remaining)
         duration = duration_pb2.Duration()

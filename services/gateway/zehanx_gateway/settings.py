@@ -69,6 +69,27 @@ class GatewaySettings(ServiceSettings):
         le=10_000,
         description="Unfinished jobs a user may have; CreateJob beyond: RESOURCE_EXHAUSTED.",
     )
+    max_jobs_per_user_per_minute: int = Field(
+        20,
+        ge=1,
+        le=100_000,
+        description="Jobs a user may create in any 60 seconds (cancelled ones count); CreateJob beyond: "
+        "RESOURCE_EXHAUSTED.",
+    )
+    max_jobs_per_user_per_day: int = Field(
+        500,
+        ge=1,
+        le=10_000_000,
+        description="Jobs a user may create in any 24 hours (cancelled ones count), so that creating and "
+        "cancelling in a loop cannot fill the database; CreateJob beyond: RESOURCE_EXHAUSTED.",
+    )
+    max_job_memory_bytes: int = Field(
+        8 * 1024**3,
+        ge=64 * 1024**2,
+        le=1024**4,
+        description="Most memory a job may ask for (options.resources.max_memory_bytes); CreateJob beyond: "
+        "INVALID_ARGUMENT. The trainer and executor lower requests to their own ceilings as well.",
+    )
     artifact_dir: Path | None = Field(
         None,
         description="Folder of the local artifact store; default $ZX_HOME/artifacts (~/.zehanx/artifacts).",
@@ -105,6 +126,20 @@ class GatewaySettings(ServiceSettings):
         le=3600,
         description="Longest a Predict may take at the trainer (model loading included).",
     )
+    max_concurrent_predicts_per_user: int = Field(
+        2,
+        ge=1,
+        le=1000,
+        description="Predicts one user may have running at once on this replica (each holds a sandbox slot "
+        "at the executor); beyond: RESOURCE_EXHAUSTED.",
+    )
+    predict_max_bytes: int = Field(
+        1024**2,
+        ge=1024,
+        le=64 * 1024**2,
+        description="Most bytes (binary encoding) of one Predict's instances together; beyond: "
+        "INVALID_ARGUMENT.",
+    )
 
     upload_dir: Path | None = Field(
         None,
@@ -114,7 +149,15 @@ class GatewaySettings(ServiceSettings):
     upload_quota_bytes: int = Field(
         1024**3,
         ge=1,
-        description="Most bytes of uploads one user may keep; UploadFile beyond it: RESOURCE_EXHAUSTED.",
+        description="Most bytes of uploads one user may keep (uploads in progress count); UploadFile beyond "
+        "it: RESOURCE_EXHAUSTED.",
+    )
+    max_concurrent_uploads_per_user: int = Field(
+        2,
+        ge=1,
+        le=1000,
+        description="UploadFile calls one user may have in progress at once (over all replicas); beyond: "
+        "RESOURCE_EXHAUSTED.",
     )
     secrets_key: SecretStr | None = Field(
         None,

@@ -105,6 +105,8 @@ class GrpcTrainerPredictor:
 
 
 def _value(instance: Any) -> struct_pb2.Value:
+    if isinstance(instance, struct_pb2.Value):
+        return instance  # the gateway's Predict forwards the caller's Values unconverted
     value = struct_pb2.Value()
     json_format.ParseDict(instance, value)
     return value

@@ -487,7 +487,10 @@ class PredictRequest(_message.Message):
     @_builtins.property
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Value]:
         """Input instances, in the shape the model takes (its model card shows it): for example a
-        string for text classification or an object of column values for tabular tasks. 1 to 1000.
+        string for text classification or an object of column values for tabular tasks. 1 to 1000;
+        together at most the gateway's ZX_GATEWAY_PREDICT_MAX_BYTES (1 MiB by default, binary
+        encoding), each nested at most 32 levels deep (INVALID_ARGUMENT naming the field beyond; the
+        gateway checks the values itself: protovalidate's rules cannot measure a Value).
         """
 
     def __init__(

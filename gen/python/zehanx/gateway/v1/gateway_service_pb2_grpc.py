@@ -165,7 +165,9 @@ class GatewayServiceServicer:
 
     def CreateJob(self, request, context):
         """Creates a job and returns it, QUEUED. Creating again with the same `request_id` returns the
-        job created the first time instead of a new one.
+        job created the first time instead of a new one. RESOURCE_EXHAUSTED when the caller has too
+        many unfinished jobs or created too many in the last minute or day (the gateway's limits), and
+        INVALID_ARGUMENT when `options.resources.max_memory_bytes` is above the gateway's per-job cap.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -247,6 +249,8 @@ class GatewayServiceServicer:
     def Predict(self, request, context):
         """Runs a model on input instances and returns its predictions. The program's `predict.py`
         runs in the sandbox; INVALID_ARGUMENT when the instances do not fit the model.
+        RESOURCE_EXHAUSTED when the caller already has as many predictions running as the gateway
+        allows one user (2 by default).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -268,7 +272,9 @@ class GatewayServiceServicer:
 
     def UploadFile(self, request, context):
         """Stores a data file (CSV, TSV, JSON, JSONL, Parquet, or a zip of them) for the caller's jobs:
-        pass the returned `upload_id` as a job's source. At most 32 MiB.
+        pass the returned `upload_id` as a job's source. At most 32 MiB. RESOURCE_EXHAUSTED when the
+        caller's uploads would exceed their quota, or when they already have as many uploads in
+        progress as the gateway allows one user.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,7 +44,9 @@ class GatewayServiceStub:
     def __new__(cls, channel: _aio.Channel) -> GatewayServiceAsyncStub: ...
     CreateJob: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.CreateJobRequest, _job_pb2.Job]
     """Creates a job and returns it, QUEUED. Creating again with the same `request_id` returns the
-    job created the first time instead of a new one.
+    job created the first time instead of a new one. RESOURCE_EXHAUSTED when the caller has too
+    many unfinished jobs or created too many in the last minute or day (the gateway's limits), and
+    INVALID_ARGUMENT when `options.resources.max_memory_bytes` is above the gateway's per-job cap.
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.GetJobRequest, _job_pb2.Job]
     """Gets a job. NOT_FOUND when it does not exist."""
@@ -81,6 +83,8 @@ class GatewayServiceStub:
     Predict: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.PredictRequest, _gateway_service_pb2.PredictResponse]
     """Runs a model on input instances and returns its predictions. The program's `predict.py`
     runs in the sandbox; INVALID_ARGUMENT when the instances do not fit the model.
+    RESOURCE_EXHAUSTED when the caller already has as many predictions running as the gateway
+    allows one user (2 by default).
     """
     ListDatasets: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.ListDatasetsRequest, _gateway_service_pb2.ListDatasetsResponse]
     """Lists the datasets the caller's jobs built, newest first."""
@@ -88,7 +92,9 @@ class GatewayServiceStub:
     """Gets the dataset a job built. NOT_FOUND when the job does not exist or has built none yet."""
     UploadFile: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.UploadFileRequest, _dataset_record_pb2.UploadedFile]
     """Stores a data file (CSV, TSV, JSON, JSONL, Parquet, or a zip of them) for the caller's jobs:
-    pass the returned `upload_id` as a job's source. At most 32 MiB.
+    pass the returned `upload_id` as a job's source. At most 32 MiB. RESOURCE_EXHAUSTED when the
+    caller's uploads would exceed their quota, or when they already have as many uploads in
+    progress as the gateway allows one user.
     """
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.CreateApiKeyRequest, _gateway_service_pb2.CreateApiKeyResponse]
     """Creates an API key for the caller. The secret is in the response only: store it then."""
@@ -124,7 +130,9 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateJob: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.CreateJobRequest, _job_pb2.Job]  # type: ignore[assignment]
     """Creates a job and returns it, QUEUED. Creating again with the same `request_id` returns the
-    job created the first time instead of a new one.
+    job created the first time instead of a new one. RESOURCE_EXHAUSTED when the caller has too
+    many unfinished jobs or created too many in the last minute or day (the gateway's limits), and
+    INVALID_ARGUMENT when `options.resources.max_memory_bytes` is above the gateway's per-job cap.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.GetJobRequest, _job_pb2.Job]  # type: ignore[assignment]
     """Gets a job. NOT_FOUND when it does not exist."""
@@ -161,6 +169,8 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     Predict: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.PredictRequest, _gateway_service_pb2.PredictResponse]  # type: ignore[assignment]
     """Runs a model on input instances and returns its predictions. The program's `predict.py`
     runs in the sandbox; INVALID_ARGUMENT when the instances do not fit the model.
+    RESOURCE_EXHAUSTED when the caller already has as many predictions running as the gateway
+    allows one user (2 by default).
     """
     ListDatasets: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.ListDatasetsRequest, _gateway_service_pb2.ListDatasetsResponse]  # type: ignore[assignment]
     """Lists the datasets the caller's jobs built, newest first."""
@@ -168,7 +178,9 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Gets the dataset a job built. NOT_FOUND when the job does not exist or has built none yet."""
     UploadFile: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.UploadFileRequest, _dataset_record_pb2.UploadedFile]  # type: ignore[assignment]
     """Stores a data file (CSV, TSV, JSON, JSONL, Parquet, or a zip of them) for the caller's jobs:
-    pass the returned `upload_id` as a job's source. At most 32 MiB.
+    pass the returned `upload_id` as a job's source. At most 32 MiB. RESOURCE_EXHAUSTED when the
+    caller's uploads would exceed their quota, or when they already have as many uploads in
+    progress as the gateway allows one user.
     """
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.CreateApiKeyRequest, _gateway_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
     """Creates an API key for the caller. The secret is in the response only: store it then."""
@@ -207,7 +219,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_job_pb2.Job, _abc.Awaitable[_job_pb2.Job]]:
         """Creates a job and returns it, QUEUED. Creating again with the same `request_id` returns the
-        job created the first time instead of a new one.
+        job created the first time instead of a new one. RESOURCE_EXHAUSTED when the caller has too
+        many unfinished jobs or created too many in the last minute or day (the gateway's limits), and
+        INVALID_ARGUMENT when `options.resources.max_memory_bytes` is above the gateway's per-job cap.
         """
 
     @_abc_1.abstractmethod
@@ -304,6 +318,8 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_service_pb2.PredictResponse, _abc.Awaitable[_gateway_service_pb2.PredictResponse]]:
         """Runs a model on input instances and returns its predictions. The program's `predict.py`
         runs in the sandbox; INVALID_ARGUMENT when the instances do not fit the model.
+        RESOURCE_EXHAUSTED when the caller already has as many predictions running as the gateway
+        allows one user (2 by default).
         """
 
     @_abc_1.abstractmethod
@@ -329,7 +345,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_dataset_record_pb2.UploadedFile, _abc.Awaitable[_dataset_record_pb2.UploadedFile]]:
         """Stores a data file (CSV, TSV, JSON, JSONL, Parquet, or a zip of them) for the caller's jobs:
-        pass the returned `upload_id` as a job's source. At most 32 MiB.
+        pass the returned `upload_id` as a job's source. At most 32 MiB. RESOURCE_EXHAUSTED when the
+        caller's uploads would exceed their quota, or when they already have as many uploads in
+        progress as the gateway allows one user.
         """
 
     @_abc_1.abstractmethod

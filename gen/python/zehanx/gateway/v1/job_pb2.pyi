@@ -277,7 +277,11 @@ class JobOptions(_message.Message):
 
     @_builtins.property
     def hyperparameters(self) -> _containers.MessageMap[_builtins.str, _struct_pb2.Value]:
-        """Hyperparameters that override the plan's (for example {"epochs": 3})."""
+        """Hyperparameters that override the plan's (for example {"epochs": 3}). At most 64 keys; the
+        values together at most 4096 bytes (binary encoding) and nested at most 8 levels deep
+        (INVALID_ARGUMENT naming the field beyond). The gateway checks the values itself, before
+        converting them: protovalidate's rules cannot measure a Value, so they skip the values.
+        """
 
     def __init__(
         self,
