@@ -472,6 +472,42 @@ async def test_m7_a_failed_upload_gives_its_reserved_bytes_back(
         await stop_gateway(served)
 
 
+async def test_m7_a_cancelled_upload_leaves_neither_its_row_nor_its_file(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writing, release = threading.Event(), threading.Event()
+    real_write = uploads._write
+
+    def held_write(path: Path, content: bytes) -> None:
+        writing.set()
+        release.wait(30)
+        real_write(path, content)  # the thread finishes its write after the call is gone
+
+    monkeypatch.setattr(uploads, "_write", held_write)
+    served = await _served(database_url, tmp_path)
+    try:
+        alice = bearer(await served.api_key("alice"))
+        call = served.stub.UploadFile(
+            pb.UploadFileRequest(filename="a.csv", content=b"x" * 500), metadata=alice
+        )
+        for _ in range(500):
+            if writing.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert await _upload_rows(served, "alice") == [(500, True)]  # charged while being written
+        call.cancel()
+        release.set()
+        for _ in range(500):
+            if not await _upload_rows(served, "alice"):
+                break
+            await asyncio.sleep(0.01)
+        assert await _upload_rows(served, "alice") == []
+        assert _bytes_on_disk(tmp_path / "uploads") == 0
+    finally:
+        release.set()
+        await stop_gateway(served)
+
+
 # -- M7: Predicts in progress ---------------------------------------------------------------------------
 
 

@@ -146,7 +146,7 @@ INSTANCES_CHECKED_INLINE_BYTES = 64 * 1024
 
 def _too_large(field: str, size: int, limit: int) -> InvalidArgument:
     return InvalidArgument(
-        f"{field} takes {size} bytes (encoded); at most {limit} are accepted",
+        f"{field} takes at least {size} bytes (encoded); at most {limit} are accepted",
         violations=[
             FieldViolation(field, f"must take at most {limit} bytes (encoded) in total", "value.max_bytes")
         ],
@@ -186,10 +186,13 @@ def value_depth(value: struct_pb2.Value, limit: int) -> int:
 
 
 def check_values_size(field: str, values: Iterable[struct_pb2.Value], limit: int) -> int:
-    """The encoded size of ``values`` together; INVALID_ARGUMENT naming ``field`` beyond ``limit``."""
-    size = sum(v.ByteSize() for v in values)
-    if size > limit:
-        raise _too_large(field, size, limit)
+    """The encoded size of ``values`` together; INVALID_ARGUMENT naming ``field`` beyond ``limit``
+    (as soon as the values measured so far pass it)."""
+    size = 0
+    for value in values:
+        size += value.ByteSize()
+        if size > limit:
+            raise _too_large(field, size, limit)
     return size
 
 
