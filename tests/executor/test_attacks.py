@@ -142,7 +142,8 @@ try:
     print(socket.getaddrinfo('example.com', 443)); print('RESOLVED')
 except OSError as e:
     print('no dns', e.errno)
-print(sorted(i[1] for i in socket.if_nameindex()))
+# if_nameindex() asks netlink, which the seccomp filter refuses (M3); /proc/net/dev lists the same.
+print(sorted(line.split(':')[0].strip() for line in open('/proc/net/dev').readlines()[2:]))
 """
     r = await run(box, code)
     assert "CONNECTED" not in r.stdout and "RESOLVED" not in r.stdout
