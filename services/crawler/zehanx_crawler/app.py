@@ -28,6 +28,7 @@ class CrawlerApp:
 
     async def close(self) -> None:
         await self.fetcher.aclose()
+        await self.builder.close()
 
 
 def fetch_policy(settings: CrawlerSettings) -> FetchPolicy:

@@ -1,8 +1,11 @@
 """BuildDataset, end to end: find candidates, fetch, parse, choose, clean, split, profile, store.
 
 The build runs in its own task and reports through a queue, so its time budget never fires inside the
-caller's code and a caller that goes away cancels it. Parsing and cleaning run in worker threads so the
-server's event loop keeps answering (health checks, other builds) while a large file is parsed.
+caller's code and a caller that goes away cancels it. Parsing and cleaning, which read bytes from the
+outside world, run in parsing processes (:mod:`zehanx_crawler.parse_pool`) that are killed when the build
+ends for any reason, so a stuck parse cannot outlive its job; their tables' rows stay in files of the
+build's work folder until the chosen ones are cleaned. Splitting, profiling and storing run in worker
+threads so the server's event loop keeps answering (health checks, other builds).
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ import contextlib
 import copy
 import hashlib
 import math
+import shutil
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +34,7 @@ from zehanx_runtime.errors import (
     ResourceExhausted,
 )
 
-from zehanx_crawler import cleaning, profiling, splitting, task
+from zehanx_crawler import cleaning, parse_worker, profiling, splitting, task
 from zehanx_crawler.catalogue import Catalogue
 from zehanx_crawler.fetcher import Fetcher, human_bytes
 from zehanx_crawler.localpaths import is_allowed, resolve_local_path
@@ -43,8 +49,10 @@ from zehanx_crawler.model import (
     Source,
     SourceKind,
 )
-from zehanx_crawler.parsers import Parsed, parse_resource
+from zehanx_crawler.parse_pool import ParsePool
+from zehanx_crawler.parsers import Parsed
 from zehanx_crawler.parsers.archives import ArchiveLimits
+from zehanx_crawler.parsers.html_tables import GridLimits
 from zehanx_crawler.ranking import content_tokens, match
 from zehanx_crawler.settings import CrawlerSettings
 from zehanx_crawler.sniff import DATA_EXTENSIONS, is_documentation
@@ -52,6 +60,9 @@ from zehanx_crawler.store import DatasetStore
 from zehanx_crawler.web import WebBackend
 
 Emit = Callable[[Progress], Awaitable[None]]
+
+#: The running build's work folder (parsed rows wait there to be cleaned); removed when the build ends.
+_WORK_FOLDER: ContextVar[Path] = ContextVar("crawler_work_folder")
 
 
 class _ByteBudget:
@@ -115,8 +126,13 @@ class DatasetBuilder:
         store: DatasetStore,
         web: WebBackend | None = None,
         web_for_key: Callable[[str], WebBackend] | None = None,
+        parse_pool: ParsePool | None = None,
     ) -> None:
         self._settings = settings
+        #: Where bytes from outside are parsed and cleaned (shared by the copies of this builder).
+        self._pool = parse_pool or ParsePool(
+            processes=settings.parse_processes, memory_bytes=settings.parse_memory_bytes
+        )
         #: The web backend on a caller's own key (a job owner's Firecrawl key), for one build.
         self._web_for_key = web_for_key
         self._fetcher = fetcher
@@ -129,6 +145,18 @@ class DatasetBuilder:
             max_ratio=settings.max_compression_ratio,
             max_depth=settings.max_archive_depth,
         )
+        self._grid = GridLimits(
+            max_columns=settings.max_columns,
+            max_cells=min(settings.max_html_cells, settings.max_rows * settings.max_columns),
+        )
+
+    @property
+    def parse_pool(self) -> ParsePool:
+        return self._pool
+
+    async def close(self) -> None:
+        """Stop the parsing processes."""
+        await self._pool.close()
 
     # -- the stream -------------------------------------------------------------------------------
 
@@ -185,6 +213,16 @@ class DatasetBuilder:
     # -- the build --------------------------------------------------------------------------------
 
     async def _build(self, request: BuildRequest, emit: Emit) -> BuiltDataset:
+        folder = self._settings.datasets_dir / f".parse-{uuid.uuid4().hex}"
+        folder.mkdir(parents=True)
+        token = _WORK_FOLDER.set(folder)
+        try:
+            return await self._build_in_folder(request, emit)
+        finally:
+            _WORK_FOLDER.reset(token)
+            await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
+
+    async def _build_in_folder(self, request: BuildRequest, emit: Emit) -> BuiltDataset:
         options = request.options
         budget = _ByteBudget(
             min(self._settings.max_total_bytes, options.max_bytes or self._settings.max_total_bytes)
@@ -198,17 +236,25 @@ class DatasetBuilder:
             why_sources = await self._search(request.prompt, emit, budget, found)
 
         choice = self._choose_tables(found, request.prompt)
-        raw = cleaning.concat(choice.tables)
+        rows_in = sum(t.n_rows for t in choice.tables)
         raw_rows = sum(t.n_rows + t.dropped_rows for t in choice.tables)
         await emit(
             Progress(
                 Phase.CLEANING,
-                f"cleaning {raw.n_rows} rows x {len(raw.columns)} columns",
+                f"cleaning {rows_in} rows x {len(choice.tables[0].columns)} columns",
                 budget.used,
-                raw.n_rows,
+                rows_in,
             )
         )
-        table = await asyncio.to_thread(cleaning.clean, raw, max_columns=self._settings.max_columns)
+        # The parsing process reads the parsed rows back from their files; only the typed table returns.
+        # (Catalogue tables carry their rows; no table needs its source's bytes to be cleaned.)
+        sent = [
+            replace(t, resource=parse_worker.described(t.resource)) if t.resource is not None else t
+            for t in choice.tables
+        ]
+        table = await self._pool.run(
+            parse_worker.clean, sent, self._settings.max_columns, what=choice.tables[0].origin
+        )
         picked = task.choose(table, request.prompt, target_hint=options.target_column, task_hint=options.task)
         table = task.apply(table, picked)
         seed = options.seed if options.seed is not None else self._settings.default_seed
@@ -425,7 +471,14 @@ class DatasetBuilder:
         return await self._crawl_url(source, prompt, emit, budget)
 
     async def _parse(self, resource: Resource, emit: Emit, budget: _ByteBudget) -> Parsed:
-        parsed = await asyncio.to_thread(parse_resource, resource, self._limits)
+        parsed: Parsed = await self._pool.run(
+            parse_worker.parse,
+            resource,
+            self._limits,
+            self._grid,
+            str(_WORK_FOLDER.get()),
+            what=resource.name,
+        )
         rows = sum(t.n_rows for t in parsed.tables)
         what = f"{len(parsed.tables)} table(s), {rows} rows" if parsed.tables else "no usable table"
         await emit(
@@ -672,7 +725,7 @@ class DatasetBuilder:
                     uri=resource.uri,
                     fetched_at=resource.fetched_at or datetime.now(UTC),
                     sha256=resource.sha256,
-                    bytes=len(resource.data),
+                    bytes=resource.n_bytes,
                     licence=resource.licence,
                     content_type=resource.content_type or "",
                     title=table.title or resource.name,

@@ -82,16 +82,33 @@ class Table:
         return Table(cols, list(self.notes), self.sources)
 
 
-def clean_names(names: list[str]) -> list[str]:
+#: Longest column name kept; longer names are cut (and the cut is noted).
+MAX_NAME_CHARS = 200
+#: Characters of a raw name read at all: enough for the whitespace that cleaning collapses, and a bound
+#: on the work any later step does with a name (a header cell may be megabytes long).
+_RAW_NAME_CHARS = 4 * MAX_NAME_CHARS
+
+
+def clean_names(names: list[str], notes: list[str] | None = None) -> list[str]:
+    """Column names: cleaned like cells, footnote marks removed, at most :data:`MAX_NAME_CHARS`
+    characters, empty ones invented, repeats numbered."""
     out: list[str] = []
     seen: Counter[str] = Counter()
+    cut = 0
     for i, raw in enumerate(names):
-        name = strip_footnote(clean_cell(str(raw))) if raw is not None else ""
+        text = str(raw) if raw is not None else ""
+        long = len(text) > _RAW_NAME_CHARS
+        name = strip_footnote(clean_cell(text[:_RAW_NAME_CHARS]))
+        if long or len(name) > MAX_NAME_CHARS:
+            name = name[:MAX_NAME_CHARS].rstrip()
+            cut += 1
         name = name or f"column_{i + 1}"
         seen[name.lower()] += 1
         if seen[name.lower()] > 1:
             name = f"{name}_{seen[name.lower()]}"
         out.append(name)
+    if cut and notes is not None:
+        notes.append(f"{cut} column names longer than {MAX_NAME_CHARS} characters cut to that length")
     return out
 
 
@@ -220,8 +237,8 @@ def clean(raw: RawTable, *, max_columns: int) -> Table:
             f"{raw.origin} has {len(raw.columns)} columns; at most {max_columns} are accepted",
             reason="TOO_MANY_COLUMNS",
         )
-    names = clean_names(raw.columns)
     notes = list(raw.notes)
+    names = clean_names(raw.columns, notes)
     width = len(names)
     rows = [list(r[:width]) + [None] * (width - len(r)) for r in raw.rows]
 

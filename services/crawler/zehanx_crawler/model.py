@@ -80,6 +80,13 @@ class Resource:
     depth: int = 0
     #: The request source this resource was reached from (``url:https://...``).
     source: str = ""
+    #: ``len(data)`` when ``data`` was left behind (a parsing process returns tables whose resource
+    #: carries only its description); ``None`` while ``data`` is here.
+    size: int | None = None
+
+    @property
+    def n_bytes(self) -> int:
+        return len(self.data) if self.size is None else self.size
 
 
 @dataclass
@@ -100,10 +107,14 @@ class RawTable:
     resource: Resource | None = None
     #: Rows dropped by the parser itself (summary rows of an HTML table); reported, never silent.
     dropped_rows: int = 0
+    #: Where the rows are while a build runs, when a parsing process kept them out of this process
+    #: (``rows`` is empty then and ``row_count`` counts them).
+    rows_file: str = ""
+    row_count: int = 0
 
     @property
     def n_rows(self) -> int:
-        return len(self.rows)
+        return self.row_count if self.rows_file else len(self.rows)
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,12 @@ class CrawlerSettings(ServiceSettings):
     max_uncompressed_bytes: int = Field(
         512 * MiB, ge=1024, description="Most bytes one archive may expand to."
     )
-    max_archive_members: int = Field(1000, ge=1, description="Most members read from one archive.")
+    max_archive_members: int = Field(
+        1000,
+        ge=1,
+        description="Most entries one archive may list (files, folders and links all count; a zip's central "
+        "directory is counted before it is read).",
+    )
     max_compression_ratio: float = Field(
         250.0, gt=1, description="Expansion ratio beyond which a member of more than 8 MiB is called a bomb."
     )
@@ -91,6 +96,27 @@ class CrawlerSettings(ServiceSettings):
     # Tables.
     max_rows: int = Field(2_000_000, ge=1, description="Rows kept at most (a larger table is refused).")
     max_columns: int = Field(10_000, ge=1, description="Columns accepted at most.")
+    max_html_cells: int = Field(
+        10_000_000,
+        ge=1000,
+        description="Most cells the tables of one HTML page may expand to (colspan/rowspan, short rows "
+        "padded), and at most max_rows x max_columns; a page past it is refused as a span bomb.",
+    )
+
+    # Parsing processes: bytes from outside are parsed and cleaned in processes the crawler can kill.
+    parse_processes: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Parsing processes at most (started with exec when needed); a build waits for a free "
+        "one. A process whose build times out or is cancelled is killed and replaced.",
+    )
+    parse_memory_bytes: int = Field(
+        4096 * MiB,
+        ge=256 * MiB,
+        description="Address-space cap (RLIMIT_AS) of each parsing process; a parse past it fails with "
+        "RESOURCE_EXHAUSTED instead of taking the host's memory.",
+    )
 
     # Firecrawl (cloud backend).
     backend: Literal["auto", "local", "firecrawl"] = Field(

@@ -9,7 +9,7 @@ from zehanx_runtime.errors import DomainError, FailedPrecondition, ResourceExhau
 from zehanx_crawler.model import RawTable, Resource
 from zehanx_crawler.parsers.archives import ArchiveLimits, expand
 from zehanx_crawler.parsers.delimited import parse_delimited
-from zehanx_crawler.parsers.html_tables import parse_html
+from zehanx_crawler.parsers.html_tables import GridLimits, parse_html
 from zehanx_crawler.parsers.structured import parse_json, parse_jsonl, parse_parquet
 from zehanx_crawler.sniff import (
     Format,
@@ -49,8 +49,9 @@ _UNSUPPORTED = {
 }
 
 
-def parse_resource(resource: Resource, limits: ArchiveLimits) -> Parsed:
-    """Parse one resource. Bombs and oversized archives raise; other problems are collected."""
+def parse_resource(resource: Resource, limits: ArchiveLimits, grid: GridLimits | None = None) -> Parsed:
+    """Parse one resource. Bombs (archives, HTML spans) and oversized archives raise; other problems are
+    collected. Run it in a parsing process (:mod:`zehanx_crawler.parse_pool`): it reads hostile bytes."""
     out = Parsed()
     fmt = binary_format(resource.data, resource.name, resource.content_type)
     if fmt in _UNSUPPORTED:
@@ -63,7 +64,7 @@ def parse_resource(resource: Resource, limits: ArchiveLimits) -> Parsed:
             if is_documentation(member.name):
                 out.skipped.append(f"{member.uri}: documentation, not data")
                 continue
-            out.extend(parse_resource(member, limits))
+            out.extend(parse_resource(member, limits, grid))
         if not out.tables and not out.errors and not out.skipped:
             out.errors.append(
                 FailedPrecondition(f"{resource.name} is an empty archive", reason="EMPTY_SOURCE")
@@ -81,7 +82,7 @@ def parse_resource(resource: Resource, limits: ArchiveLimits) -> Parsed:
         decoded = decode_text(resource.data, resource.charset, name=resource.name, html=True)
         fmt = text_format(decoded.text, resource.name, resource.content_type)
         if fmt == Format.HTML or (hinted_html and fmt == Format.DELIMITED and "<" in decoded.text[:2048]):
-            page = parse_html(decoded.text, resource.uri)
+            page = parse_html(decoded.text, resource.uri, grid)
             out.html_pages += 1
             if page.licence and not resource.licence:
                 resource.licence = page.licence

@@ -19,6 +19,10 @@ from zehanx_runtime.errors import FailedPrecondition
 from zehanx_crawler.model import RawTable
 
 
+def _too_deep(where: str) -> FailedPrecondition:
+    return FailedPrecondition(f"{where}: JSON nested too deeply to be a table", reason="INVALID_JSON")
+
+
 def _flatten(record: dict[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in record.items():
@@ -79,6 +83,8 @@ def parse_json(text: str, origin: str) -> RawTable:
             f"{origin}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
             reason="INVALID_JSON",
         ) from None
+    except RecursionError:
+        raise _too_deep(origin) from None
     found = _find_records(value)
     if found is None or not found[0]:
         raise FailedPrecondition(f"{origin}: JSON holds no array of records", reason="NO_TABLE")
@@ -132,6 +138,8 @@ def parse_jsonl(text: str, origin: str) -> RawTable:
             continue
         try:
             value = json.loads(line)
+        except RecursionError:
+            raise _too_deep(f"{origin}: line {number}") from None
         except json.JSONDecodeError as exc:
             raise FailedPrecondition(
                 f"{origin}: line {number} is not valid JSON ({exc.msg}); JSON Lines needs one object per line",
@@ -167,6 +175,8 @@ def parse_parquet(data: bytes, origin: str) -> RawTable:
 
     try:
         table = pq.read_table(io.BytesIO(data))
+    except MemoryError:
+        raise  # the parsing process's memory cap, reported as such by the caller
     except (pa.ArrowException, OSError) as exc:
         raise FailedPrecondition(
             f"{origin}: not a readable Parquet file ({exc})", reason="INVALID_PARQUET"
