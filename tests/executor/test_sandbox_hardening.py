@@ -348,3 +348,22 @@ async def test_abort_of_a_throttled_4_process_tree_leaves_the_cgroup_empty(box: 
         assert lifted.startswith("max"), lifted  # the quota went before the kill
     assert finished is not None and finished.reason is ExitReason.CANCELLED
     await assert_still_serving(box, slot=5)
+
+
+def test_m7_on_pure_cgroup_v2_the_quota_is_cpu_max_and_a_kill_lifts_it_first(tmp_path: Path) -> None:
+    """The v2 layout (GPU hosts) on a stand-in cgroupfs: this machine runs cgroup v1."""
+    from zehanx_executor.sandbox.cgroups import CgroupLayout
+
+    layout = CgroupLayout(2, tmp_path, tmp_path, tmp_path, True, [], cpu_base=tmp_path)
+    cg = layout.job("inst", "run1")
+    files = ("memory.max", "memory.swap.max", "pids.max", "cpu.max", "cgroup.kill", "cgroup.procs")
+    cg.memory.mkdir(parents=True)
+    for name in files:
+        (cg.memory / name).write_text("")
+    cg.create(256 * MiB, 40, cpus=1.5)
+    assert (cg.memory / "cpu.max").read_text() == "150000 100000"
+    assert (cg.memory / "memory.max").read_text() == str(256 * MiB)
+    assert cg.procs_files == [cg.memory / "cgroup.procs"]
+    cg.kill()
+    assert (cg.memory / "cpu.max").read_text() == "max 100000"
+    assert (cg.memory / "cgroup.kill").read_text() == "1"

@@ -251,7 +251,7 @@ class JobCgroup:
         """Make the job's cgroups with their limits. ``cpus`` > 0 sets a CPU quota of that many cores
         where the layout has a cpu controller (:attr:`CgroupLayout.has_cpu`); the caller decides what a
         host without one means."""
-        controllers = "+memory +pids" + (" +cpu" if self.layout.has_cpu else "")
+        controllers = ["+memory +pids", *(["+cpu"] if self.layout.has_cpu else [])]
         for d in self._dirs:
             if self.layout.version == 2:
                 # Each level down to the job needs the controllers in its parent's subtree_control.
@@ -259,8 +259,9 @@ class JobCgroup:
                     p = self.layout.memory_base / parent
                     if p != self.layout.memory_base:
                         p.mkdir(exist_ok=True)
-                        with contextlib.suppress(OSError):
-                            _write(p / "cgroup.subtree_control", controllers)
+                        for wanted in controllers:  # apart: cpu refused must not cost memory+pids
+                            with contextlib.suppress(OSError):
+                                _write(p / "cgroup.subtree_control", wanted)
             d.mkdir(parents=True, exist_ok=True)
         if self.layout.version == 1:
             _write(self.memory / "memory.limit_in_bytes", str(memory_bytes))
@@ -283,8 +284,9 @@ class JobCgroup:
             self.cpu_quota_us = quota
 
     def lift_cpu_quota(self) -> None:
-        """Remove the CPU quota, which unthrottles the job at once (before a kill)."""
-        if not self.cpu_quota_us or self.cpu is None:
+        """Remove the CPU quota, which unthrottles the job at once (before a kill). Also for a job
+        this object did not create (a dead executor's, in :func:`remove_stale`)."""
+        if self.cpu is None:
             return
         with contextlib.suppress(OSError):
             if self.layout.version == 1:
