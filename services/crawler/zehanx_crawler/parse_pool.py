@@ -151,9 +151,15 @@ class ParsePool:
                         metadata={"exit_status": str(code)},
                     ) from None
                 del payload
-                status, value, process.peak_rss, process.rss = (
-                    await asyncio.to_thread(_loads, data) if len(data) > _CHUNK else _loads(data)
-                )
+                try:
+                    status, value, process.peak_rss, process.rss = (
+                        await asyncio.to_thread(_loads, data) if len(data) > _CHUNK else _loads(data)
+                    )
+                except Exception as exc:  # not a reply this pool's worker writes
+                    raise Internal(
+                        f"the parsing process answered for {what} with what is not allowed ({exc})",
+                        reason="PARSE_FAILED",
+                    ) from None
                 self.last_peak_rss = process.peak_rss
                 keep = status in ("ok", "error") and process.rss < _RETIRE_RSS
             finally:

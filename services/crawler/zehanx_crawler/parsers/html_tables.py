@@ -161,14 +161,21 @@ def _span(cell: etree._Element, name: str, most: int) -> int:
 
 
 def _fill_carried(
-    line: list[tuple[str, bool]], carried: list[tuple[int, tuple[str, bool]] | None], r: int
+    line: list[tuple[str, bool]],
+    carried: list[tuple[int, tuple[str, bool]] | None],
+    r: int,
+    budget: _CellBudget,
 ) -> None:
-    """Append to row ``r``'s ``line`` the cells that rowspans above carry into its next columns."""
-    while len(line) < len(carried):
-        held = carried[len(line)]
+    """Append to row ``r``'s ``line`` the cells that rowspans above carry into its next columns (charged
+    to ``budget`` before they are appended)."""
+    end = len(line)
+    while end < len(carried):
+        held = carried[end]
         if held is None or held[0] <= r:
-            return
-        line.append(held[1])
+            break
+        end += 1
+    budget.charge(end - len(line))
+    line.extend(held[1] for held in carried[len(line) : end])  # type: ignore[index]
 
 
 def _grid(rows: list[etree._Element], max_columns: int, budget: _CellBudget) -> list[list[tuple[str, bool]]]:
@@ -188,7 +195,7 @@ def _grid(rows: list[etree._Element], max_columns: int, budget: _CellBudget) -> 
         for cell in tr:
             if getattr(cell, "tag", "") not in ("td", "th"):
                 continue
-            _fill_carried(line, carried, r)
+            _fill_carried(line, carried, r, budget)
             c = len(line)
             colspan = _span(cell, "colspan", max_columns)
             if c + colspan > max_columns:
@@ -202,9 +209,7 @@ def _grid(rows: list[etree._Element], max_columns: int, budget: _CellBudget) -> 
             if rowspan > 1:
                 for dc in range(colspan):
                     carried[c + dc] = (r + rowspan, value)
-        before = len(line)
-        _fill_carried(line, carried, r)
-        budget.charge(len(line) - before)
+        _fill_carried(line, carried, r, budget)
         grid.append(line)
     return grid
 
