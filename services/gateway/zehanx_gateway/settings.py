@@ -16,6 +16,12 @@ class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ZX_GATEWAY_", extra="ignore", populate_by_name=True)
 
     port: int = Field(47101, ge=0, le=65535, description="Port of the public gateway API.")
+    max_message_bytes: int = Field(
+        33 * 1024 * 1024,
+        ge=1024,
+        description="Largest gRPC message the gateway receives or sends (its API and its calls to the "
+        "internal services): UploadFile's largest file (32 MiB, the proto's rule) and room for the rest.",
+    )
     database_url: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("ZX_GATEWAY_DATABASE_URL", "ZX_DATABASE_URL"),

@@ -15,7 +15,7 @@ from zehanx.gateway.v1 import gateway_service_pb2
 
 from zehanx_gateway.accounts import AccountService, PostgresAccountStore, SessionConfig
 from zehanx_gateway.edge.auth_routes import AuthRoutes
-from zehanx_gateway.edge.connect import ConnectAdapter, ConnectService
+from zehanx_gateway.edge.connect import BodyLimits, ConnectAdapter, ConnectService
 from zehanx_gateway.edge.server import EdgeApp, RunningEdge, WebApp, start_edge
 from zehanx_gateway.edge.settings import EdgeSettings
 
@@ -30,10 +30,15 @@ SERVICE = gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"]
 def edge_app(gateway: Gateway, settings: EdgeSettings | None = None) -> EdgeApp:
     """The edge's ASGI application over ``gateway``'s servicer and authenticator, and its accounts."""
     settings = settings or EdgeSettings()
-    adapter = ConnectAdapter(
-        SERVICE, gateway.servicer, check=gateway.authenticator.check, service_name="gateway"
+    limits = BodyLimits.of_service(
+        SERVICE,
+        default_bytes=settings.edge_max_request_bytes,
+        max_compression_ratio=settings.edge_max_compression_ratio,
     )
-    service = ConnectService(adapter, read_max_bytes=gateway.settings.max_message_bytes)
+    adapter = ConnectAdapter(
+        SERVICE, gateway.servicer, check=gateway.authenticator.check, service_name="gateway", limits=limits
+    )
+    service = ConnectService(adapter)
     web = WebApp(
         settings.web_dir,
         supabase_url=settings.edge_supabase_url,

@@ -39,6 +39,22 @@ class EdgeSettings(BaseSettings):
         "port 47101, else a free port (logged), so gateways started on other ports never fight over 47100.",
     )
 
+    edge_max_request_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest Connect request body, and largest message once decompressed, of every method "
+        "but UploadFile, which gets room for its file on top (the proto's 32 MiB, base64 in JSON). "
+        "Larger: RESOURCE_EXHAUSTED, refused before the body is read when Content-Length says so.",
+    )
+    edge_max_compression_ratio: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="Most a gzip'd Connect request may expand (decompressed bytes per compressed byte); "
+        "beyond: RESOURCE_EXHAUSTED, without decompressing the rest.",
+    )
+
     def port_for(self, gateway_port: int) -> int:
         """The port to bind beside a gateway on ``gateway_port`` (0: any free port)."""
         if self.edge_port is not None:
