@@ -99,14 +99,19 @@ def _die_with_parent() -> None:
 
 
 def _rss() -> tuple[int, int]:
-    """(peak, current) resident memory of this process, in bytes."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """(peak, current) resident memory of this process, in bytes: ``VmHWM`` and ``VmRSS``, which
+    start afresh at exec (``ru_maxrss`` carries over the server's own peak through fork and exec)."""
+    fields: dict[str, int] = {}
     try:
-        with open("/proc/self/statm", "rb") as f:
-            current = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        current = peak
-    return peak, current
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith((b"VmHWM:", b"VmRSS:")):
+                    key, value = line.split(b":", 1)
+                    fields[key.decode()] = int(value.split()[0]) * 1024
+    except (OSError, ValueError):
+        pass
+    peak = fields.get("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return peak, fields.get("VmRSS", peak)
 
 
 def _read(stream: BinaryIO, n: int) -> bytes | None:
