@@ -175,7 +175,7 @@ def _fill_carried(
             break
         end += 1
     budget.charge(end - len(line))
-    line.extend(held[1] for held in carried[len(line) : end])  # type: ignore[index]
+    line.extend(held[1] for held in carried[len(line) : end] if held is not None)
 
 
 def _grid(rows: list[etree._Element], max_columns: int, budget: _CellBudget) -> list[list[tuple[str, bool]]]:
