@@ -292,31 +292,41 @@ async def test_h2_requests_are_decoded_in_a_thread_not_on_the_event_loop(
     edge: Edge, decodes: list[str]
 ) -> None:
     token = await edge.api_key("alice")
-    packed = gzip.compress(json.dumps({"job": {"prompt": "Create a sentiment model " * 20}}).encode())
+    auth = {"authorization": f"Bearer {token}"}
+    prompt = "Create a sentiment model from these reviews " * 40  # 1.7 KiB
+    packed = gzip.compress(json.dumps({"job": {"prompt": prompt}}).encode())
     response = await edge.http.post(
         f"{SERVICE}/CreateJob",
         content=packed,
-        headers={
-            "content-type": "application/json",
-            "content-encoding": "gzip",
-            "authorization": f"Bearer {token}",
-        },
+        headers={"content-type": "application/json", "content-encoding": "gzip", **auth},
     )
     assert response.status_code == 200, response.text
     job_id = response.json()["id"]
-    got = await edge.http.get(
+    plain = await edge.call("CreateJob", {"job": {"prompt": prompt}}, token)
+    assert plain["prompt"] == prompt
+    big_get = await edge.http.get(
         f"{SERVICE}/GetJob",
-        params={"encoding": "json", "message": json.dumps({"jobId": job_id})},
-        headers={"authorization": f"Bearer {token}"},
+        params={"encoding": "json", "message": json.dumps({"jobId": job_id, "pad": " " * 1200})},
+        headers=auth,
     )
-    assert got.status_code == 200 and got.json()["id"] == job_id
-    cancelled = await edge.call("CancelJob", {"jobId": job_id}, token)
-    assert cancelled["state"] == "JOB_STATE_CANCELLED"
-    messages, end = await edge.stream("WatchJob", {"jobId": job_id}, token)
-    assert messages and "error" not in end
+    assert big_get.status_code == 400  # decoded (in a thread), then refused: no field "pad"
+    await edge.stub.CancelJob(  # over gRPC: a watch of a finished job ends
+        pb.CancelJobRequest(job_id=job_id), metadata=(("authorization", f"Bearer {token}"),)
+    )
+    frame = envelope(json.dumps({"jobId": job_id}).encode() + b" " * 1200)
+    streamed = await edge.http.post(
+        f"{SERVICE}/WatchJob",
+        content=frame,
+        headers={"content-type": "application/connect+json", **auth},
+    )
+    assert streamed.status_code == 200 and b"snapshot" in streamed.content
     loop_thread = threading.current_thread().name  # the test shares the gateway's loop
-    assert len(decodes) == 4  # POST (gzip'd), GET, POST, stream
+    assert len(decodes) == 4  # gzip'd POST, 1.7 KiB POST, GET, stream
     assert all(name != loop_thread and name.startswith("zx-edge-decode") for name in decodes), decodes
+    # A small body, not compressed, is decoded on the loop: cheaper than the hand-over to a thread.
+    got = await edge.call("GetJob", {"jobId": job_id}, token)
+    assert got["id"] == job_id
+    assert decodes[4:] == [loop_thread]
 
 
 # -- UploadFile keeps its large limit --------------------------------------------------------------
