@@ -282,6 +282,19 @@ async def test_h2_an_authenticated_gzip_bomb_is_refused_at_the_cap(edge: Edge, d
     response = await edge.http.post(f"{SERVICE}/CreateJob", content=packed, headers=headers)
     assert response.status_code == 429, response.text
     assert "100 times" in response.json()["message"]
+    # The same in a stream's compressed envelope.
+    padded = json.dumps({"jobId": str(uuid.uuid4())}).encode() + b" " * 900_000
+    response = await edge.http.post(
+        f"{SERVICE}/WatchJob",
+        content=envelope(gzip.compress(padded, compresslevel=9), flags=0x01),
+        headers={
+            "content-type": "application/connect+json",
+            "connect-content-encoding": "gzip",
+            "authorization": f"Bearer {token}",
+        },
+    )
+    assert response.status_code == 200
+    assert json.loads(response.content[5:])["error"]["code"] == "resource_exhausted"
     assert decodes == []
     # Not gzip at all: invalid_argument, not an internal error.
     response = await edge.http.post(f"{SERVICE}/CreateJob", content=b"not gzip", headers=headers)
