@@ -368,3 +368,14 @@ def test_m7_on_pure_cgroup_v2_the_quota_is_cpu_max_and_a_kill_lifts_it_first(tmp
     cg.kill()
     assert (cg.memory / "cpu.max").read_text() == "max 100000"
     assert (cg.memory / "cgroup.kill").read_text() == "1"
+
+
+async def test_m7_torch_threads_follow_the_runs_cpu_quota_unless_the_request_sets_them(
+    box: LocalSandbox,
+) -> None:
+    # torch starts one thread per host core; under a smaller quota they are throttled in turn.
+    code = "import os, torch; print(os.environ.get('OMP_NUM_THREADS'), torch.get_num_threads())"
+    quota = await run(box, code, cpus=1.0)
+    assert quota.stdout.split() == ["1", "1"], quota.stdout
+    own = await run(box, code, cpus=1.0, env={"OMP_NUM_THREADS": "3"})
+    assert own.stdout.split()[0] == "3", own.stdout  # torch itself caps its threads at the host's cores

@@ -256,6 +256,12 @@ class LocalSandbox:
         if self.config.runtime_dir is not None:
             env["ZX_RUNTIME"] = RUNTIME_MOUNT
         env.update(self.config.base_env)
+        threads = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+        if spec.limits.cpus and not any(name in spec.env for name in threads):
+            # torch and BLAS start one thread per host core; under a CPU quota of fewer cores those threads
+            # are throttled in turn each period, slower than as many threads as the quota holds. A request
+            # that sets its own thread count keeps it.
+            env.update(dict.fromkeys(threads, str(max(1, int(spec.limits.cpus)))))
         env.update(spec.env)
         return env
 
