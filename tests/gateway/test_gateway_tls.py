@@ -225,6 +225,8 @@ def test_l4_tls_settings_need_both_files_that_match(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="TLS_KEY_FILE"):
         GatewaySettings(tls_cert_file=cert)
     assert server_credentials(GatewaySettings()) is None
+    # An empty variable is unset (it was read as the path ".").
+    assert GatewaySettings(tls_cert_file="", tls_key_file=" ").tls_cert_file is None
     assert server_credentials(GatewaySettings(tls_cert_file=cert, tls_key_file=key)) is not None
     with pytest.raises(RuntimeError, match="not a matching PEM certificate and key"):
         server_credentials(GatewaySettings(tls_cert_file=cert, tls_key_file=other_key))

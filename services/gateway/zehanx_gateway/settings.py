@@ -179,10 +179,13 @@ class GatewaySettings(ServiceSettings):
     )
     tls_key_file: Path | None = Field(None, description="Private key (PEM) of ZX_GATEWAY_TLS_CERT_FILE.")
 
-    @field_validator("tls_cert_file", "tls_key_file")
+    @field_validator("tls_cert_file", "tls_key_file", mode="before")
     @classmethod
-    def _expand(cls, value: Path | None) -> Path | None:
-        return value.expanduser() if value is not None else None
+    def _expand(cls, value: object) -> object:
+        # An empty variable (ZX_GATEWAY_TLS_CERT_FILE=) means unset, not the current folder.
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return Path(value).expanduser() if isinstance(value, (str, Path)) else value
 
     @model_validator(mode="after")
     def _tls_pair(self) -> GatewaySettings:
