@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
-from zehanx_runtime.errors import Internal, InvalidArgument, NotFound, Unavailable
+from zehanx_runtime.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, Unavailable
 from zehanx_trainer.artifacts import ArtifactStore, LocalBlobBackend, object_key, sha256_hex
 from zehanx_trainer.supabase_store import SupabaseBlobBackend
 
@@ -102,18 +103,40 @@ async def test_a_failed_publish_leaves_nothing_behind_but_keeps_blobs_it_did_not
 SERVICE_KEY = "service-role-key-never-logged"
 
 
-class RecordedStorage:
-    """Supabase Storage's object API as recorded: the status codes and JSON bodies it answers."""
+# What supabase/storage answers (src/internal/errors/codes.ts, storage-error.ts): every error under
+# 500 goes out as HTTP 400 (``userStatusCode = httpStatusCode === 500 ? 500 : 400``) with the real
+# status in the body's ``statusCode`` and the legacy ``error`` string, e.g. ERRORS.NoSuchBucket is
+# ``{error: 'Bucket not found', httpStatusCode: 404, message: 'Bucket not found'}`` and
+# ERRORS.AccessDenied is ``{error: 'Unauthorized', httpStatusCode: 403}``.
+BUCKET_NOT_FOUND = {"statusCode": "404", "error": "Bucket not found", "message": "Bucket not found"}
+RLS_DENIED = {
+    "statusCode": "403",
+    "error": "Unauthorized",
+    "message": 'new row violates row-level security policy for table "buckets"',
+}
 
-    def __init__(self) -> None:
+
+class RecordedStorage:
+    """Supabase Storage's object and bucket API as recorded: the status codes and JSON bodies it answers."""
+
+    def __init__(self, key: str = SERVICE_KEY) -> None:
+        self.key = key
         self.objects: dict[str, bytes] = {}
         self.requests: list[httpx.Request] = []
         self.fail_with: int | None = None
+        self.buckets: set[str] = {"zehanx-artifacts"}
+        self.bucket_creates: list[dict[str, object]] = []
+        self.deny_bucket_create = False
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
-        assert request.headers["authorization"] == f"Bearer {SERVICE_KEY}"
-        assert request.headers["apikey"] == SERVICE_KEY
+        assert request.headers["apikey"] == self.key
+        if self.key.startswith("sb_secret_"):
+            # "The new API keys are not JWTs [...] put API keys in the apikey header"
+            # (supabase.com/docs/guides/functions/auth-headers).
+            assert "authorization" not in request.headers, request.headers["authorization"]
+        else:
+            assert request.headers["authorization"] == f"Bearer {self.key}"
         if self.fail_with:
             return httpx.Response(
                 self.fail_with,
@@ -123,9 +146,30 @@ class RecordedStorage:
                     "message": "upstream timeout",
                 },
             )
+        if request.url.path == "/storage/v1/bucket/" or request.url.path == "/storage/v1/bucket":
+            # createBucket.ts: 200 {"name": bucketName}; an existing id is ERRORS.BucketAlreadyExists
+            # (409, error 'Duplicate'); a key that is not the service role meets the buckets table's RLS.
+            assert request.method == "POST"
+            body = json.loads(request.content)
+            self.bucket_creates.append(body)
+            if self.deny_bucket_create:
+                return httpx.Response(400, json=RLS_DENIED)
+            if body["id"] in self.buckets:
+                return httpx.Response(
+                    400,
+                    json={
+                        "statusCode": "409",
+                        "error": "Duplicate",
+                        "message": "The resource already exists",
+                    },
+                )
+            self.buckets.add(body["id"])
+            return httpx.Response(200, json={"name": body["name"]})
         prefix = "/storage/v1/object/"
         assert request.url.path.startswith(prefix), request.url
         rest = request.url.path[len(prefix) :]
+        if rest.split("/", 1)[0] not in self.buckets:
+            return httpx.Response(400, json=BUCKET_NOT_FOUND)
         if request.method == "POST":  # upload (multipart form)
             bucket, key = rest.split("/", 1)
             assert request.headers["x-upsert"] == "false"
@@ -236,3 +280,104 @@ async def test_supabase_outage_is_unavailable_and_a_failed_publish_is_rolled_bac
     with pytest.raises(Unavailable):
         await ArtifactStore(backend).publish(FILES)
     assert recorded.objects == {}  # the two blobs it did write were removed again
+
+
+def _backend(
+    recorded: RecordedStorage,
+    handler: Callable[[httpx.Request], httpx.Response] | None = None,
+    **options: bool,
+) -> SupabaseBlobBackend:
+    return SupabaseBlobBackend.connect(
+        "https://abcdefghijklmnop.supabase.co",
+        recorded.key,
+        "zehanx-artifacts",
+        http_client=httpx.Client(transport=httpx.MockTransport(handler or recorded.handler)),
+        **options,
+    )
+
+
+async def test_a_missing_bucket_is_created_private_once_then_the_upload_succeeds() -> None:
+    recorded = RecordedStorage()
+    recorded.buckets.clear()
+    store = ArtifactStore(_backend(recorded))
+    manifest = await store.publish(FILES, {"run_id": "r4"})
+    assert recorded.bucket_creates == [
+        {"id": "zehanx-artifacts", "name": "zehanx-artifacts", "public": False}
+    ]
+    assert await store.read_all(await store.manifest(manifest.artifact_id)) == dict(sorted(FILES.items()))
+    await store.publish(FILES, {"run_id": "r5"})
+    assert len(recorded.bucket_creates) == 1
+
+
+async def test_a_bucket_created_meanwhile_by_another_trainer_is_fine() -> None:
+    recorded = RecordedStorage()
+    recorded.buckets.clear()
+
+    def racing(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/storage/v1/bucket"):
+            recorded.buckets.add("zehanx-artifacts")  # the other replica won the race: 409 Duplicate
+        return recorded.handler(request)
+
+    backend = _backend(recorded, racing)
+    assert backend.put("objects/ab/cd", b"x") is True
+    assert recorded.objects == {"objects/ab/cd": b"x"}
+
+
+async def test_a_missing_bucket_on_read_is_configuration_not_a_missing_artifact() -> None:
+    recorded = RecordedStorage()
+    recorded.buckets.clear()
+    store = ArtifactStore(_backend(recorded))
+    with pytest.raises(FailedPrecondition) as info:
+        await store.manifest("e" * 64)
+    assert info.value.reason == "SUPABASE_BUCKET_MISSING"
+    assert "ZX_TRAINER_SUPABASE_BUCKET" in str(info.value)
+    assert recorded.bucket_creates == []  # reads never create
+
+
+async def test_a_missing_bucket_that_may_not_be_created_is_configuration() -> None:
+    recorded = RecordedStorage()
+    recorded.buckets.clear()
+    with pytest.raises(FailedPrecondition) as info:
+        await ArtifactStore(_backend(recorded, create_bucket=False)).publish(FILES)
+    assert info.value.reason == "SUPABASE_BUCKET_MISSING" and recorded.bucket_creates == []
+
+
+async def test_a_key_that_cannot_create_the_bucket_is_configuration_naming_the_key_variable() -> None:
+    recorded = RecordedStorage()
+    recorded.buckets.clear()
+    recorded.deny_bucket_create = True
+    with pytest.raises(FailedPrecondition) as info:
+        await ArtifactStore(_backend(recorded)).publish(FILES)
+    assert info.value.reason == "SUPABASE_KEY_REFUSED"
+    assert "ZX_TRAINER_SUPABASE_SERVICE_KEY" in str(info.value) and SERVICE_KEY not in str(info.value)
+
+
+async def test_a_refused_key_on_read_is_configuration_not_an_outage() -> None:
+    recorded = RecordedStorage()
+
+    def refusing(request: httpx.Request) -> httpx.Response:
+        recorded.handler(request)  # the headers are checked all the same
+        # ERRORS.InvalidJWT: httpStatusCode 400, code 'InvalidJWT' (codes.ts); the message is jose's.
+        return httpx.Response(
+            400, json={"statusCode": "400", "error": "InvalidJWT", "message": "Invalid Compact JWS"}
+        )
+
+    backend = _backend(recorded, refusing)
+    with pytest.raises(FailedPrecondition) as info:
+        backend.get("manifests/x.json")
+    assert info.value.reason == "SUPABASE_KEY_REFUSED"
+
+
+async def test_an_sb_secret_key_goes_in_apikey_only_never_as_a_bearer_token() -> None:
+    recorded = RecordedStorage(key="sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz")
+    store = ArtifactStore(_backend(recorded))
+    manifest = await store.publish(FILES)
+    assert await store.read_all(manifest) == dict(sorted(FILES.items()))
+    assert recorded.requests and all("authorization" not in r.headers for r in recorded.requests)
+    assert all(r.headers["user-agent"] == "zehanx-trainer" for r in recorded.requests)
+
+
+def test_a_publishable_key_is_refused_at_start_naming_the_variable() -> None:
+    with pytest.raises(FailedPrecondition) as info:
+        _backend(RecordedStorage(key="sb_publishable_abc123"))
+    assert "ZX_TRAINER_SUPABASE_SERVICE_KEY" in str(info.value)

@@ -58,7 +58,10 @@ def build_store(settings: TrainerSettings) -> tuple[ArtifactStore, str]:
 
         assert settings.supabase_url and settings.supabase_service_key
         backend = SupabaseBlobBackend.connect(
-            settings.supabase_url, settings.supabase_service_key.get_secret_value(), settings.supabase_bucket
+            settings.supabase_url,
+            settings.supabase_service_key.get_secret_value(),
+            settings.supabase_bucket,
+            create_bucket=settings.supabase_create_bucket,
         )
         return ArtifactStore(backend), f"supabase bucket {settings.supabase_bucket}"
     root = settings.resolved_artifact_dir

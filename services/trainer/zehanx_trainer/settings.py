@@ -55,10 +55,18 @@ class TrainerSettings(ServiceSettings):
     )
     supabase_service_key: SecretStr | None = Field(
         None,
-        validation_alias=AliasChoices("ZX_TRAINER_SUPABASE_SERVICE_KEY", "SUPABASE_SERVICE_ROLE_KEY"),
-        description="Supabase service-role key (server side only).",
+        validation_alias=AliasChoices(
+            "ZX_TRAINER_SUPABASE_SERVICE_KEY", "SUPABASE_SECRET_KEY", "SUPABASE_SERVICE_ROLE_KEY"
+        ),
+        description="Supabase secret key (sb_secret_…, sent as apikey only) or legacy service_role JWT; "
+        "server side only.",
     )
-    supabase_bucket: str = Field("zehanx-artifacts", min_length=3, max_length=63)
+    supabase_bucket: str = Field(
+        "zehanx-artifacts", min_length=3, max_length=63, description="Storage bucket for artifacts (private)."
+    )
+    supabase_create_bucket: bool = Field(
+        True, description="Create the bucket, private, on the first write when it is missing."
+    )
 
     # Runs.
     max_concurrent_runs: int = Field(
