@@ -13,6 +13,18 @@ from zehanx_codegen.servicer import CodegenServicer
 from zehanx_codegen.settings import CodegenSettings
 from zehanx_codegen.validator import Validator
 
+#: What a job can do when Groq's per-minute limit refuses the operator's key.
+SERVICE_KEY_FALLBACK = (
+    "to have the template writer write programs, set ZX_CODEGEN_BACKEND=template; or use a Groq plan with "
+    "a higher tokens-per-minute limit and set ZX_CODEGEN_GROQ_TOKENS_PER_MINUTE to it"
+)
+#: ... and when it refuses a job owner's own key (which makes the job use Groq whatever the backend).
+OWNER_KEY_FALLBACK = (
+    "remove your Groq key (Settings, or DeleteProviderKey) so your jobs use the service's own writer "
+    "(the template writer unless the operator chose Groq), or use a Groq plan with a higher "
+    "tokens-per-minute limit"
+)
+
 
 def build_codegen(settings: CodegenSettings, *, groq_client: groq.Groq | None = None) -> Codegen:
     """The domain object. ``groq_client`` replaces the real client (tests pass a recorded transport)."""
@@ -28,6 +40,9 @@ def build_codegen(settings: CodegenSettings, *, groq_client: groq.Groq | None = 
             settings.groq_models,
             validator,
             max_completion_tokens=settings.groq_max_completion_tokens,
+            tokens_per_minute=settings.groq_tokens_per_minute,
+            reasoning_effort=settings.groq_reasoning_effort,
+            fallback=SERVICE_KEY_FALLBACK,
         )
     base = groq_client
 
@@ -40,7 +55,10 @@ def build_codegen(settings: CodegenSettings, *, groq_client: groq.Groq | None = 
             settings.groq_models,
             validator,
             max_completion_tokens=settings.groq_max_completion_tokens,
+            tokens_per_minute=settings.groq_user_key_tokens_per_minute,
+            reasoning_effort=settings.groq_reasoning_effort,
             key_name="the job owner's own Groq key",
+            fallback=OWNER_KEY_FALLBACK,
         )
         writer.owns_client = base is None  # a client of its own: closed after the call
         return writer

@@ -109,14 +109,13 @@ def repair_messages(program: Program, plan: Plan, failure: ProgramFailure, attem
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
-def invalid_messages(messages: list[dict], reply: str, problems: str) -> list[dict]:
-    """The conversation so far plus: your reply failed these static checks; fix them."""
-    return [
-        *messages,
-        {"role": "assistant", "content": reply[:60_000]},
-        {
-            "role": "user",
-            "content": f"That program failed the static checks: {problems}\nReturn the whole "
-            "program again as the same JSON object, with these fixed.",
-        },
-    ]
+def invalid_messages(program: Program, plan: Plan, problems: str) -> list[dict]:
+    """The program the model wrote and the static checks it failed; fix them. A conversation of its
+    own, not the first one plus the reply: that would be two programs long, more than a Free-plan
+    key's tokens per minute allow."""
+    user = (
+        f"This program failed the static checks: {problems}\n\nThe plan:\n"
+        f"{json.dumps(_plan_json(plan), indent=1)}\n\nThe program:\n" + _files_text(program)
+        + "\n\nReturn the whole program again as the same JSON object, with these fixed."
+    )  # fmt: skip
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]

@@ -27,9 +27,40 @@ class CodegenSettings(ServiceSettings):
     groq_base_url: str | None = Field(None, description="Groq API base URL (unset: the SDK's default).")
     groq_timeout_s: float = Field(120.0, gt=0, le=600, description="Timeout of one Groq request.")
     groq_max_retries: int = Field(
-        2, ge=0, le=10, description="SDK retries on 408/409/429/5xx and connection errors."
+        2,
+        ge=0,
+        le=4,
+        description="SDK retries on 408/409/429/5xx and connection errors. A 429 waits its retry-after "
+        "(the SDK honours up to 60 s), so a rate-limited call waits at most this many minutes before "
+        "the job is told why.",
     )
-    groq_max_completion_tokens: int = Field(16_384, ge=1024, le=131_072, description="Longest reply.")
+    groq_max_completion_tokens: int = Field(
+        16_384,
+        ge=1024,
+        le=65_536,
+        description="Longest reply; lowered per call to fit the tokens-per-minute limit. Groq caps "
+        "gpt-oss at 65,536.",
+    )
+    groq_tokens_per_minute: int = Field(
+        8_000,
+        ge=2_048,
+        le=100_000_000,
+        description="Tokens per minute the Groq key's plan allows on the models (Free plan: 8000 on "
+        "gpt-oss). Groq counts the prompt plus the requested completion against it, so each request's "
+        "completion is sized to fit; raise it to the plan's limit on a paid plan.",
+    )
+    groq_user_key_tokens_per_minute: int = Field(
+        8_000,
+        ge=2_048,
+        le=100_000_000,
+        description="The same limit, assumed for a job owner's own Groq key (Free plan unless your users "
+        "bring paid keys).",
+    )
+    groq_reasoning_effort: Literal["low", "medium", "high"] | None = Field(
+        "low",
+        description="reasoning_effort sent to gpt-oss models (less reasoning leaves more of the "
+        "per-minute budget for the program); unset: the model's default.",
+    )
     time_budget_s: float = Field(
         180.0, gt=0, le=86_400, description="Seconds a full training run may take; plans are sized to fit."
     )
