@@ -116,6 +116,29 @@ def test_a_good_reply_becomes_a_validated_program(codegen: Codegen, penguins, pe
     assert "species" in sent["messages"][1]["content"] and "--- train.py" in sent["messages"][1]["content"]
 
 
+def test_a_reply_lists_only_the_files_it_changes_and_the_rest_are_kept(
+    codegen, penguins, penguin_plan
+) -> None:
+    # The reply need not repeat the program: on a Free-plan key (8000 tokens per minute) the prompt
+    # and a whole second copy of the program do not fit together.
+    reference = codegen.templates.generate(penguin_plan, prompt="predict the species")
+    changed = reference.files["model.py"].replace("nn.ReLU()", "nn.GELU()")
+    only_model = json.dumps({"files": [{"path": "model.py", "content": changed}], "summary": "GELU."})
+    recorder = Recorder([(200, completion(only_model), {})])
+    generated = groq_codegen(recorder).generate("predict the species", penguin_plan, penguins.profile)
+    assert generated.program.files == dict(reference.files, **{"model.py": changed})
+    assert (
+        generated.validation.passed
+        and "list only the files you change" in recorder.requests[0]["messages"][1]["content"]
+    )
+
+    recorder = Recorder(
+        [(200, completion(json.dumps({"files": [], "summary": "It is right as it is."})), {})]
+    )
+    kept = groq_codegen(recorder).generate("predict the species", penguin_plan, penguins.profile)
+    assert kept.program.files == reference.files and kept.backend == "groq:openai/gpt-oss-120b"
+
+
 def test_json_validate_failed_is_retried_then_the_next_model_is_used(codegen, penguins, penguin_plan) -> None:
     reply = program_reply(codegen, penguin_plan)
     recorder = Recorder(

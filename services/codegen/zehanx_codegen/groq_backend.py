@@ -93,16 +93,19 @@ class BadReply(Exception):
     """The model's reply is not a program in the JSON shape asked for."""
 
 
-def parse_reply(content: str | None) -> tuple[Program, str]:
-    """``{"files": [{"path", "content"}], "summary"}`` → (program, summary), or BadReply saying why."""
+def parse_reply(content: str | None, base: Program | None = None) -> tuple[Program, str]:
+    """``{"files": [{"path", "content"}], "summary"}`` → (program, summary), or BadReply saying why.
+    With ``base``, the files listed replace or join base's (an empty list is base unchanged)."""
     if not content:
         raise BadReply("the reply is empty")
     try:
         data = json.loads(content)
     except json.JSONDecodeError as exc:
         raise BadReply(f"the reply is not JSON ({exc.msg})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("files"), list) or not data["files"]:
+    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
         raise BadReply('the reply has no "files" list')
+    if not data["files"] and base is None:
+        raise BadReply('the reply\'s "files" list is empty')
     files: dict[str, str] = {}
     for entry in data["files"]:
         if (
@@ -122,6 +125,8 @@ def parse_reply(content: str | None) -> tuple[Program, str]:
             raise BadReply(f"{path!r} is larger than 1 MiB")
         files[path] = entry["content"]
     summary = data.get("summary") if isinstance(data.get("summary"), str) else ""
+    if base is not None:
+        files = {**base.files, **files}
     return Program(files=files), summary[:2000]
 
 
@@ -207,15 +212,16 @@ class GroqWriter:
             self.client.close()
 
     def write(self, prompt: str, plan: Plan, profile: DatasetProfile | None, reference: Program) -> Written:
-        return self._converse(prompts.generate_messages(prompt, plan, profile, reference), plan)
+        return self._converse(prompts.generate_messages(prompt, plan, profile, reference), plan, reference)
 
     def repair(self, program: Program, plan: Plan, failure: ProgramFailure, attempt: int) -> Written:
-        return self._converse(prompts.repair_messages(program, plan, failure, attempt), plan)
+        return self._converse(prompts.repair_messages(program, plan, failure, attempt), plan, program)
 
     # -- the conversation ----------------------------------------------------------------------------
 
-    def _converse(self, messages: list[dict], plan: Plan) -> Written:
-        content, model = self._complete(messages)
+    def _converse(self, messages: list[dict], plan: Plan, base: Program) -> Written:
+        """``base``: the program the model was shown; the files it lists replace base's."""
+        content, model = self._complete(messages, base)
         program, summary = content
         report = self.validator.validate(program)
         if report.passed:
@@ -223,7 +229,9 @@ class GroqWriter:
         log.info(
             "groq program failed the static checks; asking once more", model=model, problems=report.summary()
         )
-        (program, summary), model = self._complete(prompts.invalid_messages(program, plan, report.summary()))
+        (program, summary), model = self._complete(
+            prompts.invalid_messages(program, plan, report.summary()), program
+        )
         report = self.validator.validate(program)
         if not report.passed:
             raise FailedPrecondition(
@@ -287,7 +295,7 @@ class GroqWriter:
             metadata=metadata,
         )
 
-    def _complete(self, messages: list[dict]) -> tuple[tuple[Program, str], str]:
+    def _complete(self, messages: list[dict], base: Program) -> tuple[tuple[Program, str], str]:
         """A parsed program from the first model that gives one; typed errors when none does."""
         retired: list[str] = []
         bad_replies: list[str] = []
@@ -342,7 +350,7 @@ class GroqWriter:
                 choice = response.choices[0] if response.choices else None
                 content = choice.message.content if choice is not None else None
                 try:
-                    return parse_reply(content), model
+                    return parse_reply(content, base), model
                 except BadReply as exc:
                     truncated = choice is not None and choice.finish_reason == "length"
                     bad_replies.append(

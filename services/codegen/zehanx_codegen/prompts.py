@@ -2,6 +2,8 @@
 
 The reference is the template generator's own program for the same plan: the model starts from code
 that is known to run, so what it returns is an improvement or a rewrite, not a guess at the contract.
+The model lists only the files it changes (the writer keeps the others): a reply need not repeat the
+program, which would not fit a Free-plan key's tokens per minute beside the prompt.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from zehanx_codegen.validator import ALLOWED_STDLIB, ALLOWED_THIRD_PARTY
 
 SYSTEM = (
     """You write PyTorch training programs for the Zehanx platform. Reply with one JSON object:
-{"files": [{"path": "train.py", "content": "..."}, {"path": "predict.py", "content": "..."}, ...],
- "summary": "one paragraph: the model and why"}
+{"files": [{"path": "train.py", "content": "..."}, ...], "summary": "one paragraph: the model and why"}
+"files" lists only the files you add or change, each one whole; a file you leave out is kept as it is
+(an empty list keeps the program unchanged).
 
 The program contract (version 1):
 - train.py: `import zxrt`; `cfg = zxrt.env()` gives data_dir, output_dir, smoke, device, time_budget_s, seed.
@@ -90,10 +93,10 @@ def generate_messages(
     prompt: str, plan: Plan, profile: DatasetProfile | None, reference: Program
 ) -> list[dict]:
     user = (
-        f"The user asked: {prompt}\n\nThe plan (follow it):\n{json.dumps(_plan_json(plan), indent=1)}\n\n"
-        f"The dataset:\n{json.dumps(_profile_json(profile), indent=1)}\n\n"
+        f"The user asked: {prompt}\n\nThe plan (follow it):\n{json.dumps(_plan_json(plan))}\n\n"
+        f"The dataset:\n{json.dumps(_profile_json(profile))}\n\n"
         "A reference program for this plan that follows the contract and runs. Return it improved where "
-        "you are sure it helps, or unchanged; always return every file:\n" + _files_text(reference)
+        "you are sure it helps, or unchanged (list only the files you change):\n" + _files_text(reference)
     )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
@@ -101,10 +104,10 @@ def generate_messages(
 def repair_messages(program: Program, plan: Plan, failure: ProgramFailure, attempt: int) -> list[dict]:
     where = f"{failure.file_path}:{failure.line}" if failure.file_path else "unknown location"
     user = (
-        f"This program failed (repair attempt {attempt} of 3). Fix the cause and return every file.\n\n"
+        f"This program failed (repair attempt {attempt} of 3). Fix the cause; list only the files you change.\n\n"
         f"Failure: phase {failure.phase.value}, {failure.exception_type or 'error'} at {where}: "
         f"{failure.message}\nTraceback tail:\n{failure.traceback_tail[-4000:]}\n\n"
-        f"The plan:\n{json.dumps(_plan_json(plan), indent=1)}\n\nThe program:\n" + _files_text(program)
+        f"The plan:\n{json.dumps(_plan_json(plan))}\n\nThe program:\n" + _files_text(program)
     )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
@@ -115,7 +118,7 @@ def invalid_messages(program: Program, plan: Plan, problems: str) -> list[dict]:
     key's tokens per minute allow."""
     user = (
         f"This program failed the static checks: {problems}\n\nThe plan:\n"
-        f"{json.dumps(_plan_json(plan), indent=1)}\n\nThe program:\n" + _files_text(program)
-        + "\n\nReturn the whole program again as the same JSON object, with these fixed."
+        f"{json.dumps(_plan_json(plan))}\n\nThe program:\n" + _files_text(program)
+        + "\n\nReply with the same JSON object, listing the files that fix them."
     )  # fmt: skip
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
