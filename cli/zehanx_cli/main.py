@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 from zehanx_gateway.edge.settings import EdgeSettings
 
-from zehanx_cli import account, channel, health, jobs, keys, sandbox, web_account
+from zehanx_cli import account, channel, e2b, health, jobs, keys, sandbox, web_account
 from zehanx_cli.errors import LaunchError
 from zehanx_cli.settings import LauncherSettings
 from zehanx_cli.suite import POSTGRES, Health, Suite
@@ -32,6 +32,8 @@ err_console = Console(stderr=True, soft_wrap=True)
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(keys.app, name="keys")
 app.add_typer(web_account.app, name="account")
+# `zx e2b build-template`: the E2B template the executor's E2B backend needs (CPU torch, safetensors).
+app.add_typer(e2b.app, name="e2b")
 # The public API from a shell: zx train / jobs / job / cancel / models / download / predict.
 jobs.register(app)
 

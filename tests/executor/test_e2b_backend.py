@@ -28,6 +28,7 @@ from e2b.sandbox_async.commands.command import Commands
 from e2b.sandbox_async.commands.command_handle import AsyncCommandHandle
 from e2b.sandbox_async.filesystem.filesystem import Filesystem
 from e2b_code_interpreter import AsyncSandbox
+from zehanx_executor.app import SandboxUnavailableError, build_executor
 from zehanx_executor.sandbox.e2b import E2BConfig, E2BSandbox
 from zehanx_executor.sandbox.model import (
     Event,
@@ -79,6 +80,10 @@ CREATED = {
 }
 ERRORS = {
     401: {"code": 401, "message": "Invalid API key, it must start with 'e2b_' prefix"},
+    # openapi: POST /v2/sandboxes 404 is an Error {code, message} (SDK api/client/api/sandboxes/
+    # post_v2_sandboxes.py:55); handle_api_exception makes it a SandboxException "404: <message>"
+    # (SDK api/__init__.py:217). The message text is illustrative.
+    404: {"code": 404, "message": "template 'zehanx-torch-cpu' not found"},
     429: {"code": 429, "message": "You have reached the maximum number of concurrent E2B sandboxes (20)"},
 }
 
@@ -453,3 +458,92 @@ async def test_a_job_owners_own_key_creates_the_sandbox_and_never_enters_it(api:
     assert user_key not in json.dumps(run["envs"]) and user_key not in run["cmd"]
     [(_, upload)] = [c for c in h.files.calls if c[0] == "write_files"]
     assert all(user_key.encode() not in entry["data"] for entry in upload["files"])
+
+
+# -- the template: checked at start, and a missing module is the environment's fault -----------------
+
+# What CPython prints when a program imports a module its environment lacks (the default template
+# code-interpreter-v1 has no torch: e2b-dev/code-interpreter template/requirements.txt).
+NO_TORCH = (
+    "Traceback (most recent call last):\n"
+    '  File "<string>", line 1, in <module>\n'
+    "ModuleNotFoundError: No module named 'torch'\n"
+)
+
+
+def e2b_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> ExecutorSettings:
+    for name in ("ZX_EXECUTOR_E2B_TEMPLATE", "ZX_EXECUTOR_E2B_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("E2B_API_KEY", API_KEY)
+    monkeypatch.setenv("ZX_EXECUTOR_BACKEND", "e2b")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return ExecutorSettings()
+
+
+def app_factory(api: Api, program: Program) -> tuple[Any, FakeCommands]:
+    """The factory build_executor gets: the real SDK pointed at the stand-in, envd faked."""
+    files = FakeFiles()
+    commands = FakeCommands(program, files)
+
+    async def factory(**kwargs: Any) -> Any:
+        sandbox = await AsyncSandbox.create(**kwargs, api_url=api.url)
+        sandbox._commands, sandbox._filesystem = commands, files
+        return sandbox
+
+    return factory, commands
+
+
+async def test_the_start_up_check_refuses_a_template_without_torch(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = e2b_settings(monkeypatch, ZX_EXECUTOR_E2B_TEMPLATE="code-interpreter-v1")
+    factory, commands = app_factory(api, Program([("stderr", NO_TORCH, 0.0)], exit_code=1))
+    with pytest.raises(SandboxUnavailableError) as caught:
+        await build_executor(settings, e2b_factory=factory)
+    text = str(caught.value)
+    assert "ZX_EXECUTOR_E2B_TEMPLATE" in text and "zx e2b build-template" in text
+    assert "code-interpreter-v1" in text and "'torch'" in text
+    [(_, _, body)] = api.requests("POST")
+    assert body["templateID"] == "code-interpreter-v1"
+    [run] = commands.calls
+    assert run["cmd"].startswith("python -c 'import torch, safetensors;")
+    assert len(api.requests("DELETE")) == 1  # the check's sandbox is killed too
+
+
+async def test_the_start_up_check_passes_a_template_with_torch(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = e2b_settings(monkeypatch)  # the default: the template `zx e2b build-template` builds
+    factory, commands = app_factory(api, Program([("stdout", "torch 2.13.0+cpu\n", 0.0)]))
+    executor = await build_executor(settings, e2b_factory=factory)
+    assert isinstance(executor.backend, E2BSandbox)
+    [(_, _, body)] = api.requests("POST")
+    assert body["templateID"] == "zehanx-torch-cpu"
+    assert len(commands.calls) == 1 and len(api.requests("DELETE")) == 1
+
+
+async def test_a_template_e2b_does_not_know_refuses_the_backend(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api.create_status = 404
+    settings = e2b_settings(monkeypatch, ZX_EXECUTOR_E2B_TEMPLATE="zehanx-torch-cpu")
+    factory, commands = app_factory(api, Program([]))
+    with pytest.raises(SandboxUnavailableError) as caught:
+        await build_executor(settings, e2b_factory=factory)
+    assert "ZX_EXECUTOR_E2B_TEMPLATE" in str(caught.value) and "zx e2b build-template" in str(caught.value)
+    assert commands.calls == []
+
+
+async def test_a_run_missing_a_module_is_an_environment_error_naming_the_fix(api: Api) -> None:
+    h = harness(api, Program([("stderr", NO_TORCH, 0.0)], exit_code=1), template="code-interpreter-v1")
+    fin = (await run_all(h.backend, job()))[-1]
+    assert isinstance(fin, Finished) and (fin.reason, fin.exit_code) == (ExitReason.FAILED, 1)
+    assert "environment error" in fin.message and "'torch'" in fin.message
+    assert "zx e2b build-template" in fin.message and "ZX_EXECUTOR_E2B_TEMPLATE" in fin.message
+
+
+async def test_a_program_failing_otherwise_is_not_called_an_environment_error(api: Api) -> None:
+    h = harness(api, Program([("stderr", "ValueError: could not convert 'x' to float\n", 0.0)], exit_code=1))
+    fin = (await run_all(h.backend, job()))[-1]
+    assert isinstance(fin, Finished) and "environment" not in fin.message

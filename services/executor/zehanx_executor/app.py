@@ -12,7 +12,13 @@ import uuid
 
 from zehanx_runtime.logging import get_logger
 
-from zehanx_executor.sandbox.e2b import E2BConfig, E2BFactory, E2BSandbox
+from zehanx_executor.sandbox.e2b import (
+    E2BConfig,
+    E2BFactory,
+    E2BSandbox,
+    TemplateUnusable,
+    check_template,
+)
 from zehanx_executor.sandbox.local import LocalSandbox, LocalSandboxConfig
 from zehanx_executor.sandbox.model import ExitReason, Finished, JobFile, JobSpec, Limits, Output, Stream
 from zehanx_executor.sandbox.probe import ISOLATION_PROBE, isolation_problems, probe
@@ -24,7 +30,8 @@ log = get_logger("zehanx.executor")
 
 
 class SandboxUnavailableError(RuntimeError):
-    """The host cannot run the local sandbox; the message says what is missing."""
+    """The host cannot run the local sandbox, or the E2B template cannot run the programs; the message
+    says what is missing."""
 
 
 def limit_policy(s: ExecutorSettings) -> LimitPolicy:
@@ -121,8 +128,13 @@ async def build_executor(s: ExecutorSettings, *, e2b_factory: E2BFactory | None 
             lifetime_margin_s=s.e2b_lifetime_margin_s,
             allow_internet=s.e2b_allow_internet,
         )
-        log.info("executor backend", backend="e2b", template=s.e2b_template or "code-interpreter-v1")
-        return Executor(E2BSandbox(config, e2b_factory), slots=slots, limits=policy, env=env)
+        box = E2BSandbox(config, e2b_factory)
+        try:
+            found = await check_template(box)
+        except TemplateUnusable as exc:
+            raise SandboxUnavailableError(str(exc)) from exc
+        log.info("executor backend", backend="e2b", template=box.template, template_check=found)
+        return Executor(box, slots=slots, limits=policy, env=env)
     caps = probe(work_dir=s.work_dir, probe_uid=s.uid_base + s.max_concurrent)
     if not caps.ok:
         raise SandboxUnavailableError(

@@ -11,6 +11,8 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 from zehanx_runtime.settings import ServiceSettings
 
+from zehanx_executor.sandbox.e2b_template import TEMPLATE_NAME
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -167,7 +169,14 @@ class ExecutorSettings(ServiceSettings):
         validation_alias=AliasChoices("ZX_EXECUTOR_E2B_API_KEY", "E2B_API_KEY"),
         description="E2B API key (E2B_API_KEY is read too); set, it selects the E2B backend under auto.",
     )
-    e2b_template: str | None = Field(None, description="E2B template; unset: code-interpreter-v1.")
+    e2b_template: str = Field(
+        TEMPLATE_NAME,
+        min_length=1,
+        description="E2B template the sandboxes start from; it must hold CPU torch and safetensors (E2B's "
+        "default code-interpreter-v1 has neither). `zx e2b build-template` builds it under this default "
+        "name; the executor checks it once at start and refuses the E2B backend when it cannot import "
+        "torch and safetensors.",
+    )
     e2b_domain: str | None = Field(None, description="E2B domain; unset: the SDK's default.")
     e2b_request_timeout_s: float = Field(60.0, gt=0, le=600, description="Per E2B HTTP request.")
     e2b_lifetime_margin_s: float = Field(

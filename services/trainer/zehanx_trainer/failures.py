@@ -3,6 +3,10 @@
 Sources, best first: the ``error`` record zxrt's excepthook printed (exception type, message, phase,
 innermost program frame), the Python traceback on stderr (also covers programs that failed before
 importing zxrt, e.g. a SyntaxError), and the executor's verdict (timeout, memory, output limit).
+
+A module the sandbox's Python lacks (``ModuleNotFoundError`` for anything but the program's own files,
+or a library that cannot load) is an *environment* error: the sandbox image is at fault, not the
+program or its data, so it is said plainly and never sent to repair (:func:`is_repairable`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,13 @@ MAX_MESSAGE_CHARS = 8192
 _TRACEBACK_HEAD = "Traceback (most recent call last):"
 _FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+)', re.MULTILINE)
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*)(?::\s?(.*))?$")
+_NO_MODULE = re.compile(r"No module named '([^']+)'")
+# ImportErrors of a broken install (a shared library missing or built against another version).
+_BROKEN_INSTALL = re.compile(r"cannot open shared object file|undefined symbol|DLL load failed")
+ENVIRONMENT_ADVICE = (
+    "the executor's sandbox lacks it; on E2B build the template with `zx e2b build-template` and set "
+    "ZX_EXECUTOR_E2B_TEMPLATE to it, on the local sandbox install it into the executor's Python"
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,9 @@ class StructuredError:
     traceback_tail: str
     file_path: str = ""
     line: int = 0
+    environment: bool = False
+    """The sandbox's environment is at fault (a missing module), not the program: never repairable. Not
+    in the proto; the message says it."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,38 @@ def parse_traceback(stderr: str, program_paths: set[str]) -> ParsedTraceback | N
     if not exception_type:
         return None
     return ParsedTraceback(exception_type, message, tail[-MAX_TAIL_BYTES:], file_path, line)
+
+
+def environment_problem(exception_type: str, message: str, program_paths: set[str]) -> str | None:
+    """What the sandbox's environment lacks, when an import failure is its fault; else None.
+
+    ``No module named 'x'`` is the environment's unless ``x`` is one of the program's own modules (a
+    program importing a file it did not ship is the program's bug); an ImportError of a library that
+    cannot load is the environment's; ``cannot import name`` (an API the program made up) is not."""
+    kind = exception_type.rsplit(".", 1)[-1]
+    if kind not in ("ModuleNotFoundError", "ImportError"):
+        return None
+    missing = _NO_MODULE.search(message)
+    if missing:
+        top = missing.group(1).split(".", 1)[0]
+        own = {p.removesuffix(".py").split("/", 1)[0] for p in program_paths}
+        return None if top in own else f"the Python module {missing.group(1)!r}"
+    if _BROKEN_INSTALL.search(message):
+        return f"a working install ({message[:300]})"
+    return None
+
+
+def is_repairable(result: ExecResult, error: StructuredError, asked: bool | None) -> bool:
+    """Whether sending ``error`` to the code generator may help. ``asked``: the stage's own answer (the
+    smoke run: True), or None to decide from the run (the full run and evaluation: the program's own
+    crash may be repaired, a limit hit may not). An environment error never is."""
+    if error.environment:
+        return False
+    if asked is not None:
+        return asked
+    return result.reason is ExitReason.FAILED or (
+        result.reason is ExitReason.COMPLETED and result.exit_code != 0
+    )
 
 
 def _limit_message(result: ExecResult, what: str) -> str:
@@ -137,6 +183,13 @@ def build_error(
         )
     if not message and not exception_type:
         message = _limit_message(result, what)
+    lacking = environment_problem(exception_type, message, program_paths)
+    if lacking is not None:
+        message = (
+            f"environment error, not a fault of the program or its data: {what} could not start because "
+            f"the sandbox has no {lacking} ({exception_type}: {message}); {ENVIRONMENT_ADVICE}"
+        )
+        phase = "setup"
     return StructuredError(
         phase=phase,
         exception_type=exception_type[:256],
@@ -144,6 +197,7 @@ def build_error(
         traceback_tail=tail.encode("utf-8")[-MAX_TAIL_BYTES:].decode("utf-8", "ignore"),
         file_path=file_path[:512],
         line=max(0, line),
+        environment=lacking is not None,
     )
 
 

@@ -64,7 +64,7 @@ from zehanx_trainer.executor_port import (
     Executor,
     ExitReason,
 )
-from zehanx_trainer.failures import StructuredError, build_error, failure_error
+from zehanx_trainer.failures import StructuredError, build_error, failure_error, is_repairable
 from zehanx_trainer.model_card import CardInput, CurveSummary, render
 from zehanx_trainer.records import (
     CheckpointRecord,
@@ -869,13 +869,9 @@ class _Run:
             phase=run.phase or phase,
             what=what,
         )
-        if repairable is None:
-            # Full run and evaluation: the program's own crash may be repaired; a limit hit may not.
-            repairable = result.reason is ExitReason.FAILED or (
-                result.reason is ExitReason.COMPLETED and result.exit_code != 0
-            )
         exit_code = -1 if result.signal else result.exit_code
-        return ProgramFailed(stage, error, result.reason, exit_code, repairable)
+        # A missing module is the sandbox's fault, never the program's: not sent to repair.
+        return ProgramFailed(stage, error, result.reason, exit_code, is_repairable(result, error, repairable))
 
     async def _train_failure(
         self, run: ProgramRun, stage: Stage, what: str, repairable: bool | None

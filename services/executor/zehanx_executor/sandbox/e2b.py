@@ -11,6 +11,11 @@ What E2B does not offer is reported, not faked: memory, CPU and process limits c
 template (the description in ``Started`` says so); wall-clock, output and collect limits are enforced
 here. A GPU request is refused (E2B has no GPU option).
 
+The template must hold what the programs import (``e2b_template.py``; E2B's default
+``code-interpreter-v1`` has no torch): :func:`check_template` runs ``import torch, safetensors`` in one
+sandbox at start and the executor refuses the E2B backend when it fails. A run that fails on a missing
+module says so in its result's message: the sandbox's environment lacks it, the program is not at fault.
+
 The SDK is reached through :class:`E2BFactory`, so tests drive this adapter with recorded
 request/response shapes instead of the network.
 """
@@ -22,13 +27,16 @@ import contextlib
 import hashlib
 import math
 import posixpath
+import re
 import shlex
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
+from zehanx_executor.sandbox.e2b_template import BUILD_COMMAND, PROBE_IMPORTS, TEMPLATE_SETTING
 from zehanx_executor.sandbox.globs import compile_globs
 from zehanx_executor.sandbox.metrics import MetricGate
 from zehanx_executor.sandbox.model import (
@@ -37,6 +45,8 @@ from zehanx_executor.sandbox.model import (
     FileChunk,
     Finished,
     JobSpec,
+    Limits,
+    Output,
     ResourceUsage,
     Started,
     Stream,
@@ -54,6 +64,23 @@ log = get_logger("zehanx.executor.e2b")
 
 FILE_CHUNK_BYTES = 1024 * 1024
 QUEUE_EVENTS = 256
+#: The end of stderr a run keeps, to name a module its program could not import.
+STDERR_TAIL_BYTES = 8 * 1024
+DEFAULT_TEMPLATE = "code-interpreter-v1"  # the SDK's own default (e2b_code_interpreter/constants.py:1)
+_NO_MODULE = re.compile(r"(?:ModuleNotFoundError|ImportError): No module named '([^']+)'")
+
+
+def missing_module(output: str) -> str | None:
+    """The module a Python program could not import, from its output (the last one named), or None."""
+    found = _NO_MODULE.findall(output)
+    return found[-1] if found else None
+
+
+def template_advice(template: str) -> str:
+    return (
+        f"build the template with `{BUILD_COMMAND}` and set {TEMPLATE_SETTING} to the name it prints "
+        f"(now {template!r})"
+    )
 
 
 class E2BFactory(Protocol):
@@ -131,10 +158,14 @@ class E2BSandbox:
     async def close(self) -> None:
         return None
 
+    @property
+    def template(self) -> str:
+        return self.config.template or DEFAULT_TEMPLATE
+
     def description(self) -> str:
         net = "internet allowed" if self.config.allow_internet else "no internet"
         return (
-            f"E2B microVM (template {self.config.template or 'code-interpreter-v1'}; {net}); wall-clock, "
+            f"E2B microVM (template {self.template}; {net}); wall-clock, "
             "output and collect limits enforced by the executor; memory, CPU and processes as the template sets"
         )
 
@@ -151,6 +182,7 @@ class _E2BRun:
         self.handle: Any = None
         self.sandbox: Any = None
         self.finished = False
+        self.stderr_tail = bytearray()
         self._kill_task: asyncio.Task[Any] | None = None
         self._done = asyncio.Event()
 
@@ -172,7 +204,11 @@ class _E2BRun:
     def _on(self, stream: Stream) -> Callable[[str], None]:
         def callback(chunk: str) -> None:
             # The SDK hands arbitrary UTF-8 fragments, not lines; the parser line-buffers them.
-            for event in self.parsers[stream].feed(chunk.encode()):
+            data = chunk.encode()
+            if stream is Stream.STDERR:
+                self.stderr_tail += data
+                del self.stderr_tail[:-STDERR_TAIL_BYTES]
+            for event in self.parsers[stream].feed(data):
                 try:
                     self.queue.put_nowait(event)
                 except asyncio.QueueFull:
@@ -349,6 +385,13 @@ class _E2BRun:
                 if code > 128:
                     sig = code - 128
                 message = f"exited with status {code}" + (f" ({self.error})" if self.error else "")
+                module = missing_module(self.stderr_tail.decode("utf-8", "replace"))
+                if module is not None:
+                    message += (
+                        f"; environment error: the E2B template {self.box.template!r} has no Python module "
+                        f"{module!r} (not a fault of the program or its data): "
+                        + template_advice(self.box.template)
+                    )
         if reason in (ExitReason.TIMEOUT, ExitReason.OUTPUT_LIMIT, ExitReason.CANCELLED):
             code, sig = -1, 9
         usage = ResourceUsage(
@@ -358,3 +401,48 @@ class _E2BRun:
             metric_lines_dropped=self.gate.dropped,
         )
         return Finished(reason, code if sig == 0 else -1, sig, usage, message)
+
+
+class TemplateUnusable(Exception):
+    """The configured E2B template cannot run Zehanx's programs; the message says why and what to do."""
+
+
+async def check_template(box: E2BSandbox, *, wall_s: float = 120.0) -> str:
+    """Run ``python -c "import torch, safetensors"`` once in a sandbox of the configured template; return
+    what it printed (the torch version), or raise :class:`TemplateUnusable` naming the setting and the
+    command that builds a usable template."""
+    template = box.template
+    spec = JobSpec(
+        execution_id=f"e2b-template-check-{uuid.uuid4().hex[:8]}",
+        command=("python", "-c", f"{PROBE_IMPORTS}; print('torch', torch.__version__)"),
+        limits=Limits(wall_time_s=wall_s, output_bytes=64 * 1024),
+    )
+    out, finished = b"", None
+    events = box.start(spec, 0).events()
+    try:
+        async for event in events:
+            if isinstance(event, Output):
+                out += event.data
+            elif isinstance(event, Finished):
+                finished = event
+    except DomainError as exc:
+        raise TemplateUnusable(
+            f"the E2B backend is refused: a sandbox of template {template!r} could not be started to "
+            f"check it ({exc.message}); check the E2B API key, or {template_advice(template)}"
+        ) from exc
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+    text = out.decode("utf-8", "replace")
+    if finished is not None and finished.reason is ExitReason.COMPLETED:
+        return text.strip()
+    module = missing_module(text)
+    why = (
+        f"it has no Python module {module!r}"
+        if module
+        else f"`{PROBE_IMPORTS}` did not succeed there ({finished.message if finished else 'no result'}): "
+        f"{text[-400:].strip()}"
+    )
+    raise TemplateUnusable(
+        f"the E2B backend is refused: template {template!r} cannot run Zehanx's programs, {why}; "
+        + template_advice(template)
+    )
