@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 from psycopg_pool import AsyncConnectionPool
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
+from zehanx_runtime.logging import get_logger
 from zehanx_runtime.server import ServiceBinding
 
 from zehanx_gateway import db
@@ -31,6 +32,8 @@ from zehanx_gateway.settings import GatewaySettings
 from zehanx_gateway.trainer_client import GrpcTrainerPredictor
 from zehanx_gateway.uploads import UploadService
 from zehanx_gateway.user_settings import UserSettingsService
+
+log = get_logger("zehanx.gateway.app")
 
 
 def _read_pem(path: Path, variable: str) -> bytes:
@@ -92,14 +95,28 @@ class Gateway:
             leeway_seconds=settings.jwt_leeway_seconds,
         )
         verifier = JwtVerifier(jwt_config) if jwt_config.enabled else None
+        pooler = settings.database_transaction_pooler
+        if pooler is None:
+            pooler = db.is_transaction_pooler(url)
+        if pooler:
+            log.warning(
+                "the database URL is a transaction-mode pooler: prepared statements and LISTEN are off; "
+                "other replicas' events come from the poll (ZX_GATEWAY_EVENT_POLL_SECONDS, 0: never)",
+                poll_seconds=settings.event_poll_seconds,
+            )
+        migration_url = (
+            settings.migration_database_url.get_secret_value() if settings.migration_database_url else url
+        )
         try:
-            await db.migrate(url)
+            await db.migrate(migration_url)
         except Exception as exc:
             if isinstance(exc, RuntimeError):
                 raise
-            raise RuntimeError(f"cannot prepare the database ({db.redact(url)}): {exc}") from exc
+            raise RuntimeError(f"cannot prepare the database ({db.redact(migration_url)}): {exc}") from exc
         pool = await db.open_pool(
-            url, max_size=settings.database_pool_size, prepare=settings.database_prepared_statements
+            url,
+            max_size=settings.database_pool_size,
+            prepare=settings.database_prepared_statements and not pooler,
         )
         registry = PostgresRegistry(pool)
         # The own accounts' sessions: signed with a key generated here (never a configured secret),
@@ -124,7 +141,7 @@ class Gateway:
             batch_max=settings.event_batch_max,
             poll_seconds=settings.event_poll_seconds,
         )
-        hub.start(url if settings.event_listen else None)
+        hub.start(url if settings.event_listen and not pooler else None)
         store = artifacts or LocalArtifactStore(settings.artifact_root)
         uploads = UploadService(
             registry,

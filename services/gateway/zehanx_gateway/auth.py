@@ -110,6 +110,11 @@ SESSION_AUDIENCE = "urn:zehanx:gateway"
 #: The shortest HS256 secret accepted (RFC 7518 3.2: a key of at least the hash's size).
 MIN_HS256_SECRET_BYTES = 32
 
+#: Sent with the JWKS request: PyJWKClient's default is urllib's ``Python-urllib/3.x`` (SDK
+#: ``jwt/jwks_client.py:162`` passes only the headers given), which Cloudflare-fronted JWKS endpoints
+#: have answered with 403 (jpadilla/pyjwt#1121).
+JWKS_USER_AGENT = "zehanx-gateway"
+
 
 @dataclass(frozen=True, slots=True)
 class JwtConfig:
@@ -120,7 +125,9 @@ class JwtConfig:
     jwks_json: str | None = None
     audience: str | None = "authenticated"
     issuer: str | None = None
-    leeway_seconds: float = 0.0
+    #: Clock skew allowed on ``exp``, ``nbf`` and ``iat``: PyJWT refuses ``iat > now + leeway``, so with
+    #: none a token from an issuer whose clock is a moment ahead would be refused.
+    leeway_seconds: float = 30.0
     #: Claims required besides ``exp``, ``sub`` (and ``aud``/``iss`` when configured).
     required_claims: tuple[str, ...] = ()
     #: How long a fetched JWKS is used before it is fetched again; a key removed from the JWKS stops
@@ -157,7 +164,12 @@ class JwtVerifier:
         # No per-kid key cache (PyJWKClient's cache_keys never expires): the JWKS document itself is
         # cached for jwks_cache_seconds, so a removed key is noticed at the next fetch.
         self._client = (
-            jwt.PyJWKClient(config.jwks_url, cache_keys=False, lifespan=config.jwks_cache_seconds)
+            jwt.PyJWKClient(
+                config.jwks_url,
+                cache_keys=False,
+                lifespan=config.jwks_cache_seconds,
+                headers={"User-Agent": JWKS_USER_AGENT},
+            )
             if config.jwks_url
             else None
         )

@@ -31,8 +31,20 @@ class GatewaySettings(ServiceSettings):
     database_pool_size: int = Field(10, ge=1, le=500, description="Most connections the gateway opens.")
     database_prepared_statements: bool = Field(
         True,
-        description="Use server-side prepared statements. Turn off behind a transaction-mode pooler "
-        "(Supabase's pooler on port 6543).",
+        description="Use server-side prepared statements. Off by itself behind a transaction-mode pooler "
+        "(see ZX_GATEWAY_DATABASE_TRANSACTION_POOLER).",
+    )
+    database_transaction_pooler: bool | None = Field(
+        None,
+        description="The database URL is a transaction-mode pooler (Supabase's on port 6543): prepared "
+        "statements and LISTEN are turned off and other replicas' events come from the poll. Unset: "
+        "detected from the URL (port 6543).",
+    )
+    migration_database_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL URL the migrations run on (e.g. Supabase's direct connection or session "
+        "pooler on port 5432); unset: ZX_GATEWAY_DATABASE_URL. Migrations take a transaction-scoped lock, "
+        "so either works.",
     )
     jwt_secret: SecretStr | None = Field(
         None,
@@ -54,7 +66,13 @@ class GatewaySettings(ServiceSettings):
         None,
         description="Required `iss` of JWTs (Supabase: https://<ref>.supabase.co/auth/v1); unset: not checked.",
     )
-    jwt_leeway_seconds: float = Field(0.0, ge=0, le=300, description="Clock skew allowed on `exp`/`nbf`.")
+    jwt_leeway_seconds: float = Field(
+        30.0,
+        ge=0,
+        le=300,
+        description="Clock skew allowed on `exp`/`nbf`/`iat`: a token issued by a clock this far ahead of "
+        "the gateway's is still accepted.",
+    )
     supabase_jwt_secret: SecretStr | None = Field(
         None,
         validation_alias="SUPABASE_JWT_SECRET",
@@ -117,7 +135,8 @@ class GatewaySettings(ServiceSettings):
         "LISTEN/NOTIFY (0: never).",
     )
     event_listen: bool = Field(
-        True, description="LISTEN for other replicas' events (turn off where the database URL is a pooler)."
+        True,
+        description="LISTEN for other replicas' events (off by itself behind a transaction-mode pooler).",
     )
     crawler_address: str = Field("127.0.0.1:47102", description="Address of the crawler service.")
     codegen_address: str = Field("127.0.0.1:47103", description="Address of the codegen service.")
