@@ -7,25 +7,36 @@ and as ../shared/reference/mission_anchors.md §3.2 records them.
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
+import httpcore
 import pytest
 from crawler_support import crawler_settings, start_crawler, stop_crawler
 from zehanx.crawler.v1 import crawler_service_pb2 as pb
+from zehanx_crawler.app import fetch_policy
+from zehanx_crawler.builder import DatasetBuilder
+from zehanx_crawler.catalogue import Catalogue
 from zehanx_crawler.egress import EgressGuard
+from zehanx_crawler.fetcher import HttpFetcher
 from zehanx_crawler.firecrawl_backend import FirecrawlBackend
+from zehanx_crawler.model import BuildRequest, BuiltDataset, Resource, Source, SourceKind
+from zehanx_crawler.store import DatasetStore
+from zehanx_crawler.web import raw_file_url
 from zehanx_runtime.errors import (
     DeadlineExceeded,
     DomainError,
     FailedPrecondition,
+    NotFound,
     PermissionDenied,
     ResourceExhausted,
     Unavailable,
@@ -58,16 +69,23 @@ def _document(url: str, html: str, title: str) -> dict[str, Any]:
     }
 
 
+Answer = tuple[int, Any, float, dict[str, str]]
+
+
 @dataclass
 class FakeFirecrawl:
-    """Routes ``(method, path)`` to queued ``(status, body, delay_s)`` answers; the last answer repeats."""
+    """Routes ``(method, path)`` to queued ``(status, body, delay_s, headers)`` answers (delay and headers
+    optional); the last answer repeats. A ``str`` body is sent as HTML (a load balancer's error page), any
+    other body as JSON."""
 
     base: str
-    routes: dict[tuple[str, str], list[tuple[int, Any, float]]] = field(default_factory=dict)
+    routes: dict[tuple[str, str], list[Answer]] = field(default_factory=dict)
     requests: list[tuple[str, str, dict[str, Any], dict[str, str]]] = field(default_factory=list)
 
-    def answer(self, method: str, path: str, *answers: tuple[int, Any] | tuple[int, Any, float]) -> None:
-        self.routes[(method, path)] = [(a[0], a[1], a[2] if len(a) > 2 else 0.0) for a in answers]  # type: ignore[misc]
+    def answer(self, method: str, path: str, *answers: tuple[Any, ...]) -> None:
+        self.routes[(method, path)] = [
+            (a[0], a[1], a[2] if len(a) > 2 else 0.0, a[3] if len(a) > 3 else {}) for a in answers
+        ]
 
     def calls(self, method: str, path: str) -> list[dict[str, Any]]:
         return [body for m, p, body, _ in self.requests if (m, p) == (method, path)]
@@ -87,15 +105,21 @@ def firecrawl() -> Iterator[FakeFirecrawl]:
             path = self.path.split("?", 1)[0]
             fake.requests.append((method, path, body, dict(self.headers)))
             queue = fake.routes.get((method, path))
+            headers: dict[str, str] = {}
             if not queue:
                 status, payload, delay = 404, {"success": False, "error": f"no route {method} {path}"}, 0.0
             else:
-                status, payload, delay = queue.pop(0) if len(queue) > 1 else queue[0]
+                status, payload, delay, headers = queue.pop(0) if len(queue) > 1 else queue[0]
             time.sleep(delay)
-            data = json.dumps(payload).encode()
+            html = isinstance(payload, str)
+            data = payload.encode() if html else json.dumps(payload).encode()
             try:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header(
+                    "Content-Type", "text/html; charset=UTF-8" if html else "application/json; charset=utf-8"
+                )
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -417,3 +441,313 @@ async def test_a_job_owners_own_firecrawl_key_is_used_for_that_build_only(
         assert len(firecrawl.requests) == 1
     finally:
         await stop_crawler(crawler)
+
+
+# -- issue 16: 502/503/504 retried within one deadline, data on other hosts, GitHub blob links ----------
+#
+# Sources of the stand-in's answers:
+# - Firecrawl error catalogue (https://docs.firecrawl.dev/api-reference/errors.md): "All non-2xx responses
+#   return JSON with a top-level `success: false` and a string `error`."
+# - Firecrawl error-handling guide (developer-guides/advanced-guides/error-handling-and-retries): "5xx:
+#   Server-side errors - these are temporary and should be retried"; "The Retry-After header (if present)
+#   indicates how long to wait in seconds".
+# - A 502 from api.firecrawl.dev in front of the API is the load balancer's HTML page, not JSON
+#   (firecrawl/firecrawl#1029 quotes it: "<title>502 Server Error</title> ... The server encountered a
+#   temporary error and could not complete your request.<p>Please try again in 30 seconds.").
+# - The SDK reads any of these as: non-JSON body -> "Server returned non-JSON response: ..." (SDK
+#   firecrawl/v2/utils/error_handler.py:149-158); 502/503/504 -> the plain FirecrawlError carrying
+#   status_code (error_handler.py:193-195), which the old adapter never retried; its own loop retries
+#   nothing with max_retries=1 (v2/utils/http_client.py:85, num_attempts = max(1, retries)).
+
+GFE_502 = (
+    '<html><head>\n<meta http-equiv="content-type" content="text/html;charset=utf-8">\n'
+    "<title>502 Server Error</title>\n</head>\n<body text=#000000 bgcolor=#ffffff>\n"
+    "<h1>Error: Server Error</h1>\n<h2>The server encountered a temporary error and could not complete your "
+    "request.<p>Please try again in 30 seconds.</h2>\n<h2></h2>\n</body></html>"
+)  # firecrawl/firecrawl#1029
+UNAVAILABLE_503 = {"success": False, "error": "Service Unavailable"}  # docs: success false + error string
+GATEWAY_TIMEOUT_504 = "<html><body><h1>504 Gateway Time-out</h1></body></html>"  # a proxy's page, not JSON
+
+
+class FakeTime:
+    """The backend's clock and sleep: sleeping moves the clock, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def _fake_time_backend(fake: FakeFirecrawl, clock: FakeTime, **kwargs: Any) -> FirecrawlBackend:
+    return _backend(fake, clock=clock.clock, sleep=clock.sleep, **kwargs)
+
+
+def _scraped(url: str, html: str) -> tuple[int, Any]:
+    return 200, {"success": True, "data": _document(url, html, "page")}
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+async def test_scrape_answered_5xx_then_200_succeeds_after_a_retry(
+    firecrawl: FakeFirecrawl, status: int
+) -> None:
+    body = {502: GFE_502, 503: UNAVAILABLE_503, 504: GATEWAY_TIMEOUT_504}[status]
+    firecrawl.answer("POST", "/v2/scrape", (status, body), _scraped(BANK_URL, "<p>ok</p>"))
+    clock = FakeTime()
+    page = await _fake_time_backend(firecrawl, clock, timeout_s=30.0, backoff_s=0.5).scrape(BANK_URL)
+    assert page.html == "<p>ok</p>"
+    assert len(firecrawl.calls("POST", "/v2/scrape")) == 2
+    assert len(clock.sleeps) == 1 and 0.25 <= clock.sleeps[0] <= 0.5  # backoff_s with jitter
+
+
+async def test_502_on_every_attempt_is_unavailable_after_the_retries(firecrawl: FakeFirecrawl) -> None:
+    firecrawl.answer("POST", "/v2/scrape", (502, GFE_502))
+    clock = FakeTime()
+    with pytest.raises(Unavailable) as info:
+        await _fake_time_backend(firecrawl, clock, timeout_s=60.0, retries=2).scrape(BANK_URL)
+    assert info.value.reason == "FIRECRAWL_UNAVAILABLE"
+    assert info.value.metadata["http_status"] == "502" and "3 attempts" in info.value.message
+    assert len(firecrawl.calls("POST", "/v2/scrape")) == 3
+
+
+async def test_503_retry_after_is_waited_out_then_the_call_succeeds(firecrawl: FakeFirecrawl) -> None:
+    firecrawl.answer(
+        "POST", "/v2/search", (503, UNAVAILABLE_503, 0.0, {"Retry-After": "3"}),
+        (200, {"success": True, "data": {"web": [{"url": BANK_URL, "title": "t", "description": ""}]}}),
+    )  # fmt: skip
+    clock = FakeTime()
+    hits = await _fake_time_backend(firecrawl, clock, timeout_s=30.0, backoff_s=0.01).search("banks", 3)
+    assert [h.url for h in hits] == [BANK_URL]
+    assert len(clock.sleeps) == 1 and 3.0 <= clock.sleeps[0] <= 3.3  # the asked wait (plus <= 10 % jitter)
+
+
+async def test_503_retry_after_longer_than_the_deadline_leaves_fails_at_once(
+    firecrawl: FakeFirecrawl,
+) -> None:
+    """Retrying before the asked time would only be refused again; waiting past the deadline is not allowed."""
+    firecrawl.answer("POST", "/v2/scrape", (503, UNAVAILABLE_503, 0.0, {"Retry-After": "120"}))
+    clock = FakeTime()
+    with pytest.raises(Unavailable) as info:
+        await _fake_time_backend(firecrawl, clock, timeout_s=30.0, backoff_max_s=60.0).scrape(BANK_URL)
+    assert "asked to retry after 120 s" in info.value.message
+    assert clock.sleeps == [] and len(firecrawl.calls("POST", "/v2/scrape")) == 1
+
+
+async def test_retries_share_one_deadline_and_each_attempt_gets_what_is_left(
+    firecrawl: FakeFirecrawl,
+) -> None:
+    """Two 502s, then a page: three attempts, each asking Firecrawl to finish within less than the one
+    before (the time slept is gone), all of it within the one deadline."""
+    firecrawl.answer("POST", "/v2/scrape", (502, GFE_502), (502, GFE_502), _scraped(BANK_URL, "<p>ok</p>"))
+    clock = FakeTime()
+    backend = _fake_time_backend(firecrawl, clock, timeout_s=20.0, retries=5, backoff_s=2.0)
+    await backend.scrape(BANK_URL)
+    asked = [body["timeout"] for body in firecrawl.calls("POST", "/v2/scrape")]
+    assert len(asked) == 3
+    assert asked[0] == 15_000  # 20 s less the margin (a quarter) that lets Firecrawl answer 408 in time
+    assert asked[0] > asked[1] > asked[2]
+    assert sum(clock.sleeps) + asked[2] / 1000 <= 20.0
+
+
+async def test_a_retry_that_would_not_fit_in_the_deadline_is_not_made(firecrawl: FakeFirecrawl) -> None:
+    firecrawl.answer("POST", "/v2/scrape", (502, GFE_502))
+    clock = FakeTime()
+    with pytest.raises(Unavailable) as info:
+        await _fake_time_backend(
+            firecrawl, clock, timeout_s=10.0, retries=3, backoff_s=20.0, backoff_max_s=60.0
+        ).scrape(BANK_URL)
+    assert "not retried" in info.value.message
+    assert clock.sleeps == [] and len(firecrawl.calls("POST", "/v2/scrape")) == 1
+
+
+async def test_a_slow_page_costs_one_deadline_not_one_per_retry(firecrawl: FakeFirecrawl) -> None:
+    """The old adapter retried client timeouts 3 times at the full timeout each (4 x 60 s for one page).
+    Now the first attempt has the whole deadline and its timeout ends the call: one request to Firecrawl,
+    which was asked to finish the page before the client gives up."""
+    firecrawl.answer("POST", "/v2/scrape", (*_scraped(BANK_URL, "<p>late</p>"), 3.0))
+    with pytest.raises(DeadlineExceeded) as info:
+        await _backend(firecrawl, timeout_s=0.5, retries=3).scrape(BANK_URL)
+    assert info.value.reason == "FIRECRAWL_TIMEOUT"
+    assert info.value.metadata["deadline_s"] == "0.5"
+    calls = firecrawl.calls("POST", "/v2/scrape")
+    assert len(calls) == 1
+    assert 0 < calls[0]["timeout"] < 500  # Firecrawl's own limit falls inside the client's deadline
+
+
+async def test_408_from_firecrawl_is_a_timeout_and_is_not_retried(firecrawl: FakeFirecrawl) -> None:
+    # docs.firecrawl.dev/api-reference/errors: 408 "Request Timeout": the page took longer than the
+    # request's timeout; SDK error_handler.py:184-186 -> RequestTimeoutError.
+    firecrawl.answer("POST", "/v2/scrape", (408, {"success": False, "error": "Request timed out"}))
+    with pytest.raises(DeadlineExceeded) as info:
+        await _backend(firecrawl, timeout_s=30.0, retries=3).scrape(BANK_URL)
+    assert info.value.reason == "FIRECRAWL_TIMEOUT"
+    assert len(firecrawl.calls("POST", "/v2/scrape")) == 1
+    assert 22_000 < firecrawl.calls("POST", "/v2/scrape")[0]["timeout"] <= 22_500  # 30 s less a quarter
+
+
+@pytest.mark.parametrize(
+    ("url", "raw"),
+    [
+        ("https://github.com/owner/repo/blob/main/data/x.csv",
+         "https://raw.githubusercontent.com/owner/repo/main/data/x.csv"),
+        ("https://github.com/owner/repo/raw/v1.2/x.csv?raw=true",
+         "https://raw.githubusercontent.com/owner/repo/v1.2/x.csv"),
+        ("https://github.com/owner/repo/blob/feature/a/x.csv#L10",
+         "https://raw.githubusercontent.com/owner/repo/feature/a/x.csv"),
+        ("https://github.com/owner/repo/tree/main/data", "https://github.com/owner/repo/tree/main/data"),
+        ("https://gist.github.com/owner/repo/blob/main/x.csv", "https://gist.github.com/owner/repo/blob/main/x.csv"),
+        ("https://example.org/owner/repo/blob/main/x.csv", "https://example.org/owner/repo/blob/main/x.csv"),
+    ],
+)  # fmt: skip
+def test_github_file_pages_become_raw_urls_and_nothing_else_changes(url: str, raw: str) -> None:
+    assert raw_file_url(url) == raw
+
+
+# A build whose page is scraped by Firecrawl and whose data files are fetched by the crawler itself.
+
+CATALOG_URL = "https://catalog.data.test/dataset/penguins"
+DATA_HOST = "data.agency.test"  # a public host of its own: resolved to a public address by the stand-in
+DATA_PUBLIC = "93.184.216.35"
+
+
+class Internet(httpcore.AsyncNetworkBackend):
+    """Opens the guard's sockets: ``routes`` sends a (public) address to a local port; anything else is
+    unreachable. Logs every address it was asked for."""
+
+    def __init__(self, routes: dict[str, int]) -> None:
+        self.routes = routes
+        self.connects: list[str] = []
+        self._real = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        self.connects.append(host)
+        if host in self.routes:
+            return await self._real.connect_tcp("127.0.0.1", self.routes[host], timeout)
+        raise httpcore.ConnectError(f"{host}: network unreachable (no internet in tests)")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._real.sleep(seconds)
+
+
+@pytest.fixture
+def data_host(shared_data: Path) -> Iterator[tuple[int, list[tuple[str, str]]]]:
+    """The agency's file server: penguins.csv under /files/, robots.txt 404 (everything allowed)."""
+    log: list[tuple[str, str]] = []
+    csv = (shared_data / "palmer_penguins/penguins.csv").read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            log.append((self.path, self.headers.get("Host", "")))
+            status, data = (200, csv) if self.path == "/files/penguins.csv" else (404, b"not found")
+            self.send_response(status)
+            self.send_header("Content-Type", "text/csv")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1], log
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def _build(builder: DatasetBuilder, prompt: str, url: str) -> BuiltDataset:
+    async for item in builder.build(BuildRequest(prompt=prompt, sources=(Source(SourceKind.URL, url),))):
+        if isinstance(item, BuiltDataset):
+            return item
+    raise AssertionError("the build ended without a dataset")
+
+
+async def test_page_linking_data_on_another_host_gets_the_data_through_the_egress_guard(
+    firecrawl: FakeFirecrawl, tmp_path: Path, shared_data: Path, data_host: tuple[int, list[tuple[str, str]]]
+) -> None:
+    """A catalogue page (no table) links its CSV on the agency's host: the link is followed (it used to be
+    dropped as another host's) and fetched by the crawler over the guarded transport, which resolved the
+    name and connected only to the vetted public address."""
+    port, log = data_host
+    page = (
+        "<html><head><title>Palmer penguins</title></head><body><p>Size measurements of penguins.</p>"
+        f'<a href="http://{DATA_HOST}/files/penguins.csv">CSV</a>'
+        '<a href="http://metadata.internal.test/latest/data.csv">mirror</a></body></html>'
+    )
+    firecrawl.answer("POST", "/v2/scrape", _scraped(CATALOG_URL, page))
+    internet = Internet({DATA_PUBLIC: port})
+    guard = EgressGuard(
+        resolver=_dns({DATA_HOST: DATA_PUBLIC, "metadata.internal.test": "169.254.169.254"}),
+        connector=internet,
+    )
+    settings = crawler_settings(tmp_path, shared_data, allow_private_networks=False, backend="firecrawl")
+    fetcher = HttpFetcher(fetch_policy(settings), guard=guard)
+    builder = DatasetBuilder(
+        settings, fetcher=fetcher, catalogue=Catalogue(), store=DatasetStore(settings.datasets_dir),
+        web=_backend(firecrawl, guard=guard),
+    )  # fmt: skip
+    try:
+        dataset = await _build(builder, "predict the species of a penguin", CATALOG_URL)
+    finally:
+        await builder.close()
+        await fetcher.aclose()
+    assert dataset.provenance[0].uri == f"http://{DATA_HOST}/files/penguins.csv"
+    assert dataset.target == "species" and dataset.profile["rows"] > 300
+    assert log == [("/robots.txt", DATA_HOST), ("/files/penguins.csv", DATA_HOST)]
+    assert set(internet.connects) == {DATA_PUBLIC}  # the metadata-address link was refused before connecting
+
+
+@dataclass
+class RecordingFetcher:
+    """The builder's Fetcher port: serves ``files`` by URL and records every URL it was asked for."""
+
+    files: dict[str, bytes]
+    requested: list[str] = field(default_factory=list)
+
+    async def fetch(self, url: str, *, max_bytes: int | None = None) -> Resource:
+        self.requested.append(url)
+        if url not in self.files:
+            raise NotFound(f"{url} answered 404 (not found)", reason="SOURCE_NOT_FOUND")
+        data = self.files[url]
+        return Resource(uri=url, name=url.rsplit("/", 1)[-1], data=data, content_type="text/plain",
+                        fetched_at=datetime.now(UTC), sha256=hashlib.sha256(data).hexdigest())  # fmt: skip
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_github_blob_link_is_fetched_from_raw_githubusercontent(
+    firecrawl: FakeFirecrawl, tmp_path: Path, shared_data: Path
+) -> None:
+    """github.com/.../blob/... is GitHub's HTML page around the file; the fetcher is asked for the raw URL."""
+    blob = "https://github.com/allisonhorst/palmerpenguins/blob/main/inst/extdata/penguins.csv"
+    raw = "https://raw.githubusercontent.com/allisonhorst/palmerpenguins/main/inst/extdata/penguins.csv"
+    page = f'<html><body><p>Penguin data, see <a href="{blob}">penguins.csv</a>.</p></body></html>'
+    firecrawl.answer("POST", "/v2/scrape", _scraped(CATALOG_URL, page))
+    fetcher = RecordingFetcher({raw: (shared_data / "palmer_penguins/penguins.csv").read_bytes()})
+    settings = crawler_settings(tmp_path, shared_data, backend="firecrawl")
+    builder = DatasetBuilder(
+        settings, fetcher=fetcher, catalogue=Catalogue(), store=DatasetStore(settings.datasets_dir),
+        web=_backend(firecrawl),
+    )  # fmt: skip
+    try:
+        dataset = await _build(builder, "predict the species of a penguin", CATALOG_URL)
+    finally:
+        await builder.close()
+    assert fetcher.requested == [raw]
+    assert dataset.provenance[0].uri == raw and dataset.target == "species"

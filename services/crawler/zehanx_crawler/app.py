@@ -67,6 +67,7 @@ def firecrawl_backend(settings: CrawlerSettings, api_key: str | None, guard: Egr
         timeout_s=settings.firecrawl_timeout_s,
         retries=settings.retries,
         backoff_s=settings.backoff_s,
+        backoff_max_s=settings.backoff_max_s,
     )
 
 

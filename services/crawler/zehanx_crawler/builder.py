@@ -57,7 +57,7 @@ from zehanx_crawler.ranking import content_tokens, match
 from zehanx_crawler.settings import CrawlerSettings
 from zehanx_crawler.sniff import DATA_EXTENSIONS, is_documentation
 from zehanx_crawler.store import DatasetStore
-from zehanx_crawler.web import WebBackend
+from zehanx_crawler.web import WebBackend, raw_file_url
 
 Emit = Callable[[Progress], Awaitable[None]]
 
@@ -98,11 +98,14 @@ def _short(items: list[str], limit: int = 8) -> str:
 
 
 def _is_data_link(url: str, seed_url: str) -> bool:
-    """A link worth fetching from a seed page: a data file on the same host, by its extension, or a file
-    without an extension inside the seed's own folder (a directory listing of ``SMSSpamCollection``...)."""
+    """A link worth fetching from a seed page: a data file on any host, by its extension (a catalogue page
+    such as catalog.data.gov links its files on the agency's host, a README links raw.githubusercontent.com;
+    every fetch still goes through the egress guard and counts against the page and byte limits), or, on
+    the seed's own host, a file without an extension inside the seed's folder (a directory listing of
+    ``SMSSpamCollection``...)."""
     parts = urlsplit(url)
     seed = urlsplit(seed_url)
-    if parts.scheme not in ("http", "https") or parts.hostname != seed.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         return False
     path = parts.path.lower()
     name = path.rsplit("/", 1)[-1]
@@ -111,7 +114,12 @@ def _is_data_link(url: str, seed_url: str) -> bool:
     if path.endswith(DATA_EXTENSIONS):
         return True
     folder = seed.path.rsplit("/", 1)[0] + "/"
-    return "." not in name and parts.path.startswith(folder) and parts.path != seed.path
+    return (
+        parts.hostname == seed.hostname
+        and "." not in name
+        and parts.path.startswith(folder)
+        and parts.path != seed.path
+    )
 
 
 class DatasetBuilder:
@@ -500,7 +508,8 @@ class DatasetBuilder:
             )
             resource.sha256 = hashlib.sha256(resource.data).hexdigest()
         else:
-            resource = await self._fetcher.fetch(url, max_bytes=cap)
+            # A GitHub file page is HTML around the file; its bytes are on raw.githubusercontent.com.
+            resource = await self._fetcher.fetch(raw_file_url(url), max_bytes=cap)
         resource.source = source.value
         budget.charge(len(resource.data), url)
         return resource

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import random
 import time
 import urllib.robotparser
@@ -81,6 +82,21 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header (RFC 9110 10.2.3: delay-seconds or an HTTP-date) in seconds from now, or
+    None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 class _HostLimiter:
@@ -231,17 +247,9 @@ class HttpFetcher:
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         cap = self._policy.backoff_max_s
-        if retry_after:
-            seconds: float | None
-            try:
-                seconds = float(retry_after)
-            except ValueError:
-                try:
-                    seconds = (parsedate_to_datetime(retry_after) - datetime.now(UTC)).total_seconds()
-                except (TypeError, ValueError):
-                    seconds = None
-            if seconds is not None:
-                return max(0.0, min(seconds, cap))
+        seconds = retry_after_seconds(retry_after)
+        if seconds is not None:
+            return min(seconds, cap)
         base = min(cap, self._policy.backoff_s * (2**attempt))
         return base * (0.5 + random.random() / 2)
 

@@ -131,7 +131,13 @@ class CrawlerSettings(ServiceSettings):
         description="Firecrawl API key (FIRECRAWL_API_KEY is read too).",
     )
     firecrawl_api_url: str = Field("https://api.firecrawl.dev", description="Firecrawl API base URL.")
-    firecrawl_timeout_s: float = Field(60.0, gt=0, le=600, description="Timeout of one Firecrawl request.")
+    firecrawl_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=600,
+        description="Deadline of one Firecrawl call (a search, a scrape, a crawl poll), its retries included; "
+        "Firecrawl is asked to finish a page a margin before it. A whole crawl gets 5 times this.",
+    )
     firecrawl_search_limit: int = Field(5, ge=1, le=50, description="Search results considered per prompt.")
     firecrawl_crawl_limit: int = Field(10, ge=1, le=1000, description="Pages per Firecrawl crawl.")
 
