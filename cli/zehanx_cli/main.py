@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 from zehanx_gateway.edge.settings import EdgeSettings
 
-from zehanx_cli import account, channel, e2b, health, jobs, keys, sandbox, web_account
+from zehanx_cli import account, channel, doctor, e2b, health, jobs, keys, sandbox, web_account
 from zehanx_cli.errors import LaunchError
 from zehanx_cli.settings import LauncherSettings
 from zehanx_cli.suite import POSTGRES, Health, Suite
@@ -188,6 +188,25 @@ def status(
         return 0 if all_serving else 1
 
     _run(show)
+
+
+@app.command("doctor")
+def doctor_command(
+    online: bool = typer.Option(
+        False, "--online", help="Also call each configured cloud backend once (5 s timeouts)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable: each part, its backend, problems."),
+) -> None:
+    """Name each part's backend (embedded or cloud) and check its settings. Exit status 0 when nothing is wrong.
+
+    Offline by default: it reads the environment zx up would hand each service and this machine.
+    """
+    checks = doctor.run(online, _settings())
+    if as_json:
+        print(json.dumps(doctor.as_json(checks, online), indent=2))
+    else:
+        console.print(Text(doctor.as_text(checks, online)), soft_wrap=True)
+    raise typer.Exit(0 if not any(c.problems for c in checks) else 1)
 
 
 @app.command()

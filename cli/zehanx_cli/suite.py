@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +45,7 @@ CLOUD_VARIABLES: tuple[tuple[str, frozenset[str]], ...] = (
     ("SUPABASE_JWT_SECRET", frozenset({"gateway"})),
     ("SUPABASE_URL", frozenset({"trainer"})),
     ("SUPABASE_SERVICE_ROLE_KEY", frozenset({"trainer"})),
+    ("SUPABASE_SECRET_KEY", frozenset({"trainer"})),  # the trainer reads it as its service key
     ("SUPABASE_", frozenset()),
     # zx's own: the CLI's API key and a database URL only the gateway reads.
     ("ZX_API_KEY", frozenset()),
@@ -58,6 +59,16 @@ def _cloud_variable_allowed(variable: str, service: str) -> bool:
         if variable == pattern or (pattern.endswith("_") and variable.startswith(pattern)):
             return service in services
     return True
+
+
+def passed_environment(name: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The part of zx's environment ``zx up`` hands to service ``name`` (before its own additions).
+
+    Each child sees its own ZX_<NAME>_* variables, not another service's (the database URL stays with
+    the gateway), and only its own cloud keys (CLOUD_VARIABLES); the rest passes through.
+    """
+    others = tuple(f"ZX_{other.upper()}_" for other in SERVICES if other != name)
+    return {k: v for k, v in environ.items() if not k.startswith(others) and _cloud_variable_allowed(k, name)}
 
 
 @dataclass
@@ -248,14 +259,7 @@ class Suite:
         return Path(configured).expanduser() if configured else self.home / "uploads"
 
     def _child_env(self, name: str, token: str, database_url: str | None) -> dict[str, str]:
-        others = tuple(f"ZX_{other.upper()}_" for other in SERVICES if other != name)
-        # Each child sees its own ZX_<NAME>_* variables, not another service's (the database URL stays
-        # with the gateway), and only its own cloud keys (CLOUD_VARIABLES); the rest passes through.
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(others) and _cloud_variable_allowed(k, name)
-        }
+        env = passed_environment(name, os.environ)
         prefix = f"ZX_{name.upper()}_"
         env.update(
             {
