@@ -119,7 +119,8 @@ def crawler(online: bool) -> Check:
     check.backend = "Firecrawl"
     check.found.append(f"key {hint(key)}, API {s.firecrawl_api_url}, timeout {s.firecrawl_timeout_s:g} s")
     if online:
-        # docs.firecrawl.dev/api-reference/endpoint/credit-usage: GET /v1/team/credit-usage, Bearer key.
+        # The firecrawl SDK's get_credit_usage(): GET <api_url>/v1/team/credit-usage, Bearer key
+        # (firecrawl/v1/client.py:796-800).
         _online(
             check,
             "Firecrawl",
@@ -167,7 +168,8 @@ def codegen(online: bool) -> Check:
             "ZX_CODEGEN_GROQ_TOKENS_PER_MINUTE",
         )
     if online:
-        # console.groq.com/docs/models: GET https://api.groq.com/openai/v1/models, Bearer key.
+        # The groq SDK's models.list(): GET /openai/v1/models (groq/resources/models.py), base
+        # https://api.groq.com (groq/_client.py), Bearer key.
         base = (s.groq_base_url or "https://api.groq.com").rstrip("/")
         _online(
             check,
@@ -201,8 +203,10 @@ def executor(online: bool) -> Check:
                 "has no torch); the executor checks it at start"
             )
         if online:
-            # E2B API spec (e2b-dev/E2B spec/openapi.yml): GET /templates, header X-API-Key.
-            domain = s.e2b_domain or "e2b.app"
+            # The e2b SDK: GET /templates (e2b/api/client/api/templates/get_templates.py) on
+            # https://api.<domain>, header X-API-KEY (e2b/api/__init__.py), domain e2b.app by default
+            # (e2b/connection_config.py).
+            domain = s.e2b_domain or env.get("E2B_DOMAIN") or "e2b.app"
             _online(
                 check,
                 "E2B",
@@ -287,7 +291,7 @@ def trainer(online: bool) -> Check:
     if online and not check.problems:
         from zehanx_trainer.supabase_store import storage_headers
 
-        # supabase.com/docs/reference/api (Storage): GET /storage/v1/bucket/{id}.
+        # storage3 get_bucket(id): GET <url>/storage/v1/bucket/<id> (storage3/_sync/bucket.py:72).
         url = f"{s.supabase_url.rstrip('/')}/storage/v1/bucket/{s.supabase_bucket}"
         _online(
             check,
