@@ -363,12 +363,15 @@ def auth(online: bool) -> Check:
     elif s.jwt_secret is not None:
         check.backend = "local accounts, and HS256 JWTs (ZX_GATEWAY_JWT_SECRET)"
     else:
-        check.backend = "local accounts (sessions signed with ZX_HOME/jwt-secret)"
+        check.backend = "local accounts (sessions signed with a key the gateway keeps in PostgreSQL)"
     secret = s.jwt_secret.get_secret_value() if s.jwt_secret else ""
     if secret:
         check.found.append(f"HS256 secret {hint(secret)}")
         if len(secret.encode()) < 32:
-            check.warnings.append("the HS256 secret is shorter than 32 bytes (Supabase's are longer)")
+            check.problem(
+                "the HS256 secret is shorter than 32 bytes: the gateway refuses to start with it",
+                "SUPABASE_JWT_SECRET" if s.supabase_mode else "ZX_GATEWAY_JWT_SECRET",
+            )
     if s.jwt_jwks_url or s.jwt_jwks_json or secret:
         check.found.append(
             f"aud {s.jwt_audience or '(not checked)'}, iss {s.jwt_issuer or '(not checked)'}, "

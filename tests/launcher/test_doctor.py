@@ -143,3 +143,11 @@ def test_online_checks_fail_clearly_when_the_service_is_unreachable(tmp_path: Pa
     assert result.returncode == 1
     assert "online: Groq is unreachable from here" in result.stdout
     assert GROQ_KEY not in result.stdout + result.stderr
+
+
+def test_a_short_hs256_secret_is_a_problem_because_the_gateway_would_refuse_it(tmp_path: Path) -> None:
+    result = zx_doctor(tmp_path, "--json", ZX_GATEWAY_JWT_SECRET="too-short-" + "x" * 10)
+    assert result.returncode == 1
+    problems = backends(result)["auth"]["problems"]
+    assert any("shorter than 32 bytes" in p["message"] for p in problems), problems
+    assert "too-short-" not in result.stdout + result.stderr
