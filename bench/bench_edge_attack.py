@@ -36,11 +36,10 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import grpc
-from served_gateway import served_gateway
+from served_gateway import bench_auth, served_gateway
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
 from zehanx.gateway.v1 import job_pb2
-from zehanx_gateway.auth import new_api_key
 from zehanx_runtime.logging import configure_logging
 
 SERVICE = "/zehanx.gateway.v1.GatewayService"
@@ -161,10 +160,7 @@ async def main(args: argparse.Namespace) -> None:
         async with served_gateway(Path(tmp), edge=True) as served:
             assert served.edge is not None
             gateway = served.gateway
-            user_id = await gateway.registry.user_by_name("bench", create=True)
-            key = new_api_key()
-            await gateway.registry.add_api_key(user_id, key.key_id, key.secret_sha256, "bench")
-            auth = (("authorization", f"Bearer {key.token}"),)
+            auth = await bench_auth(gateway)
             channel = grpc.aio.insecure_channel(f"127.0.0.1:{served.server.port}")
             stub = rpc.GatewayServiceStub(channel)
             try:

@@ -31,14 +31,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 import grpc  # noqa: E402
 import jwt  # noqa: E402
-from served_gateway import served_gateway  # noqa: E402
+from served_gateway import bench_auth, served_gateway  # noqa: E402
 from zehanx.common.v1 import log_pb2  # noqa: E402
 from zehanx.gateway.v1 import gateway_service_pb2 as pb  # noqa: E402
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc  # noqa: E402
 from zehanx.gateway.v1 import job_event_pb2, job_pb2  # noqa: E402
 from zehanx_gateway import convert  # noqa: E402
 from zehanx_gateway.app import Gateway  # noqa: E402
-from zehanx_gateway.auth import new_api_key  # noqa: E402
 from zehanx_gateway.domain import JobStage, JobState  # noqa: E402
 from zehanx_runtime.logging import configure_logging  # noqa: E402
 
@@ -189,10 +188,7 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="zx-bench-gateway-") as tmp:
         async with served_gateway(Path(tmp), jwt_secret=JWT_SECRET, max_active_jobs_per_user=1000) as served:
             gateway, server = served.gateway, served.server
-            user_id = await gateway.registry.user_by_name("bench", create=True)
-            key = new_api_key()
-            await gateway.registry.add_api_key(user_id, key.key_id, key.secret_sha256, "bench")
-            key_auth = (("authorization", f"Bearer {key.token}"),)
+            key_auth = await bench_auth(gateway)
             token = jwt.encode(
                 {"sub": str(uuid.uuid4()), "aud": "authenticated", "exp": int(time.time()) + 3600},
                 JWT_SECRET,

@@ -19,6 +19,7 @@ from zehanx_cli import procs
 from zehanx_cli.postgres import EmbeddedPostgres
 from zehanx_gateway import convert
 from zehanx_gateway.app import Gateway
+from zehanx_gateway.auth import new_api_key
 from zehanx_gateway.domain import JobStage, JobState
 from zehanx_gateway.edge import EdgeSettings, RunningEdge, serve_edge
 from zehanx_gateway.settings import GatewaySettings
@@ -30,6 +31,14 @@ class Served:
     gateway: Gateway
     server: Any
     edge: RunningEdge | None
+
+
+async def bench_auth(gateway: Gateway) -> tuple[tuple[str, str], ...]:
+    """Call metadata with a new API key of the user "bench" (made on first use)."""
+    user_id = await gateway.registry.user_by_name("bench", create=True)
+    key = new_api_key()
+    await gateway.registry.add_api_key(user_id, key.key_id, key.secret_sha256, "bench")
+    return (("authorization", f"Bearer {key.token}"),)
 
 
 @contextlib.asynccontextmanager
