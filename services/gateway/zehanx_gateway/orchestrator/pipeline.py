@@ -42,7 +42,7 @@ from zehanx_gateway.jobs import JobService
 from zehanx_gateway.models import ModelService
 from zehanx_gateway.orchestrator.archive import build_archive_async
 from zehanx_gateway.orchestrator.clients import caller_keys
-from zehanx_gateway.orchestrator.ports import DatasetBuilder, ProgramWriter, Trainer
+from zehanx_gateway.orchestrator.ports import DatasetBuilder, ProgramWriter, Registry, Trainer
 from zehanx_gateway.orchestrator.settings import OrchestratorSettings
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ class Pipeline:
         jobs: JobService,
         models: ModelService,
         artifacts: ArtifactStore,
-        registry: Any,
+        registry: Registry,
         crawler: DatasetBuilder,
         codegen: ProgramWriter,
         trainer: Trainer,

@@ -1,4 +1,5 @@
-"""The services a job runs through, as ports: the pipeline takes them through its constructor.
+"""The services a job runs through, and the registry it reads, as ports: the pipeline takes them through
+its constructor.
 
 The messages are the contracts' own (``zehanx.*.v1``): the orchestrator's job is to carry them from one
 service to the next. The gRPC adapters are in :mod:`.clients`; tests may pass in-process fakes.
@@ -8,12 +9,16 @@ cannot be reached), never grpc errors.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Protocol
 
 from zehanx.codegen.v1 import codegen_service_pb2 as codegen_pb
 from zehanx.crawler.v1 import crawler_service_pb2 as crawler_pb
 from zehanx.trainer.v1 import trainer_service_pb2 as trainer_pb
+
+from zehanx_gateway.domain import Job, JobEvent, Model, Page
 
 
 class DatasetBuilder(Protocol):
@@ -46,3 +51,30 @@ class Trainer(Protocol):
     def train(
         self, request: trainer_pb.TrainRequest, *, timeout_s: float
     ) -> AsyncIterator[trainer_pb.TrainResponse]: ...
+
+
+class Registry(Protocol):
+    """What the orchestrator reads from the job registry and how its workers hold their leases (the
+    Postgres registry in ``zehanx_gateway.store``); state changes and events go through ``JobService``."""
+
+    async def get_job(self, job_id: uuid.UUID, *, user_id: uuid.UUID | None) -> Job: ...
+
+    async def list_events(
+        self, job_id: uuid.UUID, *, after_sequence: int, limit: int, user_id: uuid.UUID | None = None
+    ) -> list[JobEvent]: ...
+
+    async def list_models(
+        self,
+        user_id: uuid.UUID,
+        *,
+        page_size: int,
+        page_token: str,
+        task_family: str | None = None,
+        job_id: uuid.UUID | None = None,
+    ) -> Page[Model]: ...
+
+    async def claim_next(self, owner: str, lease: timedelta) -> tuple[Job, JobEvent] | None: ...
+
+    async def renew_lease(self, job_id: uuid.UUID, owner: str, attempt: int, lease: timedelta) -> Job: ...
+
+    async def recover_expired(self, *, max_attempts: int) -> list[tuple[Job, JobEvent]]: ...

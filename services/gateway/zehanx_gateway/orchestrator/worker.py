@@ -21,7 +21,6 @@ import os
 import socket
 import uuid
 from datetime import timedelta
-from typing import Any
 
 from zehanx_runtime import errors
 from zehanx_runtime.logging import get_logger
@@ -30,6 +29,7 @@ from zehanx_gateway.domain import STATE_CHANGE, Job, JobState
 from zehanx_gateway.fanout import EventHub
 from zehanx_gateway.jobs import JobService
 from zehanx_gateway.orchestrator.pipeline import Pipeline, RunControl, StopRun
+from zehanx_gateway.orchestrator.ports import Registry
 from zehanx_gateway.orchestrator.settings import OrchestratorSettings
 
 log = get_logger("zehanx.gateway.orchestrator")
@@ -41,7 +41,7 @@ class Orchestrator:
     def __init__(
         self,
         *,
-        registry: Any,
+        registry: Registry,
         jobs: JobService,
         hub: EventHub,
         pipeline: Pipeline,
