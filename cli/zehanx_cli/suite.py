@@ -290,6 +290,8 @@ class Suite:
             )
         if name == "trainer":
             env["ZX_TRAINER_EXECUTOR_ADDRESS"] = self.settings.address("executor")
+            # The trainer reads the crawler's datasets from the crawler (ReadDatasetFile), not its folder.
+            env["ZX_TRAINER_CRAWLER_ADDRESS"] = self.settings.address("crawler")
         return env
 
     def _spawn(self, name: str, env: dict[str, str]) -> subprocess.Popen:

@@ -28,6 +28,7 @@ from zehanx.crawler.v1 import crawler_service_pb2_grpc as rpc
 from zehanx_crawler.app import CrawlerApp, build
 from zehanx_crawler.servicer import SERVICE_NAME
 from zehanx_crawler.settings import CrawlerSettings
+from zehanx_runtime import transfer
 from zehanx_runtime.server import RunningServer, ServiceBinding, start_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -192,6 +193,14 @@ class Crawler:
 
     def stream(self, request: pb.BuildDatasetRequest, timeout: float = 120.0) -> Any:
         return self.stub.BuildDataset(request, metadata=[("x-zx-service-token", TOKEN)], timeout=timeout)
+
+    async def read(self, uri: str, sha256: str | None = None) -> bytes:
+        """A dataset file as another service gets it: ``ReadDatasetFile``, checked by zehanx_runtime.transfer."""
+        call = self.stub.ReadDatasetFile(
+            pb.ReadDatasetFileRequest(uri=uri), metadata=[("x-zx-service-token", TOKEN)], timeout=60
+        )
+        _, data = await transfer.receive_bytes(call, what=uri, max_bytes=1 << 30, expected_sha256=sha256)
+        return data
 
 
 def build_request(prompt: str, *sources: str, **options: Any) -> pb.BuildDatasetRequest:

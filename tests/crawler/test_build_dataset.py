@@ -1,7 +1,8 @@
 """BuildDataset through the real gRPC stream, on the real files and pages of ../shared/data.
 
-Row counts are those of each folder's SOURCE.txt; every test reads the stored split files back from disk
-and checks them against the source, not against the crawler's own report.
+Row counts are those of each folder's SOURCE.txt; every test reads the stored split files back as the
+trainer does (``ReadDatasetFile``, each checked against its sha256) and checks them against the source,
+not against the crawler's own report.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import statistics
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
 import grpc
 import pytest
@@ -25,12 +26,9 @@ from zehanx_runtime.status import error_info_of
 pytestmark = pytest.mark.timeout(180)
 
 
-def _path(uri: str) -> Path:
-    return Path(unquote(urlparse(uri).path))
-
-
-def _rows(uri: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in _path(uri).read_text(encoding="utf-8").splitlines()]
+async def _rows(crawler: Crawler, uri: str, sha256: str) -> list[dict[str, Any]]:
+    data = await crawler.read(uri, sha256)
+    return [json.loads(line) for line in data.decode("utf-8").splitlines()]
 
 
 def _dataset(messages: list[pb.BuildDatasetResponse]) -> Any:
@@ -41,16 +39,14 @@ def _dataset(messages: list[pb.BuildDatasetResponse]) -> Any:
     return messages[-1].dataset
 
 
-def _splits(dataset: Any) -> dict[str, list[dict[str, Any]]]:
+async def _splits(crawler: Crawler, dataset: Any) -> dict[str, list[dict[str, Any]]]:
+    """The three splits read back through ReadDatasetFile, each checked against its sha256."""
     ref = dataset.ref
     out = {
-        "train": _rows(ref.train_uri),
-        "validation": _rows(ref.validation_uri),
-        "test": _rows(ref.test_uri),
+        "train": await _rows(crawler, ref.train_uri, ref.train_sha256),
+        "validation": await _rows(crawler, ref.validation_uri, ref.validation_sha256),
+        "test": await _rows(crawler, ref.test_uri, ref.test_sha256),
     }
-    for name, uri, sha in (("train", ref.train_uri, ref.train_sha256), ("validation", ref.validation_uri,
-                           ref.validation_sha256), ("test", ref.test_uri, ref.test_sha256)):  # fmt: skip
-        assert hashlib.sha256(_path(uri).read_bytes()).hexdigest() == sha, name
     assert [len(out[s]) for s in out] == [
         dataset.train_row_count,
         dataset.validation_row_count,
@@ -78,7 +74,7 @@ async def test_imdb_sentences_over_http_keep_all_1000_rows(
 ) -> None:
     url = http_site.url("/data/sentiment_labelled_sentences/imdb_labelled.txt")
     dataset = _dataset(await crawler.build("sentiment analysis of movie reviews", url))
-    rows = _all(_splits(dataset))
+    rows = _all(await _splits(crawler, dataset))
     assert len(rows) == 1000 == dataset.profile.row_count
     assert dataset.task_family == task_family_pb2.TASK_FAMILY_TEXT_CLASSIFICATION
     assert dataset.target_column == "label"
@@ -99,7 +95,7 @@ async def test_sms_spam_over_http_keeps_all_5574_messages(crawler: Crawler, http
     dataset = _dataset(
         await crawler.build("spam detection for SMS", http_site.url("/data/sms_spam_collection/"))
     )
-    splits = _splits(dataset)
+    splits = await _splits(crawler, dataset)
     rows = _all(splits)
     assert len(rows) == 5574
     assert {c.label: c.count for c in dataset.profile.classes} == {"ham": 4827, "spam": 747}
@@ -115,7 +111,7 @@ async def test_rt_polarity_latin1_with_0x85_is_not_split_into_extra_rows(
 ) -> None:
     url = http_site.url("/data/mr_movie_review_polarity/rt-polarity.all")
     dataset = _dataset(await crawler.build("movie review polarity classifier", url))
-    rows = _all(_splits(dataset))
+    rows = _all(await _splits(crawler, dataset))
     assert len(rows) == 10662
     assert {c.label: c.count for c in dataset.profile.classes} == {"0": 5331, "1": 5331}
     raw = (shared_data / "mr_movie_review_polarity/rt-polarity.all").read_bytes()
@@ -131,7 +127,7 @@ async def test_sentences_folder_stacks_three_files_to_3000_rows(crawler: Crawler
     dataset = _dataset(
         await crawler.build("sentiment analysis", str(shared_data / "sentiment_labelled_sentences"))
     )
-    rows = _all(_splits(dataset))
+    rows = _all(await _splits(crawler, dataset))
     assert len(rows) == 3000
     assert {c.label: c.count for c in dataset.profile.classes} == {"0": 1500, "1": 1500}
     assert sorted(Path(p.source).name for p in dataset.provenance) == ["sentiment_labelled_sentences"] * 3
@@ -141,7 +137,7 @@ async def test_sentences_folder_stacks_three_files_to_3000_rows(crawler: Crawler
 
 async def test_zip_archive_of_the_sentences_gives_3000_rows(crawler: Crawler, http_site: HttpSite) -> None:
     dataset = _dataset(await crawler.build("sentiment analysis", http_site.url("/archives/sentences.zip")))
-    assert len(_all(_splits(dataset))) == 3000
+    assert len(_all(await _splits(crawler, dataset))) == 3000
 
 
 # -- HTML pages -------------------------------------------------------------------------------------
@@ -150,7 +146,7 @@ async def test_zip_archive_of_the_sentences_gives_3000_rows(crawler: Crawler, ht
 async def test_fdic_failed_bank_table_becomes_a_dataset(crawler: Crawler, http_site: HttpSite) -> None:
     url = http_site.url("/data/html/fdic_failed_bank_list/banklist.html")
     dataset = _dataset(await crawler.build("classify the state of a failed bank", url))
-    rows = _all(_splits(dataset))
+    rows = _all(await _splits(crawler, dataset))
     assert len(rows) == 506
     assert set(rows[0]) == {
         "Bank Name",
@@ -174,7 +170,7 @@ async def test_wikipedia_states_table_is_cleaned(crawler: Crawler, http_site: Ht
     dataset = _dataset(
         await crawler.build("predict the water area of a state", url, target_column_hint="Water / % water")
     )
-    rows = _all(_splits(dataset))
+    rows = _all(await _splits(crawler, dataset))
     by_name = {r["State/territory"]: r for r in rows}
     # Two header rows joined; numbers as numbers, thousands separators and hidden sort keys gone.
     alaska = by_name["Alaska"]
@@ -273,7 +269,7 @@ async def test_splits_are_stratified_disjoint_and_deterministic(crawler: Crawler
     assert first.id == again.id and first.id != other.id
     assert first.ref.test_sha256 != other.ref.test_sha256
 
-    splits = _splits(first)
+    splits = await _splits(crawler, first)
     train_texts = {r["text"] for r in splits["train"]}
     assert not any(r["text"] in train_texts for r in splits["test"])  # no test message is seen in training
     assert not any(r["text"] in train_texts for r in splits["validation"])
@@ -295,7 +291,7 @@ async def test_custom_fractions_and_temporal_split_of_a_series(crawler: Crawler,
         )
     )
     assert dataset.task_family == task_family_pb2.TASK_FAMILY_TIME_SERIES_FORECASTING
-    splits = _splits(dataset)
+    splits = await _splits(crawler, dataset)
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [86, 29, 29]
     schema = json.loads(dataset.ref.schema_json)
     time_column = schema["time_column"]
@@ -357,7 +353,7 @@ async def test_dataset_files_follow_the_program_contract(crawler: Crawler, share
     dataset = _dataset(
         await crawler.build("classify penguin species", str(shared_data / "palmer_penguins/penguins.csv"))
     )
-    folder = _path(dataset.ref.train_uri).parent
+    folder = crawler.app.store.locate(dataset.ref.train_uri)[0].parent
     assert folder.parent == crawler.settings.datasets_dir.resolve()
     assert sorted(p.name for p in folder.iterdir()) == [
         "profile.json",
@@ -368,6 +364,11 @@ async def test_dataset_files_follow_the_program_contract(crawler: Crawler, share
         "validation.jsonl",
     ]
     assert (folder / "schema.json").read_text(encoding="utf-8") == dataset.ref.schema_json
+    # Other services get the files by these URIs through ReadDatasetFile, never by a path.
+    digest = folder.name
+    assert dataset.ref.train_uri == f"zx-crawler:/datasets/{digest}/train.jsonl"
+    assert dataset.ref.test_uri == f"zx-crawler:/datasets/{digest}/test.jsonl"
+    assert await crawler.read(dataset.ref.test_uri) == (folder / "test.jsonl").read_bytes()
     assert dataset.ref.format == dataset_pb2.DATASET_FILE_FORMAT_JSONL
     schema = json.loads(dataset.ref.schema_json)
     assert schema["task"] == "tabular_classification" and schema["target"] == "species"
@@ -385,13 +386,15 @@ async def test_dataset_files_follow_the_program_contract(crawler: Crawler, share
 async def test_digits_images_are_packed_for_image_classification(crawler: Crawler) -> None:
     dataset = _dataset(await crawler.build("recognise handwritten digits", "sklearn.digits"))
     assert dataset.task_family == task_family_pb2.TASK_FAMILY_IMAGE_CLASSIFICATION
-    rows = _splits(dataset)["test"]
+    rows = (await _splits(crawler, dataset))["test"]
     assert set(rows[0]) == {"image", "digit"} and len(rows[0]["image"]) == 64
     assert json.loads(dataset.ref.schema_json)["image"]["shape"] == [8, 8]
     # The pixel range is profiled (scikit-learn's digits are 0..16, not 0..255), so a program scales
     # them right; mean and spread recomputed here from every pixel of every row.
     (image,) = [c for c in dataset.profile.columns if c.name == "image"]
-    pixels = [v for split in _splits(dataset).values() for row in split for v in row["image"]]
+    pixels = [
+        v for split in (await _splits(crawler, dataset)).values() for row in split for v in row["image"]
+    ]
     assert (image.numeric.min, image.numeric.max) == (0, 16)
     assert image.numeric.mean == pytest.approx(sum(pixels) / len(pixels), rel=1e-5)
 
@@ -405,6 +408,22 @@ async def test_max_rows_samples_with_the_seed_and_says_so(crawler: Crawler, shar
     path = str(shared_data / "mr_movie_review_polarity/rt-polarity.all")
     first = _dataset(await crawler.build("movie review polarity", path, max_rows=500, seed=3))
     again = _dataset(await crawler.build("movie review polarity", path, max_rows=500, seed=3))
-    assert first.profile.row_count == 500 == len(_all(_splits(first)))
+    assert first.profile.row_count == 500 == len(_all(await _splits(crawler, first)))
     assert first.ref.train_sha256 == again.ref.train_sha256
     assert any("random sample (seed 3) of 500 of 10662" in w for w in first.warnings), first.warnings
+
+
+async def test_read_dataset_file_refuses_what_the_crawler_does_not_own(crawler: Crawler) -> None:
+    """Only this crawler's split files, by their URIs: no path, no other file of the folder, no guessing."""
+    for uri in (
+        "file:///etc/passwd",
+        "zx-crawler:/datasets/" + "a" * 64 + "/schema.json",
+        "zx-crawler:/datasets/../../etc/train.jsonl",
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await crawler.read(uri)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, uri
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await crawler.read("zx-crawler:/datasets/" + "b" * 64 + "/train.jsonl")
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "has no dataset" in (missing.value.details() or "")

@@ -3,7 +3,6 @@ crawler refusing ``upload_id`` sources, which only the gateway can resolve."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -26,8 +25,7 @@ async def test_preview_rows_are_the_first_training_rows_as_stored(
     )
     dataset = messages[-1].dataset
     assert len(dataset.preview_rows) == PREVIEW_ROWS
-    train_path = dataset.ref.train_uri.removeprefix("file://")
-    text = await asyncio.to_thread(Path(train_path).read_text, encoding="utf-8")
+    text = (await crawler.read(dataset.ref.train_uri, dataset.ref.train_sha256)).decode("utf-8")
     lines = text.splitlines()[:PREVIEW_ROWS]
     stored = [json.loads(line) for line in lines]
     shown = [json_format.MessageToDict(row) for row in dataset.preview_rows]

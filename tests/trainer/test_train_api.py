@@ -176,6 +176,57 @@ def test_stored_artifact_holds_weights_program_schema_metrics_and_card_that_load
     assert result.weights_sha256 in card
 
 
+def test_read_artifact_streams_the_model_as_one_verified_zip_the_same_every_time(
+    digits_run: Run, suite: Suite
+) -> None:
+    """ReadArtifact is how the gateway gets a model (it never opens the trainer's store): a header,
+    then the zip; the zip holds exactly the artifact's files, and a second read gives the same bytes."""
+    import asyncio
+    import hashlib
+    import io
+    import zipfile
+
+    result = digits_run.result
+    store = ArtifactStore(LocalBlobBackend(suite.artifact_dir))
+
+    def read() -> tuple[pb.ReadArtifactResponse, bytes]:
+        messages = list(
+            suite.stub.ReadArtifact(
+                pb.ReadArtifactRequest(artifact_id=result.artifact_id),
+                metadata=[("x-zx-service-token", TOKEN)],
+                timeout=60,
+            )
+        )
+        assert messages[0].WhichOneof("part") == "header"
+        assert all(m.WhichOneof("part") == "chunk" and len(m.chunk) <= 1024 * 1024 for m in messages[1:])
+        return messages[0], b"".join(m.chunk for m in messages[1:])
+
+    first, data = read()
+    assert first.header.size_bytes == len(data)
+    assert first.header.sha256 == hashlib.sha256(data).hexdigest()
+    assert first.header.media_type == "application/zip"
+    files = asyncio.run(store.read_all(asyncio.run(store.manifest(result.artifact_id))))
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert sorted(archive.namelist()) == sorted(files)
+        assert all(archive.read(name) == content for name, content in files.items())
+    again, data_again = read()
+    assert again.header.sha256 == first.header.sha256 and data_again == data
+
+    for artifact_id, code in (
+        ("0" * 64, grpc.StatusCode.NOT_FOUND),
+        ("../x", grpc.StatusCode.INVALID_ARGUMENT),
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            list(
+                suite.stub.ReadArtifact(
+                    pb.ReadArtifactRequest(artifact_id=artifact_id),
+                    metadata=[("x-zx-service-token", TOKEN)],
+                    timeout=30,
+                )
+            )
+        assert refused.value.code() == code, artifact_id
+
+
 # -- small programs -----------------------------------------------------------------------------------
 
 

@@ -84,5 +84,5 @@ def build(settings: CrawlerSettings, *, web: WebBackend | None = None) -> Crawle
         web=web,
         web_for_key=lambda key: firecrawl_backend(settings, key, fetcher.guard),
     )
-    servicer = CrawlerServicer(builder, catalogue)
+    servicer = CrawlerServicer(builder, catalogue, store)
     return CrawlerApp(builder=builder, servicer=servicer, fetcher=fetcher, store=store, web=web)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import AsyncIterator
@@ -10,11 +11,11 @@ from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
-from zehanx.common.v1 import dataset_pb2, task_family_pb2
+from zehanx.common.v1 import dataset_pb2, file_transfer_pb2, task_family_pb2
 from zehanx.crawler.v1 import crawler_service_pb2 as pb
 from zehanx.crawler.v1 import crawler_service_pb2_grpc as rpc
 from zehanx.crawler.v1 import dataset_pb2 as crawler_dataset_pb2
-from zehanx_runtime import provider_keys
+from zehanx_runtime import provider_keys, transfer
 from zehanx_runtime.errors import FieldViolation, InvalidArgument
 
 from zehanx_crawler.builder import DatasetBuilder
@@ -29,6 +30,7 @@ from zehanx_crawler.model import (
     SourceKind,
     Task,
 )
+from zehanx_crawler.store import DatasetStore
 
 SERVICE_NAME = "zehanx.crawler.v1.CrawlerService"
 DEFAULT_PAGE_SIZE = 100
@@ -328,9 +330,10 @@ def _first_values(path: str, limit: int = 50) -> dict[str, list[str]]:
 class CrawlerServicer(rpc.CrawlerServiceServicer):
     """Thin: the builder does the work."""
 
-    def __init__(self, builder: DatasetBuilder, catalogue: Catalogue) -> None:
+    def __init__(self, builder: DatasetBuilder, catalogue: Catalogue, store: DatasetStore) -> None:
         self._builder = builder
         self._catalogue = catalogue
+        self._store = store
 
     async def BuildDataset(
         self, request: pb.BuildDatasetRequest, context: grpc.aio.ServicerContext
@@ -362,6 +365,15 @@ class CrawlerServicer(rpc.CrawlerServiceServicer):
                 yield pb.BuildDatasetResponse(
                     sequence=sequence, event_time=now, dataset=dataset_message(event, samples)
                 )
+
+    async def ReadDatasetFile(
+        self, request: pb.ReadDatasetFileRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ReadDatasetFileResponse]:
+        path, info = await asyncio.to_thread(self._store.locate, request.uri)
+        async for message in transfer.stream_file(
+            path, info, pb.ReadDatasetFileResponse, file_transfer_pb2.FileHeader
+        ):
+            yield message
 
     async def ListCatalog(
         self, request: pb.ListCatalogRequest, context: grpc.aio.ServicerContext

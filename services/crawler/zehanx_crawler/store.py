@@ -6,7 +6,9 @@ sha256)``, so the id, like the folder, is a pure function of the content.
 ``schema.json`` names the sha256 of every split file, so the folder name covers the data, the split and
 the schema; the same rows split with the same seed land in the same folder however often they are built.
 Folders are written under a temporary name and renamed into place, so a reader never sees half a
-dataset. ``provenance.json`` (who built it, from where, when) is the only file rewritten by a later build
+dataset. The crawler is the only service that opens this folder: a split file is named to others by
+``zx-crawler:/datasets/<sha256>/<split>.jsonl`` (:func:`split_uri`), and the trainer reads it through
+``CrawlerService.ReadDatasetFile``, which :meth:`DatasetStore.locate` serves. ``provenance.json`` (who built it, from where, when) is the only file rewritten by a later build
 of the same content. The format is documented in ``services/crawler/README.md``.
 """
 
@@ -15,13 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zehanx_runtime.errors import Internal
+from zehanx_runtime.errors import Internal, InvalidArgument, NotFound
+from zehanx_runtime.transfer import FileInfo
 
 from zehanx_crawler.cleaning import Table
 from zehanx_crawler.model import SplitFiles
@@ -32,6 +36,17 @@ FORMAT = "zehanx.dataset"
 FORMAT_VERSION = 1
 #: Namespace of dataset ids: ``uuid5(DATASET_NAMESPACE, sha256_of_schema_json)``.
 DATASET_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:zehanx:dataset")
+
+
+#: How other services name a split file: ``zx-crawler:/datasets/<sha256 of schema.json>/<split>.jsonl``.
+URI_SCHEME = "zx-crawler"
+_SPLIT_URI = re.compile(
+    r"^zx-crawler:/datasets/(?P<sha256>[0-9a-f]{64})/(?P<split>train|validation|test)\.jsonl$"
+)
+
+
+def split_uri(sha256: str, split: str) -> str:
+    return f"{URI_SCHEME}:/datasets/{sha256}/{split}.jsonl"
 
 
 def dataset_id_of(sha256: str) -> str:
@@ -176,7 +191,7 @@ class DatasetStore:
         splits = {
             name: SplitFiles(
                 name=name,
-                uri=(final / f"{name}.jsonl").resolve().as_uri(),
+                uri=split_uri(digest, name),
                 path=str((final / f"{name}.jsonl").resolve()),
                 rows=files[name]["rows"],
                 sha256=files[name]["sha256"],
@@ -192,3 +207,47 @@ class DatasetStore:
             splits=splits,
             reused=reused,
         )
+
+    def locate(self, uri: str) -> tuple[Path, FileInfo]:
+        """The local file a ``zx-crawler:`` URI names, and its size and sha256 as ``schema.json`` records.
+
+        INVALID_ARGUMENT for a URI this store does not make; NOT_FOUND when the dataset or the file is
+        not here (for example another crawler, with its own folder, built it). The folder's
+        ``schema.json`` is checked against the folder's name first, so the sha256 handed out is the
+        one the dataset was published with.
+        """
+        match = _SPLIT_URI.match(uri)
+        if match is None:
+            raise InvalidArgument(
+                f"{uri[:200]!r} is not a dataset file URI of this crawler "
+                "(zx-crawler:/datasets/<sha256>/<split>.jsonl)",
+                reason="BAD_DATASET_URI",
+            )
+        digest, split = match["sha256"], match["split"]
+        folder = self.root / digest
+        try:
+            schema_bytes = (folder / "schema.json").read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(
+                f"this crawler has no dataset {digest[:12]}… (its store is {self.root})",
+                reason="DATASET_NOT_FOUND",
+                metadata={"sha256": digest},
+            ) from None
+        if hashlib.sha256(schema_bytes).hexdigest() != digest:
+            raise Internal(f"dataset store corrupt: {folder} does not match its name", reason="STORE_CORRUPT")
+        try:
+            entry = json.loads(schema_bytes)["files"][split]
+            info = FileInfo(
+                name=f"{split}.jsonl",
+                size_bytes=int(entry["bytes"]),
+                sha256=str(entry["sha256"]),
+                media_type="application/jsonl",
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise Internal(
+                f"dataset {digest[:12]}…: unreadable schema.json ({exc})", reason="STORE_CORRUPT"
+            ) from None
+        path = folder / f"{split}.jsonl"
+        if not path.is_file():
+            raise NotFound(f"dataset {digest[:12]}… has no {split} file", reason="DATASET_NOT_FOUND")
+        return path, info

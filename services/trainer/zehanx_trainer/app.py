@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zehanx_trainer.artifacts import ArtifactStore, LocalBlobBackend
+from zehanx_trainer.crawler_client import GrpcCrawlerFiles
+from zehanx_trainer.datasets import DatasetFileRouter, DatasetFiles, LocalDatasetFiles
 from zehanx_trainer.executor_client import GrpcExecutor
 from zehanx_trainer.executor_port import Executor
 from zehanx_trainer.prediction import Predictor, PredictorConfig
@@ -21,11 +23,14 @@ class TrainerApp:
     store: ArtifactStore
     store_description: str
     executor: Executor
+    crawler: GrpcCrawlerFiles | None = None
 
     async def close(self) -> None:
         close = getattr(self.executor, "close", None)
         if close is not None:
             await close()
+        if self.crawler is not None:
+            await self.crawler.close()
 
 
 def trainer_config(settings: TrainerSettings) -> TrainerConfig:
@@ -72,7 +77,11 @@ def build(settings: TrainerSettings, *, executor: Executor | None = None) -> Tra
     executor = executor or GrpcExecutor(settings.executor_address, settings.executor_token_value)
     store, description = build_store(settings)
     config = trainer_config(settings)
-    trainer = Trainer(executor, store, config)
+    crawler = GrpcCrawlerFiles(settings.crawler_address, settings.crawler_token_value)
+    files: DatasetFiles = DatasetFileRouter(
+        LocalDatasetFiles(list(config.dataset_roots)), {GrpcCrawlerFiles.scheme: crawler}
+    )
+    trainer = Trainer(executor, store, config, dataset_files=files)
     predictor = Predictor(
         executor,
         store,
@@ -85,4 +94,5 @@ def build(settings: TrainerSettings, *, executor: Executor | None = None) -> Tra
             disk_bytes=settings.disk_bytes,
         ),
     )
-    return TrainerApp(trainer, predictor, TrainerServicer(trainer, predictor), store, description, executor)
+    servicer = TrainerServicer(trainer, predictor, store, spool_dir=settings.home / "spool")
+    return TrainerApp(trainer, predictor, servicer, store, description, executor, crawler)

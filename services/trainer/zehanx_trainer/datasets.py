@@ -1,6 +1,9 @@
-"""Reading a dataset's split files for a run: checked paths, verified sha256, rows for evaluation.
+"""Reading a dataset's split files for a run: from their owner, verified sha256, rows for evaluation.
 
-The trainer reads the three split files itself. Train and validation go into the sandbox verbatim
+The trainer reads the three split files itself, through a :class:`DatasetFiles` port chosen by the
+URI's scheme: ``zx-crawler:`` files come from the crawler over ``CrawlerService.ReadDatasetFile``
+(:mod:`zehanx_trainer.crawler_client`; the crawler's folder is never opened here), and ``file://``
+URIs (a caller's own files) only from folders the operator listed in ``ZX_TRAINER_DATASET_ROOTS``. Train and validation go into the sandbox verbatim
 (``data/train.<ext>``, ``data/validation.<ext>``, ``data/schema.json``); the test split never does:
 only its input columns are written, as ``test_inputs.jsonl``, into the evaluation sandbox, and its
 targets stay here for scoring.
@@ -8,14 +11,16 @@ targets stay here for scoring.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 import io
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 from zehanx_runtime.errors import FailedPrecondition, InvalidArgument, PermissionDenied
@@ -93,6 +98,52 @@ class LoadedDataset:
         return len(self.train) + len(self.validation) + len(self.test)
 
 
+class DatasetFiles(Protocol):
+    """Where a split file's bytes come from; the bytes are checked against ``sha256`` before use."""
+
+    async def read(self, uri: str, sha256: str, what: str, max_bytes: int) -> bytes: ...
+
+
+class LocalDatasetFiles:
+    """``file://`` URIs (or absolute paths) inside the operator's dataset folders."""
+
+    def __init__(self, roots: list[Path]) -> None:
+        self.roots = list(roots)
+
+    async def read(self, uri: str, sha256: str, what: str, max_bytes: int) -> bytes:
+        if not self.roots:
+            raise FailedPrecondition(
+                f"{what}: {uri[:200]!r} is a local file, and this trainer reads no local dataset files "
+                "(datasets come from the crawler; set ZX_TRAINER_DATASET_ROOTS to allow a folder)",
+                reason="UNSUPPORTED_DATASET_URI",
+            )
+        return await asyncio.to_thread(read_verified, uri, sha256, self.roots, what, max_bytes)
+
+
+class DatasetFileRouter:
+    """Each URI to the reader of its scheme: ``zx-crawler`` to the crawler, ``file`` to local folders."""
+
+    def __init__(self, local: LocalDatasetFiles, remote: Mapping[str, DatasetFiles] | None = None) -> None:
+        self.local = local
+        self.remote = dict(remote or {})
+
+    async def read(self, uri: str, sha256: str, what: str, max_bytes: int) -> bytes:
+        scheme = urlparse(uri).scheme
+        if scheme in ("", "file"):
+            return await self.local.read(uri, sha256, what, max_bytes)
+        reader = self.remote.get(scheme)
+        if reader is None:
+            hint = (
+                "set ZX_TRAINER_CRAWLER_ADDRESS to the crawler's host:port (zx up does)"
+                if scheme == "zx-crawler"
+                else "this trainer reads zx-crawler: and file:// URIs"
+            )
+            raise FailedPrecondition(
+                f"{what}: no reader for {scheme}: URIs ({hint})", reason="UNSUPPORTED_DATASET_URI"
+            )
+        return await reader.read(uri, sha256, what, max_bytes)
+
+
 def resolve_file_uri(uri: str, roots: list[Path], what: str) -> Path:
     """A ``file://`` URI (or absolute path) inside one of ``roots``; symlinks resolved first."""
     parsed = urlparse(uri)
@@ -106,8 +157,7 @@ def resolve_file_uri(uri: str, roots: list[Path], what: str) -> Path:
         raw = uri
     else:
         raise FailedPrecondition(
-            f"{what}: this trainer reads datasets from file:// URIs only, got scheme {parsed.scheme!r}",
-            reason="UNSUPPORTED_DATASET_URI",
+            f"{what}: not a file:// URI (scheme {parsed.scheme!r})", reason="UNSUPPORTED_DATASET_URI"
         )
     path = Path(raw).resolve()
     for root in roots:
@@ -145,7 +195,7 @@ def read_verified(uri: str, sha256: str, roots: list[Path], what: str, max_bytes
     return data
 
 
-def load_dataset(spec: DatasetSpec, roots: list[Path], *, max_bytes: int) -> LoadedDataset:
+async def load_dataset(spec: DatasetSpec, files: DatasetFiles, *, max_bytes: int) -> LoadedDataset:
     if spec.format not in EXTENSIONS:
         raise InvalidArgument(f"dataset format {spec.format!r} is not supported", reason="BAD_DATASET_FORMAT")
     try:
@@ -154,11 +204,11 @@ def load_dataset(spec: DatasetSpec, roots: list[Path], *, max_bytes: int) -> Loa
         raise InvalidArgument(f"dataset.schema_json is not JSON: {exc}", reason="BAD_SCHEMA") from None
     if not isinstance(schema, dict):
         raise InvalidArgument("dataset.schema_json must be a JSON object", reason="BAD_SCHEMA")
-    train = read_verified(spec.train_uri, spec.train_sha256, roots, "dataset.train_uri", max_bytes)
-    validation = read_verified(
-        spec.validation_uri, spec.validation_sha256, roots, "dataset.validation_uri", max_bytes
+    train = await files.read(spec.train_uri, spec.train_sha256, "dataset.train_uri", max_bytes)
+    validation = await files.read(
+        spec.validation_uri, spec.validation_sha256, "dataset.validation_uri", max_bytes
     )
-    test = read_verified(spec.test_uri, spec.test_sha256, roots, "dataset.test_uri", max_bytes)
+    test = await files.read(spec.test_uri, spec.test_sha256, "dataset.test_uri", max_bytes)
     return LoadedDataset(spec=spec, train=train, validation=validation, test=test, schema=schema)
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 from zehanx.common.v1 import (
     dataset_pb2,
+    file_transfer_pb2,
     log_pb2,
     metrics_pb2,
     prediction_pb2,
@@ -21,9 +24,10 @@ from zehanx.common.v1 import (
 from zehanx.executor.v1 import executor_service_pb2 as executor_pb
 from zehanx.trainer.v1 import trainer_service_pb2 as pb
 from zehanx.trainer.v1 import trainer_service_pb2_grpc as rpc
-from zehanx_runtime import provider_keys
+from zehanx_runtime import provider_keys, transfer
 
-from zehanx_trainer import executor_client
+from zehanx_trainer import archive, executor_client
+from zehanx_trainer.artifacts import ArtifactStore
 from zehanx_trainer.datasets import DatasetSpec
 from zehanx_trainer.executor_port import ExecFile, ExecUsage, ExitReason
 from zehanx_trainer.prediction import Predictor
@@ -302,9 +306,13 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class TrainerServicer(rpc.TrainerServiceServicer):
-    def __init__(self, trainer: Trainer, predictor: Predictor) -> None:
+    def __init__(
+        self, trainer: Trainer, predictor: Predictor, store: ArtifactStore, *, spool_dir: Path | None = None
+    ) -> None:
         self.trainer = trainer
         self.predictor = predictor
+        self.store = store
+        self.spool_dir = spool_dir
 
     async def Train(
         self, request: pb.TrainRequest, context: grpc.aio.ServicerContext
@@ -332,3 +340,15 @@ class TrainerServicer(rpc.TrainerServiceServicer):
             json_format.ParseDict(value, output)
             predictions.append(prediction_pb2.Prediction(output=output, probabilities=probabilities))
         return pb.PredictResponse(predictions=predictions, predict_duration=_duration(outcome.duration_s))
+
+    async def ReadArtifact(
+        self, request: pb.ReadArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ReadArtifactResponse]:
+        path, info = await archive.build_archive(self.store, request.artifact_id, spool_dir=self.spool_dir)
+        try:
+            async for message in transfer.stream_file(
+                path, info, pb.ReadArtifactResponse, file_transfer_pb2.FileHeader
+            ):
+                yield message
+        finally:
+            await asyncio.to_thread(path.unlink, missing_ok=True)

@@ -36,10 +36,21 @@ class TrainerSettings(ServiceSettings):
         None, description="Service token sent to the executor; unset: this service's own service_token."
     )
 
+    # The crawler, owner of the datasets.
+    crawler_address: str = Field(
+        "127.0.0.1:47102",
+        description="host:port of the crawler service, which streams the split files of its datasets "
+        "(zx-crawler: URIs) to the trainer.",
+    )
+    crawler_token: SecretStr | None = Field(
+        None, description="Service token sent to the crawler; unset: this service's own service_token."
+    )
+
     # Data and artifacts.
     dataset_roots: list[Path] = Field(
         default_factory=list,
-        description="Folders the trainer may read dataset files from (file:// URIs); empty: $ZX_HOME/datasets.",
+        description="Folders whose files a caller may name by file:// URI as a dataset; empty (the "
+        "default): none, the trainer reads datasets only from the crawler.",
     )
     artifact_dir: Path | None = Field(None, description="Local artifact store; unset: $ZX_HOME/artifacts.")
     max_dataset_bytes: int = Field(
@@ -131,7 +142,7 @@ class TrainerSettings(ServiceSettings):
 
     @property
     def resolved_dataset_roots(self) -> list[Path]:
-        return [p.resolve() for p in (self.dataset_roots or [self.home / "datasets"])]
+        return [p.resolve() for p in self.dataset_roots]
 
     @property
     def resolved_artifact_dir(self) -> Path:
@@ -146,6 +157,11 @@ class TrainerSettings(ServiceSettings):
     @property
     def executor_token_value(self) -> str | None:
         token = self.executor_token or self.service_token
+        return token.get_secret_value() if token else None
+
+    @property
+    def crawler_token_value(self) -> str | None:
+        token = self.crawler_token or self.service_token
         return token.get_secret_value() if token else None
 
     @property

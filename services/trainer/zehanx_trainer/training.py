@@ -360,10 +360,21 @@ class _TokenBucket:
 class Trainer:
     """Runs training programs through an :class:`Executor` and publishes to an :class:`ArtifactStore`."""
 
-    def __init__(self, executor: Executor, store: ArtifactStore, config: TrainerConfig) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        store: ArtifactStore,
+        config: TrainerConfig,
+        *,
+        dataset_files: ds.DatasetFiles | None = None,
+    ) -> None:
         self.executor = executor
         self.store = store
         self.config = config
+        #: Where split files come from: the crawler (zx-crawler:) and the operator's folders (file://).
+        self.dataset_files = dataset_files or ds.DatasetFileRouter(
+            ds.LocalDatasetFiles(list(config.dataset_roots))
+        )
         self._active = 0
 
     async def train(self, spec: TrainSpec, *, deadline: float | None = None) -> AsyncIterator[Sequenced]:
@@ -485,8 +496,8 @@ class _Run:
         yield self._emit(StageChanged(Stage.STAGING, "checking the program and reading the dataset"))
         self._check_program()
         device, gpus = self._device()
-        dataset = await asyncio.to_thread(
-            ds.load_dataset, spec.dataset, list(cfg.dataset_roots), max_bytes=cfg.max_dataset_bytes
+        dataset = await ds.load_dataset(
+            spec.dataset, self.trainer.dataset_files, max_bytes=cfg.max_dataset_bytes
         )
         train_rows, validation_rows, test_rows = await asyncio.to_thread(
             lambda: (dataset.rows("train"), dataset.rows("validation"), dataset.rows("test"))

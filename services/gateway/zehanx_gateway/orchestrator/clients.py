@@ -174,3 +174,10 @@ class GrpcTrainer(_Client):
     ) -> AsyncIterator[trainer_pb.TrainResponse]:
         call = self._stub.Train(request, timeout=timeout_s, metadata=self._metadata(request.job_id))
         return self._stream(call)
+
+    def read_artifact(
+        self, artifact_id: str, *, timeout_s: float
+    ) -> AsyncIterator[trainer_pb.ReadArtifactResponse]:
+        request = trainer_pb.ReadArtifactRequest(artifact_id=artifact_id)
+        call = self._stub.ReadArtifact(request, timeout=timeout_s, metadata=self._metadata(""))
+        return self._stream(call)

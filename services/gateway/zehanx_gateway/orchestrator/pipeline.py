@@ -40,7 +40,7 @@ from zehanx_gateway.artifacts import ArtifactStore
 from zehanx_gateway.domain import Job, JobError, JobEvent, JobStage, JobState, Model, PendingEvent, Provider
 from zehanx_gateway.jobs import JobService
 from zehanx_gateway.models import ModelService
-from zehanx_gateway.orchestrator.archive import build_archive_async
+from zehanx_gateway.orchestrator.archive import receive_archive
 from zehanx_gateway.orchestrator.clients import caller_keys
 from zehanx_gateway.orchestrator.ports import DatasetBuilder, ProgramWriter, Registry, Trainer
 from zehanx_gateway.orchestrator.settings import OrchestratorSettings
@@ -59,6 +59,8 @@ _KEY_METADATA = {
     Provider.E2B: provider_keys.E2B_KEY,
 }
 DEFAULT_MAX_REPAIRS = 3
+#: Time allowed to receive a model's archive from the trainer at publishing.
+READ_ARTIFACT_TIMEOUT_S = 600.0
 _LOG_TEXT_MAX = 16 * 1024
 _TRAIN_STAGE_NAMES = {
     trainer_pb.TRAIN_STAGE_STAGING: "staging",
@@ -550,8 +552,10 @@ class _JobRun:
     async def _store_model(
         self, dataset: crawler_dataset_pb2.Dataset, plan: plan_pb2.Plan, result: trainer_pb.TrainResult
     ) -> Model:
-        archive = await build_archive_async(
-            result.artifact_id, result.artifact_uri, spool_dir=self.p._spool_dir
+        archive = await receive_archive(
+            result.artifact_id,
+            self.p._trainer.read_artifact(result.artifact_id, timeout_s=READ_ARTIFACT_TIMEOUT_S),
+            spool_dir=self.p._spool_dir,
         )
         try:
             info = await self.p._artifacts.put(archive.chunks())

@@ -46,11 +46,16 @@ class ProgramWriter(Protocol):
 
 
 class Trainer(Protocol):
-    """``TrainerService.Train``: the run's messages; cancelling the iteration stops the sandbox."""
+    """``TrainerService``: ``Train`` (the run's messages; cancelling the iteration stops the sandbox) and
+    ``ReadArtifact`` (a stored model as one zip: a header, then chunks)."""
 
     def train(
         self, request: trainer_pb.TrainRequest, *, timeout_s: float
     ) -> AsyncIterator[trainer_pb.TrainResponse]: ...
+
+    def read_artifact(
+        self, artifact_id: str, *, timeout_s: float
+    ) -> AsyncIterator[trainer_pb.ReadArtifactResponse]: ...
 
 
 class Registry(Protocol):

@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from zehanx.common.v1 import dataset_pb2 as _dataset_pb2
+from zehanx.common.v1 import file_transfer_pb2 as _file_transfer_pb2
 from zehanx.common.v1 import task_family_pb2 as _task_family_pb2
 from zehanx.crawler.v1 import dataset_pb2 as _dataset_pb2_1
 import builtins as _builtins
@@ -154,6 +155,58 @@ class BuildDatasetResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___BuildDatasetResponse: _TypeAlias = BuildDatasetResponse  # noqa: Y015
+
+@_typing.final
+class ReadDatasetFileRequest(_message.Message):
+    """The request of CrawlerService.ReadDatasetFile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URI_FIELD_NUMBER: _builtins.int
+    uri: _builtins.str
+    """The file's URI, exactly as the crawler wrote it in a DatasetRef."""
+    def __init__(
+        self,
+        *,
+        uri: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadDatasetFileRequest: _TypeAlias = ReadDatasetFileRequest  # noqa: Y015
+
+@_typing.final
+class ReadDatasetFileResponse(_message.Message):
+    """One message of the CrawlerService.ReadDatasetFile stream: the header first, then the bytes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next bytes of the file (at most 1 MiB)."""
+    @_builtins.property
+    def header(self) -> _file_transfer_pb2.FileHeader:
+        """The file's name, size and SHA-256. Always the first message."""
+
+    def __init__(
+        self,
+        *,
+        header: _file_transfer_pb2.FileHeader | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___ReadDatasetFileResponse: _TypeAlias = ReadDatasetFileResponse  # noqa: Y015
 
 @_typing.final
 class ListCatalogRequest(_message.Message):

@@ -42,6 +42,11 @@ class CrawlerServiceStub:
                 request_serializer=zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.BuildDatasetRequest.SerializeToString,
                 response_deserializer=zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.BuildDatasetResponse.FromString,
                 _registered_method=True)
+        self.ReadDatasetFile = channel.unary_stream(
+                '/zehanx.crawler.v1.CrawlerService/ReadDatasetFile',
+                request_serializer=zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.ReadDatasetFileRequest.SerializeToString,
+                response_deserializer=zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.ReadDatasetFileResponse.FromString,
+                _registered_method=True)
         self.ListCatalog = channel.unary_unary(
                 '/zehanx.crawler.v1.CrawlerService/ListCatalog',
                 request_serializer=zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.ListCatalogRequest.SerializeToString,
@@ -69,6 +74,19 @@ class CrawlerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadDatasetFile(self, request, context):
+        """Streams one file of a stored dataset, named by the URI the crawler gave it in a DatasetRef
+        (`zx-crawler:/datasets/<sha256 of schema.json>/<split>.jsonl`): a header, then the bytes. This
+        is how the trainer reads a dataset: it never opens the crawler's folder. The reader checks the
+        bytes against the DatasetRef's sha256.
+
+        INVALID_ARGUMENT for a URI the crawler does not make; NOT_FOUND when the crawler has no such
+        dataset file (for example another crawler built it, or its folder was removed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListCatalog(self, request, context):
         """Lists the built-in catalogue, ordered by name.
         """
@@ -83,6 +101,11 @@ def add_CrawlerServiceServicer_to_server(servicer, server):
                     servicer.BuildDataset,
                     request_deserializer=zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.BuildDatasetRequest.FromString,
                     response_serializer=zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.BuildDatasetResponse.SerializeToString,
+            ),
+            'ReadDatasetFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadDatasetFile,
+                    request_deserializer=zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.ReadDatasetFileRequest.FromString,
+                    response_serializer=zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.ReadDatasetFileResponse.SerializeToString,
             ),
             'ListCatalog': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCatalog,
@@ -120,6 +143,33 @@ class CrawlerService:
             '/zehanx.crawler.v1.CrawlerService/BuildDataset',
             zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.BuildDatasetRequest.SerializeToString,
             zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.BuildDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadDatasetFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/zehanx.crawler.v1.CrawlerService/ReadDatasetFile',
+            zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.ReadDatasetFileRequest.SerializeToString,
+            zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.ReadDatasetFileResponse.FromString,
             options,
             channel_credentials,
             insecure,

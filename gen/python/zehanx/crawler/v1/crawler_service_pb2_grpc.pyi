@@ -46,6 +46,15 @@ class CrawlerServiceStub:
     task (for example a target column that does not exist); UNAVAILABLE when a source or the
     search backend cannot be reached.
     """
+    ReadDatasetFile: _grpc.UnaryStreamMultiCallable[_crawler_service_pb2.ReadDatasetFileRequest, _crawler_service_pb2.ReadDatasetFileResponse]
+    """Streams one file of a stored dataset, named by the URI the crawler gave it in a DatasetRef
+    (`zx-crawler:/datasets/<sha256 of schema.json>/<split>.jsonl`): a header, then the bytes. This
+    is how the trainer reads a dataset: it never opens the crawler's folder. The reader checks the
+    bytes against the DatasetRef's sha256.
+
+    INVALID_ARGUMENT for a URI the crawler does not make; NOT_FOUND when the crawler has no such
+    dataset file (for example another crawler built it, or its folder was removed).
+    """
     ListCatalog: _grpc.UnaryUnaryMultiCallable[_crawler_service_pb2.ListCatalogRequest, _crawler_service_pb2.ListCatalogResponse]
     """Lists the built-in catalogue, ordered by name."""
 
@@ -66,6 +75,15 @@ class CrawlerServiceAsyncStub(CrawlerServiceStub):
     reasons in the message); FAILED_PRECONDITION when the data found cannot be shaped for the
     task (for example a target column that does not exist); UNAVAILABLE when a source or the
     search backend cannot be reached.
+    """
+    ReadDatasetFile: _aio.UnaryStreamMultiCallable[_crawler_service_pb2.ReadDatasetFileRequest, _crawler_service_pb2.ReadDatasetFileResponse]  # type: ignore[assignment]
+    """Streams one file of a stored dataset, named by the URI the crawler gave it in a DatasetRef
+    (`zx-crawler:/datasets/<sha256 of schema.json>/<split>.jsonl`): a header, then the bytes. This
+    is how the trainer reads a dataset: it never opens the crawler's folder. The reader checks the
+    bytes against the DatasetRef's sha256.
+
+    INVALID_ARGUMENT for a URI the crawler does not make; NOT_FOUND when the crawler has no such
+    dataset file (for example another crawler built it, or its folder was removed).
     """
     ListCatalog: _aio.UnaryUnaryMultiCallable[_crawler_service_pb2.ListCatalogRequest, _crawler_service_pb2.ListCatalogResponse]  # type: ignore[assignment]
     """Lists the built-in catalogue, ordered by name."""
@@ -90,6 +108,21 @@ class CrawlerServiceServicer(metaclass=_abc_1.ABCMeta):
         reasons in the message); FAILED_PRECONDITION when the data found cannot be shaped for the
         task (for example a target column that does not exist); UNAVAILABLE when a source or the
         search backend cannot be reached.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadDatasetFile(
+        self,
+        request: _crawler_service_pb2.ReadDatasetFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_crawler_service_pb2.ReadDatasetFileResponse], _abc.AsyncIterator[_crawler_service_pb2.ReadDatasetFileResponse]]:
+        """Streams one file of a stored dataset, named by the URI the crawler gave it in a DatasetRef
+        (`zx-crawler:/datasets/<sha256 of schema.json>/<split>.jsonl`): a header, then the bytes. This
+        is how the trainer reads a dataset: it never opens the crawler's folder. The reader checks the
+        bytes against the DatasetRef's sha256.
+
+        INVALID_ARGUMENT for a URI the crawler does not make; NOT_FOUND when the crawler has no such
+        dataset file (for example another crawler built it, or its folder was removed).
         """
 
     @_abc_1.abstractmethod

@@ -28,6 +28,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from zehanx.common.v1 import dataset_pb2 as zehanx_dot_common_dot_v1_dot_dataset__pb2
+from zehanx.common.v1 import file_transfer_pb2 as zehanx_dot_common_dot_v1_dot_file__transfer__pb2
 from zehanx.common.v1 import log_pb2 as zehanx_dot_common_dot_v1_dot_log__pb2
 from zehanx.common.v1 import metrics_pb2 as zehanx_dot_common_dot_v1_dot_metrics__pb2
 from zehanx.common.v1 import plan_pb2 as zehanx_dot_common_dot_v1_dot_plan__pb2
@@ -38,7 +39,7 @@ from zehanx.common.v1 import structured_error_pb2 as zehanx_dot_common_dot_v1_do
 from zehanx.executor.v1 import executor_service_pb2 as zehanx_dot_executor_dot_v1_dot_executor__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'zehanx/trainer/v1/trainer_service.proto\x12\x11zehanx.trainer.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ezehanx/common/v1/dataset.proto\x1a\x1azehanx/common/v1/log.proto\x1a\x1ezehanx/common/v1/metrics.proto\x1a\x1bzehanx/common/v1/plan.proto\x1a!zehanx/common/v1/prediction.proto\x1a\x1ezehanx/common/v1/program.proto\x1a zehanx/common/v1/resources.proto\x1a\'zehanx/common/v1/structured_error.proto\x1a)zehanx/executor/v1/executor_service.proto\"\xec\x02\n\x0cTrainRequest\x12\x1c\n\x06run_id\x18\x01 \x01(\tB\x0c\xe2\x41\x01\x02\xbaH\x05r\x03\xb0\x01\x01\x12\x1b\n\x06job_id\x18\x02 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x36\n\x07program\x18\x03 \x01(\x0b\x32\x19.zehanx.common.v1.ProgramB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12\x39\n\x07\x64\x61taset\x18\x04 \x01(\x0b\x32\x1c.zehanx.common.v1.DatasetRefB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12\x30\n\x04plan\x18\x05 \x01(\x0b\x32\x16.zehanx.common.v1.PlanB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12.\n\tresources\x18\x06 \x01(\x0b\x32\x1b.zehanx.common.v1.Resources\x12\x12\n\nsmoke_only\x18\x07 \x01(\x08\x12\x38\n\x0emodel_metadata\x18\x08 \x01(\x0b\x32 .zehanx.trainer.v1.ModelMetadata\"\x9c\x03\n\rTrainResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x0cstage_change\x18\n \x01(\x0b\x32\x1e.zehanx.trainer.v1.StageChangeH\x00\x12\x34\n\x07metrics\x18\x0b \x01(\x0b\x32!.zehanx.common.v1.TrainingMetricsH\x00\x12-\n\x08log_line\x18\x0c \x01(\x0b\x32\x19.zehanx.common.v1.LogLineH\x00\x12\x33\n\ncheckpoint\x18\r \x01(\x0b\x32\x1d.zehanx.trainer.v1.CheckpointH\x00\x12<\n\x0fprogram_failure\x18\x0e \x01(\x0b\x32!.zehanx.trainer.v1.ProgramFailureH\x00\x12\x30\n\x06result\x18\x0f \x01(\x0b\x32\x1e.zehanx.trainer.v1.TrainResultH\x00\x42\x07\n\x05\x65vent\"\xac\x01\n\x0ePredictRequest\x12\x41\n\x0b\x61rtifact_id\x18\x01 \x01(\tB,\xe2\x41\x01\x02\xbaH%r#\x10\x01\x18\x80\x02\x32\x1c^[A-Za-z0-9][A-Za-z0-9_.-]*$\x12:\n\tinstances\x18\x02 \x03(\x0b\x32\x16.google.protobuf.ValueB\x0f\xe2\x41\x01\x02\xbaH\x08\x92\x01\x05\x08\x01\x10\xe8\x07\x12\x1b\n\x06job_id\x18\x03 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\"y\n\x0fPredictResponse\x12\x31\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1c.zehanx.common.v1.Prediction\x12\x33\n\x10predict_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x80\x02\n\rModelMetadata\x12\x17\n\x05title\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12\x18\n\x06prompt\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\xa0\x1f\x12\x1e\n\x0c\x64\x61taset_name\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12%\n\x13\x64\x61taset_explanation\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80@\x12\x39\n\x0f\x64\x61taset_profile\x18\x05 \x01(\x0b\x32 .zehanx.common.v1.DatasetProfile\x12:\n\nprovenance\x18\x06 \x03(\x0b\x32\x1c.zehanx.common.v1.ProvenanceB\x08\xbaH\x05\x92\x01\x02\x10\x64\"L\n\x0bStageChange\x12,\n\x05stage\x18\x01 \x01(\x0e\x32\x1d.zehanx.trainer.v1.TrainStage\x12\x0f\n\x07message\x18\x02 \x01(\t\"[\n\nCheckpoint\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\"\xcc\x01\n\x0eProgramFailure\x12,\n\x05stage\x18\x01 \x01(\x0e\x32\x1d.zehanx.trainer.v1.TrainStage\x12\x30\n\x05\x65rror\x18\x02 \x01(\x0b\x32!.zehanx.common.v1.StructuredError\x12\x33\n\x0b\x65xit_reason\x18\x03 \x01(\x0e\x32\x1e.zehanx.executor.v1.ExitReason\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\x12\n\nrepairable\x18\x05 \x01(\x08\"\xbd\x03\n\x0bTrainResult\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nsmoke_only\x18\x02 \x01(\x08\x12\x13\n\x0b\x61rtifact_id\x18\x03 \x01(\t\x12\x14\n\x0c\x61rtifact_uri\x18\x04 \x01(\t\x12\x16\n\x0eweights_sha256\x18\x05 \x01(\t\x12\x1b\n\x13\x61rtifact_size_bytes\x18\x06 \x01(\x03\x12\x13\n\x0bmetric_name\x18\x07 \x01(\t\x12\x33\n\x10held_out_metrics\x18\x08 \x01(\x0b\x32\x19.zehanx.common.v1.Metrics\x12\x32\n\x0f\x63laimed_metrics\x18\t \x01(\x0b\x32\x19.zehanx.common.v1.Metrics\x12\x15\n\rbaseline_name\x18\n \x01(\t\x12\x33\n\x10\x62\x61seline_metrics\x18\x0b \x01(\x0b\x32\x19.zehanx.common.v1.Metrics\x12\x16\n\x0etest_row_count\x18\x0c \x01(\x03\x12\x16\n\x0emodel_card_uri\x18\r \x01(\t\x12\x30\n\x05usage\x18\x0e \x01(\x0b\x32!.zehanx.executor.v1.ResourceUsage*\xaf\x01\n\nTrainStage\x12\x1b\n\x17TRAIN_STAGE_UNSPECIFIED\x10\x00\x12\x17\n\x13TRAIN_STAGE_STAGING\x10\x01\x12\x19\n\x15TRAIN_STAGE_SMOKE_RUN\x10\x02\x12\x18\n\x14TRAIN_STAGE_TRAINING\x10\x03\x12\x1a\n\x16TRAIN_STAGE_EVALUATING\x10\x04\x12\x1a\n\x16TRAIN_STAGE_PUBLISHING\x10\x05\x32\xb0\x01\n\x0eTrainerService\x12L\n\x05Train\x12\x1f.zehanx.trainer.v1.TrainRequest\x1a .zehanx.trainer.v1.TrainResponse0\x01\x12P\n\x07Predict\x12!.zehanx.trainer.v1.PredictRequest\x1a\".zehanx.trainer.v1.PredictResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'zehanx/trainer/v1/trainer_service.proto\x12\x11zehanx.trainer.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ezehanx/common/v1/dataset.proto\x1a$zehanx/common/v1/file_transfer.proto\x1a\x1azehanx/common/v1/log.proto\x1a\x1ezehanx/common/v1/metrics.proto\x1a\x1bzehanx/common/v1/plan.proto\x1a!zehanx/common/v1/prediction.proto\x1a\x1ezehanx/common/v1/program.proto\x1a zehanx/common/v1/resources.proto\x1a\'zehanx/common/v1/structured_error.proto\x1a)zehanx/executor/v1/executor_service.proto\"\xec\x02\n\x0cTrainRequest\x12\x1c\n\x06run_id\x18\x01 \x01(\tB\x0c\xe2\x41\x01\x02\xbaH\x05r\x03\xb0\x01\x01\x12\x1b\n\x06job_id\x18\x02 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x36\n\x07program\x18\x03 \x01(\x0b\x32\x19.zehanx.common.v1.ProgramB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12\x39\n\x07\x64\x61taset\x18\x04 \x01(\x0b\x32\x1c.zehanx.common.v1.DatasetRefB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12\x30\n\x04plan\x18\x05 \x01(\x0b\x32\x16.zehanx.common.v1.PlanB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12.\n\tresources\x18\x06 \x01(\x0b\x32\x1b.zehanx.common.v1.Resources\x12\x12\n\nsmoke_only\x18\x07 \x01(\x08\x12\x38\n\x0emodel_metadata\x18\x08 \x01(\x0b\x32 .zehanx.trainer.v1.ModelMetadata\"\x9c\x03\n\rTrainResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x0cstage_change\x18\n \x01(\x0b\x32\x1e.zehanx.trainer.v1.StageChangeH\x00\x12\x34\n\x07metrics\x18\x0b \x01(\x0b\x32!.zehanx.common.v1.TrainingMetricsH\x00\x12-\n\x08log_line\x18\x0c \x01(\x0b\x32\x19.zehanx.common.v1.LogLineH\x00\x12\x33\n\ncheckpoint\x18\r \x01(\x0b\x32\x1d.zehanx.trainer.v1.CheckpointH\x00\x12<\n\x0fprogram_failure\x18\x0e \x01(\x0b\x32!.zehanx.trainer.v1.ProgramFailureH\x00\x12\x30\n\x06result\x18\x0f \x01(\x0b\x32\x1e.zehanx.trainer.v1.TrainResultH\x00\x42\x07\n\x05\x65vent\"\xac\x01\n\x0ePredictRequest\x12\x41\n\x0b\x61rtifact_id\x18\x01 \x01(\tB,\xe2\x41\x01\x02\xbaH%r#\x10\x01\x18\x80\x02\x32\x1c^[A-Za-z0-9][A-Za-z0-9_.-]*$\x12:\n\tinstances\x18\x02 \x03(\x0b\x32\x16.google.protobuf.ValueB\x0f\xe2\x41\x01\x02\xbaH\x08\x92\x01\x05\x08\x01\x10\xe8\x07\x12\x1b\n\x06job_id\x18\x03 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\"E\n\x13ReadArtifactRequest\x12.\n\x0b\x61rtifact_id\x18\x01 \x01(\tB\x19\xe2\x41\x01\x02\xbaH\x12r\x10\x32\x0e^[0-9a-f]{64}$\"_\n\x14ReadArtifactResponse\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.zehanx.common.v1.FileHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"y\n\x0fPredictResponse\x12\x31\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1c.zehanx.common.v1.Prediction\x12\x33\n\x10predict_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x80\x02\n\rModelMetadata\x12\x17\n\x05title\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12\x18\n\x06prompt\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\xa0\x1f\x12\x1e\n\x0c\x64\x61taset_name\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\x12%\n\x13\x64\x61taset_explanation\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80@\x12\x39\n\x0f\x64\x61taset_profile\x18\x05 \x01(\x0b\x32 .zehanx.common.v1.DatasetProfile\x12:\n\nprovenance\x18\x06 \x03(\x0b\x32\x1c.zehanx.common.v1.ProvenanceB\x08\xbaH\x05\x92\x01\x02\x10\x64\"L\n\x0bStageChange\x12,\n\x05stage\x18\x01 \x01(\x0e\x32\x1d.zehanx.trainer.v1.TrainStage\x12\x0f\n\x07message\x18\x02 \x01(\t\"[\n\nCheckpoint\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\r\n\x05\x65poch\x18\x02 \x01(\x05\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\"\xcc\x01\n\x0eProgramFailure\x12,\n\x05stage\x18\x01 \x01(\x0e\x32\x1d.zehanx.trainer.v1.TrainStage\x12\x30\n\x05\x65rror\x18\x02 \x01(\x0b\x32!.zehanx.common.v1.StructuredError\x12\x33\n\x0b\x65xit_reason\x18\x03 \x01(\x0e\x32\x1e.zehanx.executor.v1.ExitReason\x12\x11\n\texit_code\x18\x04 \x01(\x05\x12\x12\n\nrepairable\x18\x05 \x01(\x08\"\xbd\x03\n\x0bTrainResult\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nsmoke_only\x18\x02 \x01(\x08\x12\x13\n\x0b\x61rtifact_id\x18\x03 \x01(\t\x12\x14\n\x0c\x61rtifact_uri\x18\x04 \x01(\t\x12\x16\n\x0eweights_sha256\x18\x05 \x01(\t\x12\x1b\n\x13\x61rtifact_size_bytes\x18\x06 \x01(\x03\x12\x13\n\x0bmetric_name\x18\x07 \x01(\t\x12\x33\n\x10held_out_metrics\x18\x08 \x01(\x0b\x32\x19.zehanx.common.v1.Metrics\x12\x32\n\x0f\x63laimed_metrics\x18\t \x01(\x0b\x32\x19.zehanx.common.v1.Metrics\x12\x15\n\rbaseline_name\x18\n \x01(\t\x12\x33\n\x10\x62\x61seline_metrics\x18\x0b \x01(\x0b\x32\x19.zehanx.common.v1.Metrics\x12\x16\n\x0etest_row_count\x18\x0c \x01(\x03\x12\x16\n\x0emodel_card_uri\x18\r \x01(\t\x12\x30\n\x05usage\x18\x0e \x01(\x0b\x32!.zehanx.executor.v1.ResourceUsage*\xaf\x01\n\nTrainStage\x12\x1b\n\x17TRAIN_STAGE_UNSPECIFIED\x10\x00\x12\x17\n\x13TRAIN_STAGE_STAGING\x10\x01\x12\x19\n\x15TRAIN_STAGE_SMOKE_RUN\x10\x02\x12\x18\n\x14TRAIN_STAGE_TRAINING\x10\x03\x12\x1a\n\x16TRAIN_STAGE_EVALUATING\x10\x04\x12\x1a\n\x16TRAIN_STAGE_PUBLISHING\x10\x05\x32\x98\x02\n\x0eTrainerService\x12L\n\x05Train\x12\x1f.zehanx.trainer.v1.TrainRequest\x1a .zehanx.trainer.v1.TrainResponse0\x01\x12P\n\x07Predict\x12!.zehanx.trainer.v1.PredictRequest\x1a\".zehanx.trainer.v1.PredictResponse\x12\x66\n\x0cReadArtifact\x12&.zehanx.trainer.v1.ReadArtifactRequest\x1a\'.zehanx.trainer.v1.ReadArtifactResponse\"\x03\x90\x02\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -61,6 +62,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTREQUEST'].fields_by_name['instances']._serialized_options = b'\342A\001\002\272H\010\222\001\005\010\001\020\350\007'
   _globals['_PREDICTREQUEST'].fields_by_name['job_id']._loaded_options = None
   _globals['_PREDICTREQUEST'].fields_by_name['job_id']._serialized_options = b'\272H\010r\003\260\001\001\330\001\001'
+  _globals['_READARTIFACTREQUEST'].fields_by_name['artifact_id']._loaded_options = None
+  _globals['_READARTIFACTREQUEST'].fields_by_name['artifact_id']._serialized_options = b'\342A\001\002\272H\022r\0202\016^[0-9a-f]{64}$'
   _globals['_MODELMETADATA'].fields_by_name['title']._loaded_options = None
   _globals['_MODELMETADATA'].fields_by_name['title']._serialized_options = b'\272H\005r\003\030\200\002'
   _globals['_MODELMETADATA'].fields_by_name['prompt']._loaded_options = None
@@ -71,26 +74,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELMETADATA'].fields_by_name['dataset_explanation']._serialized_options = b'\272H\005r\003\030\200@'
   _globals['_MODELMETADATA'].fields_by_name['provenance']._loaded_options = None
   _globals['_MODELMETADATA'].fields_by_name['provenance']._serialized_options = b'\272H\005\222\001\002\020d'
-  _globals['_TRAINSTAGE']._serialized_start=2691
-  _globals['_TRAINSTAGE']._serialized_end=2866
-  _globals['_TRAINREQUEST']._serialized_start=526
-  _globals['_TRAINREQUEST']._serialized_end=890
-  _globals['_TRAINRESPONSE']._serialized_start=893
-  _globals['_TRAINRESPONSE']._serialized_end=1305
-  _globals['_PREDICTREQUEST']._serialized_start=1308
-  _globals['_PREDICTREQUEST']._serialized_end=1480
-  _globals['_PREDICTRESPONSE']._serialized_start=1482
-  _globals['_PREDICTRESPONSE']._serialized_end=1603
-  _globals['_MODELMETADATA']._serialized_start=1606
-  _globals['_MODELMETADATA']._serialized_end=1862
-  _globals['_STAGECHANGE']._serialized_start=1864
-  _globals['_STAGECHANGE']._serialized_end=1940
-  _globals['_CHECKPOINT']._serialized_start=1942
-  _globals['_CHECKPOINT']._serialized_end=2033
-  _globals['_PROGRAMFAILURE']._serialized_start=2036
-  _globals['_PROGRAMFAILURE']._serialized_end=2240
-  _globals['_TRAINRESULT']._serialized_start=2243
-  _globals['_TRAINRESULT']._serialized_end=2688
-  _globals['_TRAINERSERVICE']._serialized_start=2869
-  _globals['_TRAINERSERVICE']._serialized_end=3045
+  _globals['_TRAINERSERVICE'].methods_by_name['ReadArtifact']._loaded_options = None
+  _globals['_TRAINERSERVICE'].methods_by_name['ReadArtifact']._serialized_options = b'\220\002\001'
+  _globals['_TRAINSTAGE']._serialized_start=2897
+  _globals['_TRAINSTAGE']._serialized_end=3072
+  _globals['_TRAINREQUEST']._serialized_start=564
+  _globals['_TRAINREQUEST']._serialized_end=928
+  _globals['_TRAINRESPONSE']._serialized_start=931
+  _globals['_TRAINRESPONSE']._serialized_end=1343
+  _globals['_PREDICTREQUEST']._serialized_start=1346
+  _globals['_PREDICTREQUEST']._serialized_end=1518
+  _globals['_READARTIFACTREQUEST']._serialized_start=1520
+  _globals['_READARTIFACTREQUEST']._serialized_end=1589
+  _globals['_READARTIFACTRESPONSE']._serialized_start=1591
+  _globals['_READARTIFACTRESPONSE']._serialized_end=1686
+  _globals['_PREDICTRESPONSE']._serialized_start=1688
+  _globals['_PREDICTRESPONSE']._serialized_end=1809
+  _globals['_MODELMETADATA']._serialized_start=1812
+  _globals['_MODELMETADATA']._serialized_end=2068
+  _globals['_STAGECHANGE']._serialized_start=2070
+  _globals['_STAGECHANGE']._serialized_end=2146
+  _globals['_CHECKPOINT']._serialized_start=2148
+  _globals['_CHECKPOINT']._serialized_end=2239
+  _globals['_PROGRAMFAILURE']._serialized_start=2242
+  _globals['_PROGRAMFAILURE']._serialized_end=2446
+  _globals['_TRAINRESULT']._serialized_start=2449
+  _globals['_TRAINRESULT']._serialized_end=2894
+  _globals['_TRAINERSERVICE']._serialized_start=3075
+  _globals['_TRAINERSERVICE']._serialized_end=3355
 # @@protoc_insertion_point(module_scope)

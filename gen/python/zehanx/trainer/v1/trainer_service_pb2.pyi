@@ -12,6 +12,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from zehanx.common.v1 import dataset_pb2 as _dataset_pb2
+from zehanx.common.v1 import file_transfer_pb2 as _file_transfer_pb2
 from zehanx.common.v1 import log_pb2 as _log_pb2
 from zehanx.common.v1 import metrics_pb2 as _metrics_pb2
 from zehanx.common.v1 import plan_pb2 as _plan_pb2
@@ -237,6 +238,60 @@ class PredictRequest(_message.Message):
 Global___PredictRequest: _TypeAlias = PredictRequest  # noqa: Y015
 
 @_typing.final
+class ReadArtifactRequest(_message.Message):
+    """The request of TrainerService.ReadArtifact."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    artifact_id: _builtins.str
+    """Id of the stored model artifact, as returned in `TrainResult.artifact_id`."""
+    def __init__(
+        self,
+        *,
+        artifact_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadArtifactRequest: _TypeAlias = ReadArtifactRequest  # noqa: Y015
+
+@_typing.final
+class ReadArtifactResponse(_message.Message):
+    """One message of the TrainerService.ReadArtifact stream: the header first, then the bytes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next bytes of the archive (at most 1 MiB)."""
+    @_builtins.property
+    def header(self) -> _file_transfer_pb2.FileHeader:
+        """The archive's name, size, SHA-256 and media type (application/zip). Always the first
+        message.
+        """
+
+    def __init__(
+        self,
+        *,
+        header: _file_transfer_pb2.FileHeader | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___ReadArtifactResponse: _TypeAlias = ReadArtifactResponse  # noqa: Y015
+
+@_typing.final
 class PredictResponse(_message.Message):
     """The response of TrainerService.Predict."""
 
@@ -447,7 +502,9 @@ class TrainResult(_message.Message):
     artifact_id: _builtins.str
     """Id of the stored artifact (weights, program, model card, metrics); pass it to Predict."""
     artifact_uri: _builtins.str
-    """URI of the stored artifact in the artifact store."""
+    """URI of the stored artifact in the trainer's own store, for people reading logs. Other
+    services read the model through `TrainerService.ReadArtifact`, never through this URI.
+    """
     weights_sha256: _builtins.str
     """SHA-256 of the weights file (safetensors), lower-case hex."""
     artifact_size_bytes: _builtins.int

@@ -48,6 +48,11 @@ class TrainerServiceStub:
                 request_serializer=zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.PredictRequest.SerializeToString,
                 response_deserializer=zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.ReadArtifact = channel.unary_stream(
+                '/zehanx.trainer.v1.TrainerService/ReadArtifact',
+                request_serializer=zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.ReadArtifactRequest.SerializeToString,
+                response_deserializer=zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.ReadArtifactResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -83,6 +88,20 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadArtifact(self, request, context):
+        """Streams a stored model as one zip archive: a header (name, size, SHA-256), then the bytes in
+        order. The archive holds the artifact's files (weights, program, model card, metrics), each
+        checked against the artifact's manifest first, with fixed timestamps in name order: the same
+        artifact always gives the same bytes. This is how the gateway gets a model to serve for
+        download; it never opens the trainer's store, which may be a local folder or a bucket.
+
+        NOT_FOUND when the artifact does not exist; INTERNAL (reason ARTIFACT_CORRUPT) when a stored
+        file does not match its manifest; UNAVAILABLE when the artifact store cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +114,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.PredictRequest.FromString,
                     response_serializer=zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.PredictResponse.SerializeToString,
+            ),
+            'ReadArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadArtifact,
+                    request_deserializer=zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.ReadArtifactRequest.FromString,
+                    response_serializer=zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.ReadArtifactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -155,6 +179,33 @@ class TrainerService:
             '/zehanx.trainer.v1.TrainerService/Predict',
             zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.PredictRequest.SerializeToString,
             zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/zehanx.trainer.v1.TrainerService/ReadArtifact',
+            zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.ReadArtifactRequest.SerializeToString,
+            zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.ReadArtifactResponse.FromString,
             options,
             channel_credentials,
             insecure,

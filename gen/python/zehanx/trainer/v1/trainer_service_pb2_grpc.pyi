@@ -55,6 +55,16 @@ class TrainerServiceStub:
     artifact does not exist; INVALID_ARGUMENT when the inputs do not fit the model (with the
     program's error in the message).
     """
+    ReadArtifact: _grpc.UnaryStreamMultiCallable[_trainer_service_pb2.ReadArtifactRequest, _trainer_service_pb2.ReadArtifactResponse]
+    """Streams a stored model as one zip archive: a header (name, size, SHA-256), then the bytes in
+    order. The archive holds the artifact's files (weights, program, model card, metrics), each
+    checked against the artifact's manifest first, with fixed timestamps in name order: the same
+    artifact always gives the same bytes. This is how the gateway gets a model to serve for
+    download; it never opens the trainer's store, which may be a local folder or a bucket.
+
+    NOT_FOUND when the artifact does not exist; INTERNAL (reason ARTIFACT_CORRUPT) when a stored
+    file does not match its manifest; UNAVAILABLE when the artifact store cannot be reached.
+    """
 
 @_typing.type_check_only
 class TrainerServiceAsyncStub(TrainerServiceStub):
@@ -82,6 +92,16 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     """Runs a stored model's `predict.py` in the sandbox on the given inputs. NOT_FOUND when the
     artifact does not exist; INVALID_ARGUMENT when the inputs do not fit the model (with the
     program's error in the message).
+    """
+    ReadArtifact: _aio.UnaryStreamMultiCallable[_trainer_service_pb2.ReadArtifactRequest, _trainer_service_pb2.ReadArtifactResponse]  # type: ignore[assignment]
+    """Streams a stored model as one zip archive: a header (name, size, SHA-256), then the bytes in
+    order. The archive holds the artifact's files (weights, program, model card, metrics), each
+    checked against the artifact's manifest first, with fixed timestamps in name order: the same
+    artifact always gives the same bytes. This is how the gateway gets a model to serve for
+    download; it never opens the trainer's store, which may be a local folder or a bucket.
+
+    NOT_FOUND when the artifact does not exist; INTERNAL (reason ARTIFACT_CORRUPT) when a stored
+    file does not match its manifest; UNAVAILABLE when the artifact store cannot be reached.
     """
 
 class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -119,6 +139,22 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Runs a stored model's `predict.py` in the sandbox on the given inputs. NOT_FOUND when the
         artifact does not exist; INVALID_ARGUMENT when the inputs do not fit the model (with the
         program's error in the message).
+        """
+
+    @_abc_1.abstractmethod
+    def ReadArtifact(
+        self,
+        request: _trainer_service_pb2.ReadArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_trainer_service_pb2.ReadArtifactResponse], _abc.AsyncIterator[_trainer_service_pb2.ReadArtifactResponse]]:
+        """Streams a stored model as one zip archive: a header (name, size, SHA-256), then the bytes in
+        order. The archive holds the artifact's files (weights, program, model card, metrics), each
+        checked against the artifact's manifest first, with fixed timestamps in name order: the same
+        artifact always gives the same bytes. This is how the gateway gets a model to serve for
+        download; it never opens the trainer's store, which may be a local folder or a bucket.
+
+        NOT_FOUND when the artifact does not exist; INTERNAL (reason ARTIFACT_CORRUPT) when a stored
+        file does not match its manifest; UNAVAILABLE when the artifact store cannot be reached.
         """
 
 def add_TrainerServiceServicer_to_server(servicer: TrainerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
