@@ -52,3 +52,13 @@ def sentiment(data_root: Path) -> realdata.Prepared:
 @pytest.fixture(scope="session")
 def airline(data_root: Path) -> realdata.Prepared:
     return realdata.airline(data_root)
+
+
+@pytest.fixture(scope="session")
+def diamonds_price(data_root: Path) -> realdata.Prepared:
+    return realdata.diamonds_sample(data_root, "price")
+
+
+@pytest.fixture(scope="session")
+def diamonds_cut(data_root: Path) -> realdata.Prepared:
+    return realdata.diamonds_sample(data_root, "cut")

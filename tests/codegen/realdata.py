@@ -278,6 +278,51 @@ def airline(out: Path) -> Prepared:
                   {"time_column": "Date"})  # fmt: skip
 
 
+def _diamond_rows() -> list[dict]:
+    rows = []
+    with open(need(SHARED_DATA / "diamonds" / "diamonds.csv"), encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            row: dict[str, Any] = {c: float(r[c]) for c in ("carat", "depth", "table", "x", "y", "z")}
+            row.update({c: r[c] for c in ("cut", "color", "clarity")})
+            row["price"] = int(r["price"])
+            rows.append(row)
+    return rows
+
+
+def diamonds(out: Path) -> Prepared:
+    """ggplot2's diamonds, price from the 9 other columns, on ../shared/data/README.md's split: random
+    80/10/10 with seed 42 on the file's row order (train 43152, validation 5394, test 5394)."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    rows = _diamond_rows()
+    train_idx, rest = train_test_split(np.arange(len(rows)), test_size=0.2, random_state=42)
+    val_idx, test_idx = train_test_split(rest, test_size=0.5, random_state=42)
+    assert int(test_idx.sum()) == 144109965 and int(val_idx.sum()) == 145170415, "not the README's split"
+    pick = lambda idx: [rows[i] for i in idx]  # noqa: E731
+    return _write(out, "diamonds", pick(train_idx), pick(val_idx), pick(test_idx), "price",
+                  TaskFamily.TABULAR_REGRESSION)  # fmt: skip
+
+
+def diamonds_sample(out: Path, target: str, rows: int = 1500) -> Prepared:
+    """A random sample of diamonds (seed 0), split 70/15/15: price (regression) or cut (5 classes),
+    small enough for a test's short run and still above the planner's threshold for trees."""
+    import random
+
+    sample = random.Random(0).sample(_diamond_rows(), rows)
+    if target == "price":
+        train, val, test = (
+            sample[: int(0.7 * rows)],
+            sample[int(0.7 * rows) : int(0.85 * rows)],
+            sample[int(0.85 * rows) :],
+        )
+        task = TaskFamily.TABULAR_REGRESSION
+    else:
+        train, val, test = _stratified(sample, target)
+        task = TaskFamily.TABULAR_CLASSIFICATION
+    return _write(out, f"diamonds_{target}", train, val, test, target, task)
+
+
 def mape(actual: list[float], predicted: list[float]) -> float:
     return sum(abs(a - p) / abs(a) for a, p in zip(actual, predicted, strict=True)) / len(actual)
 

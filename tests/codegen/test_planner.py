@@ -102,3 +102,16 @@ def test_data_that_cannot_serve_the_task_is_failed_precondition(planner: Planner
     with pytest.raises(FailedPrecondition) as caught:
         planner.plan("forecast passengers", tiny)
     assert caught.value.reason == "TOO_FEW_ROWS"
+
+
+def test_a_table_of_a_thousand_rows_or_more_gets_trees_and_a_stated_target_transform(
+    planner: Planner, diamonds_price: realdata.Prepared, penguins: realdata.Prepared
+) -> None:
+    plan = planner.plan("predict the price of a diamond", diamonds_price.profile)
+    assert plan.model_family == "gradient_boosted_trees" and plan.metric_name == "rmse"
+    assert plan.hyperparameters["target_transform"] == "none" and "Target transform: none" in plan.rationale
+    relative = planner.plan("predict the price with small percentage errors", diamonds_price.profile)
+    assert relative.hyperparameters["target_transform"] == "log" and "log(price)" in relative.rationale
+    assert planner.plan("predict the species", penguins.profile).model_family == "mlp"  # 344 rows
+    few = dataclasses.replace(diamonds_price.profile, row_count=999)
+    assert planner.plan("predict the price with percentage errors", few).model_family == "mlp"

@@ -9,6 +9,7 @@ The quality bar against the classical baselines of ../shared/data/README.md (3-m
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -21,7 +22,14 @@ from zehanx_codegen.domain import TaskFamily
 from zehanx_codegen.service import Codegen
 
 
-def _train_and_predict(codegen: Codegen, data: realdata.Prepared, prompt: str, work: Path):
+def _train_and_predict(
+    codegen: Codegen,
+    data: realdata.Prepared,
+    prompt: str,
+    work: Path,
+    runs: list | None = None,
+    budget_s: float = TEST_BUDGET_S,
+):
     plan = codegen.plan(prompt, data.profile)
     assert plan.task_family is data.task
     generated = codegen.generate(prompt, plan, data.profile)
@@ -36,8 +44,10 @@ def _train_and_predict(codegen: Codegen, data: realdata.Prepared, prompt: str, w
     smoke_predictions = running.predict(folder, data.test_inputs)
     assert len(smoke_predictions) == len(data.test_targets)
 
-    full = running.train(folder, smoke=False, budget_s=TEST_BUDGET_S)
+    full = running.train(folder, smoke=False, budget_s=budget_s)
     assert full.returncode == 0, full.stderr[-3000:]
+    if runs is not None:
+        runs.append(full)
     model = full.of("model")[-1]
     weights = folder / "output" / "model.safetensors"
     assert model["path"] == "model.safetensors" and model["bytes"] == weights.stat().st_size
@@ -119,3 +129,68 @@ def test_forecasting_airline_beats_seasonal_naive_and_holt_winters(
     ours = realdata.mape(airline.test_targets, forecast)
     assert ours < realdata.mape(airline.test_targets, naive)
     assert ours <= 0.051, ours  # Holt-Winters on the same 36 months (README)
+
+
+def _validation_predictions(data: realdata.Prepared, work: Path) -> tuple[list, list[dict]]:
+    """predict.py (its own process, reading only safetensors and JSON) on the validation rows."""
+    rows = [json.loads(line) for line in (data.folder / "data" / "validation.jsonl").read_text().splitlines()]
+    inputs = work.parent / "validation_inputs.jsonl"
+    inputs.write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != data.target}) + "\n" for r in rows)
+    )
+    return [r[data.target] for r in rows], running.predict(work, inputs)
+
+
+def test_tabular_trees_regression_predicts_what_training_measured(
+    codegen: Codegen, diamonds_price: realdata.Prepared, tmp_path: Path
+) -> None:
+    runs: list[running.Run] = []
+    work = tmp_path / "work"
+    plan, generated, predictions = _train_and_predict(
+        codegen, diamonds_price, "predict the price of a diamond", work, runs, budget_s=6
+    )
+    assert (
+        plan.model_family == "gradient_boosted_trees" and plan.hyperparameters["target_transform"] == "none"
+    )
+    assert set(generated.program.files) == {"train.py", "predict.py", "trees.py"}
+    assert "Target transform: none" in plan.rationale
+    values = [p["prediction"] for p in predictions]
+    assert all(isinstance(v, float) for v in values)
+    mean = statistics.fmean(r["price"] for r in diamonds_price.fit_rows)
+    ours = realdata.rmse(diamonds_price.test_targets, values)
+    assert ours < 0.25 * realdata.rmse(diamonds_price.test_targets, [mean] * len(values)), ours
+    # train.py's RMSE on the validation rows, with the trees it kept, is what predict.py gives there
+    claimed = runs[0].of("final")[-1]
+    assert 0 < claimed["metrics.rounds"] == claimed["metrics.trees"]
+    targets, val_predictions = _validation_predictions(diamonds_price, work)
+    measured = realdata.rmse(targets, [p["prediction"] for p in val_predictions])
+    assert measured == pytest.approx(claimed["metrics.val_rmse"], rel=1e-9)
+
+
+def test_tabular_trees_classification_predicts_what_training_measured(
+    codegen: Codegen, diamonds_cut: realdata.Prepared, tmp_path: Path
+) -> None:
+    runs: list[running.Run] = []
+    work = tmp_path / "work"
+    plan, _, predictions = _train_and_predict(
+        codegen, diamonds_cut, "predict the cut of a diamond", work, runs
+    )
+    assert (
+        plan.model_family == "gradient_boosted_trees"
+        and plan.task_family is TaskFamily.TABULAR_CLASSIFICATION
+    )
+    accuracy = realdata.accuracy(diamonds_cut.test_targets, [p["prediction"] for p in predictions])
+    majority = realdata.accuracy(
+        diamonds_cut.test_targets, [_majority(diamonds_cut.fit_rows, "cut")] * len(predictions)
+    )
+    assert accuracy >= 0.68 > majority + 0.2, (accuracy, majority)  # HistGradientBoosting here: 0.736
+    claimed = runs[0].of("final")[-1]
+    assert claimed["metrics.trees"] == 5 * claimed["metrics.rounds"] > 0  # one tree per class a round
+    targets, val_predictions = _validation_predictions(diamonds_cut, work)
+    log_loss = -statistics.fmean(
+        math.log(p["probabilities"][t]) for t, p in zip(targets, val_predictions, strict=True)
+    )
+    assert log_loss == pytest.approx(claimed["metrics.val_log_loss"], rel=1e-9)
+    assert realdata.accuracy(targets, [p["prediction"] for p in val_predictions]) == pytest.approx(
+        claimed["metrics.val_accuracy"]
+    )

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from zehanx_codegen.service import Codegen
 
-FAMILIES = ["digits", "penguins", "diabetes", "sentiment", "airline"]
+FAMILIES = ["digits", "penguins", "diabetes", "sentiment", "airline", "diamonds_price", "diamonds_cut"]
 PROMPTS = {"digits": "classify handwritten digits", "penguins": "predict the species", "diabetes": "predict "
-           "disease progression", "sentiment": "sentiment of sentences", "airline": "forecast passengers"}  # fmt: skip
+           "disease progression", "sentiment": "sentiment of sentences", "airline": "forecast passengers",
+           "diamonds_price": "predict the price", "diamonds_cut": "predict the cut"}  # fmt: skip
 
 
 @pytest.mark.parametrize("dataset", FAMILIES)

@@ -37,6 +37,9 @@ _FAMILIES = {
     TaskFamily.IMAGE_CLASSIFICATION: _Family("image_classification", ("train.py", "predict.py", "model.py")),
     TaskFamily.TIME_SERIES_FORECASTING: _Family("forecasting", ("train.py", "predict.py", "series.py")),
 }
+#: Tables with a model family of their own: gradient-boosted trees instead of the MLP.
+_TREES = _Family("tabular_trees", ("train.py", "predict.py", "trees.py"))
+TREES_MODEL_FAMILY = "gradient_boosted_trees"
 
 #: Why each hyperparameter has its value: the comment on its line in the config block.
 _WHY = {
@@ -61,6 +64,12 @@ _WHY = {
     "max_steps": "upper bound on optimizer steps",
     "eval_every": "steps between validation checks",
     "patience": "stop after this many checks without improvement",
+    "target_transform": "'log' fits log(target) and predicts exp of it; 'none' fits the target as it is",
+    "max_iterations": "upper bound on boosting rounds (one tree per output each)",
+    "max_leaves": "leaves per tree, grown best-split first",
+    "min_leaf_rows": "no leaf holds fewer training rows",
+    "l2": "L2 pull of leaf values towards zero",
+    "time_share": "stop boosting once this share of the time budget is spent",
     "image_layout": "how pixels are stored: one column of arrays, or one column per pixel",
     "image_column": "the column holding each image as nested lists of pixel values",
     "pixel_columns": "one column per pixel, row by row",
@@ -148,6 +157,29 @@ class TemplateGenerator:
                 "c_grid",
                 "lbfgs_steps",
             )
+        elif family in (TaskFamily.TABULAR_CLASSIFICATION, TaskFamily.TABULAR_REGRESSION) and (
+            plan.model_family == TREES_MODEL_FAMILY
+        ):
+            required = ("numeric_columns", "categorical_columns", "max_iterations", "learning_rate")
+            flags["regression"] = family is TaskFamily.TABULAR_REGRESSION
+            defaults = {"max_categories": 50, "target_transform": "none", "max_leaves": 31, "min_leaf_rows": 20,
+                        "l2": 0.0, "patience": 30, "time_share": 0.8}  # fmt: skip
+            for k, v in defaults.items():
+                hp.setdefault(k, v)
+            if hp["target_transform"] not in ("none", "log"):
+                raise InvalidArgument("target_transform must be 'none' or 'log'", reason="BAD_PLAN")
+            keys = ("numeric_columns", "categorical_columns", "max_categories")
+            if flags["regression"]:
+                keys += ("target_transform",)
+            keys += (
+                "max_iterations",
+                "learning_rate",
+                "max_leaves",
+                "min_leaf_rows",
+                "l2",
+                "patience",
+                "time_share",
+            )
         elif family in (TaskFamily.TABULAR_CLASSIFICATION, TaskFamily.TABULAR_REGRESSION):
             required = ("numeric_columns", "categorical_columns", "hidden_size", "learning_rate", "max_steps")
             flags["regression"] = family is TaskFamily.TABULAR_REGRESSION
@@ -199,6 +231,9 @@ class TemplateGenerator:
 
     def generate(self, plan: Plan, *, prompt: str = "") -> Program:
         family = _FAMILIES.get(plan.task_family)
+        tabular = (TaskFamily.TABULAR_CLASSIFICATION, TaskFamily.TABULAR_REGRESSION)
+        if plan.task_family in tabular and plan.model_family == TREES_MODEL_FAMILY:
+            family = _TREES
         if family is None:
             raise FailedPrecondition(
                 f"no template for task family {plan.task_family}", reason="UNSUPPORTED_TASK"
