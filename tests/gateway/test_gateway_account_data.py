@@ -213,8 +213,8 @@ async def test_api_keys_over_the_api_secret_once_revoke_at_once_and_only_ones_ow
     row = await served.gateway.registry.find_api_key(created.api_key.key_id)
     # Only a hash is kept. (The secret is base64url, which may itself hold "_": cut the prefix, not at "_".)
     secret = created.secret.removeprefix(f"zx_{created.api_key.key_id}_")
-    assert row is not None and row[1] == hashlib.sha256(secret.encode()).digest()
-    assert secret.encode() not in row[1]
+    assert row is not None and row.secret_sha256 == hashlib.sha256(secret.encode()).digest()
+    assert secret.encode() not in row.secret_sha256
 
     theirs = await _error(
         served.stub.RevokeApiKey(pb.RevokeApiKeyRequest(key_id=created.api_key.key_id), metadata=bob)

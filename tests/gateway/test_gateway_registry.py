@@ -12,8 +12,8 @@ from datetime import timedelta
 import psycopg
 import pytest
 from zehanx_gateway import db
-from zehanx_gateway.domain import TRANSITIONS, JobError, JobStage, JobState, NewJob, PendingEvent
-from zehanx_gateway.repository import PostgresRegistry
+from zehanx_gateway.domain import TRANSITIONS, JobError, JobStage, JobState, NewJob, NewModel, PendingEvent
+from zehanx_gateway.store import PostgresRegistry
 from zehanx_runtime import errors
 
 
@@ -95,7 +95,7 @@ async def test_racing_transitions_have_exactly_one_winner(registry: PostgresRegi
 async def test_the_database_rejects_every_illegal_transition(
     registry: PostgresRegistry, source: JobState
 ) -> None:
-    """Raw SQL, not the repository: the trigger itself refuses what the graph does not allow."""
+    """Raw SQL, not the store: the trigger itself refuses what the graph does not allow."""
     _, job_id = await a_job(registry)
     # Walk to `source` legally, through the shortest path.
     path = {
@@ -255,10 +255,41 @@ async def test_a_revoked_key_is_found_revoked(registry: PostgresRegistry) -> Non
     user_id = await registry.user_by_name("alice", create=True)
     await registry.add_api_key(user_id, "abcdefghij012345", b"\x01" * 32, "laptop")
     found = await registry.find_api_key("abcdefghij012345")
-    assert found is not None and found[2] is None
+    assert found is not None and found.revoke_time is None
+    assert found.user_id == user_id and found.secret_sha256 == b"\x01" * 32
     revoked = await registry.revoke_api_key("abcdefghij012345")
     assert revoked.revoke_time is not None and revoked.user_name == "alice"
     found = await registry.find_api_key("abcdefghij012345")
-    assert found is not None and found[2] is not None
+    assert found is not None and found.revoke_time == revoked.revoke_time
     with pytest.raises(errors.NotFound):
         await registry.revoke_api_key("zzzzzzzzzzzzzzzz")
+
+
+async def test_models_come_newest_first_in_pages_bound_to_their_filter(registry: PostgresRegistry) -> None:
+    user_id, job_id = await a_job(registry)
+    made = []
+    for n in range(5):
+        family = "TASK_FAMILY_TABULAR_CLASSIFICATION" if n % 2 else "TASK_FAMILY_TEXT_CLASSIFICATION"
+        new = NewModel(job_id, f"model {n}", "p", family, "accuracy", {}, "", f"{n:064x}", 1)
+        made.append(await registry.create_model(user_id, new))
+    seen, token, pages = [], "", 0
+    while True:
+        page = await registry.list_models(user_id, page_size=2, page_token=token)
+        seen += [m.title for m in page.items]
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [f"model {n}" for n in (4, 3, 2, 1, 0)] and pages == 3
+    text = await registry.list_models(
+        user_id, page_size=1, page_token="", task_family="TASK_FAMILY_TEXT_CLASSIFICATION"
+    )
+    assert [m.title for m in text.items] == ["model 4"] and text.next_page_token
+    rest = await registry.list_models(
+        user_id, page_size=5, page_token=text.next_page_token, task_family="TASK_FAMILY_TEXT_CLASSIFICATION"
+    )
+    assert [m.title for m in rest.items] == ["model 2", "model 0"] and rest.next_page_token == ""
+    with pytest.raises(errors.InvalidArgument, match="different filter"):
+        await registry.list_models(user_id, page_size=5, page_token=text.next_page_token)
+    with pytest.raises(errors.InvalidArgument, match="another list"):
+        await registry.list_jobs(user_id, page_size=5, page_token=text.next_page_token)

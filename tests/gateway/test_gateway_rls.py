@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 from zehanx_gateway import db
 from zehanx_gateway.auth import new_api_key
 from zehanx_gateway.domain import NewJob, NewModel, PendingEvent
-from zehanx_gateway.repository import PostgresRegistry
+from zehanx_gateway.store import PostgresRegistry
 
 SUPABASE_PRELUDE = """
 do $$

@@ -26,7 +26,7 @@ class ApiKeyStore(Protocol):
 
     async def list_api_keys(self, user_id: uuid.UUID | None = None) -> list[ApiKey]: ...
 
-    async def revoke_user_api_key(self, user_id: uuid.UUID, key_id: str) -> ApiKey: ...
+    async def revoke_api_key(self, key_id: str, *, user_id: uuid.UUID | None = None) -> ApiKey: ...
 
 
 class ApiKeyService:
@@ -74,4 +74,4 @@ class ApiKeyService:
         return sorted(keys, key=lambda k: (k.create_time, k.id), reverse=True)
 
     async def revoke(self, principal: Principal, key_id: str) -> ApiKey:
-        return await self._store.revoke_user_api_key(principal.user_id, key_id)
+        return await self._store.revoke_api_key(key_id, user_id=principal.user_id)

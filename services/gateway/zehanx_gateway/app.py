@@ -26,9 +26,9 @@ from zehanx_gateway.fanout import EventHub
 from zehanx_gateway.jobs import JobService
 from zehanx_gateway.models import ModelService
 from zehanx_gateway.provider_keys import ProviderKeyService
-from zehanx_gateway.repository import PostgresRegistry
 from zehanx_gateway.servicer import SERVICE_NAME, GatewayServicer
 from zehanx_gateway.settings import GatewaySettings
+from zehanx_gateway.store import PostgresRegistry
 from zehanx_gateway.trainer_client import GrpcTrainerPredictor
 from zehanx_gateway.uploads import UploadService
 from zehanx_gateway.user_settings import UserSettingsService

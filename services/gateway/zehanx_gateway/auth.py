@@ -38,13 +38,12 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol
 
 import jwt
 from zehanx_runtime import errors
 
-from zehanx_gateway.domain import AuthMethod, Principal
+from zehanx_gateway.domain import AuthMethod, Principal, StoredApiKey
 
 API_KEY_PREFIX = "zx_"
 _API_KEY_LENGTH = len("zx_") + 16 + 1 + 43
@@ -94,7 +93,24 @@ def parse_api_key(token: str) -> tuple[str, str] | None:
 
 
 class KeyLookup(Protocol):
-    async def find_api_key(self, key_id: str) -> tuple[uuid.UUID, bytes, datetime | None] | None: ...
+    async def find_api_key(self, key_id: str) -> StoredApiKey | None: ...
+
+
+async def check_api_key(keys: KeyLookup, credential: str) -> Principal:
+    """The caller an API key ``zx_<id>_<secret>`` stands for: looked up by id, compared by SHA-256 in
+    constant time. UNAUTHENTICATED when it is malformed, unknown, wrong or revoked (the one key check:
+    the gateway's every call and ``zx up``'s test of its stored key both go through here)."""
+    parsed = parse_api_key(credential)
+    if parsed is None:
+        raise _unauth("the API key is malformed", "API_KEY_MALFORMED")
+    key_id, secret = parsed
+    found = await keys.find_api_key(key_id)
+    digest = hashlib.sha256(secret.encode()).digest()
+    if found is None or not hmac.compare_digest(found.secret_sha256, digest):
+        raise _unauth("the API key is not valid", "API_KEY_INVALID")
+    if found.revoke_time is not None:
+        raise _unauth("the API key has been revoked", "API_KEY_REVOKED")
+    return Principal(user_id=found.user_id, method=AuthMethod.API_KEY, credential_id=key_id)
 
 
 class UserRegistry(Protocol):
@@ -297,7 +313,7 @@ class Authenticator:
         _principal.set(None)
         credential = _credential(metadata)
         if credential.startswith(API_KEY_PREFIX):
-            principal = await self._api_key(credential)
+            principal = await check_api_key(self._keys, credential)
         elif self._jwt is not None or self._sessions is not None:
             principal = await self._token(credential)
         else:
@@ -306,20 +322,6 @@ class Authenticator:
                 "CREDENTIALS_MALFORMED",
             )
         _principal.set(principal)
-
-    async def _api_key(self, credential: str) -> Principal:
-        parsed = parse_api_key(credential)
-        if parsed is None:
-            raise _unauth("the API key is malformed", "API_KEY_MALFORMED")
-        key_id, secret = parsed
-        found = await self._keys.find_api_key(key_id)
-        digest = hashlib.sha256(secret.encode()).digest()
-        if found is None or not hmac.compare_digest(found[1], digest):
-            raise _unauth("the API key is not valid", "API_KEY_INVALID")
-        user_id, _, revoke_time = found
-        if revoke_time is not None:
-            raise _unauth("the API key has been revoked", "API_KEY_REVOKED")
-        return Principal(user_id=user_id, method=AuthMethod.API_KEY, credential_id=key_id)
 
     async def _token(self, credential: str) -> Principal:
         # Which verifier is chosen by the unverified ``iss`` only; each then requires its own issuer,

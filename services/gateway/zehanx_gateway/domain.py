@@ -1,7 +1,7 @@
 """The gateway's domain types: jobs, their events, models, users and the calling principal.
 
 Plain dataclasses with no grpc or database imports; :mod:`zehanx_gateway.convert` maps them to and from
-the protos and :mod:`zehanx_gateway.repository` to and from rows.
+the protos and :mod:`zehanx_gateway.store` to and from rows.
 """
 
 from __future__ import annotations
@@ -218,6 +218,15 @@ class ApiKey:
     user_name: str | None
     label: str
     create_time: datetime
+    revoke_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredApiKey:
+    """What the API-key check reads of a key: its owner, its secret's SHA-256 and when it was revoked."""
+
+    user_id: uuid.UUID
+    secret_sha256: bytes
     revoke_time: datetime | None
 
 

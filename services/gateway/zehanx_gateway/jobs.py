@@ -202,9 +202,7 @@ class JobService:
         events = await self._store.list_events(
             job_id, after_sequence=start, limit=size + 1, user_id=principal.user_id
         )
-        page = events[:size]
-        next_token = paging.encode("events", fp, {"s": page[-1].sequence}) if len(events) > size else ""
-        return Page(page, next_token)
+        return paging.page_of(events, size, "events", fp, lambda last: {"s": last.sequence})
 
     # -- for the orchestrator (issue 7) and tests ------------------------------------------------------
 
@@ -220,7 +218,7 @@ class JobService:
         lease: tuple[str, int] | None = None,
         **more: object,
     ) -> Job:
-        """Move a job (compare-and-set; see PostgresRegistry.transition) and fan the event out."""
+        """Move a job (compare-and-set; see PostgresJobStore.transition) and fan the event out."""
         guards: dict[str, object] = dict(more)
         if stage is not _UNSET:
             guards["stage"] = stage

@@ -2,7 +2,9 @@
 
 A token is url-safe base64 of a small JSON object: the list it belongs to, a fingerprint of the filter
 it was made with, and the keyset position to continue after. A token from another list, another
-filter, or garbage is INVALID_ARGUMENT with a ``page_token`` field violation.
+filter, or garbage is INVALID_ARGUMENT with a ``page_token`` field violation. Every list reads one item
+beyond its page and cuts it with :func:`page_of`; the stores' lists ordered by time go through
+``zehanx_gateway.store.base.PoolStore._keyset_page``.
 """
 
 from __future__ import annotations
@@ -11,9 +13,14 @@ import base64
 import binascii
 import hashlib
 import json
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from zehanx_runtime.errors import FieldViolation, InvalidArgument
+
+from zehanx_gateway.domain import Page
+
+T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -52,6 +59,20 @@ def decode(token: str, kind: str, filter_fingerprint: str) -> dict[str, Any] | N
     if body.get("f") != filter_fingerprint:
         raise bad_token("page_token was issued for a different filter; start again without it")
     return body["p"]
+
+
+def page_of(
+    fetched: Sequence[T],
+    size: int,
+    kind: str,
+    filter_fingerprint: str,
+    position: Callable[[T], dict[str, Any]],
+) -> Page[T]:
+    """The page of a list read one item beyond ``size`` (keyset paging: ``limit size + 1``): its first
+    ``size`` items, and the token to continue after the last of them when that one more item exists."""
+    items = list(fetched[:size])
+    next_token = encode(kind, filter_fingerprint, position(items[-1])) if len(fetched) > size else ""
+    return Page(items, next_token)
 
 
 def bad_token(message: str) -> InvalidArgument:
