@@ -8,13 +8,10 @@ purged) is replaced. ``ZX_API_KEY`` in the environment takes precedence over the
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 from pathlib import Path
 
-from zehanx_gateway import db
-from zehanx_gateway.auth import new_api_key, parse_api_key
-from zehanx_gateway.repository import PostgresRegistry
+from zehanx_gateway.admin import open_registry
 
 from zehanx_cli.errors import LaunchError
 from zehanx_cli.settings import LauncherSettings
@@ -49,23 +46,9 @@ def ensure_local_key(settings: LauncherSettings, database_url: str) -> bool:
     user = os.environ.get("ZX_USER", DEFAULT_USER).strip() or DEFAULT_USER
 
     async def run() -> str | None:
-        await db.migrate(database_url)
-        pool = await db.open_pool(database_url, min_size=1, max_size=2)
-        try:
-            registry = PostgresRegistry(pool)
+        async with open_registry(database_url) as admin:
             existing = path.read_text().strip() if path.exists() else ""
-            parsed = parse_api_key(existing) if existing else None
-            if parsed is not None:
-                found = await registry.find_api_key(parsed[0])
-                secret_hash = hashlib.sha256(parsed[1].encode()).digest()
-                if found is not None and found[2] is None and found[1] == secret_hash:
-                    return None
-            user_id = await registry.user_by_name(user, create=True)
-            key = new_api_key()
-            await registry.add_api_key(user_id, key.key_id, key.secret_sha256, "made by zx up")
-            return key.token
-        finally:
-            await pool.close()
+            return await admin.ensure_local_key(user, existing)
 
     try:
         token = asyncio.run(run())

@@ -304,7 +304,7 @@ def trainer(online: bool) -> Check:
 
 
 def database(online: bool, launcher: LauncherSettings) -> Check:
-    from zehanx_gateway.db import TRANSACTION_POOLER_PORT, is_transaction_pooler, redact
+    from zehanx_gateway.admin import TRANSACTION_POOLER_PORT, is_transaction_pooler, redact
     from zehanx_gateway.settings import GatewaySettings
 
     check = Check("gateway database", "?")

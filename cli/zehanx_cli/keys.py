@@ -2,9 +2,9 @@
 
 The database is the one ``ZX_GATEWAY_DATABASE_URL`` (or ``ZX_DATABASE_URL``) names, else the one the
 local suite uses (``zx up``: its external URL, or the embedded PostgreSQL, which must be running). The
-gateway's own migrations and repository are used, so a key made here works at once on every gateway
-replica, and a key revoked here stops working at once. A key is shown once, when it is created; only
-its SHA-256 is stored.
+gateway's admin facade (``zehanx_gateway.admin``: its own migrations, store and key check) is used, so a
+key made here works at once on every gateway replica, and a key revoked here stops working at once. A
+key is shown once, when it is created; only its SHA-256 is stored.
 """
 
 from __future__ import annotations
@@ -19,11 +19,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from zehanx_gateway import db
-from zehanx_gateway.auth import new_api_key, parse_api_key
-from zehanx_gateway.domain import ApiKey
-from zehanx_gateway.repository import PostgresRegistry
-from zehanx_gateway.settings import GatewaySettings
+from zehanx_gateway.admin import Admin, ApiKey, CreatedKey, configured_database_url, open_registry
 from zehanx_runtime.errors import DomainError
 
 from zehanx_cli.errors import LaunchError
@@ -40,11 +36,11 @@ err_console = Console(stderr=True, soft_wrap=True)
 def database_url() -> str:
     """The gateway's database URL, from the environment or the local suite."""
     try:
-        configured = GatewaySettings().database_url
+        configured = configured_database_url()
     except ValidationError as exc:
         raise LaunchError(f"invalid gateway settings: {exc}") from None
     if configured is not None:
-        return configured.get_secret_value()
+        return configured
 
     launcher = LauncherSettings()
     if launcher.gateway_database_url is not None:
@@ -60,19 +56,13 @@ def database_url() -> str:
     return postgres.url()
 
 
-def _with_registry(action: Callable[[PostgresRegistry], Awaitable[T]]) -> T:
+def with_admin(action: Callable[[Admin], Awaitable[T]]) -> T:
+    """Run ``action`` on the gateway's database (:func:`database_url`); an error is printed, exit 1."""
     url = database_url()
 
     async def run() -> T:
-        try:
-            await db.migrate(url)
-        except Exception as exc:
-            raise LaunchError(f"cannot prepare the database ({db.redact(url)}): {exc}") from exc
-        pool = await db.open_pool(url, min_size=1, max_size=2)
-        try:
-            return await action(PostgresRegistry(pool))
-        finally:
-            await pool.close()
+        async with open_registry(url) as admin:
+            return await action(admin)
 
     try:
         return asyncio.run(run())
@@ -95,13 +85,11 @@ def create(
         err_console.print("[bold red]error:[/] --label must be at most 200 characters")
         raise typer.Exit(2)
 
-    async def action(registry: PostgresRegistry) -> tuple[str, str, str]:
-        user_id = await registry.user_by_name(user.strip(), create=True)
-        key = new_api_key()
-        await registry.add_api_key(user_id, key.key_id, key.secret_sha256, label)
-        return key.key_id, str(user_id), key.token
+    async def action(admin: Admin) -> CreatedKey:
+        return await admin.create_key(user.strip(), label)
 
-    key_id, user_id, token = _with_registry(action)
+    created = with_admin(action)
+    key_id, user_id, token = created.key.id, str(created.key.user_id), created.token
     if as_json:
         print(json.dumps({"id": key_id, "user": user.strip(), "user_id": user_id, "key": token}))
         return
@@ -119,11 +107,10 @@ def list_keys(
 ) -> None:
     """List API keys (ids, owners, labels, when made and revoked; never the keys)."""
 
-    async def action(registry: PostgresRegistry) -> list[ApiKey]:
-        user_id = await registry.user_by_name(user) if user else None
-        return await registry.list_api_keys(user_id)
+    async def action(admin: Admin) -> list[ApiKey]:
+        return await admin.list_keys(user)
 
-    keys = _with_registry(action)
+    keys = with_admin(action)
     if as_json:
         rows = [
             {
@@ -163,13 +150,11 @@ def revoke(
     key: Annotated[str, typer.Argument(help="The key's id (as `zx keys list` shows it) or the key itself.")],
 ) -> None:
     """Revoke an API key: every gateway refuses it from the next call on."""
-    parsed = parse_api_key(key)
-    key_id = parsed[0] if parsed else key
 
-    async def action(registry: PostgresRegistry) -> ApiKey:
-        return await registry.revoke_api_key(key_id)
+    async def action(admin: Admin) -> ApiKey:
+        return await admin.revoke_key(key)
 
-    revoked = _with_registry(action)
+    revoked = with_admin(action)
     console.print(
         f"revoked {revoked.id} ({revoked.user_name or revoked.user_id})", highlight=False, markup=False
     )

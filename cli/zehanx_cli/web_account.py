@@ -14,11 +14,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from zehanx_gateway.accounts import PostgresAccountStore, set_password
-from zehanx_gateway.repository import PostgresRegistry
+from zehanx_gateway.admin import Admin
 
 from zehanx_cli.account import DEFAULT_USER
-from zehanx_cli.keys import _with_registry
+from zehanx_cli.keys import with_admin
 
 app = typer.Typer(help="Dashboard sign-in for users the CLI knows.", no_args_is_help=True)
 console = Console(stderr=True, soft_wrap=True)
@@ -41,11 +40,10 @@ def password(
     else:
         secret = typer.prompt("Password (8 characters or more)", hide_input=True, confirmation_prompt=True)
 
-    async def action(registry: PostgresRegistry) -> str:
-        user_id = await registry.user_by_name(name)  # NOT_FOUND: only users that exist
-        return await set_password(PostgresAccountStore(registry.pool), user_id, email, secret)
+    async def action(admin: Admin) -> str:
+        return await admin.set_password(name, email, secret)  # NOT_FOUND: only users that exist
 
-    stored = _with_registry(action)
+    stored = with_admin(action)
     console.print(
         f"{name} signs in to the dashboard as {stored} (their other dashboard sessions were signed out).",
         highlight=False,
