@@ -36,11 +36,12 @@ from edge_support import (  # noqa: F401
 )
 from pydantic import SecretStr
 from zehanx_gateway import accounts
-from zehanx_gateway.accounts import PostgresAccountStore, set_password
+from zehanx_gateway.accounts import set_password
 from zehanx_gateway.app import Gateway
 from zehanx_gateway.auth import SESSION_AUDIENCE, SESSION_ISSUER, JwtConfig, JwtVerifier
 from zehanx_gateway.edge import EdgeSettings, auth_routes
 from zehanx_gateway.edge.auth_routes import client_bucket
+from zehanx_gateway.store.accounts import PostgresAccountStore
 from zehanx_runtime import errors
 
 PASSWORD = "correct horse battery staple"

@@ -22,12 +22,12 @@ from psycopg_pool import AsyncConnectionPool
 from zehanx_runtime import errors
 
 from zehanx_gateway import accounts, db
-from zehanx_gateway.accounts import PostgresAccountStore
 from zehanx_gateway.auth import check_api_key, new_api_key, parse_api_key
 from zehanx_gateway.db import TRANSACTION_POOLER_PORT, is_transaction_pooler, redact
 from zehanx_gateway.domain import ApiKey
 from zehanx_gateway.settings import GatewaySettings
 from zehanx_gateway.store import PostgresUserStore
+from zehanx_gateway.store.accounts import PostgresAccountStore
 
 __all__ = [
     "TRANSACTION_POOLER_PORT",

@@ -17,7 +17,6 @@ from zehanx_runtime.logging import get_logger
 from zehanx_runtime.server import ServiceBinding
 
 from zehanx_gateway import db
-from zehanx_gateway.accounts import session_key
 from zehanx_gateway.api_keys import ApiKeyService
 from zehanx_gateway.artifacts import ArtifactStore, LocalArtifactStore
 from zehanx_gateway.auth import SESSION_AUDIENCE, SESSION_ISSUER, Authenticator, JwtConfig, JwtVerifier
@@ -29,6 +28,7 @@ from zehanx_gateway.provider_keys import ProviderKeyService
 from zehanx_gateway.servicer import SERVICE_NAME, GatewayServicer
 from zehanx_gateway.settings import GatewaySettings
 from zehanx_gateway.store import PostgresRegistry
+from zehanx_gateway.store.accounts import session_key
 from zehanx_gateway.trainer_client import GrpcTrainerPredictor
 from zehanx_gateway.uploads import UploadService
 from zehanx_gateway.user_settings import UserSettingsService

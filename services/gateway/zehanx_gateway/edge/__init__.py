@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING
 
 from zehanx.gateway.v1 import gateway_service_pb2
 
-from zehanx_gateway.accounts import AccountService, PostgresAccountStore, SessionConfig
+from zehanx_gateway.accounts import AccountService, SessionConfig
 from zehanx_gateway.edge.auth_routes import AuthRoutes
 from zehanx_gateway.edge.connect import BodyLimits, ConnectAdapter, ConnectService
 from zehanx_gateway.edge.server import EdgeApp, RunningEdge, WebApp, start_edge
 from zehanx_gateway.edge.settings import EdgeSettings
+from zehanx_gateway.store.accounts import PostgresAccountStore
 
 if TYPE_CHECKING:
     from zehanx_gateway.app import Gateway

@@ -2,8 +2,8 @@
 
 - :mod:`.jobs`: jobs, their transitions and events, and the workers' leases (the compare-and-set core);
 - :mod:`.models`: models, the datasets jobs built, and uploads;
-- :mod:`.users`: users, API keys, sealed provider keys and user settings (the embedded sign-in's
-  accounts and sessions are :class:`zehanx_gateway.accounts.PostgresAccountStore`'s);
+- :mod:`.users`: users, API keys, sealed provider keys and user settings;
+- :mod:`.accounts`: the embedded sign-in's accounts, attempts and sessions, and the sessions' key;
 - :mod:`.base`: the one translation of database errors, advisory-lock keys, keyset pages.
 
 Every method that a user can reach takes the caller's ``user_id`` and filters by it, so another user's

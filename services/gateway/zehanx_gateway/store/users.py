@@ -1,7 +1,7 @@
 """Users and what belongs to each: API keys, sealed provider keys and settings.
 
-The accounts of the embedded sign-in (emails, password hashes, sessions) are
-:class:`zehanx_gateway.accounts.PostgresAccountStore`'s. API keys are read on every call, never cached,
+The accounts of the embedded sign-in (emails, password hashes, sessions) are next door, in
+:mod:`.accounts`. API keys are read on every call, never cached,
 so a revoked key stops working at once on every replica; only a key's SHA-256 is stored.
 """
 
