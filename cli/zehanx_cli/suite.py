@@ -252,12 +252,6 @@ class Suite:
             out.write(token + "\n")
         return token
 
-    @property
-    def upload_dir(self) -> Path:
-        """The gateway's upload folder (ZX_GATEWAY_UPLOAD_DIR, default ZX_HOME/uploads)."""
-        configured = os.environ.get("ZX_GATEWAY_UPLOAD_DIR")
-        return Path(configured).expanduser() if configured else self.home / "uploads"
-
     def _child_env(self, name: str, token: str, database_url: str | None) -> dict[str, str]:
         env = passed_environment(name, os.environ)
         prefix = f"ZX_{name.upper()}_"
@@ -282,12 +276,6 @@ class Suite:
             if not env.get("ZX_GATEWAY_SECRETS_KEY"):
                 # Seals the users' own provider keys (ZX_HOME/secrets-key, mode 0600 like jwt-secret).
                 env["ZX_GATEWAY_SECRETS_KEY"] = self._token(self.home / "secrets-key")
-        if name == "crawler":
-            # The crawler reads the files users upload to the gateway (job sources by upload_id, which
-            # the gateway turns into paths in this folder), besides the folders the operator allows.
-            env["ZX_CRAWLER_LOCAL_ROOTS"] = json.dumps(
-                [*_json_list(env.get("ZX_CRAWLER_LOCAL_ROOTS")), str(self.upload_dir)]
-            )
         if name == "trainer":
             env["ZX_TRAINER_EXECUTOR_ADDRESS"] = self.settings.address("executor")
             # The trainer reads the crawler's datasets from the crawler (ReadDatasetFile), not its folder.
@@ -595,16 +583,3 @@ class _StopFlag:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-
-
-def _json_list(text: str | None) -> list[str]:
-    """The folders of a ZX_CRAWLER_LOCAL_ROOTS value (a JSON list; empty or unset: none)."""
-    if not text or not text.strip():
-        return []
-    try:
-        value = json.loads(text)
-    except ValueError:
-        raise LaunchError(f"ZX_CRAWLER_LOCAL_ROOTS must be a JSON list of folders, not {text!r}") from None
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise LaunchError(f"ZX_CRAWLER_LOCAL_ROOTS must be a JSON list of folders, not {text!r}")
-    return value

@@ -115,12 +115,27 @@ def test_dependencies_wait_for_healthy_containers(compose: dict[str, Any]) -> No
     assert services["gateway"]["depends_on"] == {
         name: {"condition": "service_healthy"} for name in ("postgres", *INTERNAL)
     }
-    assert services["trainer"]["depends_on"] == {"executor": {"condition": "service_healthy"}}
+    assert services["trainer"]["depends_on"] == {
+        "executor": {"condition": "service_healthy"},
+        "crawler": {"condition": "service_healthy"},  # it reads datasets from the crawler
+    }
     for name, service in services.items():
         for dependency in service.get("depends_on", {}):
             assert "healthcheck" in services[dependency], (
                 f"{name} waits on {dependency}, which has no health check"
             )
+
+
+def test_no_two_services_share_a_data_volume(compose: dict[str, Any]) -> None:
+    """Uploads, datasets and models cross between services as gRPC streams, never through a shared disk."""
+    owners: dict[str, str] = {}
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = str(volume).split(":", 1)[0]
+            assert source not in owners, f"{name} and {owners.get(source)} share the volume {source}"
+            owners[source] = name
+    assert env_of(compose, "trainer")["ZX_TRAINER_CRAWLER_ADDRESS"] == f"crawler:{DEFAULT_PORTS['crawler']}"
+    assert "ZX_CRAWLER_LOCAL_ROOTS" not in env_of(compose, "crawler")
 
 
 def test_the_executor_gets_the_sandbox_privileges_and_no_more(compose: dict[str, Any]) -> None:

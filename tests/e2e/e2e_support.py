@@ -438,10 +438,18 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     if not caps.ok:
         pytest.skip("this host cannot run the executor's local sandbox: " + "; ".join(caps.missing))
     home = tmp_path_factory.mktemp("zx-home")
+    # Each service its own data folder, none inside another's or ZX_HOME: nothing is shared but
+    # PostgreSQL (uploads, datasets and models cross as gRPC streams).
+    own = {name: tmp_path_factory.mktemp(f"{name}-data") for name in ("gateway", "crawler", "trainer")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZX_")}
     env.update(
         {
             "ZX_HOME": str(home),
+            "ZX_GATEWAY_ARTIFACT_DIR": str(own["gateway"] / "archives"),
+            "ZX_GATEWAY_UPLOAD_DIR": str(own["gateway"] / "uploads"),
+            "ZX_CRAWLER_DATA_DIR": str(own["crawler"] / "datasets"),
+            "ZX_TRAINER_HOME": str(own["trainer"]),
+            "ZX_TRAINER_ARTIFACT_DIR": str(own["trainer"] / "artifacts"),
             **{
                 f"ZX_{name.upper()}_PORT": str(free_port())
                 for name in ("gateway", "crawler", "codegen", "executor", "trainer", "postgres")

@@ -1,5 +1,7 @@
 """The product as a user meets it: `zx up --detach` (every service a process, the embedded PostgreSQL),
-then `zx train`, `zx download`, `zx predict` with the API key `zx up` made.
+then `zx train`, `zx download`, `zx predict` with the API key `zx up` made. The gateway, the crawler and
+the trainer each keep their data in their own folder (see the `suite` fixture): nothing is shared but
+PostgreSQL, so the dataset reaches the trainer and the model the gateway only as gRPC streams.
 
 The source is ../shared/data/sentiment_labelled_sentences served over HTTP on localhost (the crawler
 is told it may reach private addresses); the model must beat the classical baseline that
@@ -74,6 +76,35 @@ def test_a_prompt_with_a_local_server_source_trains_a_model_that_beats_the_basel
     assert predicted.returncode == 0, predicted.stderr
     rows = [json.loads(line) for line in predicted.stdout.splitlines() if line.strip()]
     assert len(rows) == 2 and all(r["prediction"] is not None for r in rows)
+
+    # The dataset's preview, from the gateway (the crawler built it in its own folder).
+    preview = _dataset_preview(suite, job_id)
+    assert len(preview) == 20 and all(set(row) >= {"text", "label"} for row in preview)
+
+    # Each service kept its data in its own folder; none was written where another service keeps its own.
+    crawler_data = Path(suite["ZX_CRAWLER_DATA_DIR"])
+    trainer_data = Path(suite["ZX_TRAINER_ARTIFACT_DIR"])
+    gateway_data = Path(suite["ZX_GATEWAY_ARTIFACT_DIR"])
+    assert list(crawler_data.glob("*/train.jsonl")), "the crawler stored the dataset in its own folder"
+    assert list(trainer_data.glob("manifests/*.json")), "the trainer stored the model in its own folder"
+    assert (gateway_data / "sha256" / model["archiveSha256"][:2] / model["archiveSha256"]).is_file()
+    home = Path(suite["ZX_HOME"])
+    assert not (home / "datasets").exists() and not (home / "artifacts").exists()
+
+
+def _dataset_preview(env: dict[str, str], job_id: str) -> list[dict]:
+    """GatewayService.GetDataset with the API key zx up made, as any client calls it."""
+    import grpc
+    from google.protobuf import json_format
+    from zehanx.gateway.v1 import gateway_service_pb2 as pb
+    from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
+
+    key = (Path(env["ZX_HOME"]) / "api-key").read_text().strip()
+    with grpc.insecure_channel(f"127.0.0.1:{env['ZX_GATEWAY_PORT']}") as channel:
+        record = rpc.GatewayServiceStub(channel).GetDataset(
+            pb.GetDatasetRequest(job_id=job_id), metadata=[("authorization", f"Bearer {key}")], timeout=30
+        )
+    return [json_format.MessageToDict(row) for row in record.dataset.preview_rows]
 
 
 def test_a_prompt_with_no_source_trains_on_the_catalogue_dataset_it_names(suite: dict[str, str]) -> None:

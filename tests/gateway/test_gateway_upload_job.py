@@ -72,8 +72,8 @@ async def suite(database_url: str, tmp_path: Path) -> AsyncIterator[Suite]:
     crawler_settings = CrawlerSettings(
         port=0,
         service_token=TOKEN,
-        data_dir=tmp_path / "datasets",
-        local_roots=[uploads],  # what zx up adds: the gateway's upload folder
+        data_dir=tmp_path / "crawler" / "datasets",  # its own folder: the upload reaches it as a stream
+        local_roots=[],
         backend="local",
         firecrawl_api_key=None,
     )

@@ -1,6 +1,6 @@
 """What zx up gives the gateway and the crawler for the dashboard's account data: a secrets key that
-seals users' provider keys (made once in ZX_HOME, mode 0600, like jwt-secret), and the gateway's upload
-folder among the folders the crawler may read (added to the operator's own ZX_CRAWLER_LOCAL_ROOTS)."""
+seals users' provider keys (made once in ZX_HOME, mode 0600, like jwt-secret); and no service gets
+another's folder (uploads and datasets travel as gRPC streams)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import stat
 from pathlib import Path
 
 import pytest
-from zehanx_cli.errors import LaunchError
 from zehanx_cli.settings import LauncherSettings
 from zehanx_cli.suite import Suite
 
@@ -36,21 +35,19 @@ def test_the_gateway_gets_a_secrets_key_made_once_with_mode_0600(
     )
 
 
-def test_the_crawler_may_read_the_upload_folder_besides_the_operators_folders(
+def test_no_service_is_handed_another_services_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("ZX_GATEWAY_UPLOAD_DIR", raising=False)
-    monkeypatch.delenv("ZX_CRAWLER_LOCAL_ROOTS", raising=False)
+    """Uploads reach the crawler as a stream (PutSourceFile) and datasets reach the trainer as a stream
+    (ReadDatasetFile): zx up gives the crawler no gateway folder and the trainer no crawler folder, only
+    the crawler's address."""
+    for name in ("ZX_CRAWLER_LOCAL_ROOTS", "ZX_TRAINER_DATASET_ROOTS", "ZX_GATEWAY_UPLOAD_DIR"):
+        monkeypatch.delenv(name, raising=False)
     suite = _suite(tmp_path)
-    assert json.loads(suite._child_env("crawler", "token", None)["ZX_CRAWLER_LOCAL_ROOTS"]) == [
-        str(tmp_path / "uploads")
-    ]
-    monkeypatch.setenv("ZX_CRAWLER_LOCAL_ROOTS", json.dumps(["/srv/data"]))
-    monkeypatch.setenv("ZX_GATEWAY_UPLOAD_DIR", str(tmp_path / "elsewhere"))
-    assert json.loads(suite._child_env("crawler", "token", None)["ZX_CRAWLER_LOCAL_ROOTS"]) == [
-        "/srv/data",
-        str(tmp_path / "elsewhere"),
-    ]
-    monkeypatch.setenv("ZX_CRAWLER_LOCAL_ROOTS", "/srv/data")  # not JSON: said plainly, not guessed
-    with pytest.raises(LaunchError, match="JSON list"):
-        suite._child_env("crawler", "token", None)
+    crawler = suite._child_env("crawler", "token", None)
+    trainer = suite._child_env("trainer", "token", None)
+    assert "ZX_CRAWLER_LOCAL_ROOTS" not in crawler
+    assert "ZX_TRAINER_DATASET_ROOTS" not in trainer
+    assert trainer["ZX_TRAINER_CRAWLER_ADDRESS"] == suite.settings.address("crawler")
+    monkeypatch.setenv("ZX_CRAWLER_LOCAL_ROOTS", json.dumps(["/srv/data"]))  # the operator's own: kept as is
+    assert json.loads(suite._child_env("crawler", "token", None)["ZX_CRAWLER_LOCAL_ROOTS"]) == ["/srv/data"]

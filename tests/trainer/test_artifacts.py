@@ -240,6 +240,39 @@ async def test_supabase_store_round_trips_an_artifact(
         await supabase_store.manifest("e" * 64)
 
 
+async def test_a_model_in_supabase_storage_reaches_the_gateway_as_a_verified_archive(
+    supabase_store: ArtifactStore, recorded: RecordedStorage, tmp_path: Path
+) -> None:
+    """The download archive is built by the store's owner from Storage (the gateway used to read the
+    trainer's folder from disk and refused supabase:// with ARTIFACT_STORE_UNSUPPORTED), streamed as
+    ReadArtifact messages and received by the gateway's own code, which checks it and takes the card."""
+    import io
+    import zipfile
+
+    from zehanx.common.v1 import file_transfer_pb2
+    from zehanx.trainer.v1 import trainer_service_pb2 as pb
+    from zehanx_gateway.orchestrator.archive import receive_archive
+    from zehanx_runtime import transfer
+    from zehanx_trainer.archive import build_archive
+
+    manifest = await supabase_store.publish(FILES, {"run_id": "r4"})
+    path, info = await build_archive(supabase_store, manifest.artifact_id, spool_dir=tmp_path / "trainer")
+    again, info_again = await build_archive(
+        supabase_store, manifest.artifact_id, spool_dir=tmp_path / "trainer"
+    )
+    assert info_again.sha256 == info.sha256, "one artifact, one archive"
+    stream = transfer.stream_file(path, info, pb.ReadArtifactResponse, file_transfer_pb2.FileHeader)
+    received = await receive_archive(manifest.artifact_id, stream, spool_dir=tmp_path / "gateway")
+    try:
+        assert received.sha256 == info.sha256 and received.model_card == "# card\n"
+        with zipfile.ZipFile(io.BytesIO(received.path.read_bytes())) as archive:
+            assert {name: archive.read(name) for name in archive.namelist()} == FILES
+    finally:
+        received.close()
+        path.unlink()
+        again.unlink()
+
+
 async def test_supabase_corruption_is_detected(
     supabase_store: ArtifactStore, recorded: RecordedStorage
 ) -> None:

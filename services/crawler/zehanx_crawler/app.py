@@ -11,6 +11,7 @@ from zehanx_crawler.fetcher import FetchPolicy, HttpFetcher
 from zehanx_crawler.servicer import CrawlerServicer
 from zehanx_crawler.settings import CrawlerSettings
 from zehanx_crawler.store import DatasetStore
+from zehanx_crawler.uploads import UploadInbox
 from zehanx_crawler.web import WebBackend
 
 
@@ -75,14 +76,16 @@ def build(settings: CrawlerSettings, *, web: WebBackend | None = None) -> Crawle
     fetcher = HttpFetcher(fetch_policy(settings))
     web = web if web is not None else web_backend(settings, fetcher.guard)
     store = DatasetStore(settings.datasets_dir)
+    uploads = UploadInbox(settings.resolved_uploads_dir)
     catalogue = Catalogue()
     builder = DatasetBuilder(
         settings,
         fetcher=fetcher,
         catalogue=catalogue,
         store=store,
+        uploads=uploads,
         web=web,
         web_for_key=lambda key: firecrawl_backend(settings, key, fetcher.guard),
     )
-    servicer = CrawlerServicer(builder, catalogue, store)
+    servicer = CrawlerServicer(builder, catalogue, store, uploads, max_upload_bytes=settings.max_source_bytes)
     return CrawlerApp(builder=builder, servicer=servicer, fetcher=fetcher, store=store, web=web)

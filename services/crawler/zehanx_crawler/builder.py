@@ -29,6 +29,7 @@ import numpy as np
 from zehanx_runtime.errors import (
     DeadlineExceeded,
     DomainError,
+    FailedPrecondition,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
@@ -57,6 +58,7 @@ from zehanx_crawler.ranking import content_tokens, match
 from zehanx_crawler.settings import CrawlerSettings
 from zehanx_crawler.sniff import DATA_EXTENSIONS, is_documentation
 from zehanx_crawler.store import DatasetStore
+from zehanx_crawler.uploads import UploadInbox, upload_label
 from zehanx_crawler.web import WebBackend, raw_file_url
 
 Emit = Callable[[Progress], Awaitable[None]]
@@ -132,11 +134,14 @@ class DatasetBuilder:
         fetcher: Fetcher,
         catalogue: Catalogue,
         store: DatasetStore,
+        uploads: UploadInbox | None = None,
         web: WebBackend | None = None,
         web_for_key: Callable[[str], WebBackend] | None = None,
         parse_pool: ParsePool | None = None,
     ) -> None:
         self._settings = settings
+        #: Users' uploads as the gateway sent them (PutSourceFile), read by ``upload_id``.
+        self._uploads = uploads
         #: Where bytes from outside are parsed and cleaned (shared by the copies of this builder).
         self._pool = parse_pool or ParsePool(
             processes=settings.parse_processes, memory_bytes=settings.parse_memory_bytes
@@ -463,9 +468,10 @@ class DatasetBuilder:
                 )
             )
             return Parsed(tables=[table])
-        if source.kind == SourceKind.LOCAL_PATH:
+        if source.kind in (SourceKind.LOCAL_PATH, SourceKind.UPLOAD):
+            read = self._upload_resources if source.kind == SourceKind.UPLOAD else self._local_resources
             out = Parsed()
-            for resource in await asyncio.to_thread(self._local_resources, source, budget):
+            for resource in await asyncio.to_thread(read, source, budget):
                 await emit(
                     Progress(
                         Phase.FETCHING,
@@ -587,6 +593,32 @@ class DatasetBuilder:
         if queue and pages >= self._settings.max_pages:
             out.skipped.append(f"{seed_url}: stopped after {pages} pages (ZX_CRAWLER_MAX_PAGES)")
         return out
+
+    def _upload_resources(self, source: Source, budget: _ByteBudget) -> list[Resource]:
+        """The file of an upload the gateway sent (PutSourceFile), named as the user knows it."""
+        if self._uploads is None:
+            raise FailedPrecondition("this crawler keeps no uploads", reason="UPLOADS_DISABLED")
+        path = self._uploads.resolve(source.value)
+        size = path.stat().st_size
+        cap = min(self._settings.max_source_bytes, budget.remaining or 1)
+        if size > cap:
+            raise ResourceExhausted(
+                f"upload {source.value} is {human_bytes(size)}; the per-source cap is {human_bytes(cap)}",
+                reason="SOURCE_TOO_LARGE",
+            )
+        data = path.read_bytes()
+        label = upload_label(source.value, path.name)
+        budget.charge(len(data), label)
+        return [
+            Resource(
+                uri=label,
+                name=path.name,
+                data=data,
+                fetched_at=datetime.now(UTC),
+                sha256=hashlib.sha256(data).hexdigest(),
+                source=label,
+            )
+        ]
 
     def _local_resources(self, source: Source, budget: _ByteBudget) -> list[Resource]:
         if not self._settings.local_roots:

@@ -15,6 +15,7 @@ class SourceKind(enum.Enum):
     URL = "url"
     LOCAL_PATH = "local_path"
     CATALOGUE = "catalogue"
+    UPLOAD = "upload"
 
 
 @dataclass(frozen=True)

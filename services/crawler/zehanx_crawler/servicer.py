@@ -31,6 +31,7 @@ from zehanx_crawler.model import (
     Task,
 )
 from zehanx_crawler.store import DatasetStore
+from zehanx_crawler.uploads import UploadInbox
 
 SERVICE_NAME = "zehanx.crawler.v1.CrawlerService"
 DEFAULT_PAGE_SIZE = 100
@@ -94,14 +95,7 @@ def to_build_request(
         elif kind == "catalog_name":
             sources.append(Source(SourceKind.CATALOGUE, source.catalog_name))
         elif kind == "upload_id":
-            violations.append(
-                FieldViolation(
-                    f"sources[{i}].upload_id",
-                    "upload ids are resolved by the gateway (to a local_path); the crawler reads url, "
-                    "local_path or catalog_name sources",
-                    "UPLOAD_ID_NOT_RESOLVED",
-                )
-            )
+            sources.append(Source(SourceKind.UPLOAD, source.upload_id))
         else:  # pragma: no cover - protovalidate requires the oneof
             violations.append(FieldViolation(f"sources[{i}]", "exactly one of url, local_path, catalog_name"))
     if len(set(sources)) != len(sources):
@@ -330,10 +324,20 @@ def _first_values(path: str, limit: int = 50) -> dict[str, list[str]]:
 class CrawlerServicer(rpc.CrawlerServiceServicer):
     """Thin: the builder does the work."""
 
-    def __init__(self, builder: DatasetBuilder, catalogue: Catalogue, store: DatasetStore) -> None:
+    def __init__(
+        self,
+        builder: DatasetBuilder,
+        catalogue: Catalogue,
+        store: DatasetStore,
+        uploads: UploadInbox,
+        *,
+        max_upload_bytes: int,
+    ) -> None:
         self._builder = builder
         self._catalogue = catalogue
         self._store = store
+        self._uploads = uploads
+        self._max_upload_bytes = max_upload_bytes
 
     async def BuildDataset(
         self, request: pb.BuildDatasetRequest, context: grpc.aio.ServicerContext
@@ -374,6 +378,35 @@ class CrawlerServicer(rpc.CrawlerServiceServicer):
             path, info, pb.ReadDatasetFileResponse, file_transfer_pb2.FileHeader
         ):
             yield message
+
+    async def PutSourceFile(
+        self, request_iterator: AsyncIterator[pb.PutSourceFileRequest], context: grpc.aio.ServicerContext
+    ) -> pb.PutSourceFileResponse:
+        first: list[pb.PutSourceFileRequest] = []
+
+        async def messages() -> AsyncIterator[pb.PutSourceFileRequest]:
+            async for message in request_iterator:
+                if not first:
+                    first.append(message)
+                    UploadInbox.check(message.upload_id, message.header.name)
+                yield message
+
+        try:
+            received = await transfer.receive_file(
+                messages(),
+                what="the uploaded file",
+                max_bytes=self._max_upload_bytes,
+                spool_dir=self._uploads.staging,
+            )
+        except transfer.TransferBroken as exc:  # the caller's stream, not this service, is at fault
+            raise InvalidArgument(exc.message, reason=exc.reason) from None
+        try:
+            await asyncio.to_thread(self._uploads.keep, first[0].upload_id, received)
+        finally:
+            received.close()
+        return pb.PutSourceFileResponse(
+            upload_id=first[0].upload_id, size_bytes=received.info.size_bytes, sha256=received.info.sha256
+        )
 
     async def ListCatalog(
         self, request: pb.ListCatalogRequest, context: grpc.aio.ServicerContext

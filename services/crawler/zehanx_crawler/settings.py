@@ -27,6 +27,11 @@ class CrawlerSettings(ServiceSettings):
         None,
         description="Dataset store folder; unset means $ZX_HOME/datasets (ZX_HOME defaults to ~/.zehanx).",
     )
+    uploads_dir: Path | None = Field(
+        None,
+        description="Where files the gateway sends with PutSourceFile (users' uploads) are kept; unset: "
+        "<data folder>/uploads.",
+    )
     default_seed: int = Field(42, ge=0, description="Split seed used when a request does not give one.")
     build_timeout_s: float = Field(
         600.0, gt=0, le=86_400, description="Wall-clock budget of one BuildDataset."
@@ -145,6 +150,11 @@ class CrawlerSettings(ServiceSettings):
     def datasets_dir(self) -> Path:
         """Where datasets are stored."""
         return (self.data_dir or _default_home() / "datasets").expanduser()
+
+    @property
+    def resolved_uploads_dir(self) -> Path:
+        """Where users' uploads, as the gateway sent them, are kept."""
+        return (self.uploads_dir or self.datasets_dir / "uploads").expanduser()
 
     @property
     def use_firecrawl(self) -> bool:

@@ -8,19 +8,22 @@ callee's ErrorInfo reason when it sent one.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from zehanx.codegen.v1 import codegen_service_pb2 as codegen_pb
 from zehanx.codegen.v1 import codegen_service_pb2_grpc as codegen_rpc
+from zehanx.common.v1 import file_transfer_pb2
 from zehanx.crawler.v1 import crawler_service_pb2 as crawler_pb
 from zehanx.crawler.v1 import crawler_service_pb2_grpc as crawler_rpc
 from zehanx.trainer.v1 import trainer_service_pb2 as trainer_pb
 from zehanx.trainer.v1 import trainer_service_pb2_grpc as trainer_rpc
-from zehanx_runtime import errors, provider_keys
+from zehanx_runtime import errors, provider_keys, transfer
 from zehanx_runtime.client import call_metadata, internal_channel
 
 #: The job owner's own provider keys (metadata name -> key) for the calls made by the job being run:
@@ -129,6 +132,28 @@ class GrpcCrawler(_Client):
     ) -> AsyncIterator[crawler_pb.BuildDatasetResponse]:
         call = self._stub.BuildDataset(request, timeout=timeout_s, metadata=self._metadata(request.job_id))
         return self._stream(call)
+
+    async def put_source_file(
+        self, upload_id: str, path: Path, *, job_id: str, timeout_s: float
+    ) -> crawler_pb.PutSourceFileResponse:
+        """Stream an uploaded file to the crawler (it never opens the gateway's upload folder)."""
+        info = await asyncio.to_thread(transfer.file_info, path)
+
+        async def requests() -> AsyncIterator[crawler_pb.PutSourceFileRequest]:
+            parts = transfer.stream_file(
+                path, info, crawler_pb.PutSourceFileRequest, file_transfer_pb2.FileHeader
+            )
+            async for message in parts:
+                if message.WhichOneof("part") == "header":
+                    message.upload_id = upload_id
+                yield message
+
+        try:
+            return await self._stub.PutSourceFile(
+                requests(), timeout=timeout_s, metadata=self._metadata(job_id)
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
 
 
 class GrpcCodegen(_Client):

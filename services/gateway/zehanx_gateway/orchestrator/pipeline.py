@@ -61,6 +61,8 @@ _KEY_METADATA = {
 DEFAULT_MAX_REPAIRS = 3
 #: Time allowed to receive a model's archive from the trainer at publishing.
 READ_ARTIFACT_TIMEOUT_S = 600.0
+#: Time allowed to send one uploaded file to the crawler.
+PUT_SOURCE_TIMEOUT_S = 600.0
 _LOG_TEXT_MAX = 16 * 1024
 _TRAIN_STAGE_NAMES = {
     trainer_pb.TRAIN_STAGE_STAGING: "staging",
@@ -199,8 +201,6 @@ class _JobRun:
             else DEFAULT_MAX_REPAIRS
         )
         self.repairs = job.repair_count
-        #: Stored paths of the job's uploads -> how the user knows them ("upload <id> (<file name>)").
-        self._uploaded: dict[str, str] = {}
         self.log = log.bind(job_id=str(job.id), attempt=job.attempt)
 
     # -- the run ------------------------------------------------------------------------------------
@@ -286,7 +286,6 @@ class _JobRun:
             return dataset
 
         dataset = await self._retrying("crawler", attempt)
-        self._name_uploads(dataset)
         built = job_event_pb2.DatasetBuilt(
             dataset_id=dataset.id,
             name=dataset.name,
@@ -304,28 +303,9 @@ class _JobRun:
         await self._emit("dataset_built", built, resume={"dataset": _json(dataset)})
         return dataset
 
-    def _name_uploads(self, dataset: crawler_dataset_pb2.Dataset) -> None:
-        """Name each upload as the user knows it ("upload <id> (<file name>)"), never by its path on
-        the gateway's host, in what the user sees of the dataset."""
-
-        def named(text: str) -> str:
-            for path, name in self._uploaded.items():
-                text = text.replace(Path(path).as_uri(), name).replace(path, name)
-            return text
-
-        if not self._uploaded:
-            return
-        dataset.explanation = named(dataset.explanation)
-        dataset.warnings[:] = [named(w) for w in dataset.warnings]
-        for item in dataset.provenance:
-            item.source, item.title, item.description = (
-                named(item.source),
-                named(item.title),
-                named(item.description),
-            )
-
     async def _crawler_sources(self) -> list[dataset_pb2.DataSource]:
-        """The job's sources as the crawler reads them: each upload as the local path of its file."""
+        """The job's sources as the crawler reads them: each upload sent to the crawler first (the
+        crawler names it to the user as "upload <id> (<file name>)")."""
         sources = []
         for index, source in enumerate(self.spec.sources):
             kind = source.WhichOneof("source")
@@ -335,9 +315,17 @@ class _JobRun:
                         JobError("FAILED_PRECONDITION", "this gateway keeps no uploads", "UPLOADS_DISABLED")
                     )
                 if kind == "upload_id":
+                    # The caller's own upload only; its bytes go to the crawler, never its path.
                     path = await self.p._uploads.resolve(self.job.user_id, source.upload_id)
-                    sources.append(dataset_pb2.DataSource(local_path=str(path)))
-                    self._uploaded[str(path)] = f"upload {source.upload_id} ({path.name})"
+                    send = functools.partial(
+                        self.p._crawler.put_source_file,
+                        source.upload_id,
+                        path,
+                        job_id=str(self.job.id),
+                        timeout_s=PUT_SOURCE_TIMEOUT_S,
+                    )
+                    await self._retrying("crawler", send)
+                    sources.append(dataset_pb2.DataSource(upload_id=source.upload_id))
                     continue
                 if self.p._uploads.inside_root(source.local_path):
                     raise JobFailed(

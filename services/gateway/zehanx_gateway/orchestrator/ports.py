@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Protocol
 
 from zehanx.codegen.v1 import codegen_service_pb2 as codegen_pb
@@ -22,11 +23,16 @@ from zehanx_gateway.domain import Job, JobEvent, Model, Page
 
 
 class DatasetBuilder(Protocol):
-    """``CrawlerService.BuildDataset``: progress messages, then the dataset."""
+    """``CrawlerService``: ``BuildDataset`` (progress messages, then the dataset) and ``PutSourceFile`` (a
+    user's uploaded file streamed to the crawler before a build that names it by ``upload_id``)."""
 
     def build_dataset(
         self, request: crawler_pb.BuildDatasetRequest, *, timeout_s: float
     ) -> AsyncIterator[crawler_pb.BuildDatasetResponse]: ...
+
+    async def put_source_file(
+        self, upload_id: str, path: Path, *, job_id: str, timeout_s: float
+    ) -> crawler_pb.PutSourceFileResponse: ...
 
 
 class ProgramWriter(Protocol):

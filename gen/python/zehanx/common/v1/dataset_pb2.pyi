@@ -114,9 +114,10 @@ class DataSource(_message.Message):
     catalog_name: _builtins.str
     """The name of an entry of the built-in catalogue (see `CrawlerService.ListCatalog`)."""
     upload_id: _builtins.str
-    """The id of a file the caller uploaded to the gateway (GatewayService.UploadFile). Only the
-    gateway accepts it: it resolves the id to the stored file of the same user before the
-    crawler sees the job; the crawler itself answers INVALID_ARGUMENT.
+    """The id of a file the caller uploaded to the gateway (GatewayService.UploadFile). The gateway
+    checks that the upload is the caller's and sends the file to the crawler
+    (`CrawlerService.PutSourceFile`) before the build; the crawler answers NOT_FOUND for an
+    upload it was not sent.
     """
     def __init__(
         self,

@@ -31,7 +31,7 @@ from zehanx.common.v1 import task_family_pb2 as zehanx_dot_common_dot_v1_dot_tas
 from zehanx.crawler.v1 import dataset_pb2 as zehanx_dot_crawler_dot_v1_dot_dataset__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'zehanx/crawler/v1/crawler_service.proto\x12\x11zehanx.crawler.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ezehanx/common/v1/dataset.proto\x1a$zehanx/common/v1/file_transfer.proto\x1a\"zehanx/common/v1/task_family.proto\x1a\x1fzehanx/crawler/v1/dataset.proto\"\xc2\x01\n\x13\x42uildDatasetRequest\x12\"\n\x06prompt\x18\x01 \x01(\tB\x12\xe2\x41\x01\x02\xbaH\x0br\t\x10\x01\x18\xa0\x1f\x32\x02\\S\x12\x37\n\x07sources\x18\x02 \x03(\x0b\x32\x1c.zehanx.common.v1.DataSourceB\x08\xbaH\x05\x92\x01\x02\x10\x14\x12\x31\n\x07options\x18\x03 \x01(\x0b\x32 .zehanx.common.v1.DatasetOptions\x12\x1b\n\x06job_id\x18\x04 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\"\xc6\x01\n\x14\x42uildDatasetResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x08progress\x18\n \x01(\x0b\x32 .zehanx.crawler.v1.BuildProgressH\x00\x12-\n\x07\x64\x61taset\x18\x0b \x01(\x0b\x32\x1a.zehanx.crawler.v1.DatasetH\x00\x42\x07\n\x05\x65vent\"w\n\x16ReadDatasetFileRequest\x12]\n\x03uri\x18\x01 \x01(\tBP\xe2\x41\x01\x02\xbaHIrG\x18\x80\x02\x32\x42^zx-crawler:/datasets/[0-9a-f]{64}/(train|validation|test)\\.jsonl$\"b\n\x17ReadDatasetFileResponse\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.zehanx.common.v1.FileHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x8e\x01\n\x12ListCatalogRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\x12;\n\x0btask_family\x18\x03 \x01(\x0e\x32\x1c.zehanx.common.v1.TaskFamilyB\x08\xbaH\x05\x82\x01\x02\x10\x01\"`\n\x13ListCatalogResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.zehanx.crawler.v1.CatalogEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8c\x01\n\rBuildProgress\x12\x33\n\x05phase\x18\x01 \x01(\x0e\x32$.zehanx.crawler.v1.DatasetBuildPhase\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x12\n\nbytes_done\x18\x04 \x01(\x03\x12\x11\n\trows_done\x18\x05 \x01(\x03*\xa7\x02\n\x11\x44\x61tasetBuildPhase\x12#\n\x1f\x44\x41TASET_BUILD_PHASE_UNSPECIFIED\x10\x00\x12!\n\x1d\x44\x41TASET_BUILD_PHASE_SEARCHING\x10\x01\x12 \n\x1c\x44\x41TASET_BUILD_PHASE_FETCHING\x10\x02\x12\x1f\n\x1b\x44\x41TASET_BUILD_PHASE_PARSING\x10\x03\x12 \n\x1c\x44\x41TASET_BUILD_PHASE_CLEANING\x10\x04\x12!\n\x1d\x44\x41TASET_BUILD_PHASE_SPLITTING\x10\x05\x12!\n\x1d\x44\x41TASET_BUILD_PHASE_PROFILING\x10\x06\x12\x1f\n\x1b\x44\x41TASET_BUILD_PHASE_STORING\x10\x07\x32\xc7\x02\n\x0e\x43rawlerService\x12\x61\n\x0c\x42uildDataset\x12&.zehanx.crawler.v1.BuildDatasetRequest\x1a\'.zehanx.crawler.v1.BuildDatasetResponse0\x01\x12o\n\x0fReadDatasetFile\x12).zehanx.crawler.v1.ReadDatasetFileRequest\x1a*.zehanx.crawler.v1.ReadDatasetFileResponse\"\x03\x90\x02\x01\x30\x01\x12\x61\n\x0bListCatalog\x12%.zehanx.crawler.v1.ListCatalogRequest\x1a&.zehanx.crawler.v1.ListCatalogResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'zehanx/crawler/v1/crawler_service.proto\x12\x11zehanx.crawler.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ezehanx/common/v1/dataset.proto\x1a$zehanx/common/v1/file_transfer.proto\x1a\"zehanx/common/v1/task_family.proto\x1a\x1fzehanx/crawler/v1/dataset.proto\"\xc2\x01\n\x13\x42uildDatasetRequest\x12\"\n\x06prompt\x18\x01 \x01(\tB\x12\xe2\x41\x01\x02\xbaH\x0br\t\x10\x01\x18\xa0\x1f\x32\x02\\S\x12\x37\n\x07sources\x18\x02 \x03(\x0b\x32\x1c.zehanx.common.v1.DataSourceB\x08\xbaH\x05\x92\x01\x02\x10\x14\x12\x31\n\x07options\x18\x03 \x01(\x0b\x32 .zehanx.common.v1.DatasetOptions\x12\x1b\n\x06job_id\x18\x04 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\"\xc6\x01\n\x14\x42uildDatasetResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x08progress\x18\n \x01(\x0b\x32 .zehanx.crawler.v1.BuildProgressH\x00\x12-\n\x07\x64\x61taset\x18\x0b \x01(\x0b\x32\x1a.zehanx.crawler.v1.DatasetH\x00\x42\x07\n\x05\x65vent\"w\n\x16ReadDatasetFileRequest\x12]\n\x03uri\x18\x01 \x01(\tBP\xe2\x41\x01\x02\xbaHIrG\x18\x80\x02\x32\x42^zx-crawler:/datasets/[0-9a-f]{64}/(train|validation|test)\\.jsonl$\"b\n\x17ReadDatasetFileResponse\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1c.zehanx.common.v1.FileHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x7f\n\x14PutSourceFileRequest\x12\x1e\n\tupload_id\x18\x01 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12.\n\x06header\x18\x02 \x01(\x0b\x32\x1c.zehanx.common.v1.FileHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04part\"N\n\x15PutSourceFileResponse\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\x8e\x01\n\x12ListCatalogRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\x12;\n\x0btask_family\x18\x03 \x01(\x0e\x32\x1c.zehanx.common.v1.TaskFamilyB\x08\xbaH\x05\x82\x01\x02\x10\x01\"`\n\x13ListCatalogResponse\x12\x30\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1f.zehanx.crawler.v1.CatalogEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8c\x01\n\rBuildProgress\x12\x33\n\x05phase\x18\x01 \x01(\x0e\x32$.zehanx.crawler.v1.DatasetBuildPhase\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x12\n\nbytes_done\x18\x04 \x01(\x03\x12\x11\n\trows_done\x18\x05 \x01(\x03*\xa7\x02\n\x11\x44\x61tasetBuildPhase\x12#\n\x1f\x44\x41TASET_BUILD_PHASE_UNSPECIFIED\x10\x00\x12!\n\x1d\x44\x41TASET_BUILD_PHASE_SEARCHING\x10\x01\x12 \n\x1c\x44\x41TASET_BUILD_PHASE_FETCHING\x10\x02\x12\x1f\n\x1b\x44\x41TASET_BUILD_PHASE_PARSING\x10\x03\x12 \n\x1c\x44\x41TASET_BUILD_PHASE_CLEANING\x10\x04\x12!\n\x1d\x44\x41TASET_BUILD_PHASE_SPLITTING\x10\x05\x12!\n\x1d\x44\x41TASET_BUILD_PHASE_PROFILING\x10\x06\x12\x1f\n\x1b\x44\x41TASET_BUILD_PHASE_STORING\x10\x07\x32\xad\x03\n\x0e\x43rawlerService\x12\x61\n\x0c\x42uildDataset\x12&.zehanx.crawler.v1.BuildDatasetRequest\x1a\'.zehanx.crawler.v1.BuildDatasetResponse0\x01\x12o\n\x0fReadDatasetFile\x12).zehanx.crawler.v1.ReadDatasetFileRequest\x1a*.zehanx.crawler.v1.ReadDatasetFileResponse\"\x03\x90\x02\x01\x30\x01\x12\x64\n\rPutSourceFile\x12\'.zehanx.crawler.v1.PutSourceFileRequest\x1a(.zehanx.crawler.v1.PutSourceFileResponse(\x01\x12\x61\n\x0bListCatalog\x12%.zehanx.crawler.v1.ListCatalogRequest\x1a&.zehanx.crawler.v1.ListCatalogResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,6 +46,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BUILDDATASETREQUEST'].fields_by_name['job_id']._serialized_options = b'\272H\010r\003\260\001\001\330\001\001'
   _globals['_READDATASETFILEREQUEST'].fields_by_name['uri']._loaded_options = None
   _globals['_READDATASETFILEREQUEST'].fields_by_name['uri']._serialized_options = b'\342A\001\002\272HIrG\030\200\0022B^zx-crawler:/datasets/[0-9a-f]{64}/(train|validation|test)\\.jsonl$'
+  _globals['_PUTSOURCEFILEREQUEST'].fields_by_name['upload_id']._loaded_options = None
+  _globals['_PUTSOURCEFILEREQUEST'].fields_by_name['upload_id']._serialized_options = b'\272H\010r\003\260\001\001\330\001\001'
   _globals['_LISTCATALOGREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTCATALOGREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\350\007(\000'
   _globals['_LISTCATALOGREQUEST'].fields_by_name['page_token']._loaded_options = None
@@ -56,8 +58,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CRAWLERSERVICE'].methods_by_name['ReadDatasetFile']._serialized_options = b'\220\002\001'
   _globals['_CRAWLERSERVICE'].methods_by_name['ListCatalog']._loaded_options = None
   _globals['_CRAWLERSERVICE'].methods_by_name['ListCatalog']._serialized_options = b'\220\002\001'
-  _globals['_DATASETBUILDPHASE']._serialized_start=1302
-  _globals['_DATASETBUILDPHASE']._serialized_end=1597
+  _globals['_DATASETBUILDPHASE']._serialized_start=1511
+  _globals['_DATASETBUILDPHASE']._serialized_end=1806
   _globals['_BUILDDATASETREQUEST']._serialized_start=297
   _globals['_BUILDDATASETREQUEST']._serialized_end=491
   _globals['_BUILDDATASETRESPONSE']._serialized_start=494
@@ -66,12 +68,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_READDATASETFILEREQUEST']._serialized_end=813
   _globals['_READDATASETFILERESPONSE']._serialized_start=815
   _globals['_READDATASETFILERESPONSE']._serialized_end=913
-  _globals['_LISTCATALOGREQUEST']._serialized_start=916
-  _globals['_LISTCATALOGREQUEST']._serialized_end=1058
-  _globals['_LISTCATALOGRESPONSE']._serialized_start=1060
-  _globals['_LISTCATALOGRESPONSE']._serialized_end=1156
-  _globals['_BUILDPROGRESS']._serialized_start=1159
-  _globals['_BUILDPROGRESS']._serialized_end=1299
-  _globals['_CRAWLERSERVICE']._serialized_start=1600
-  _globals['_CRAWLERSERVICE']._serialized_end=1927
+  _globals['_PUTSOURCEFILEREQUEST']._serialized_start=915
+  _globals['_PUTSOURCEFILEREQUEST']._serialized_end=1042
+  _globals['_PUTSOURCEFILERESPONSE']._serialized_start=1044
+  _globals['_PUTSOURCEFILERESPONSE']._serialized_end=1122
+  _globals['_LISTCATALOGREQUEST']._serialized_start=1125
+  _globals['_LISTCATALOGREQUEST']._serialized_end=1267
+  _globals['_LISTCATALOGRESPONSE']._serialized_start=1269
+  _globals['_LISTCATALOGRESPONSE']._serialized_end=1365
+  _globals['_BUILDPROGRESS']._serialized_start=1368
+  _globals['_BUILDPROGRESS']._serialized_end=1508
+  _globals['_CRAWLERSERVICE']._serialized_start=1809
+  _globals['_CRAWLERSERVICE']._serialized_end=2238
 # @@protoc_insertion_point(module_scope)

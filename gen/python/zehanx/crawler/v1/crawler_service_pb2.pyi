@@ -209,6 +209,74 @@ class ReadDatasetFileResponse(_message.Message):
 Global___ReadDatasetFileResponse: _TypeAlias = ReadDatasetFileResponse  # noqa: Y015
 
 @_typing.final
+class PutSourceFileRequest(_message.Message):
+    """One message of the CrawlerService.PutSourceFile stream: `upload_id` and the header first, then
+    the bytes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    upload_id: _builtins.str
+    """Id of the upload at the gateway (a UUID); set in the first message only. BuildDataset names
+    the file by it (`DataSource.upload_id`).
+    """
+    chunk: _builtins.bytes
+    """The next bytes of the file (at most 1 MiB)."""
+    @_builtins.property
+    def header(self) -> _file_transfer_pb2.FileHeader:
+        """The file's name as the user uploaded it, its size and SHA-256. Always the first message."""
+
+    def __init__(
+        self,
+        *,
+        upload_id: _builtins.str = ...,
+        header: _file_transfer_pb2.FileHeader | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part", "upload_id", b"upload_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___PutSourceFileRequest: _TypeAlias = PutSourceFileRequest  # noqa: Y015
+
+@_typing.final
+class PutSourceFileResponse(_message.Message):
+    """The response of CrawlerService.PutSourceFile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    upload_id: _builtins.str
+    """Id of the upload, as sent."""
+    size_bytes: _builtins.int
+    """Size of the file received, in bytes."""
+    sha256: _builtins.str
+    """SHA-256 of the file received, lower-case hex."""
+    def __init__(
+        self,
+        *,
+        upload_id: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sha256", b"sha256", "size_bytes", b"size_bytes", "upload_id", b"upload_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutSourceFileResponse: _TypeAlias = PutSourceFileResponse  # noqa: Y015
+
+@_typing.final
 class ListCatalogRequest(_message.Message):
     """The request of CrawlerService.ListCatalog."""
 

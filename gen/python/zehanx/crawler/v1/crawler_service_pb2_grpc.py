@@ -47,6 +47,11 @@ class CrawlerServiceStub:
                 request_serializer=zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.ReadDatasetFileRequest.SerializeToString,
                 response_deserializer=zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.ReadDatasetFileResponse.FromString,
                 _registered_method=True)
+        self.PutSourceFile = channel.stream_unary(
+                '/zehanx.crawler.v1.CrawlerService/PutSourceFile',
+                request_serializer=zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.PutSourceFileRequest.SerializeToString,
+                response_deserializer=zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.PutSourceFileResponse.FromString,
+                _registered_method=True)
         self.ListCatalog = channel.unary_unary(
                 '/zehanx.crawler.v1.CrawlerService/ListCatalog',
                 request_serializer=zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.ListCatalogRequest.SerializeToString,
@@ -87,6 +92,20 @@ class CrawlerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutSourceFile(self, request_iterator, context):
+        """Receives a file a user uploaded to the gateway, so that BuildDataset can read it as the
+        source `upload_id` (the crawler never opens the gateway's upload folder). The first message
+        carries `upload_id` and the header; the next ones carry the bytes in order (at most 1 MiB
+        each). The crawler checks the size and SHA-256 against the header and keeps the file under
+        its own data folder; sending the same upload again replaces it.
+
+        INVALID_ARGUMENT for a bad upload id, file name or stream; RESOURCE_EXHAUSTED for a file
+        larger than the crawler reads from one source.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListCatalog(self, request, context):
         """Lists the built-in catalogue, ordered by name.
         """
@@ -106,6 +125,11 @@ def add_CrawlerServiceServicer_to_server(servicer, server):
                     servicer.ReadDatasetFile,
                     request_deserializer=zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.ReadDatasetFileRequest.FromString,
                     response_serializer=zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.ReadDatasetFileResponse.SerializeToString,
+            ),
+            'PutSourceFile': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutSourceFile,
+                    request_deserializer=zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.PutSourceFileRequest.FromString,
+                    response_serializer=zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.PutSourceFileResponse.SerializeToString,
             ),
             'ListCatalog': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCatalog,
@@ -170,6 +194,33 @@ class CrawlerService:
             '/zehanx.crawler.v1.CrawlerService/ReadDatasetFile',
             zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.ReadDatasetFileRequest.SerializeToString,
             zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.ReadDatasetFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutSourceFile(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/zehanx.crawler.v1.CrawlerService/PutSourceFile',
+            zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.PutSourceFileRequest.SerializeToString,
+            zehanx_dot_crawler_dot_v1_dot_crawler__service__pb2.PutSourceFileResponse.FromString,
             options,
             channel_credentials,
             insecure,

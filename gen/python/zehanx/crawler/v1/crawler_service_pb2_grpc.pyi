@@ -55,6 +55,16 @@ class CrawlerServiceStub:
     INVALID_ARGUMENT for a URI the crawler does not make; NOT_FOUND when the crawler has no such
     dataset file (for example another crawler built it, or its folder was removed).
     """
+    PutSourceFile: _grpc.StreamUnaryMultiCallable[_crawler_service_pb2.PutSourceFileRequest, _crawler_service_pb2.PutSourceFileResponse]
+    """Receives a file a user uploaded to the gateway, so that BuildDataset can read it as the
+    source `upload_id` (the crawler never opens the gateway's upload folder). The first message
+    carries `upload_id` and the header; the next ones carry the bytes in order (at most 1 MiB
+    each). The crawler checks the size and SHA-256 against the header and keeps the file under
+    its own data folder; sending the same upload again replaces it.
+
+    INVALID_ARGUMENT for a bad upload id, file name or stream; RESOURCE_EXHAUSTED for a file
+    larger than the crawler reads from one source.
+    """
     ListCatalog: _grpc.UnaryUnaryMultiCallable[_crawler_service_pb2.ListCatalogRequest, _crawler_service_pb2.ListCatalogResponse]
     """Lists the built-in catalogue, ordered by name."""
 
@@ -84,6 +94,16 @@ class CrawlerServiceAsyncStub(CrawlerServiceStub):
 
     INVALID_ARGUMENT for a URI the crawler does not make; NOT_FOUND when the crawler has no such
     dataset file (for example another crawler built it, or its folder was removed).
+    """
+    PutSourceFile: _aio.StreamUnaryMultiCallable[_crawler_service_pb2.PutSourceFileRequest, _crawler_service_pb2.PutSourceFileResponse]  # type: ignore[assignment]
+    """Receives a file a user uploaded to the gateway, so that BuildDataset can read it as the
+    source `upload_id` (the crawler never opens the gateway's upload folder). The first message
+    carries `upload_id` and the header; the next ones carry the bytes in order (at most 1 MiB
+    each). The crawler checks the size and SHA-256 against the header and keeps the file under
+    its own data folder; sending the same upload again replaces it.
+
+    INVALID_ARGUMENT for a bad upload id, file name or stream; RESOURCE_EXHAUSTED for a file
+    larger than the crawler reads from one source.
     """
     ListCatalog: _aio.UnaryUnaryMultiCallable[_crawler_service_pb2.ListCatalogRequest, _crawler_service_pb2.ListCatalogResponse]  # type: ignore[assignment]
     """Lists the built-in catalogue, ordered by name."""
@@ -123,6 +143,22 @@ class CrawlerServiceServicer(metaclass=_abc_1.ABCMeta):
 
         INVALID_ARGUMENT for a URI the crawler does not make; NOT_FOUND when the crawler has no such
         dataset file (for example another crawler built it, or its folder was removed).
+        """
+
+    @_abc_1.abstractmethod
+    def PutSourceFile(
+        self,
+        request_iterator: _MaybeAsyncIterator[_crawler_service_pb2.PutSourceFileRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_crawler_service_pb2.PutSourceFileResponse, _abc.Awaitable[_crawler_service_pb2.PutSourceFileResponse]]:
+        """Receives a file a user uploaded to the gateway, so that BuildDataset can read it as the
+        source `upload_id` (the crawler never opens the gateway's upload folder). The first message
+        carries `upload_id` and the header; the next ones carry the bytes in order (at most 1 MiB
+        each). The crawler checks the size and SHA-256 against the header and keeps the file under
+        its own data folder; sending the same upload again replaces it.
+
+        INVALID_ARGUMENT for a bad upload id, file name or stream; RESOURCE_EXHAUSTED for a file
+        larger than the crawler reads from one source.
         """
 
     @_abc_1.abstractmethod
