@@ -4,7 +4,7 @@
 - :mod:`.models`: models, the datasets jobs built, and uploads;
 - :mod:`.users`: users, API keys, sealed provider keys and user settings;
 - :mod:`.accounts`: the embedded sign-in's accounts, attempts and sessions, and the sessions' key;
-- :mod:`.base`: the one translation of database errors, advisory-lock keys, keyset pages.
+- :mod:`.base`: the translation of database errors into domain errors, advisory-lock keys, keyset pages.
 
 Every method that a user can reach takes the caller's ``user_id`` and filters by it, so another user's
 row is simply not found (NOT_FOUND, never PERMISSION_DENIED: ids do not leak). The services take the
