@@ -283,6 +283,40 @@ async def test_supabase_corruption_is_detected(
     assert info.value.reason == "ARTIFACT_CORRUPT"
 
 
+async def test_a_model_over_storages_size_limit_is_configuration_not_an_outage(
+    recorded: RecordedStorage,
+) -> None:
+    """supabase.com/docs/guides/storage/debugging/error-codes: EntityTooLarge, 413, "The object exceeded
+    the maximum allowed size"; rendered in the legacy body (HTTP 400, the real status in statusCode)."""
+    original = recorded.handler
+
+    def limited(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and len(request.content) > 2000:  # the limit: only the weights exceed it
+            return httpx.Response(
+                400,
+                json={
+                    "statusCode": "413",
+                    "error": "Payload too large",
+                    "message": "The object exceeded the maximum allowed size",
+                },
+            )
+        return original(request)
+
+    store = ArtifactStore(
+        SupabaseBlobBackend.connect(
+            "https://abcdefghijklmnop.supabase.co",
+            SERVICE_KEY,
+            "zehanx-artifacts",
+            http_client=httpx.Client(transport=httpx.MockTransport(limited)),
+        )
+    )
+    big = {**FILES, "output/model.safetensors": b"\x08" + b"\x00" * 4000}
+    with pytest.raises(FailedPrecondition) as info:
+        await store.publish(big)
+    assert info.value.reason == "SUPABASE_OBJECT_TOO_LARGE" and "50 MB on the Free plan" in str(info.value)
+    assert not any(k.startswith("manifests/") for k in recorded.objects), "nothing published"
+
+
 async def test_supabase_outage_is_unavailable_and_a_failed_publish_is_rolled_back(
     supabase_store: ArtifactStore, recorded: RecordedStorage
 ) -> None:

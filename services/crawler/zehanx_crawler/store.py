@@ -9,7 +9,7 @@ Folders are written under a temporary name and renamed into place, so a reader n
 dataset. The crawler is the only service that opens this folder: a split file is named to others by
 ``zx-crawler:/datasets/<sha256>/<split>.jsonl`` (:func:`split_uri`), and the trainer reads it through
 ``CrawlerService.ReadDatasetFile``, which :meth:`DatasetStore.locate` serves. ``provenance.json`` (who built it, from where, when) is the only file rewritten by a later build
-of the same content. The format is documented in ``services/crawler/README.md``.
+of the same content. The files a program reads are documented in ``docs/program_contract.md``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The artifact store: a published model's files, content-addressed and verified on every read.
 
-Layout (the same keys on every backend; the gateway reads it too, see ``services/trainer/README.md``)::
+Layout (the same keys on every backend; only the trainer reads it: other services get a model as one
+zip through ``TrainerService.ReadArtifact``, built by :mod:`zehanx_trainer.archive`)::
 
     objects/sha256/<first two hex digits>/<sha256>   one blob per distinct file content
     manifests/<artifact id>.json                      the artifact: path -> sha256 and size, metadata

@@ -20,6 +20,10 @@ SDK and service behaviour designed around (supabase / storage3 2.34.1, supabase/
   be created, it is a configuration error naming ``ZX_TRAINER_SUPABASE_BUCKET``, never a missing blob.
 - A key the service refuses (401/403, ``InvalidJWT``, ``Unauthorized``) is a configuration error
   naming ``ZX_TRAINER_SUPABASE_SERVICE_KEY``, not an outage.
+- An object over the project's or the bucket's size limit answers ``EntityTooLarge``, status 413, "The
+  object exceeded the maximum allowed size" (supabase.com/docs/guides/storage/debugging/error-codes;
+  legacy body ``{"statusCode":"413","error":"Payload too large"}``). The Free plan caps one object at
+  50 MB: a model larger than that is a configuration error that says so, never an outage to retry.
 
 Keys. The new ``sb_secret_…`` keys are not JWTs: "A common mistake is sending a publishable or secret
 key as a bearer token [...] The new API keys are not JWTs [...] put API keys in the apikey header"
@@ -185,9 +189,25 @@ def _denied(exc: Any) -> bool:
     return str(exc.status) in ("401", "403") or str(exc.code).lower() in _DENIED_CODES
 
 
+def _too_large(exc: Any) -> bool:
+    return (
+        str(exc.status) == "413"
+        or str(exc.code).lower() in ("entitytoolarge", "payload too large")
+        or "exceeded the maximum allowed size" in str(exc.message).lower()
+    )
+
+
 def _classify(action: str, key: str, exc: Any, bucket: str) -> Exception:
     if _bucket_missing(exc):
         return _bucket_missing_error(bucket)
+    if _too_large(exc):
+        return FailedPrecondition(
+            f"Supabase Storage refused {key}: {getattr(exc, 'message', '') or 'the object is too large'}; "
+            "the project's upload size limit (50 MB on the Free plan; Storage > Settings) or the bucket's "
+            f"file size limit of {bucket!r} is below this model's size",
+            reason="SUPABASE_OBJECT_TOO_LARGE",
+            metadata={"backend": "supabase", "action": action},
+        )
     if _denied(exc):
         return _denied_error(action, exc)
     return _unavailable(action, key, exc)
