@@ -62,3 +62,8 @@ def diamonds_price(data_root: Path) -> realdata.Prepared:
 @pytest.fixture(scope="session")
 def diamonds_cut(data_root: Path) -> realdata.Prepared:
     return realdata.diamonds_sample(data_root, "cut")
+
+
+@pytest.fixture(scope="session")
+def arrowhead(data_root: Path) -> realdata.Prepared:
+    return realdata.arrowhead(data_root)

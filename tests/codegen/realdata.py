@@ -323,6 +323,36 @@ def diamonds_sample(out: Path, target: str, rows: int = 1500) -> Prepared:
     return _write(out, f"diamonds_{target}", train, val, test, target, task)
 
 
+def _arrowhead_rows(name: str) -> list[dict]:
+    with open(need(SHARED_DATA / "arrowhead" / name), encoding="utf-8") as f:
+        return [{**{k: float(v) for k, v in r.items() if k != "label"}, "label": int(r["label"])}
+                for r in csv.DictReader(f)]  # fmt: skip
+
+
+def arrowhead(out: Path, as_list: bool = False) -> Prepared:
+    """UCR ArrowHead on its official split: the 36 training series (12 per class) become train 27 and
+    validation 9 (stratified, seed 42); the 175 test series are the test split. Columns t0..t250, label;
+    or, ``as_list``, one column 'outline' holding the 251 values as a list, marked in the schema."""
+    from sklearn.model_selection import train_test_split
+
+    fit = _arrowhead_rows("arrowhead_train.csv")
+    test = _arrowhead_rows("arrowhead_test.csv")
+    train, val = train_test_split(fit, test_size=9, stratify=[r["label"] for r in fit], random_state=42)
+    if as_list:
+        pack = lambda rows: [{"outline": [r[f"t{i}"] for i in range(251)], "label": r["label"]} for r in rows]  # noqa: E731
+        columns = [
+            {"name": "outline", "type": "list", "layout": "series"},
+            {"name": "label", "type": "integer"},
+        ]
+        return _write(out, "arrowhead_list", pack(train), pack(val), pack(test), "label",
+                      TaskFamily.TIME_SERIES_CLASSIFICATION,
+                      {"task": TaskFamily.TABULAR_CLASSIFICATION.value, "columns": columns})  # fmt: skip
+    # schema.json says what the crawler says of such a table (tabular classification); the planner
+    # reads the t0..t250 columns as one series
+    return _write(out, "arrowhead", train, val, test, "label", TaskFamily.TIME_SERIES_CLASSIFICATION,
+                  {"task": TaskFamily.TABULAR_CLASSIFICATION.value})  # fmt: skip
+
+
 def mape(actual: list[float], predicted: list[float]) -> float:
     return sum(abs(a - p) / abs(a) for a, p in zip(actual, predicted, strict=True)) / len(actual)
 

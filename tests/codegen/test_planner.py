@@ -115,3 +115,34 @@ def test_a_table_of_a_thousand_rows_or_more_gets_trees_and_a_stated_target_trans
     assert planner.plan("predict the species", penguins.profile).model_family == "mlp"  # 344 rows
     few = dataclasses.replace(diamonds_price.profile, row_count=999)
     assert planner.plan("predict the price with percentage errors", few).model_family == "mlp"
+
+
+def test_an_ordered_sequence_of_columns_is_a_series_and_unrelated_numbers_are_not(
+    planner: Planner, arrowhead: realdata.Prepared, tmp_path
+) -> None:
+    plan = planner.plan("classify arrowhead outlines", arrowhead.profile)  # the schema says tabular
+    assert (
+        plan.task_family is TaskFamily.TIME_SERIES_CLASSIFICATION and plan.model_family == "minirocket_ridge"
+    )
+    assert plan.hyperparameters["series_columns"] == [f"t{i}" for i in range(251)]
+    assert "one ordered sequence" in plan.rationale
+    # 30 real features of unrelated scales, renamed f1..f30 so that the names alone look like a series
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    rows = [{**{f"f{j + 1}": float(v) for j, v in enumerate(x)}, "diagnosis": int(y)}
+            for x, y in zip(bunch.data, bunch.target, strict=True)]  # fmt: skip
+    table = realdata.profile_of(rows, "diagnosis", classification=True)
+    plan = planner.plan("predict the diagnosis", table)
+    assert plan.task_family is TaskFamily.TABULAR_CLASSIFICATION and plan.model_family == "mlp"
+    # diamonds' numbers are not a series either, nor are 15 columns of one (too short for the kernels)
+    assert planner.plan("predict the cut", realdata.diamonds_sample(tmp_path, "cut").profile).task_family is (
+        TaskFamily.TABULAR_CLASSIFICATION
+    )
+    short = [{**{f"t{i}": r[f"t{i}"] for i in range(15)}, "label": r["label"]} for r in arrowhead.fit_rows]
+    plan = planner.plan("classify the outlines", realdata.profile_of(short, "label", classification=True))
+    assert plan.task_family is TaskFamily.TABULAR_CLASSIFICATION
+    with pytest.raises(FailedPrecondition, match="no columns form one ordered sequence"):
+        planner.plan(
+            "predict the diagnosis", table, PlanOptions(task_hint=TaskFamily.TIME_SERIES_CLASSIFICATION)
+        )

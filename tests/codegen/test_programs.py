@@ -194,3 +194,42 @@ def test_tabular_trees_classification_predicts_what_training_measured(
     assert realdata.accuracy(targets, [p["prediction"] for p in val_predictions]) == pytest.approx(
         claimed["metrics.val_accuracy"]
     )
+
+
+def test_series_classification_arrowhead_beats_nearest_neighbour_and_predicts_what_training_measured(
+    codegen: Codegen, arrowhead: realdata.Prepared, tmp_path: Path
+) -> None:
+    runs: list[running.Run] = []
+    work = tmp_path / "work"
+    plan, generated, predictions = _train_and_predict(
+        codegen, arrowhead, "classify arrowhead outlines", work, runs, budget_s=30
+    )
+    assert (
+        plan.task_family is TaskFamily.TIME_SERIES_CLASSIFICATION and plan.model_family == "minirocket_ridge"
+    )
+    assert set(generated.program.files) == {"train.py", "predict.py", "minirocket.py"}
+    labels = [p["prediction"] for p in predictions]
+    assert all(isinstance(v, int) for v in labels), "labels keep their JSON type"
+    accuracy = realdata.accuracy(arrowhead.test_targets, labels)
+    assert accuracy >= 0.85, accuracy  # official test split: 1-NN Euclidean 0.800, MiniRocket + ridge 0.887
+    claimed = runs[0].of("final")[-1]
+    assert claimed["metrics.features"] == 9996 and claimed["metrics.train_rows"] == 36
+    _, val_predictions = _validation_predictions(arrowhead, work)
+    top = statistics.fmean(max(p["probabilities"].values()) for p in val_predictions)
+    assert top == pytest.approx(claimed["metrics.final_val_top_probability"], rel=1e-9)
+
+
+def test_series_in_one_list_column_marked_by_the_schema_runs_the_same_template(
+    codegen: Codegen, data_root: Path, tmp_path: Path
+) -> None:
+    data = realdata.arrowhead(data_root, as_list=True)
+    plan = codegen.plan("classify arrowhead outlines", data.profile)
+    assert plan.task_family is TaskFamily.TIME_SERIES_CLASSIFICATION
+    assert (plan.hyperparameters["series_column"], plan.hyperparameters["series_columns"]) == ("outline", [])
+    generated = codegen.generate("classify arrowhead outlines", plan, data.profile)
+    assert generated.validation.passed, generated.validation.summary()
+    folder = running.lay_out(generated.program, tmp_path / "work", data.folder / "data")
+    smoke = running.train(folder, smoke=True)
+    assert smoke.returncode == 0, smoke.stderr[-3000:]
+    predictions = running.predict(folder, data.test_inputs)
+    assert len(predictions) == 175 and {p["prediction"] for p in predictions} <= {0, 1, 2}

@@ -11,10 +11,20 @@ from pathlib import Path
 import pytest
 from zehanx_codegen.service import Codegen
 
-FAMILIES = ["digits", "penguins", "diabetes", "sentiment", "airline", "diamonds_price", "diamonds_cut"]
+FAMILIES = [
+    "digits",
+    "penguins",
+    "diabetes",
+    "sentiment",
+    "airline",
+    "diamonds_price",
+    "diamonds_cut",
+    "arrowhead",
+]
 PROMPTS = {"digits": "classify handwritten digits", "penguins": "predict the species", "diabetes": "predict "
            "disease progression", "sentiment": "sentiment of sentences", "airline": "forecast passengers",
-           "diamonds_price": "predict the price", "diamonds_cut": "predict the cut"}  # fmt: skip
+           "diamonds_price": "predict the price", "diamonds_cut": "predict the cut",
+           "arrowhead": "classify the outlines"}  # fmt: skip
 
 
 @pytest.mark.parametrize("dataset", FAMILIES)

@@ -24,6 +24,7 @@ class TaskFamily(enum.StrEnum):
     TABULAR_REGRESSION = "tabular_regression"
     IMAGE_CLASSIFICATION = "image_classification"
     TIME_SERIES_FORECASTING = "time_series_forecasting"
+    TIME_SERIES_CLASSIFICATION = "time_series_classification"
 
     @property
     def is_classification(self) -> bool:
@@ -31,6 +32,7 @@ class TaskFamily(enum.StrEnum):
             TaskFamily.TEXT_CLASSIFICATION,
             TaskFamily.TABULAR_CLASSIFICATION,
             TaskFamily.IMAGE_CLASSIFICATION,
+            TaskFamily.TIME_SERIES_CLASSIFICATION,
         )
 
 
@@ -103,6 +105,8 @@ class DatasetProfile:
     time_column: str | None = None
     #: Shape of an image column (height, width, channels), from ``schema.json`` when present.
     image_shape: tuple[int, ...] = ()
+    #: Columns that are one ordered series per row, in order (``"layout": "series"`` in schema.json).
+    series_columns: tuple[str, ...] = ()
 
     def column(self, name: str) -> ColumnProfile | None:
         for c in self.columns:

@@ -36,6 +36,9 @@ _FAMILIES = {
     TaskFamily.TABULAR_REGRESSION: _Family("tabular", ("train.py", "predict.py", "features.py", "model.py")),
     TaskFamily.IMAGE_CLASSIFICATION: _Family("image_classification", ("train.py", "predict.py", "model.py")),
     TaskFamily.TIME_SERIES_FORECASTING: _Family("forecasting", ("train.py", "predict.py", "series.py")),
+    TaskFamily.TIME_SERIES_CLASSIFICATION: _Family(
+        "series_classification", ("train.py", "predict.py", "minirocket.py")
+    ),
 }
 #: Tables with a model family of their own: gradient-boosted trees instead of the MLP.
 _TREES = _Family("tabular_trees", ("train.py", "predict.py", "trees.py"))
@@ -70,6 +73,10 @@ _WHY = {
     "min_leaf_rows": "no leaf holds fewer training rows",
     "l2": "L2 pull of leaf values towards zero",
     "time_share": "stop boosting once this share of the time budget is spent",
+    "series_columns": "the columns of one ordered series, in order",
+    "series_column": "a column holding each series as a list of numbers ('' = the columns above)",
+    "num_features": "MiniRocket features: 84 kernels x biases over the dilations",
+    "alphas": "ridge strengths tried; leave-one-out picks one",
     "image_layout": "how pixels are stored: one column of arrays, or one column per pixel",
     "image_column": "the column holding each image as nested lists of pixel values",
     "pixel_columns": "one column per pixel, row by row",
@@ -214,6 +221,26 @@ class TemplateGenerator:
             keys = ("height", "width", "channels", "pixel_scale", "conv_channels", "stem_stride", "dropout",
                     "batch_size", "learning_rate", "weight_decay", "epochs", "rotate_degrees", "shift_pixels",
                     "horizontal_flip")  # fmt: skip
+        elif family is TaskFamily.TIME_SERIES_CLASSIFICATION:
+            required = ("series_columns",)
+            if not hp.get("series_columns") and not hp.get("series_column"):
+                raise InvalidArgument(
+                    "the plan names no series columns and no series column", reason="BAD_PLAN"
+                )
+            defaults = {
+                "series_column": "",
+                "num_features": 9_996,
+                "alphas": [0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0],
+            }
+            for k, v in defaults.items():
+                hp.setdefault(k, v)
+            columns = list(hp["series_columns"])
+            expression = _pixel_expression(columns)
+            if expression is not None:
+                entries.append(ConfigEntry("series_columns", None, _WHY["series_columns"], code=expression))
+            else:
+                entries.append(ConfigEntry("series_columns", columns, _WHY["series_columns"]))
+            keys = ("series_column", "num_features", "alphas")
         else:
             required = ("time_column",)
             defaults = {"season_length": 0, "short_lags": [1, 2, 3], "ridge": 1e-3}

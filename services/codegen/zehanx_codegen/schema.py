@@ -73,8 +73,13 @@ def apply_schema(profile: DatasetProfile, schema_json: str, *, field: str = "sch
         ):
             raise _bad("image", "needs shape [height, width] (1 to 4096 each) and channels 1 to 4")
         shape = (raw[0], raw[1], raw[2] if len(raw) == 3 else channels)
+    columns = schema.get("columns") or []
+    if not isinstance(columns, list) or not all(isinstance(c, dict) for c in columns):
+        raise _bad("columns", "must be a list of objects")
+    series = tuple(str(c.get("name")) for c in columns if c.get("layout") == "series" and c.get("name"))
     return dataclasses.replace(
         profile,
+        series_columns=series or profile.series_columns,
         schema_target=_name(schema, "target") or profile.schema_target,
         schema_task=family or profile.schema_task,
         schema_inputs=tuple(inputs) or profile.schema_inputs,

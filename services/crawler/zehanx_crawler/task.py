@@ -13,7 +13,10 @@ is categorical; else tabular classification for categorical targets and regressi
 
 from __future__ import annotations
 
+import itertools
 import math
+import re
+import statistics
 from dataclasses import dataclass, field
 
 from zehanx_runtime.errors import FailedPrecondition
@@ -120,6 +123,8 @@ class TaskChoice:
     image_shape: list[int] | None = None
     ignored: dict[str, str] = field(default_factory=dict)
     classes: list[object] = field(default_factory=list)
+    #: Input columns that are one ordered series (t0..tN, or one list column), in order.
+    series_columns: list[str] = field(default_factory=list)
 
 
 def _is_identifier(col: Column, n: int) -> bool:
@@ -162,6 +167,65 @@ def _pixel_columns(table: Table, target: str) -> list[Column] | None:
         if min(present) < 0 or max(present) > 255:
             return None
     return inputs
+
+
+MIN_SERIES_LENGTH = 16
+_SEQUENCE_NAME = re.compile(r"(.*?)(\d+)")
+
+
+def _series_columns(table: Table, target: str) -> tuple[list[Column], str] | None:
+    """Inputs that are one ordered sequence, with why; None when they are not.
+
+    Either one list column whose rows are lists of numbers of one length (>= 16), or at least 16
+    numeric columns named by one prefix and a running number (t0, t1, ...) that make up every input
+    but at most one, with no missing value, on one scale (each column's spread within a factor of 10
+    of the median spread) and with neighbouring columns correlated (mean r >= 0.5 over the rows), as
+    successive values of one signal are. Unrelated features fail the scale or the correlation test.
+    """
+    inputs = [c for c in table.columns if c.name != target]
+    for c in inputs:
+        if c.type == "list" and c.present and not c.missing:
+            lengths = {len(v) for v in c.present}
+            numbers = all(
+                isinstance(x, int | float) and not isinstance(x, bool) for v in c.present for x in v
+            )
+            if numbers and len(lengths) == 1 and min(lengths) >= MIN_SERIES_LENGTH:
+                return [c], f"{c.name!r} holds one list of {min(lengths)} numbers per row"
+    groups: dict[str, list[tuple[int, Column]]] = {}
+    for c in inputs:
+        match = _SEQUENCE_NAME.fullmatch(c.name)
+        if match and c.type in NUMERIC and "pix" not in match.group(1).lower():
+            groups.setdefault(match.group(1), []).append((int(match.group(2)), c))
+    for members in groups.values():
+        members.sort(key=lambda m: m[0])
+        indices = [i for i, _ in members]
+        columns = [c for _, c in members]
+        if len(columns) < MIN_SERIES_LENGTH or len(columns) < len(inputs) - 1 or table.n_rows < 3:
+            continue
+        if indices != list(range(indices[0], indices[0] + len(indices))) or indices[0] not in (0, 1):
+            continue
+        if any(c.missing for c in columns):
+            continue
+        spreads = sorted(statistics.pstdev(c.values) for c in columns)
+        median = spreads[len(spreads) // 2]
+        if median <= 0 or spreads[0] < median / 10 or spreads[-1] > median * 10:
+            continue
+        pairs = [_correlation(a.values[:2000], b.values[:2000]) for a, b in itertools.pairwise(columns)]
+        r = statistics.fmean(pairs)
+        if r >= 0.5:
+            return columns, (
+                f"{len(columns)} columns {columns[0].name} ... {columns[-1].name} are one ordered series (a running "
+                f"number in their names, one scale, neighbours correlated: mean r {r:.2f})"
+            )
+    return None
+
+
+def _correlation(a: list[float], b: list[float]) -> float:
+    ma, mb = statistics.fmean(a), statistics.fmean(b)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b, strict=True))
+    va = sum((x - ma) ** 2 for x in a)
+    vb = sum((y - mb) ** 2 for y in b)
+    return cov / math.sqrt(va * vb) if va > 0 and vb > 0 else 0.0
 
 
 def choose(table: Table, prompt: str, *, target_hint: str | None, task_hint: Task | None) -> TaskChoice:
@@ -327,6 +391,12 @@ def choose(table: Table, prompt: str, *, target_hint: str | None, task_hint: Tas
     if not inputs:
         raise FailedPrecondition(f"no input columns besides the target {target.name!r}", reason="NO_INPUTS")
     text_column = texts[0].name if task == Task.TEXT_CLASSIFICATION else None
+    found = (
+        _series_columns(table, target.name) if task == Task.TABULAR_CLASSIFICATION and not pixels else None
+    )
+    series_columns = [c.name for c in found[0]] if found else []
+    if found:
+        task_why += f"; {found[1]}: a series to classify"
     parts = [f"task {task.value}: {task_why}", f"target {target.name!r}: {why}"]
     if task.is_classification:
         counts = {c: 0 for c in classes}
@@ -348,6 +418,7 @@ def choose(table: Table, prompt: str, *, target_hint: str | None, task_hint: Tas
         else None,
         ignored=ignored,
         classes=classes,
+        series_columns=series_columns,
     )
 
 
@@ -379,6 +450,11 @@ def apply(table: Table, choice: TaskChoice) -> Table:
             f"{choice.image_shape[1]}, row-major, values {lo}..{hi})"
         )
         choice.inputs = ["image"]
+    if choice.series_columns:
+        # schema.json's column entries carry "layout": "series": the step of one ordered series per row
+        for name in choice.series_columns:
+            table.get(name).facts["layout"] = "series"
+        table.notes.append(f"columns {', '.join(choice.series_columns[:3])}, ... form one series per row")
     if choice.task == Task.TIME_SERIES_FORECASTING and choice.time_column:
         times = table.get(choice.time_column).values
         order = sorted(range(table.n_rows), key=lambda i: (times[i] is None, times[i] or ""))

@@ -98,6 +98,7 @@ TASK_KINDS = {
     "image_classification": TaskKind.CLASSIFICATION,
     "tabular_regression": TaskKind.REGRESSION,
     "time_series_forecasting": TaskKind.FORECASTING,
+    "time_series_classification": TaskKind.CLASSIFICATION,
 }
 
 

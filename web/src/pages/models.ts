@@ -116,6 +116,22 @@ function predictForm(model: Model, shape: ImageShape | null): HTMLElement {
       if (!chosen) throw new Error("choose an image");
       return imageInstance(await createImageBitmap(chosen), shape, invert.checked, inputs);
     };
+  } else if (family === TaskFamily.TIME_SERIES_CLASSIFICATION && inputs.length) {
+    // one series: its values in order, into the plan's columns (t0..tN) or its one list column
+    const values = h("textarea", { name: "series", id: "predict-series", rows: 3, required: true });
+    const one = inputs.length === 1;
+    form.append(
+      field("Series", values, one ? "Its values in order, separated by commas or spaces." : `${inputs.length} values in order (${inputs[0]} … ${inputs[inputs.length - 1]}), separated by commas or spaces.`),
+    );
+    read = async () => {
+      const numbers = values.value.split(/[\s,;]+/).filter((v) => v !== "").map(Number);
+      if (numbers.some((v) => Number.isNaN(v))) throw new Error("the series holds something that is not a number");
+      if (one) return { [inputs[0]]: numbers };
+      if (numbers.length !== inputs.length) throw new Error(`the model reads ${inputs.length} values; got ${numbers.length}`);
+      const row: JsonObject = {};
+      inputs.forEach((name, i) => (row[name] = numbers[i]));
+      return row;
+    };
   } else if (inputs.length) {
     const controls = inputs.map((name) => {
       const input = h("input", { type: "text", name, "data-column": name });

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"zehanx/common/v1/task_family.proto\x12\x10zehanx.common.v1*\xe9\x01\n\nTaskFamily\x12\x1b\n\x17TASK_FAMILY_UNSPECIFIED\x10\x00\x12#\n\x1fTASK_FAMILY_TEXT_CLASSIFICATION\x10\x01\x12&\n\"TASK_FAMILY_TABULAR_CLASSIFICATION\x10\x02\x12\"\n\x1eTASK_FAMILY_TABULAR_REGRESSION\x10\x03\x12$\n TASK_FAMILY_IMAGE_CLASSIFICATION\x10\x04\x12\'\n#TASK_FAMILY_TIME_SERIES_FORECASTING\x10\x05*]\n\nMetricGoal\x12\x1b\n\x17METRIC_GOAL_UNSPECIFIED\x10\x00\x12\x18\n\x14METRIC_GOAL_MAXIMIZE\x10\x01\x12\x18\n\x14METRIC_GOAL_MINIMIZE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"zehanx/common/v1/task_family.proto\x12\x10zehanx.common.v1*\x95\x02\n\nTaskFamily\x12\x1b\n\x17TASK_FAMILY_UNSPECIFIED\x10\x00\x12#\n\x1fTASK_FAMILY_TEXT_CLASSIFICATION\x10\x01\x12&\n\"TASK_FAMILY_TABULAR_CLASSIFICATION\x10\x02\x12\"\n\x1eTASK_FAMILY_TABULAR_REGRESSION\x10\x03\x12$\n TASK_FAMILY_IMAGE_CLASSIFICATION\x10\x04\x12\'\n#TASK_FAMILY_TIME_SERIES_FORECASTING\x10\x05\x12*\n&TASK_FAMILY_TIME_SERIES_CLASSIFICATION\x10\x06*]\n\nMetricGoal\x12\x1b\n\x17METRIC_GOAL_UNSPECIFIED\x10\x00\x12\x18\n\x14METRIC_GOAL_MAXIMIZE\x10\x01\x12\x18\n\x14METRIC_GOAL_MINIMIZE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,7 +32,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'zehanx.common.v1.task_famil
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TASKFAMILY']._serialized_start=57
-  _globals['_TASKFAMILY']._serialized_end=290
-  _globals['_METRICGOAL']._serialized_start=292
-  _globals['_METRICGOAL']._serialized_end=385
+  _globals['_TASKFAMILY']._serialized_end=334
+  _globals['_METRICGOAL']._serialized_start=336
+  _globals['_METRICGOAL']._serialized_end=429
 # @@protoc_insertion_point(module_scope)

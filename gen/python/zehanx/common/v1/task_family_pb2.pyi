@@ -36,6 +36,8 @@ class _TaskFamilyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskFamily
     """One label per image."""
     TASK_FAMILY_TIME_SERIES_FORECASTING: _TaskFamily.ValueType  # 5
     """Future values of one or more series from their past values."""
+    TASK_FAMILY_TIME_SERIES_CLASSIFICATION: _TaskFamily.ValueType  # 6
+    """One label per sequence of values in order (a series per row: columns t0..tN, or a list column)."""
 
 class TaskFamily(_TaskFamily, metaclass=_TaskFamilyEnumTypeWrapper):
     """The kind of learning problem a model solves. It decides which dataset shapes fit, which program
@@ -58,6 +60,8 @@ TASK_FAMILY_IMAGE_CLASSIFICATION: TaskFamily.ValueType  # 4
 """One label per image."""
 TASK_FAMILY_TIME_SERIES_FORECASTING: TaskFamily.ValueType  # 5
 """Future values of one or more series from their past values."""
+TASK_FAMILY_TIME_SERIES_CLASSIFICATION: TaskFamily.ValueType  # 6
+"""One label per sequence of values in order (a series per row: columns t0..tN, or a list column)."""
 Global___TaskFamily: _TypeAlias = TaskFamily  # noqa: Y015
 
 class _MetricGoal:
