@@ -181,6 +181,27 @@ async def test_a_program_that_stays_broken_fails_after_three_repairs(open_gatewa
     assert events[-1].payload.get("to_state") == "FAILED"
 
 
+async def test_a_sandbox_without_a_module_fails_the_job_as_its_environment_without_repairs(
+    open_gateway, sandbox: Sandbox
+) -> None:
+    """A module the sandbox lacks (torch on a bare E2B template) is the operator's to fix: the job says
+    so under its own reason, and no repair is asked of codegen (it would burn three on the data)."""
+    dataset = tiny_dataset(sandbox.dataset_root)
+    codegen = ScriptedCodegen(
+        plan_for(dataset, ["x"], "threshold"), tiny_program("needs_missing_module"), [tiny_program("honest")]
+    )
+    harness = await harness_for(open_gateway, StaticCrawler(dataset), codegen)
+    try:
+        created = await harness.create("Tell positive from negative x")
+        job = await harness.wait_terminal(created.id)
+    finally:
+        await _close(harness)
+    assert job.state is JobState.FAILED
+    assert job.error is not None and job.error.reason == "SANDBOX_ENVIRONMENT", job.error
+    assert "zx_module_the_sandbox_lacks" in job.error.message and "environment error" in job.error.message
+    assert codegen.repair_requests == [] and job.repair_count == 0
+
+
 async def test_cancel_during_training_ends_cancelled_and_the_sandbox_is_gone(
     open_gateway, sandbox: Sandbox
 ) -> None:

@@ -84,6 +84,10 @@ VARIANTS: dict[str, dict[str, str]] = {
     "crash": {
         "# @@BEFORE_MODEL@@": 'zxrt.phase("model_building")\ncolumn(rows, "no_such_column")',
     },
+    # Needs a module the sandbox does not have (as torch on a bare E2B template): the environment's fault.
+    "needs_missing_module": {
+        "# @@BEFORE_MODEL@@": "import zx_module_the_sandbox_lacks  # noqa: F401",
+    },
     # Claims 0.99 everywhere, but predict.py answers a constant.
     "liar": {
         "# @@BEFORE_SAVE@@": 'zxrt.log_metrics(len(candidates), epoch=2, val={"accuracy": 0.99})\n'

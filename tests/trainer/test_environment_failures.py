@@ -86,3 +86,11 @@ async def test_the_smoke_run_reports_a_missing_module_as_not_repairable() -> Non
     assert failure is not None
     assert failure.repairable is False and failure.error.environment
     assert failure.exit_reason is ExitReason.FAILED and failure.exit_code == 1
+    # The contract carries it, so the gateway can tell the operator's problem from the program's.
+    from datetime import UTC, datetime
+
+    from zehanx_trainer.servicer import to_response
+    from zehanx_trainer.training import Sequenced
+
+    message = to_response(Sequenced(1, datetime.now(UTC), failure))
+    assert message.program_failure.environment and not message.program_failure.repairable

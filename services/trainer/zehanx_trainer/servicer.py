@@ -291,6 +291,7 @@ def to_response(item: Sequenced) -> pb.TrainResponse:
                 exit_reason=_EXIT_REASONS[event.exit_reason],
                 exit_code=event.exit_code,
                 repairable=event.repairable,
+                environment=e.environment,
             )
         )
     elif isinstance(event, RunSucceeded):

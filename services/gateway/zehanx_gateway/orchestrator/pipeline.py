@@ -414,6 +414,12 @@ class _JobRun:
                 f"{stage} failed (program version {version}): {text}\n{failure.error.traceback_tail}".rstrip()
             )
             smoke = failure.stage == trainer_pb.TRAIN_STAGE_SMOKE_RUN
+            if failure.environment:  # the sandbox's configuration, not the program: no repair, own reason
+                raise JobFailed(
+                    JobError(
+                        "FAILED_PRECONDITION", f"the {stage} could not run: {text}", "SANDBOX_ENVIRONMENT"
+                    )
+                )
             if not (failure.repairable and smoke):
                 raise JobFailed(
                     JobError("FAILED_PRECONDITION", f"the {stage} failed: {text}", "PROGRAM_FAILED")

@@ -442,6 +442,7 @@ class ProgramFailure(_message.Message):
     EXIT_REASON_FIELD_NUMBER: _builtins.int
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     REPAIRABLE_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_FIELD_NUMBER: _builtins.int
     stage: Global___TrainStage.ValueType
     """The stage that failed (SMOKE_RUN, TRAINING or EVALUATING)."""
     exit_reason: _executor_service_pb2.ExitReason.ValueType
@@ -451,6 +452,11 @@ class ProgramFailure(_message.Message):
     repairable: _builtins.bool
     """Whether sending `error` to `CodegenService.RepairProgram` may help: true for failures of
     the program's own code in the smoke run, false for limits hit in the full run.
+    """
+    environment: _builtins.bool
+    """Whether the sandbox lacked something the program needs (a Python module such as torch, a
+    shared library): a fault of the executor's configuration (for example an E2B template
+    without torch), not of the program or its data. Never repairable.
     """
     @_builtins.property
     def error(self) -> _structured_error_pb2.StructuredError:
@@ -464,10 +470,11 @@ class ProgramFailure(_message.Message):
         exit_reason: _executor_service_pb2.ExitReason.ValueType = ...,
         exit_code: _builtins.int = ...,
         repairable: _builtins.bool = ...,
+        environment: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "exit_code", b"exit_code", "exit_reason", b"exit_reason", "repairable", b"repairable", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment", "error", b"error", "exit_code", b"exit_code", "exit_reason", b"exit_reason", "repairable", b"repairable", "stage", b"stage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
