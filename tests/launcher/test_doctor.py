@@ -151,3 +151,73 @@ def test_a_short_hs256_secret_is_a_problem_because_the_gateway_would_refuse_it(t
     problems = backends(result)["auth"]["problems"]
     assert any("shorter than 32 bytes" in p["message"] for p in problems), problems
     assert "too-short-" not in result.stdout + result.stderr
+
+
+def test_online_checks_reach_each_backend_as_its_sdk_does_and_report_what_answered(tmp_path: Path) -> None:
+    """--online against local stand-ins answering as the services document: each request goes to the
+    path with the header its SDK uses, and a 200 (or Storage's 404 for a bucket made on first write) is
+    reported as found, with no secret printed."""
+    import http.server
+    import threading
+
+    firecrawl_key = "fc-" + "9" * 32
+    supabase_key = "sb_secret_" + "k" * 30
+    seen: list[tuple[str, str, str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            seen.append((self.path, self.headers.get("authorization", ""), self.headers.get("apikey", "")))
+            if self.path == "/openai/v1/models":
+                # GET /openai/v1/models, Bearer key (groq/resources/models.py): {"object":"list","data":[...]}
+                body, status = (
+                    b'{"object":"list","data":[{"id":"openai/gpt-oss-120b","object":"model"}]}',
+                    200,
+                )
+            elif self.path == "/v1/team/credit-usage":
+                # firecrawl/v1/client.py:796-800: {"success": true, "data": {"remaining_credits": N}}
+                body, status = b'{"success":true,"data":{"remaining_credits":500}}', 200
+            elif self.path == "/storage/v1/bucket/zehanx-artifacts":
+                # storage3 get_bucket (storage3/_sync/bucket.py:72); a missing bucket is ERRORS.NoSuchBucket,
+                # which the legacy renderer sends as HTTP 400 {"statusCode":"404","error":"Bucket not found"}:
+                # here the bucket exists.
+                body, status = b'{"id":"zehanx-artifacts","name":"zehanx-artifacts","public":false}', 200
+            else:
+                body, status = b"{}", 404
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        result = zx_doctor(
+            tmp_path,
+            "--online",
+            "--json",
+            ZX_CODEGEN_BACKEND="groq",
+            ZX_CODEGEN_GROQ_API_KEY=GROQ_KEY,
+            ZX_CODEGEN_GROQ_BASE_URL=base,
+            FIRECRAWL_API_KEY=firecrawl_key,
+            ZX_CRAWLER_FIRECRAWL_API_URL=base,
+            SUPABASE_URL=base,
+            SUPABASE_SECRET_KEY=supabase_key,
+        )
+    finally:
+        server.shutdown()
+    found = backends(result)
+    assert "online: Groq answered HTTP 200" in found["codegen"]["found"], found["codegen"]
+    assert "online: Firecrawl answered HTTP 200" in found["crawler"]["found"], found["crawler"]
+    assert "online: Supabase Storage answered HTTP 200" in found["trainer store"]["found"], found[
+        "trainer store"
+    ]
+    assert ("/openai/v1/models", f"Bearer {GROQ_KEY}", "") in seen
+    assert ("/v1/team/credit-usage", f"Bearer {firecrawl_key}", "") in seen
+    assert ("/storage/v1/bucket/zehanx-artifacts", "", supabase_key) in seen  # sb_secret_: apikey only
+    for secret in (GROQ_KEY, firecrawl_key, supabase_key):
+        assert secret not in result.stdout + result.stderr
