@@ -128,7 +128,7 @@ def test_forecasting_airline_beats_seasonal_naive_and_holt_winters(
     naive = [history[-12 + (i % 12)] for i in range(len(forecast))]
     ours = realdata.mape(airline.test_targets, forecast)
     assert ours < realdata.mape(airline.test_targets, naive)
-    assert ours <= 0.051, ours  # Holt-Winters on the same 36 months (README)
+    assert ours <= 0.045, ours  # Holt-Winters on the same 36 months: 0.051 (README); measured 0.043
 
 
 def _validation_predictions(data: realdata.Prepared, work: Path) -> tuple[list, list[dict]]:

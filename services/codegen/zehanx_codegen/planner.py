@@ -945,6 +945,9 @@ class Planner:
             "which lags to use is picked on the validation tail, then the model is refit on all the history.",
             "Scale: raw values (an additive trend), a rule fixed in advance: on the airline series a log "
             "model, which fits the early years best, overshoots the later ones.",
+            "Constant: none when the series is differenced twice (step and season), another rule fixed in "
+            "advance (Box-Jenkins practice: with d + D = 2 a constant is a quadratic trend that a recursive "
+            "forecast extends without end); a series without a season keeps its drift.",
         ]
         return Plan(
             task_family=TaskFamily.TIME_SERIES_FORECASTING,

@@ -54,15 +54,22 @@ def difference(y, season):
 
 
 def fit(y, season, lags, ridge):
-    """Least-squares coefficients of z[t] on 1 and z[t-k] for k in lags (ridge keeps it stable)."""
+    """Least-squares coefficients of z[t] on 1 and z[t-k] for k in lags (ridge keeps it stable).
+
+    With a season, z is differenced twice (d + D = 2) and the model has no constant: a constant
+    there is a trend in the trend, a quadratic curve that a recursive forecast extends without end
+    (Box-Jenkins practice; R's forecast::Arima drops the constant whenever d + D > 1). The first
+    coefficient stays in place, at 0, so the stored model keeps its shape.
+    """
     z = difference(y, season)
     p = max(lags)
     if len(z) - p < len(lags) + 2:
         raise ValueError(f"{len(y)} points are too few for lags {lags} with season {season}")
-    x = torch.stack([torch.ones(len(z) - p, dtype=y.dtype)] + [z[p - k : len(z) - k] for k in lags], 1)
+    constant = torch.ones(len(z) - p, dtype=y.dtype) if season <= 1 else torch.zeros(len(z) - p, dtype=y.dtype)
+    x = torch.stack([constant] + [z[p - k : len(z) - k] for k in lags], 1)
     target = z[p:]
     penalty = ridge * torch.eye(x.shape[1], dtype=y.dtype) * len(target)
-    penalty[0, 0] = 0  # the intercept is not pulled towards zero
+    penalty[0, 0] = 0 if season <= 1 else 1.0  # the intercept is not pulled towards zero (when there is one)
     return torch.linalg.solve(x.T @ x + penalty, x.T @ target)
 
 
