@@ -69,3 +69,20 @@ def test_a_failure_no_setting_fixes_is_refused_with_the_reason(codegen: Codegen,
     with pytest.raises(FailedPrecondition) as caught:
         codegen.repair(program, plan, failure, attempt=3)
     assert caught.value.reason == "NOT_REPAIRABLE" and "KeyError" in caught.value.message
+
+
+@pytest.mark.parametrize(("dataset", "prompt", "expected"), [
+    ("diamonds_price", "predict the price", ("max_leaves = 15", "max_iterations = 1000")),
+    ("arrowhead", "classify the outlines", ("num_features = 4998",)),
+])  # fmt: skip
+def test_out_of_memory_shrinks_the_trees_and_the_series_features(
+    codegen: Codegen, request: pytest.FixtureRequest, dataset: str, prompt: str, expected: tuple[str, ...]
+) -> None:
+    data = request.getfixturevalue(dataset)
+    plan = codegen.plan(prompt, data.profile)
+    program = codegen.generate("", plan).program
+    failure = ProgramFailure(ProgramPhase.TRAINING, "MemoryError", "Unable to allocate 2.00 GiB for an array")
+    repaired = codegen.repair(program, plan, failure, attempt=1)
+    text = repaired.program.files["train.py"]
+    assert all(e in text for e in expected), text[:2000]
+    assert repaired.changed_paths == ("train.py",) and "memory" in repaired.change_summary

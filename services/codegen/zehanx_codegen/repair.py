@@ -23,6 +23,7 @@ from typing import Any
 from zehanx_runtime.errors import FailedPrecondition
 
 from zehanx_codegen.domain import Plan, Program, ProgramFailure, TaskFamily
+from zehanx_codegen.generator import TREES_MODEL_FAMILY
 
 _MEMORY = re.compile(
     r"out of memory|MemoryError|Cannot allocate memory|killed|memory limit|OOM", re.IGNORECASE
@@ -45,6 +46,13 @@ def _smaller(plan: Plan) -> tuple[dict[str, Any], list[str]]:
         hp["batch_size"] = _halve(hp.get("batch_size", 64), 8)
         hp["conv_channels"] = [max(8, int(c) // 2) for c in hp.get("conv_channels", [32, 64, 128])]
         notes.append(f"batches of {hp['batch_size']} and conv channels {hp['conv_channels']}")
+    elif plan.model_family == TREES_MODEL_FAMILY:
+        hp["max_leaves"] = _halve(hp.get("max_leaves", 31), 4)
+        hp["max_iterations"] = _halve(hp.get("max_iterations", 2_000), 20)
+        notes.append(f"trees of at most {hp['max_leaves']} leaves, at most {hp['max_iterations']} rounds")
+    elif family is TaskFamily.TIME_SERIES_CLASSIFICATION:
+        hp["num_features"] = _halve(hp.get("num_features", 9_996), 84 * 4)
+        notes.append(f"{hp['num_features']} MiniRocket features")
     elif family in (TaskFamily.TABULAR_CLASSIFICATION, TaskFamily.TABULAR_REGRESSION):
         hp["batch_size"] = 256 if not hp.get("batch_size") else _halve(hp["batch_size"], 32)
         hp["hidden_size"] = _halve(hp.get("hidden_size", 64), 16)
