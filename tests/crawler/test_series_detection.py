@@ -68,3 +68,14 @@ def test_running_numbers_in_names_alone_do_not_make_a_series(shared_data: Path) 
     assert (
         choose(_table({**short, **target}), "classify", target_hint=None, task_hint=None).series_columns == []
     )
+    # one list column of 251 numbers per row is a series too; lists of different lengths are not
+    packed = [[float(r[f"t{i}"]) for i in range(251)] for r in rows]
+    choice = choose(
+        _table({"outline": ("list", packed), **target}), "classify", target_hint=None, task_hint=None
+    )
+    assert choice.series_columns == ["outline"] and "one list of 251 numbers per row" in choice.explanation
+    ragged = [v[: 100 + i] for i, v in enumerate(packed)]
+    choice = choose(
+        _table({"outline": ("list", ragged), **target}), "classify", target_hint=None, task_hint=None
+    )
+    assert choice.series_columns == []
