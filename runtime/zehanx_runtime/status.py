@@ -1,4 +1,9 @@
-"""Domain errors → ``google.rpc.Status`` (the one place codes are chosen)."""
+"""Domain errors → ``google.rpc.Status`` (the one place codes are chosen), and back.
+
+Server side, :func:`to_grpc_status` builds the status the interceptor sends. Client side,
+:func:`error_info_of` and :func:`violations_of` read its details back, and
+:func:`zehanx_runtime.client.to_domain_error` turns a whole failed call into a domain error with them.
+"""
 
 from __future__ import annotations
 
@@ -56,26 +61,36 @@ def bad_request(violations: list[FieldViolation]) -> error_details_pb2.BadReques
     )
 
 
+def _status_of(call_error: grpc.RpcError) -> status_pb2.Status | None:
+    """The ``google.rpc.Status`` a failed call carried, or None (none sent, or a malformed one: a bad
+    detail is no reason to lose the status code itself)."""
+    try:
+        return rpc_status.from_call(call_error)  # type: ignore[arg-type]
+    except Exception:  # undecodable bytes, or a code that does not match the call's
+        return None
+
+
+def violations_of(call_error: grpc.RpcError) -> list[FieldViolation]:
+    """Client side: the field violations of a failed call's BadRequest detail, reasons included."""
+    status = _status_of(call_error)
+    found: list[FieldViolation] = []
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            found += [FieldViolation(v.field, v.description, v.reason) for v in bad.field_violations]
+    return found
+
+
 def field_violations_of(call_error: grpc.RpcError) -> list[tuple[str, str]]:
     """Client side: the (field, description) pairs of a BadRequest detail, for tests and CLIs."""
-    status = rpc_status.from_call(call_error)  # type: ignore[arg-type]
-    found: list[tuple[str, str]] = []
-    if status is None:
-        return found
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            br = error_details_pb2.BadRequest()
-            detail.Unpack(br)
-            found += [(v.field, v.description) for v in br.field_violations]
-    return found
+    return [(v.field, v.description) for v in violations_of(call_error)]
 
 
 def error_info_of(call_error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
     """Client side: the ErrorInfo detail of a failed call, if any."""
-    status = rpc_status.from_call(call_error)  # type: ignore[arg-type]
-    if status is None:
-        return None
-    for detail in status.details:
+    status = _status_of(call_error)
+    for detail in status.details if status is not None else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)

@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 from zehanx.common.v1 import log_pb2
 from zehanx.executor.v1 import executor_service_pb2 as pb
 from zehanx.executor.v1 import executor_service_pb2_grpc as rpc
 from zehanx_runtime import provider_keys
+from zehanx_runtime.durations import to_duration, to_seconds
 
 from zehanx_executor.sandbox.model import (
     Event,
@@ -47,21 +48,11 @@ _REASONS = {
 _STREAMS = {Stream.STDOUT: log_pb2.OUTPUT_STREAM_STDOUT, Stream.STDERR: log_pb2.OUTPUT_STREAM_STDERR}
 
 
-def _seconds(d: duration_pb2.Duration) -> float:
-    return d.seconds + d.nanos / 1e9
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
-
-
 def to_input(request: pb.ExecuteRequest, *, sandbox_api_key: str | None = None) -> ExecuteInput:
     lim = request.limits
     limits = LimitRequest(
-        wall_time_s=_seconds(lim.max_wall_duration) if lim.HasField("max_wall_duration") else None,
-        cpu_time_s=_seconds(lim.max_cpu_duration) if lim.HasField("max_cpu_duration") else None,
+        wall_time_s=to_seconds(lim.max_wall_duration) if lim.HasField("max_wall_duration") else None,
+        cpu_time_s=to_seconds(lim.max_cpu_duration) if lim.HasField("max_cpu_duration") else None,
         memory_bytes=lim.max_memory_bytes or None,
         max_processes=lim.max_processes or None,
         disk_bytes=lim.max_disk_bytes or None,
@@ -85,8 +76,8 @@ def to_input(request: pb.ExecuteRequest, *, sandbox_api_key: str | None = None) 
 
 def limits_pb(limits: Limits) -> pb.Limits:
     return pb.Limits(
-        max_wall_duration=_duration(limits.wall_time_s),
-        max_cpu_duration=_duration(limits.cpu_time_s),
+        max_wall_duration=to_duration(limits.wall_time_s),
+        max_cpu_duration=to_duration(limits.cpu_time_s),
         max_memory_bytes=limits.memory_bytes,
         max_processes=limits.max_processes,
         max_disk_bytes=limits.disk_bytes,
@@ -137,8 +128,8 @@ def to_response(event: Event, sequence: int) -> pb.ExecuteResponse:
                 signal=event.signal,
                 message=event.message,
                 usage=pb.ResourceUsage(
-                    wall_duration=_duration(u.wall_time_s),
-                    cpu_duration=_duration(u.cpu_time_s),
+                    wall_duration=to_duration(u.wall_time_s),
+                    cpu_duration=to_duration(u.cpu_time_s),
                     max_rss_bytes=u.max_rss_bytes,
                     output_bytes=u.output_bytes,
                     disk_bytes=u.disk_bytes,

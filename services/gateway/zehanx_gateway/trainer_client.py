@@ -1,9 +1,10 @@
 """The :class:`~zehanx_gateway.models.Predictor` port over gRPC (``TrainerService.Predict``).
 
 The gateway's Predict does not run anything itself: the trainer runs the model's ``predict.py`` in the
-sandbox. This adapter converts the instances out and the predictions in, and maps the trainer's status
-codes to the gateway's domain errors (the trainer unreachable is UNAVAILABLE, naming its address; bad
-instances stay INVALID_ARGUMENT with the trainer's field violations).
+sandbox. This adapter converts the instances out and the predictions in; the trainer's status codes
+become the gateway's domain errors by :func:`zehanx_runtime.client.to_domain_error` (the trainer
+unreachable is UNAVAILABLE, naming its address; bad instances stay INVALID_ARGUMENT with the trainer's
+field violations), worded here for a Predict.
 """
 
 from __future__ import annotations
@@ -14,15 +15,34 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
-from google.rpc import error_details_pb2, status_pb2
 from zehanx.trainer.v1 import trainer_service_pb2 as pb
 from zehanx.trainer.v1 import trainer_service_pb2_grpc as rpc
 from zehanx_runtime import errors
-from zehanx_runtime.client import call_metadata, internal_channel
+from zehanx_runtime.client import Wording, call_metadata, internal_channel, to_domain_error
+from zehanx_runtime.durations import to_seconds
 
 from zehanx_gateway.domain import Prediction, PredictResult
 
-_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_CODE = grpc.StatusCode
+#: How a Predict's failures read to the gateway's caller; the rest is ``to_domain_error``'s policy.
+_WORDING = {
+    _CODE.UNAVAILABLE: Wording(
+        "the trainer at {address} cannot run the model now ({detail}); is it running? (zx up starts it)",
+        reason="TRAINER_UNAVAILABLE",
+    ),
+    _CODE.INVALID_ARGUMENT: Wording("the instances do not fit the model: {detail}", "INSTANCES_DO_NOT_FIT"),
+    _CODE.NOT_FOUND: Wording(
+        "the trainer no longer has this model's artifact: {detail}",
+        "MODEL_ARTIFACT_MISSING",
+        errors.FailedPrecondition,
+    ),
+    _CODE.DEADLINE_EXCEEDED: Wording("the prediction took too long: {detail}", "PREDICT_TIMEOUT"),
+    _CODE.RESOURCE_EXHAUSTED: Wording("the trainer is busy: {detail}", "TRAINER_BUSY"),
+    _CODE.FAILED_PRECONDITION: Wording("the model cannot predict: {detail}", "PREDICT_FAILED"),
+    _CODE.CANCELLED: Wording("the prediction was cancelled: {detail}", "PREDICT_CANCELLED"),
+    _CODE.INTERNAL: Wording("the trainer failed to run the model: {detail}", "TRAINER_FAILED"),
+    _CODE.UNKNOWN: Wording("the trainer failed to run the model: {detail}", "TRAINER_FAILED"),
+}
 
 
 class GrpcTrainerPredictor:
@@ -49,7 +69,7 @@ class GrpcTrainerPredictor:
                 metadata=call_metadata(self._token, job_id=str(job_id) if job_id else None),
             )
         except grpc.aio.AioRpcError as exc:
-            raise self._translate(exc) from None
+            raise _error(exc, self._address) from None
         predictions = [
             Prediction(
                 output=json_format.MessageToDict(p.output) if p.HasField("output") else None,
@@ -57,51 +77,10 @@ class GrpcTrainerPredictor:
             )
             for p in response.predictions
         ]
-        duration = response.predict_duration.seconds + response.predict_duration.nanos / 1e9
-        return PredictResult(predictions, duration)
+        return PredictResult(predictions, to_seconds(response.predict_duration))
 
     async def close(self) -> None:
         await self._channel.close()
-
-    def _translate(self, exc: grpc.aio.AioRpcError) -> errors.DomainError:
-        code = exc.code()
-        detail = exc.details() or code.name
-        if code is grpc.StatusCode.UNAVAILABLE:
-            return errors.Unavailable(
-                f"the trainer at {self._address} cannot be reached to run the model ({detail}); "
-                "is it running? (zx up starts it)",
-                reason="TRAINER_UNAVAILABLE",
-                metadata={"address": self._address},
-            )
-        if code is grpc.StatusCode.INVALID_ARGUMENT:
-            return errors.InvalidArgument(
-                f"the instances do not fit the model: {detail}",
-                reason="INSTANCES_DO_NOT_FIT",
-                violations=_violations(exc) or [errors.FieldViolation("instances", detail, "instances.fit")],
-            )
-        if code is grpc.StatusCode.NOT_FOUND:
-            return errors.FailedPrecondition(
-                f"the trainer no longer has this model's artifact: {detail}", reason="MODEL_ARTIFACT_MISSING"
-            )
-        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            return errors.DeadlineExceeded(
-                f"the prediction took too long: {detail}", reason="PREDICT_TIMEOUT"
-            )
-        if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return errors.ResourceExhausted(f"the trainer is busy: {detail}", reason="TRAINER_BUSY")
-        if code is grpc.StatusCode.FAILED_PRECONDITION:
-            return errors.FailedPrecondition(f"the model cannot predict: {detail}", reason="PREDICT_FAILED")
-        if code is grpc.StatusCode.CANCELLED:
-            return errors.Cancelled(f"the prediction was cancelled: {detail}", reason="PREDICT_CANCELLED")
-        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-            return errors.Internal(
-                "the trainer refused the gateway's service token (check ZX_GATEWAY_TRAINER_TOKEN / "
-                "ZX_GATEWAY_SERVICE_TOKEN against the trainer's)",
-                reason="TRAINER_REFUSED_TOKEN",
-            )
-        return errors.Internal(
-            f"the trainer failed to run the model ({code.name}): {detail}", reason="TRAINER_FAILED"
-        )
 
 
 def _value(instance: Any) -> struct_pb2.Value:
@@ -112,18 +91,14 @@ def _value(instance: Any) -> struct_pb2.Value:
     return value
 
 
-def _violations(exc: grpc.aio.AioRpcError) -> list[errors.FieldViolation]:
-    """Field violations of the trainer's google.rpc.BadRequest detail, if it sent one."""
-    for key, raw in exc.trailing_metadata() or ():
-        if key != _STATUS_DETAILS_KEY or not isinstance(raw, bytes):
-            continue
-        status = status_pb2.Status.FromString(raw)
-        found: list[errors.FieldViolation] = []
-        for detail in status.details:
-            bad = error_details_pb2.BadRequest()
-            if detail.Unpack(bad):
-                found += [
-                    errors.FieldViolation(v.field, v.description, v.reason) for v in bad.field_violations
-                ]
-        return found
-    return []
+def _error(exc: grpc.aio.AioRpcError, address: str) -> errors.DomainError:
+    err = to_domain_error(
+        exc,
+        service="trainer",
+        address=address,
+        token_variable="ZX_GATEWAY_TRAINER_TOKEN (unset: ZX_GATEWAY_SERVICE_TOKEN)",
+        wording=_WORDING,
+    )
+    if isinstance(err, errors.InvalidArgument) and not err.violations:  # a caller's form shows fields
+        err.violations = [errors.FieldViolation("instances", exc.details() or "", "instances.fit")]
+    return err

@@ -3,7 +3,8 @@
 The crawler names each split file ``zx-crawler:/datasets/<sha256>/<split>.jsonl``; the trainer never
 opens the crawler's folder (it may be on another machine). It asks the crawler, which streams the
 file; :mod:`zehanx_runtime.transfer` checks the size and the sha256 the job's ``DatasetRef`` names
-before a byte is staged. The crawler's RPC errors become the trainer's domain errors here, once.
+before a byte is staged. The crawler's RPC errors become the trainer's domain errors by
+:func:`zehanx_runtime.client.to_domain_error`, worded here for a dataset file.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import grpc
 from zehanx.crawler.v1 import crawler_service_pb2 as pb
 from zehanx.crawler.v1 import crawler_service_pb2_grpc as rpc
 from zehanx_runtime import transfer
-from zehanx_runtime.client import call_metadata, internal_channel
-from zehanx_runtime.errors import DeadlineExceeded, DomainError, FailedPrecondition, Internal, Unavailable
+from zehanx_runtime.client import Wording, call_metadata, internal_channel, to_domain_error
+from zehanx_runtime.errors import DomainError, FailedPrecondition
 
 #: Time allowed to receive one split file (the largest the trainer stages is ~48 MiB by default).
 READ_TIMEOUT_S = 300.0
@@ -59,40 +60,34 @@ class GrpcCrawlerFiles:
         await self._channel.close()
 
     def _error(self, exc: grpc.aio.AioRpcError, what: str) -> DomainError:
-        code, details = exc.code(), exc.details() or ""
-        meta = {"crawler": self.address, "code": code.name}
-        if code == grpc.StatusCode.UNAVAILABLE:
-            return Unavailable(
-                f"{what}: the crawler at {self.address} cannot be reached to read the dataset ({details})",
-                reason="CRAWLER_UNAVAILABLE",
-                metadata=meta,
-            )
-        if code == grpc.StatusCode.NOT_FOUND:
-            return FailedPrecondition(
-                f"{what}: the crawler at {self.address} no longer has this dataset file ({details}); "
-                "build the dataset again",
-                reason="DATASET_MISSING",
-                metadata=meta,
-            )
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return DeadlineExceeded(
-                f"{what}: reading the dataset from the crawler took too long", reason="DEADLINE_EXCEEDED"
-            )
-        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-            return Internal(
-                f"the crawler at {self.address} refused the trainer's service token (set "
-                "ZX_TRAINER_CRAWLER_TOKEN or ZX_TRAINER_SERVICE_TOKEN to the crawler's)",
-                reason="CRAWLER_REFUSED_TOKEN",
-                metadata=meta,
-            )
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
-            return FailedPrecondition(
-                f"{what}: the crawler does not know this URI ({details})",
-                reason="BAD_DATASET_URI",
-                metadata=meta,
-            )
-        return Internal(
-            f"{what}: the crawler failed to send the dataset file ({code.name}: {details})",
-            reason="CRAWLER_FAILED",
-            metadata=meta,
+        code = grpc.StatusCode
+        wording = {
+            code.UNAVAILABLE: Wording(
+                f"{what}: the crawler at {{address}} cannot be reached to read the dataset ({{detail}})",
+                "CRAWLER_UNAVAILABLE",
+            ),
+            code.NOT_FOUND: Wording(
+                f"{what}: the crawler at {{address}} no longer has this dataset file ({{detail}}); build the "
+                "dataset again",
+                "DATASET_MISSING",
+                FailedPrecondition,
+            ),
+            code.DEADLINE_EXCEEDED: Wording(
+                f"{what}: reading the dataset from the crawler took too long", "DEADLINE_EXCEEDED"
+            ),
+            code.INVALID_ARGUMENT: Wording(
+                f"{what}: the crawler does not know this URI ({{detail}})",
+                "BAD_DATASET_URI",
+                FailedPrecondition,
+            ),
+            code.INTERNAL: Wording(
+                f"{what}: the crawler failed to send the dataset file ({{detail}})", "CRAWLER_FAILED"
+            ),
+        }
+        return to_domain_error(
+            exc,
+            service="crawler",
+            address=self.address,
+            token_variable="ZX_TRAINER_CRAWLER_TOKEN (unset: ZX_TRAINER_SERVICE_TOKEN)",
+            wording=wording,
         )

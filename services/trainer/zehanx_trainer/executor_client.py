@@ -1,7 +1,8 @@
 """The :class:`~zehanx_trainer.executor_port.Executor` port over gRPC (``ExecutorService.Execute``).
 
 Converts the request out and the events in, reassembles chunked produced files (checking size and
-sha256), and maps the executor's RPC errors to the trainer's domain errors. Closing the event
+sha256); the executor's RPC errors become the trainer's domain errors by
+:func:`zehanx_runtime.client.to_domain_error`, worded here. Closing the event
 iterator cancels the call, which makes the executor kill the sandbox.
 """
 
@@ -12,20 +13,14 @@ import hashlib
 from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf import duration_pb2, json_format
+from google.protobuf import json_format
 from zehanx.common.v1 import log_pb2
 from zehanx.executor.v1 import executor_service_pb2 as pb
 from zehanx.executor.v1 import executor_service_pb2_grpc as rpc
 from zehanx_runtime import provider_keys
-from zehanx_runtime.client import call_metadata, internal_channel
-from zehanx_runtime.errors import (
-    DeadlineExceeded,
-    DomainError,
-    FailedPrecondition,
-    Internal,
-    ResourceExhausted,
-    Unavailable,
-)
+from zehanx_runtime.client import Wording, call_metadata, internal_channel, to_domain_error
+from zehanx_runtime.durations import to_duration, to_seconds
+from zehanx_runtime.errors import DomainError, Internal
 
 from zehanx_trainer.executor_port import (
     ExecEvent,
@@ -55,14 +50,16 @@ _REASONS = {
 }
 
 
-def _duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
-
-
-def _seconds(d: duration_pb2.Duration) -> float:
-    return d.seconds + d.nanos / 1e9
+_CODE = grpc.StatusCode
+#: How the executor's failures read in a training run; the rest is ``to_domain_error``'s policy.
+_WORDING = {
+    _CODE.UNAVAILABLE: Wording("the executor at {address} is unavailable: {detail}", "EXECUTOR_UNAVAILABLE"),
+    _CODE.RESOURCE_EXHAUSTED: Wording("the executor has no free sandbox: {detail}", "EXECUTOR_BUSY"),
+    _CODE.DEADLINE_EXCEEDED: Wording("the executor call ran out of time: {detail}", "DEADLINE_EXCEEDED"),
+    _CODE.FAILED_PRECONDITION: Wording("the executor cannot run this: {detail}", "EXECUTOR_PRECONDITION"),
+    # The trainer built a request the executor rejects: a bug here, not the caller's input.
+    _CODE.INVALID_ARGUMENT: Wording("the executor refused the request: {detail}", "EXECUTOR_ERROR", Internal),
+}
 
 
 def to_request(request: ExecRequest) -> pb.ExecuteRequest:
@@ -75,7 +72,7 @@ def to_request(request: ExecRequest) -> pb.ExecuteRequest:
         argv=list(request.argv),
         env=dict(request.env),
         limits=pb.Limits(
-            max_wall_duration=_duration(limits.wall_s),
+            max_wall_duration=to_duration(limits.wall_s),
             max_memory_bytes=limits.memory_bytes or 0,
             max_processes=limits.max_processes or 0,
             max_disk_bytes=limits.disk_bytes or 0,
@@ -89,34 +86,13 @@ def to_request(request: ExecRequest) -> pb.ExecuteRequest:
 
 
 def _error(exc: grpc.aio.AioRpcError, address: str) -> DomainError:
-    code, details = exc.code(), exc.details() or ""
-    meta = {"executor": address, "code": code.name}
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return Unavailable(
-            f"the executor at {address} is unavailable: {details}",
-            reason="EXECUTOR_UNAVAILABLE",
-            metadata=meta,
-        )
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return ResourceExhausted(
-            f"the executor has no free sandbox: {details}", reason="EXECUTOR_BUSY", metadata=meta
-        )
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceeded(
-            f"the executor call ran out of time: {details}", reason="DEADLINE_EXCEEDED", metadata=meta
-        )
-    if code == grpc.StatusCode.FAILED_PRECONDITION:
-        return FailedPrecondition(
-            f"the executor cannot run this: {details}", reason="EXECUTOR_PRECONDITION", metadata=meta
-        )
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-        return Unavailable(
-            f"the executor refused the trainer's service token: {details}",
-            reason="EXECUTOR_AUTH",
-            metadata=meta,
-        )
-    # INVALID_ARGUMENT and the rest: the trainer built a request the executor rejects, a bug here.
-    return Internal(f"the executor answered {code.name}: {details}", reason="EXECUTOR_ERROR", metadata=meta)
+    return to_domain_error(
+        exc,
+        service="executor",
+        address=address,
+        token_variable="ZX_TRAINER_EXECUTOR_TOKEN (unset: ZX_TRAINER_SERVICE_TOKEN)",
+        wording=_WORDING,
+    )
 
 
 class GrpcExecutor:
@@ -184,8 +160,8 @@ def _convert(response: pb.ExecuteResponse, chunks: dict[str, bytearray]) -> Exec
             signal=r.signal,
             message=r.message,
             usage=ExecUsage(
-                wall_s=_seconds(u.wall_duration),
-                cpu_s=_seconds(u.cpu_duration),
+                wall_s=to_seconds(u.wall_duration),
+                cpu_s=to_seconds(u.cpu_duration),
                 max_rss_bytes=u.max_rss_bytes,
                 output_bytes=u.output_bytes,
                 disk_bytes=u.disk_bytes,

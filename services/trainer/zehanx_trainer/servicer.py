@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from zehanx.common.v1 import (
     dataset_pb2,
     file_transfer_pb2,
@@ -25,6 +25,7 @@ from zehanx.executor.v1 import executor_service_pb2 as executor_pb
 from zehanx.trainer.v1 import trainer_service_pb2 as pb
 from zehanx.trainer.v1 import trainer_service_pb2_grpc as rpc
 from zehanx_runtime import provider_keys, transfer
+from zehanx_runtime.durations import to_duration, to_seconds
 
 from zehanx_trainer import archive, executor_client
 from zehanx_trainer.artifacts import ArtifactStore
@@ -92,10 +93,6 @@ _STREAMS = {"stdout": log_pb2.OUTPUT_STREAM_STDOUT, "stderr": log_pb2.OUTPUT_STR
 
 
 # -- in -----------------------------------------------------------------------------------------------
-
-
-def _seconds(d: duration_pb2.Duration) -> float:
-    return d.seconds + d.nanos / 1e9
 
 
 def _family(value: int) -> str:
@@ -171,7 +168,9 @@ def to_spec(request: pb.TrainRequest) -> TrainSpec:
             gpu_count=res.gpu_count,
             cpu_count=res.cpu_count,
             memory_bytes=res.max_memory_bytes,
-            training_s=_seconds(res.max_training_duration) if res.HasField("max_training_duration") else 0.0,
+            training_s=to_seconds(res.max_training_duration)
+            if res.HasField("max_training_duration")
+            else 0.0,
         ),
         smoke_only=request.smoke_only,
         meta=ModelMeta(
@@ -188,12 +187,6 @@ def to_spec(request: pb.TrainRequest) -> TrainSpec:
 # -- out ----------------------------------------------------------------------------------------------
 
 
-def _duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(max(0.0, seconds) * 1e9))
-    return d
-
-
 def _metrics(values: dict[str, float]) -> metrics_pb2.Metrics:
     return metrics_pb2.Metrics(values={k: v for k, v in values.items() if math.isfinite(v)})
 
@@ -202,8 +195,8 @@ def _usage(usage: ExecUsage | None) -> executor_pb.ResourceUsage | None:
     if usage is None:
         return None
     return executor_pb.ResourceUsage(
-        wall_duration=_duration(usage.wall_s),
-        cpu_duration=_duration(usage.cpu_s),
+        wall_duration=to_duration(usage.wall_s),
+        cpu_duration=to_duration(usage.cpu_s),
         max_rss_bytes=usage.max_rss_bytes,
         output_bytes=usage.output_bytes,
         disk_bytes=usage.disk_bytes,
@@ -252,7 +245,7 @@ def to_response(item: Sequenced) -> pb.TrainResponse:
         if r.samples_per_s is not None and math.isfinite(r.samples_per_s):
             m.samples_per_second = r.samples_per_s
         if r.eta_s is not None and math.isfinite(r.eta_s):
-            m.eta_duration.CopyFrom(_duration(r.eta_s))
+            m.eta_duration.CopyFrom(to_duration(r.eta_s))
         out.metrics.CopyFrom(m)
     elif isinstance(event, LogLine):
         out.log_line.CopyFrom(
@@ -340,7 +333,7 @@ class TrainerServicer(rpc.TrainerServiceServicer):
             output = struct_pb2.Value()
             json_format.ParseDict(value, output)
             predictions.append(prediction_pb2.Prediction(output=output, probabilities=probabilities))
-        return pb.PredictResponse(predictions=predictions, predict_duration=_duration(outcome.duration_s))
+        return pb.PredictResponse(predictions=predictions, predict_duration=to_duration(outcome.duration_s))
 
     async def ReadArtifact(
         self, request: pb.ReadArtifactRequest, context: grpc.aio.ServicerContext

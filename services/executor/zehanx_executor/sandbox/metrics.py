@@ -1,5 +1,8 @@
 """Metric lines: ``@@zx:`` followed by one JSON object, printed by the program on stdout.
 
+The prefix and the limits are the program-output protocol's (:mod:`zehanx_runtime.program_output`,
+documented at ``MetricRecord`` in the executor's proto).
+
 The program is untrusted, so a metric line is untrusted input: it is size-capped (64 KiB including the
 prefix), rate-capped (200 lines per second, token bucket, with a counter of what was dropped), parsed
 without NaN/Infinity, and checked against a structural schema: a JSON object whose keys are 1-128
@@ -17,9 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-PREFIX = b"@@zx:"
-MAX_LINE_BYTES = 64 * 1024
-MAX_LINES_PER_SECOND = 200
+from zehanx_runtime.program_output import MAX_RECORD_LINE_BYTES, MAX_RECORD_LINES_PER_SECOND, RECORD_PREFIX
+
+PREFIX = RECORD_PREFIX
+MAX_LINE_BYTES = MAX_RECORD_LINE_BYTES
+MAX_LINES_PER_SECOND = MAX_RECORD_LINES_PER_SECOND
 MAX_DEPTH = 4
 MAX_VALUES = 1024
 MAX_STRING_CHARS = 1024

@@ -2,8 +2,9 @@
 
 Channels retry UNAVAILABLE for unary calls (``zehanx_runtime.client``) and reconnect by themselves after a
 service restarts; a stream cut mid-way surfaces as :class:`~zehanx_runtime.errors.Unavailable` and the
-pipeline decides whether to start it again. Status codes become domain errors here, once, keeping the
-callee's ErrorInfo reason when it sent one.
+pipeline decides whether to start it again. Status codes become domain errors by
+:func:`zehanx_runtime.client.to_domain_error` (the callee's reason and field violations kept), with no
+wording of their own.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 from zehanx.codegen.v1 import codegen_service_pb2 as codegen_pb
 from zehanx.codegen.v1 import codegen_service_pb2_grpc as codegen_rpc
 from zehanx.common.v1 import file_transfer_pb2
@@ -24,7 +24,7 @@ from zehanx.crawler.v1 import crawler_service_pb2_grpc as crawler_rpc
 from zehanx.trainer.v1 import trainer_service_pb2 as trainer_pb
 from zehanx.trainer.v1 import trainer_service_pb2_grpc as trainer_rpc
 from zehanx_runtime import errors, provider_keys, transfer
-from zehanx_runtime.client import call_metadata, internal_channel
+from zehanx_runtime.client import call_metadata, internal_channel, to_domain_error
 
 #: The job owner's own provider keys (metadata name -> key) for the calls made by the job being run:
 #: set by the pipeline in the job's task, so each call carries only its own job owner's keys.
@@ -32,60 +32,11 @@ caller_keys: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.Cont
     "zx_caller_keys", default=None
 )
 
-_STATUS_DETAILS_KEY = "grpc-status-details-bin"
-_ERRORS: dict[grpc.StatusCode, type[errors.DomainError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: errors.NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
-    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
-    grpc.StatusCode.ABORTED: errors.Aborted,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
-    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
-    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
-    grpc.StatusCode.CANCELLED: errors.Cancelled,
-    grpc.StatusCode.UNIMPLEMENTED: errors.Unimplemented,
-}
-
-
-def translate(service: str, address: str, exc: grpc.aio.AioRpcError) -> errors.DomainError:
-    """A downstream status as a domain error; its message says which service answered what."""
-    code = exc.code()
-    detail = exc.details() or code.name
-    reason, metadata = _error_info(exc)
-    metadata = {"service": service, "address": address, **metadata}
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) and not reason:
-        return errors.Internal(
-            f"the {service} at {address} refused the gateway's service token ({detail}); the services "
-            "must share ZX_<SERVICE>_SERVICE_TOKEN",
-            reason="SERVICE_TOKEN_REFUSED",
-            metadata=metadata,
-        )
-    cls = _ERRORS.get(code, errors.Internal)
-    if code is grpc.StatusCode.UNAVAILABLE:
-        message = f"the {service} at {address} is unreachable: {detail}"
-    else:
-        message = f"{service}: {detail}"
-    return cls(message, reason=reason or f"{service.upper()}_{code.name}", metadata=metadata)
-
-
-def _error_info(exc: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
-    for key, raw in exc.trailing_metadata() or ():
-        if key != _STATUS_DETAILS_KEY or not isinstance(raw, bytes):
-            continue
-        try:
-            status = status_pb2.Status.FromString(raw)
-        except Exception:  # a malformed detail is no reason to lose the status itself
-            return "", {}
-        for any_detail in status.details:
-            info = error_details_pb2.ErrorInfo()
-            if any_detail.Unpack(info):
-                return info.reason, dict(info.metadata)
-    return "", {}
-
 
 class _Client:
     service = ""
+    #: The gateway's setting that holds the token this service must accept (named when it refuses it).
+    token_variable = "ZX_GATEWAY_SERVICE_TOKEN"
     #: The metadata name of the one user key this service uses (sent only to it), if any.
     provider_key = ""
 
@@ -102,7 +53,9 @@ class _Client:
         return metadata
 
     def _error(self, exc: grpc.aio.AioRpcError) -> errors.DomainError:
-        return translate(self.service, self.address, exc)
+        return to_domain_error(
+            exc, service=self.service, address=self.address, token_variable=self.token_variable
+        )
 
     async def _stream(self, call: Any) -> AsyncIterator[Any]:
         try:
@@ -188,6 +141,7 @@ class GrpcCodegen(_Client):
 
 class GrpcTrainer(_Client):
     service = "trainer"
+    token_variable = "ZX_GATEWAY_TRAINER_TOKEN (unset: ZX_GATEWAY_SERVICE_TOKEN)"
     provider_key = provider_keys.E2B_KEY
 
     def __init__(self, address: str, token: str | None, *, max_message_bytes: int = 64 * 1024 * 1024) -> None:

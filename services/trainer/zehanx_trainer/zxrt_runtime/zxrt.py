@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 VERSION = 1
+#: The protocol's record prefix and line limit (``zehanx_runtime.program_output``, which this file
+#: cannot import: it runs alone in the sandbox); tests/runtime/test_program_output.py holds them equal.
 PREFIX = "@@zx:"
 #: Longest line the platform accepts; longer ones are refused here.
 MAX_LINE_BYTES = 64 * 1024

@@ -392,10 +392,17 @@ Global___OutputChunk: _TypeAlias = OutputChunk  # noqa: Y015
 
 @_typing.final
 class MetricRecord(_message.Message):
-    """A metric line printed by the program through the runtime helper. The line is parsed as one
-    JSON object after its reserved prefix; lines that are too long, malformed, or over the rate
-    limit are dropped and counted in `ExecutionResult.dropped_metric_count`. The record is still
-    untrusted program output: its fields are not checked against any schema here.
+    """A metric line printed by the program through the runtime helper.
+
+    The program-output protocol (contract version 1): a record is one stdout line that starts with
+    the reserved prefix `@@zx:` and continues with one JSON object (the trainer reads its `"v"` and
+    `"kind"`; docs/program_contract.md). Lines on stderr, and stdout lines without the prefix, are
+    plain output. A record line is at most 65536 bytes, prefix included, and a program may print at
+    most 200 a second; the JSON is parsed without NaN or Infinity, keys of 1 to 128 characters,
+    nested at most 4 deep, 1024 values in all. Lines that are too long, malformed, or over the rate
+    limit are dropped and counted in `ExecutionResult.dropped_metric_count`. In code these constants
+    are `zehanx_runtime.program_output`. The record is still untrusted program output: what its
+    fields mean is not checked here.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
