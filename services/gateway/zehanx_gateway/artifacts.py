@@ -1,10 +1,10 @@
 """Where model archives live: a port, and a local content-addressed folder behind it.
 
-The artifact store belongs to the trainer (issue 3), which will publish archives; the gateway reads
-them for DownloadModel and removes them for DeleteModel. :class:`LocalArtifactStore` keeps each
-archive at ``<root>/sha256/<aa>/<full hex digest>``, written through a temporary file and an atomic
-rename, and verifies the SHA-256 of the whole file before serving any byte of it: a corrupted or
-truncated archive is DATA_LOSS, never silently served.
+The gateway keeps the archives it serves: the orchestrator streams each published model from the
+trainer (``TrainerService.ReadArtifact``) and puts it here; DownloadModel reads it and DeleteModel
+removes it. :class:`LocalArtifactStore` keeps each archive at ``<root>/sha256/<aa>/<full hex digest>``,
+written through a temporary file and an atomic rename, and verifies the SHA-256 of the whole file
+before serving any byte of it: a corrupted or truncated archive is DATA_LOSS, never silently served.
 
 An archive never changes once stored, so it is hashed once per process: after a successful check the
 file's identity (inode, size, modification and change times) is remembered, and later reads of the

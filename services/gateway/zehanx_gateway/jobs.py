@@ -204,7 +204,7 @@ class JobService:
         )
         return paging.page_of(events, size, "events", fp, lambda last: {"s": last.sequence})
 
-    # -- for the orchestrator (issue 7) and tests ------------------------------------------------------
+    # -- for the orchestrator and tests ---------------------------------------------------------------
 
     async def transition(
         self,
