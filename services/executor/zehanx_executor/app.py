@@ -7,9 +7,11 @@ is used only when ``ZX_EXECUTOR_UNSAFE_DEV_NO_SANDBOX=1`` says so.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 
+from zehanx_runtime.errors import DomainError
 from zehanx_runtime.logging import get_logger
 
 from zehanx_executor.sandbox.e2b import (
@@ -108,6 +110,54 @@ async def self_test(box: LocalSandbox, slot: int = 0) -> None:
         )
 
 
+async def _ray_executor(
+    s: ExecutorSettings, slots: SlotPool, policy: LimitPolicy, env: EnvPolicy
+) -> Executor:
+    """backend=ray: join the cluster (token auth) and run each execution as a task on one of its nodes.
+    The slots still number the sandbox uids (distinct across the cluster); memory is Ray's to place."""
+    from zehanx_executor.sandbox.raycluster import RayConfig, RaySandbox, cluster_nodes, describe
+    from zehanx_executor.sandbox.raynode import NodeConfig
+
+    if not s.ray_address:
+        raise SandboxUnavailableError("backend=ray needs ZX_EXECUTOR_RAY_ADDRESS (host:port of the Ray head)")
+    try:
+        token = s.resolved_ray_token()
+    except OSError as exc:
+        raise SandboxUnavailableError(f"cannot read ZX_EXECUTOR_RAY_AUTH_TOKEN_FILE: {exc}") from exc
+    config = RayConfig(
+        address=s.ray_address,
+        auth_token=token,
+        namespace=s.ray_namespace,
+        node_resource=s.ray_node_resource,
+        first_event_timeout_s=s.ray_first_event_timeout_s,
+        cancel_grace_s=s.ray_cancel_grace_s,
+    )
+    node = NodeConfig(
+        work_dir=s.work_dir,
+        uid_base=s.uid_base,
+        probe_slot=s.max_concurrent,
+        python_roots=tuple(s.python_roots),
+        runtime_dir=s.runtime_dir,
+        extra_ro_binds=tuple(s.extra_ro_binds),
+        cpu_quota_required=s.cpu_quota_required,
+    )
+    try:
+        box = await asyncio.to_thread(RaySandbox, config, node)
+    except DomainError as exc:
+        raise SandboxUnavailableError(str(exc)) from exc
+    nodes = await asyncio.to_thread(cluster_nodes)
+    usable = [n for n in nodes if not s.ray_node_resource or n["resources"].get(s.ray_node_resource, 0) > 0]
+    if not usable:
+        log.warning("no Ray node declares the sandbox resource yet", resource=s.ray_node_resource)
+    log.info(
+        "executor backend",
+        backend="ray",
+        address=s.ray_address,
+        nodes=[f"{n['ip']}: {describe(n['resources'])}" for n in usable],
+    )
+    return Executor(box, slots=slots, limits=policy, env=env)
+
+
 async def build_executor(s: ExecutorSettings, *, e2b_factory: E2BFactory | None = None) -> Executor:
     slots = SlotPool(s.max_concurrent, max_waiting=s.max_queue, wait_timeout_s=s.queue_timeout_s)
     policy = limit_policy(s)
@@ -117,6 +167,8 @@ async def build_executor(s: ExecutorSettings, *, e2b_factory: E2BFactory | None 
         return Executor(
             UnsafeDevRunner(python_bin_dir=s.python_bin_dir()), slots=slots, limits=policy, env=env
         )
+    if s.backend == "ray":
+        return await _ray_executor(s, slots, policy, env)
     if s.use_e2b:
         if s.e2b_api_key is None or not s.e2b_api_key.get_secret_value():
             raise SandboxUnavailableError("backend=e2b needs an E2B API key (E2B_API_KEY)")

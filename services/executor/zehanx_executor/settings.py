@@ -43,8 +43,10 @@ class ExecutorSettings(ServiceSettings):
     port: int = Field(47104, ge=0, le=65535, description="Port of the executor service.")
 
     # Which backend runs programs.
-    backend: Literal["auto", "local", "e2b"] = Field(
-        "auto", description="auto: E2B when an E2B API key is set, else the local sandbox."
+    backend: Literal["auto", "local", "e2b", "ray"] = Field(
+        "auto",
+        description="auto: E2B when an E2B API key is set, else the local sandbox. ray: each run is a task "
+        "on a Ray cluster (ray_address), in the local sandbox of the node Ray picks.",
     )
     unsafe_dev_no_sandbox: bool = Field(
         False,
@@ -184,6 +186,39 @@ class ExecutorSettings(ServiceSettings):
     )
     e2b_allow_internet: bool = Field(False, description="Let E2B sandboxes reach the internet.")
 
+    # Ray (backend=ray): the executor is the cluster's driver; every node runs the local sandbox.
+    ray_address: str = Field(
+        "", description="host:port of the Ray cluster's GCS (the head's --port); required for backend=ray."
+    )
+    ray_auth_token: SecretStr | None = Field(
+        None,
+        description="The cluster's token (every node started with RAY_AUTH_MODE=token and this token). "
+        "Required for backend=ray; never passed to a node's task or a sandbox.",
+    )
+    ray_auth_token_file: Path | None = Field(
+        None, description="A file holding the Ray token (instead of ray_auth_token)."
+    )
+    ray_namespace: str = Field("zehanx", min_length=1, description="Ray namespace of the executor's tasks.")
+    ray_node_resource: str = Field(
+        "zx_sandbox",
+        description="Custom resource that nodes able to run the sandbox declare (ray start --resources "
+        "'{\"zx_sandbox\": 1}'); each run asks for 0.001 of it. Empty: any node.",
+    )
+    ray_first_event_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Longest wait for a node to take a run (placement plus worker start) before the call "
+        "fails with DEADLINE_EXCEEDED.",
+    )
+    ray_cancel_grace_s: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="After a plain cancel, how long the run's task may take to clean up before it is "
+        "force-killed and its node swept. 0: force-kill at once.",
+    )
+
     @model_validator(mode="after")
     def _uids_clear_of_reserved_ranges(self) -> Self:
         low, high = self.uid_base, self.uid_base + self.max_concurrent  # the probe runs as the last one
@@ -220,9 +255,17 @@ class ExecutorSettings(ServiceSettings):
     def python_bin_dir(self) -> str:
         return str(Path(sys.prefix) / "bin")
 
+    def resolved_ray_token(self) -> str:
+        """The Ray token from ray_auth_token or ray_auth_token_file ('' when neither is set)."""
+        if self.ray_auth_token is not None and self.ray_auth_token.get_secret_value():
+            return self.ray_auth_token.get_secret_value()
+        if self.ray_auth_token_file is not None:
+            return self.ray_auth_token_file.read_text().strip()
+        return ""
+
     @property
     def use_e2b(self) -> bool:
-        if self.backend == "local":
+        if self.backend in ("local", "ray"):
             return False
         if self.backend == "e2b":
             return True
