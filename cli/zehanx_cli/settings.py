@@ -32,6 +32,21 @@ class LauncherSettings(BaseSettings):
     executor_port: int = Field(47104, ge=1, le=65535, description="Port of the executor service.")
     trainer_port: int = Field(47105, ge=1, le=65535, description="Port of the trainer service.")
     postgres_port: int = Field(47110, ge=1, le=65535, description="Port of the embedded PostgreSQL (TCP).")
+    gateway_metrics_port: int = Field(
+        47121, ge=0, le=65535, description="Port of the gateway's Prometheus /metrics (0: any free port)."
+    )
+    crawler_metrics_port: int = Field(
+        47122, ge=0, le=65535, description="Port of the crawler's Prometheus /metrics (0: any free port)."
+    )
+    codegen_metrics_port: int = Field(
+        47123, ge=0, le=65535, description="Port of the codegen's Prometheus /metrics (0: any free port)."
+    )
+    executor_metrics_port: int = Field(
+        47124, ge=0, le=65535, description="Port of the executor's Prometheus /metrics (0: any free port)."
+    )
+    trainer_metrics_port: int = Field(
+        47125, ge=0, le=65535, description="Port of the trainer's Prometheus /metrics (0: any free port)."
+    )
     postgres_user: str = Field(
         "nobody",
         description="When zx runs as root: the unprivileged system user that runs the embedded PostgreSQL "
@@ -70,7 +85,8 @@ class LauncherSettings(BaseSettings):
     @model_validator(mode="after")
     def _distinct_ports(self) -> LauncherSettings:
         seen: dict[int, str] = {}
-        for name, port in self.ports().items():
+        metrics = {f"{name}_metrics": port for name, port in self.metrics_ports().items() if port}
+        for name, port in {**self.ports(), **metrics}.items():
             if port in seen:
                 raise ValueError(
                     f"{_port_variable(name)} and {_port_variable(seen[port])} are both {port}: "
@@ -84,6 +100,10 @@ class LauncherSettings(BaseSettings):
         ports = {name: getattr(self, f"{name}_port") for name in SERVICES}
         ports["postgres"] = self.postgres_port
         return ports
+
+    def metrics_ports(self) -> dict[str, int]:
+        """Port of each service's /metrics endpoint, by service name (0: pick a free one at start)."""
+        return {name: getattr(self, f"{name}_metrics_port") for name in SERVICES}
 
     @property
     def connect_host(self) -> str:

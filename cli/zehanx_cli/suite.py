@@ -80,6 +80,7 @@ class Record:
     started: int | None  # kernel start time: a reused pid is never mistaken for ours
     address: str
     log: str
+    metrics_address: str = ""  # the service's Prometheus /metrics endpoint (host:port)
 
     def alive(self) -> bool:
         return procs.is_alive(self.pid, self.started)
@@ -104,9 +105,16 @@ class Health:
     address: str
     health: str
     pid: int | None
+    metrics_address: str = ""
 
     def as_json(self) -> dict[str, object]:
-        return {"name": self.name, "address": self.address, "health": self.health, "pid": self.pid}
+        return {
+            "name": self.name,
+            "address": self.address,
+            "health": self.health,
+            "pid": self.pid,
+            "metrics_address": self.metrics_address or None,
+        }
 
 
 @dataclass
@@ -196,7 +204,7 @@ class Suite:
                 value = health.SERVING if self.postgres.ready() else health.UNREACHABLE
             else:
                 value = health.check(record.address, credentials=self._credentials(record.name))
-            found.append(Health(record.name, record.address, value, record.pid))
+            found.append(Health(record.name, record.address, value, record.pid, record.metrics_address))
         if state.external_database:
             found.append(Health(POSTGRES, self._external_database_address(), self._external_health(), None))
         return found
@@ -231,6 +239,11 @@ class Suite:
             for name in names
             if not procs.port_free(self.settings.host, self.settings.ports()[name])
         ]
+        problems += [
+            _port_taken_message(f"{name}_metrics", self.settings.host, port)
+            for name, port in self.settings.metrics_ports().items()
+            if name in names and port and not procs.port_free(self.settings.host, port)
+        ]
         if problems:
             raise LaunchError("\n".join(problems))
 
@@ -252,7 +265,9 @@ class Suite:
             out.write(token + "\n")
         return token
 
-    def _child_env(self, name: str, token: str, database_url: str | None) -> dict[str, str]:
+    def _child_env(
+        self, name: str, token: str, database_url: str | None, *, metrics_port: int | None = None
+    ) -> dict[str, str]:
         env = passed_environment(name, os.environ)
         prefix = f"ZX_{name.upper()}_"
         env.update(
@@ -265,6 +280,9 @@ class Suite:
                 f"{prefix}SERVICE_TOKEN": token,
             }
         )
+        if metrics_port is not None:
+            env[f"{prefix}METRICS_HOST"] = self.settings.host
+            env[f"{prefix}METRICS_PORT"] = str(metrics_port)
         if name == "gateway":
             if database_url:
                 env["ZX_GATEWAY_DATABASE_URL"] = database_url
@@ -399,7 +417,10 @@ class Suite:
                 self._write_state(state)
                 database_url = self.postgres.url()
             for name in SERVICES:
-                proc = self._spawn(name, self._child_env(name, token, database_url))
+                metrics_port = settings.metrics_ports()[name] or procs.free_port(settings.host)
+                proc = self._spawn(
+                    name, self._child_env(name, token, database_url, metrics_port=metrics_port)
+                )
                 children.append(proc)
                 state.records.append(
                     Record(
@@ -408,6 +429,7 @@ class Suite:
                         procs.start_time(proc.pid),
                         settings.address(name),
                         str(settings.logs_dir / f"{name}.log"),
+                        f"{settings.connect_host}:{metrics_port}",
                     )
                 )
                 self._write_state(state)
@@ -444,9 +466,17 @@ class Suite:
             if record.name == POSTGRES or record.alive():
                 continue
             self.say(f"{record.name} (pid {record.pid}) is gone; starting it again.")
-            proc = self._spawn(record.name, self._child_env(record.name, token, database_url))
+            metrics_port = int(record.metrics_address.rsplit(":", 1)[1]) if record.metrics_address else None
+            proc = self._spawn(
+                record.name, self._child_env(record.name, token, database_url, metrics_port=metrics_port)
+            )
             state.records[index] = Record(
-                record.name, proc.pid, procs.start_time(proc.pid), record.address, record.log
+                record.name,
+                proc.pid,
+                procs.start_time(proc.pid),
+                record.address,
+                record.log,
+                record.metrics_address,
             )
             revived.append(record.name)
             self._write_state(state)

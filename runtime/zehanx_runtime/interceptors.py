@@ -3,7 +3,8 @@
 Per call, in order: bind the RPC name, request id and job id to the log context; check the internal
 service token (internal services; health and reflection exempt); decode the request without ever
 answering INTERNAL for bad bytes; validate it against its protovalidate rules; run the handler; map
-typed domain errors to status codes (with ErrorInfo) in one place; write one log line.
+typed domain errors to status codes (with ErrorInfo) in one place; write one log line and count the
+call in the gRPC server metrics (:mod:`zehanx_runtime.metrics`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import grpc
 import structlog
 
-from zehanx_runtime import errors
+from zehanx_runtime import errors, metrics
 from zehanx_runtime.logging import get_logger
 from zehanx_runtime.status import error_domain, to_grpc_status
 from zehanx_runtime.validation import validate
@@ -70,12 +71,15 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         method = details.method
         exempt = method.startswith(EXEMPT_PREFIXES)
         deserialize = _safe(handler.request_deserializer)
+        rpc = metrics.rpc_of(
+            method, client_streaming=handler.request_streaming, server_streaming=handler.response_streaming
+        )
 
         if handler.unary_unary:
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                return await self._run_unary(method, exempt, request, context, inner_uu)
+                return await self._run_unary(method, rpc, exempt, request, context, inner_uu)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, request_deserializer=deserialize, response_serializer=handler.response_serializer
@@ -84,7 +88,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             inner_us = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async for item in self._run_stream(method, exempt, request, context, inner_us):
+                async for item in self._run_stream(method, rpc, exempt, request, context, inner_us):
                     yield item
 
             return grpc.unary_stream_rpc_method_handler(
@@ -96,7 +100,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             inner_su = handler.stream_unary
 
             async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                return await self._run_unary(method, exempt, self._checked(requests), context, inner_su)
+                return await self._run_unary(
+                    method, rpc, exempt, self._checked(requests, rpc), context, inner_su
+                )
 
             return grpc.stream_unary_rpc_method_handler(
                 stream_unary,
@@ -106,7 +112,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         inner_ss = handler.stream_stream
 
         async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async for item in self._run_stream(method, exempt, self._checked(requests), context, inner_ss):
+            async for item in self._run_stream(
+                method, rpc, exempt, self._checked(requests, rpc), context, inner_ss
+            ):
                 yield item
 
         return grpc.stream_stream_rpc_method_handler(
@@ -144,8 +152,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if self._validate and not exempt and request is not None and not _is_iterator(request):
             validate(request)
 
-    async def _checked(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async def _checked(self, requests: AsyncIterator[Any], rpc: metrics.Rpc) -> AsyncIterator[Any]:
         async for request in requests:
+            metrics.MSG_RECEIVED.labels(*rpc.labels).inc()
             if isinstance(request, _Undecodable):
                 raise errors.InvalidArgument(
                     f"request could not be decoded: {request.error}", reason="UNDECODABLE_REQUEST"
@@ -155,10 +164,17 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             yield request
 
     async def _run_unary(
-        self, method: str, exempt: bool, request: Any, context: grpc.aio.ServicerContext, inner: Any
+        self,
+        method: str,
+        rpc: metrics.Rpc,
+        exempt: bool,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        inner: Any,
     ) -> Any:
         metadata = self._bind(method, request, context)
         started = time.perf_counter()
+        call = metrics.CallMetrics(rpc, started)
         outcome = "OK"
         try:
             await self._admit(method, exempt, request, metadata)
@@ -174,13 +190,21 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             await self._abort_unexpected(context, outcome)
             raise
         finally:
+            call.done(outcome, time.perf_counter())
             self._log_call(exempt, outcome, started)
 
     async def _run_stream(
-        self, method: str, exempt: bool, request: Any, context: grpc.aio.ServicerContext, inner: Any
+        self,
+        method: str,
+        rpc: metrics.Rpc,
+        exempt: bool,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        inner: Any,
     ) -> AsyncIterator[Any]:
         metadata = self._bind(method, request, context)
         started = time.perf_counter()
+        call = metrics.CallMetrics(rpc, started)
         outcome = "OK"
         sent = 0
         try:
@@ -189,6 +213,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             if hasattr(result, "__aiter__"):
                 async for item in result:
                     sent += 1
+                    call.sent()
                     yield item
             else:
                 await result
@@ -203,6 +228,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             await self._abort_unexpected(context, outcome)
             raise
         finally:
+            call.done(outcome, time.perf_counter())
             self._log_call(exempt, outcome, started, messages=sent)
 
     @staticmethod

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from zehanx_runtime.interceptors import CallCheck, ServiceInterceptor
 from zehanx_runtime.logging import configure_logging, get_logger
+from zehanx_runtime.metrics import serve_metrics
 from zehanx_runtime.settings import ServiceSettings
 
 
@@ -130,11 +131,17 @@ async def serve(
         extra_check=extra_check,
         credentials=credentials,
     )
+    metrics_server = None
+    metrics_address = None
+    if settings.metrics_port is not None:
+        metrics_server, metrics_port = serve_metrics(settings.metrics_host, settings.metrics_port)
+        metrics_address = f"{settings.metrics_host}:{metrics_port}"
     log.info(
         "serving",
         address=f"{settings.host}:{running.port}",
         services=running.service_names,
         tls=credentials is not None,
+        metrics_address=metrics_address,
     )
 
     stop = asyncio.Event()
@@ -147,6 +154,8 @@ async def serve(
     await running.stop(settings.grace_seconds)
     if on_shutdown is not None:
         await on_shutdown()
+    if metrics_server is not None:
+        metrics_server.shutdown()
     log.info("stopped")
 
 

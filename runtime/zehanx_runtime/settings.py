@@ -36,6 +36,14 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest gRPC message sent or received."
     )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus /metrics endpoint (0 picks a free one); unset: no endpoint. "
+        "zx up assigns one per service.",
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address the /metrics endpoint binds.")
 
     @property
     def address(self) -> str:

@@ -454,6 +454,11 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
                 f"ZX_{name.upper()}_PORT": str(free_port())
                 for name in ("gateway", "crawler", "codegen", "executor", "trainer", "postgres")
             },
+            # Each /metrics on any free port: suites of other tests may be up at the same time.
+            **{
+                f"ZX_{name.upper()}_METRICS_PORT": "0"
+                for name in ("gateway", "crawler", "codegen", "executor", "trainer")
+            },
             "ZX_EXECUTOR_WORK_DIR": SUITE_WORK_DIR,
             "ZX_EXECUTOR_UID_BASE": str(SUITE_UID_BASE),
             "ZX_EXECUTOR_MAX_CONCURRENT": str(EXECUTOR_SLOTS),

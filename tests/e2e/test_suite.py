@@ -91,6 +91,56 @@ def test_a_prompt_with_a_local_server_source_trains_a_model_that_beats_the_basel
     home = Path(suite["ZX_HOME"])
     assert not (home / "datasets").exists() and not (home / "artifacts").exists()
 
+    # Every service's /metrics (the address zx status reports) parses, and moved by what the job did.
+    scraped = _scrape_all(suite)
+    assert set(scraped) == {"gateway", "crawler", "codegen", "executor", "trainer"}
+    gateway, executor, crawler, trainer = (scraped[n] for n in ("gateway", "executor", "crawler", "trainer"))
+    assert _value(gateway, "grpc_server_handled_total", grpc_method="CreateJob", grpc_code="OK") >= 1
+    assert _value(gateway, "zx_gateway_jobs_created_total") >= 1
+    assert _value(gateway, "zx_gateway_job_stage_seconds_count", stage="training") >= 1
+    assert _value(gateway, "zx_gateway_heldout_evaluations_total", beats_baseline="true") >= 1
+    assert (
+        _value(executor, "zx_executor_runs_total", backend="local", reason="completed") >= 3
+    )  # smoke, full, eval
+    assert _value(executor, "zx_executor_sandbox_start_seconds_count", backend="local") >= 3
+    assert _value(crawler, "zx_crawler_fetched_bytes_total") > 0
+    assert _value(trainer, "zx_trainer_predict_seconds_count") >= 1
+    assert _value(trainer, "grpc_server_handled_total", grpc_method="ReadArtifact", grpc_code="OK") >= 1
+    assert _value(crawler, "grpc_server_msg_sent_total", grpc_method="ReadDatasetFile") >= 3
+    for name, text in scraped.items():
+        assert not re.search(r'="[^"]*([0-9a-f]{8}-[0-9a-f]{4}-|[0-9a-f]{32})', text), (
+            f"{name}: an id in a label"
+        )
+
+
+def _scrape_all(env: dict[str, str]) -> dict[str, str]:
+    """Each service's /metrics text, from the metrics_address `zx status --json` reports; each must parse
+    with Prometheus' own text parser."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status = json.loads(zx(env, "status", "--json").stdout)
+    out = {}
+    for service in status["services"]:
+        if service["name"] == "postgres":
+            continue
+        text = httpx.get(f"http://{service['metrics_address']}/metrics", timeout=10).text
+        assert list(text_string_to_metric_families(text)), service["name"]
+        out[service["name"]] = text
+    return out
+
+
+def _value(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` whose labels include ``labels`` (0 when none)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
 
 def _dataset_preview(env: dict[str, str], job_id: str) -> list[dict]:
     """GatewayService.GetDataset with the API key zx up made, as any client calls it."""

@@ -53,6 +53,9 @@ def suite_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     env["ZX_HOME"] = str(home)
     for name, port in zip(PARTS, _free_ports(len(PARTS)), strict=True):
         env[f"ZX_{name.upper()}_PORT"] = str(port)
+    for name in PARTS:
+        if name != "postgres":
+            env[f"ZX_{name.upper()}_METRICS_PORT"] = "0"  # any free port: suites of other tests may be up
     yield env
     subprocess.run([*ZX, "down", "--purge"], env=env, capture_output=True, timeout=120)
     leftovers = procs.marked(home)

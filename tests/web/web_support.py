@@ -122,6 +122,11 @@ def web_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebSuite]:
                 f"ZX_{name.upper()}_PORT": str(free_port())
                 for name in ("gateway", "crawler", "codegen", "executor", "trainer", "postgres")
             },
+            # Each /metrics on any free port: suites of other tests may be up at the same time.
+            **{
+                f"ZX_{name.upper()}_METRICS_PORT": "0"
+                for name in ("gateway", "crawler", "codegen", "executor", "trainer")
+            },
             "ZX_GATEWAY_EDGE_PORT": str(edge_port),
             "ZX_EXECUTOR_WORK_DIR": WORK_DIR,
             "ZX_EXECUTOR_UID_BASE": str(UID_BASE),

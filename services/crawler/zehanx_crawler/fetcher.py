@@ -32,6 +32,7 @@ from typing import Protocol
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 import httpx
+from prometheus_client import Counter
 from zehanx_runtime.errors import (
     DeadlineExceeded,
     DomainError,
@@ -49,6 +50,13 @@ from zehanx_crawler.model import Resource
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 _REDIRECTS = {301, 302, 303, 307, 308}
 _MAX_REDIRECTS = 5
+# Prometheus (served by zehanx_runtime.metrics); the reason is one of the fetcher's fixed reason codes.
+FETCHED_BYTES = Counter("zx_crawler_fetched_bytes_total", "Bytes of sources fetched over HTTP(S).")
+FETCH_REFUSALS = Counter(
+    "zx_crawler_fetch_refusals_total",
+    "Fetches refused or failed, by reason (PRIVATE_ADDRESS, ROBOTS_DISALLOWED, SOURCE_TOO_LARGE, ...).",
+    ["reason"],
+)
 _ROBOTS_MAX_BYTES = 512 * 1024
 _MAX_CRAWL_DELAY_S = 30.0
 
@@ -159,13 +167,19 @@ class HttpFetcher:
         cap = min(max_bytes or self._policy.max_bytes, self._policy.max_bytes)
         try:
             async with asyncio.timeout(self._policy.fetch_timeout_s):
-                return await self._fetch(url, cap)
+                resource = await self._fetch(url, cap)
         except TimeoutError:
+            FETCH_REFUSALS.labels("SOURCE_TIMEOUT").inc()
             raise DeadlineExceeded(
                 f"{url}: not fetched within {self._policy.fetch_timeout_s:.0f} s (the whole-download budget)",
                 reason="SOURCE_TIMEOUT",
                 metadata={"url": url},
             ) from None
+        except DomainError as exc:
+            FETCH_REFUSALS.labels(exc.reason).inc()
+            raise
+        FETCHED_BYTES.inc(len(resource.data))
+        return resource
 
     async def _fetch(self, url: str, cap: int) -> Resource:
         current = url

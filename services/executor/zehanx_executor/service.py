@@ -13,17 +13,37 @@ import contextlib
 import fnmatch
 import os
 import re
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
+from prometheus_client import Counter, Gauge, Histogram
 from zehanx_runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, ResourceExhausted
 from zehanx_runtime.logging import get_logger
 
 from zehanx_executor.sandbox.base import SandboxBackend, SandboxRun
-from zehanx_executor.sandbox.model import Event, JobFile, JobSpec, Limits
+from zehanx_executor.sandbox.model import Event, Finished, JobFile, JobSpec, Limits, Started
 
 log = get_logger("zehanx.executor")
+
+# Prometheus (zehanx_runtime.metrics serves them): bounded labels only, never a job or execution id.
+SLOTS_BUSY = Gauge("zx_executor_slots_busy", "Sandbox slots running a program now.")
+SLOTS_TOTAL = Gauge("zx_executor_slots", "Sandbox slots of this executor.")
+QUEUE_LENGTH = Gauge("zx_executor_queue_length", "Executions waiting for a slot.")
+RUNS = Counter("zx_executor_runs_total", "Runs that ended, by how they ended.", ["backend", "reason"])
+START_SECONDS = Histogram(
+    "zx_executor_sandbox_start_seconds",
+    "Time from a slot being granted to the sandbox reporting the program started.",
+    ["backend"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+PEAK_MEMORY = Histogram(
+    "zx_executor_run_peak_memory_bytes",
+    "Peak memory of a run's cgroup (rss, page cache and tmpfs).",
+    ["backend"],
+    buckets=tuple(2**n * 1024 * 1024 for n in range(4, 16)),  # 16 MiB .. 16 GiB
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,17 +314,37 @@ class Executor:
         block kills whatever still runs and frees the slot."""
         spec = self.job(req)
         self.backend.check(spec)
-        async with self.slots.slot(spec.limits.memory_bytes) as slot:
-            run = self.backend.start(spec, slot)
-            events = run.events()
-            execution = Execution(_Started(run, events))
-            try:
-                yield execution
-            finally:
-                await events.aclose()  # type: ignore[attr-defined]
+        QUEUE_LENGTH.set(self.slots.waiting + 1)
+        try:
+            async with self.slots.slot(spec.limits.memory_bytes) as slot:
+                QUEUE_LENGTH.set(self.slots.waiting)
+                SLOTS_BUSY.set(self.slots.busy)
+                SLOTS_TOTAL.set(self.slots.size)
+                run = self.backend.start(spec, slot)
+                events = _measured(run.events(), self.backend.name, time.monotonic())
+                execution = Execution(_Started(run, events))
+                try:
+                    yield execution
+                finally:
+                    await events.aclose()  # type: ignore[attr-defined]
+        finally:
+            QUEUE_LENGTH.set(self.slots.waiting)
+            SLOTS_BUSY.set(self.slots.busy)
 
     async def close(self) -> None:
         await self.backend.close()
+
+
+async def _measured(events: AsyncIterator[Event], backend: str, granted: float) -> AsyncIterator[Event]:
+    """The run's events, counted: its start latency, how it ended and its peak memory."""
+    async for event in events:
+        if isinstance(event, Started):
+            START_SECONDS.labels(backend).observe(time.monotonic() - granted)
+        elif isinstance(event, Finished):
+            RUNS.labels(backend, event.reason.name.lower()).inc()
+            if event.usage.max_rss_bytes:
+                PEAK_MEMORY.labels(backend).observe(event.usage.max_rss_bytes)
+        yield event
 
 
 @dataclass

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from zehanx_runtime.logging import configure_logging, get_logger
 from zehanx_runtime.server import run, serve
 
 from zehanx_gateway.app import Gateway, server_credentials
 from zehanx_gateway.edge import EdgeSettings, serve_edge
+from zehanx_gateway.metrics import refresh_job_gauges
 from zehanx_gateway.orchestrator.runner import start_workers
 from zehanx_gateway.orchestrator.settings import OrchestratorSettings
 from zehanx_gateway.settings import GatewaySettings
@@ -30,8 +33,16 @@ async def _main() -> None:
     # The job workers run in the serving process (not inside Gateway.open, so that tests of the API
     # alone see their jobs stay QUEUED); ZX_GATEWAY_WORKERS=0 serves the API without running jobs.
     workers = start_workers(gateway, worker_settings)
+    # Jobs by state and the queue's age, read from PostgreSQL for /metrics while a metrics port is set.
+    gauges = (
+        asyncio.create_task(refresh_job_gauges(gateway.registry), name="zx-job-gauges")
+        if settings.metrics_port is not None
+        else None
+    )
 
     async def shutdown() -> None:
+        if gauges is not None:
+            gauges.cancel()
         if edge is not None:
             await edge.stop(settings.grace_seconds)
         await workers.close()

@@ -30,6 +30,7 @@ import psycopg
 from zehanx_runtime import errors
 from zehanx_runtime.logging import get_logger
 
+from zehanx_gateway import metrics
 from zehanx_gateway.domain import JobEvent, PendingEvent
 
 log = get_logger("zehanx.gateway.fanout")
@@ -94,6 +95,7 @@ class Subscription:
                         if event.sequence != self.last + 1:
                             raise errors.Internal(f"event sequence gap in the store at {event.sequence}")
                         self.last = event.sequence
+                        metrics.EVENTS_FANNED_OUT.inc()
                         yield event
                         if event.ends_stream:
                             return
@@ -113,6 +115,7 @@ class Subscription:
                 self._from_store = True
                 continue
             self.last = event.sequence
+            metrics.EVENTS_FANNED_OUT.inc()
             yield event
             if event.ends_stream:
                 return
@@ -317,6 +320,7 @@ class EventHub:
         if feed is None:
             feed = self._feeds[job_id] = JobFeed(self, job_id)
         feed.subscribers.add(subscription)
+        metrics.WATCH_SUBSCRIBERS.inc()
         if feed.task is None or feed.task.done():
             feed.task = asyncio.create_task(feed.run(), name=f"zx-feed-{job_id}")
         return subscription
@@ -327,9 +331,10 @@ class EventHub:
 
     def _unsubscribe(self, subscription: Subscription) -> None:
         feed = self._feeds.get(subscription.job_id)
-        if feed is None:
+        if feed is None or subscription not in feed.subscribers:
             return
         feed.subscribers.discard(subscription)
+        metrics.WATCH_SUBSCRIBERS.dec()
         if not feed.subscribers:
             del self._feeds[subscription.job_id]
             feed.wake.set()  # lets its task see there is nobody left and end

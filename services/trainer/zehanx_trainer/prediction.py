@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter, Histogram
 from zehanx_runtime.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -40,6 +41,16 @@ from zehanx_trainer.executor_port import (
     ExitReason,
 )
 from zehanx_trainer.failures import build_error
+
+# Prometheus (served by zehanx_runtime.metrics). "staged": the model was already in memory; "fetched":
+# it was read from the artifact store first. Each call starts a sandboxed predict.py either way.
+PREDICT_SECONDS = Histogram(
+    "zx_trainer_predict_seconds",
+    "Predict calls that answered, from the request to the predictions, by whether the model was staged.",
+    ["model"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 120),
+)
+PREDICT_ROWS = Counter("zx_trainer_predict_rows_total", "Instances answered by Predict.")
 
 log = get_logger("zehanx.trainer.predict")
 
@@ -236,6 +247,8 @@ class Predictor:
                 f"predict.py wrote unusable predictions: {exc}", reason="PREDICT_BAD_OUTPUT"
             ) from None
         duration = time.monotonic() - started
+        PREDICT_SECONDS.labels("staged" if cached else "fetched").observe(duration)
+        PREDICT_ROWS.inc(len(rows))
         log.info(
             "predicted",
             artifact_id=artifact_id,

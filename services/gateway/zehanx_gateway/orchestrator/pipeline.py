@@ -27,7 +27,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from google.protobuf import duration_pb2, json_format
 from google.protobuf.message import Message
 from zehanx.codegen.v1 import codegen_service_pb2 as codegen_pb
-from zehanx.common.v1 import dataset_pb2, log_pb2, plan_pb2, program_pb2, resources_pb2, structured_error_pb2
+from zehanx.common.v1 import (
+    dataset_pb2,
+    log_pb2,
+    plan_pb2,
+    program_pb2,
+    resources_pb2,
+    structured_error_pb2,
+    task_family_pb2,
+)
 from zehanx.crawler.v1 import crawler_service_pb2 as crawler_pb
 from zehanx.crawler.v1 import dataset_pb2 as crawler_dataset_pb2
 from zehanx.gateway.v1 import job_event_pb2, job_pb2, model_pb2
@@ -35,7 +43,7 @@ from zehanx.trainer.v1 import trainer_service_pb2 as trainer_pb
 from zehanx_runtime import errors, provider_keys
 from zehanx_runtime.logging import get_logger
 
-from zehanx_gateway import convert
+from zehanx_gateway import convert, metrics
 from zehanx_gateway.artifacts import ArtifactStore
 from zehanx_gateway.domain import Job, JobError, JobEvent, JobStage, JobState, Model, PendingEvent, Provider
 from zehanx_gateway.jobs import JobService
@@ -202,6 +210,8 @@ class _JobRun:
         )
         self.repairs = job.repair_count
         self.log = log.bind(job_id=str(job.id), attempt=job.attempt)
+        #: The stage this run is in and when it entered it (for the stage-duration histogram).
+        self._stage_clock: tuple[JobStage, float] | None = None
 
     # -- the run ------------------------------------------------------------------------------------
 
@@ -225,6 +235,8 @@ class _JobRun:
             await self._end_failed(
                 JobError("INTERNAL", f"the gateway failed to run the job: {exc!r}", "ORCHESTRATION_FAILED")
             )
+        finally:
+            self._stage_done()
 
     async def _stages(self) -> None:
         if self.p._provider_keys is not None:
@@ -406,6 +418,9 @@ class _JobRun:
                     ),
                     resume={"train_result": _json(outcome), "plan": _json(plan)},
                 )
+                metrics.EVALUATIONS.labels(
+                    str(_beats(plan.metric_goal, outcome.metric_name, outcome)).lower()
+                ).inc()
                 return outcome
             failure = outcome
             stage = _TRAIN_STAGE_NAMES.get(failure.stage, "training")
@@ -433,6 +448,7 @@ class _JobRun:
                     )
                 )
             self.repairs += 1
+            metrics.REPAIRS.inc()
             await self._move(
                 JobStage.GENERATING,
                 f"smoke run failed: {text[:300]}; repairing (attempt {self.repairs} of {self.max_repairs})",
@@ -680,8 +696,20 @@ class _JobRun:
             resume={"program": _json(program), "plan": _json(plan), "program_attempt": version},
         )
 
+    def _stage_done(self, next_stage: JobStage | None = None) -> None:
+        """Observe how long the run spent in its current stage, and start timing ``next_stage``."""
+        now = time.monotonic()
+        if self._stage_clock is not None and self._stage_clock[0] != next_stage:
+            stage, since = self._stage_clock
+            metrics.STAGE_SECONDS.labels(stage.value.lower()).observe(now - since)
+        if next_stage is None:
+            self._stage_clock = None
+        elif self._stage_clock is None or self._stage_clock[0] != next_stage:
+            self._stage_clock = (next_stage, now)
+
     async def _move(self, stage: JobStage, reason: str, **fields: Any) -> None:
         """RUNNING at ``stage`` (a no-op when already there), fenced by the lease."""
+        self._stage_done(stage)
         try:
             self.job = await self.p._jobs.transition(
                 self.job.id,
@@ -769,3 +797,12 @@ def _class_labels(dataset: crawler_dataset_pb2.Dataset) -> list[str]:
     if isinstance(classes, list) and classes:
         return [str(c) for c in classes][:10000]
     return sorted(c.label for c in dataset.profile.classes)
+
+
+def _beats(goal: int, metric: str, result: trainer_pb.TrainResult) -> bool:
+    """Whether the held-out figure is better than the baseline's, in the metric's direction."""
+    model = result.held_out_metrics.values.get(metric)
+    baseline = result.baseline_metrics.values.get(metric)
+    if model is None or baseline is None:
+        return False
+    return model < baseline if goal == task_family_pb2.METRIC_GOAL_MINIMIZE else model > baseline

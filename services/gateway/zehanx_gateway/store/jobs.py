@@ -18,6 +18,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from zehanx_runtime import errors
 
+from zehanx_gateway import metrics
 from zehanx_gateway.domain import (
     ACTIVE_STATES,
     STATE_CHANGE,
@@ -148,6 +149,8 @@ class PostgresJobStore(PoolStore):
             )
             row = await cur.fetchone()
             assert row is not None
+            metrics.JOBS_CREATED.inc()
+            metrics.JOB_TRANSITIONS.labels("QUEUED").inc()
             return _job(row), True
 
     @staticmethod
@@ -273,7 +276,7 @@ class PostgresJobStore(PoolStore):
         sql = f"update zehanx.jobs set {', '.join(sets)} where {' and '.join(where)} returning *"
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                "select version, last_sequence from zehanx.jobs where id = %s for update", (job_id,)
+                "select state, version, last_sequence from zehanx.jobs where id = %s for update", (job_id,)
             )
             before = await cur.fetchone()
             if before is None:
@@ -301,6 +304,8 @@ class PostgresJobStore(PoolStore):
                 )
                 event_row = await cur.fetchone()
                 event = _event(event_row) if event_row else None
+            if before["state"] != job.state.value:
+                metrics.JOB_TRANSITIONS.labels(job.state.value).inc()
             return job, event
 
     # -- events -----------------------------------------------------------------------------------
@@ -396,6 +401,19 @@ class PostgresJobStore(PoolStore):
             return [_event(r) for r in await cur.fetchall()]
 
     @translated
+    async def count_jobs_by_state(self) -> tuple[dict[str, int], float]:
+        """Jobs per state, and the age in seconds of the oldest QUEUED job (0 when none), for metrics."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("select state, count(*) as n from zehanx.jobs group by state")
+            counts = {r["state"]: int(r["n"]) for r in await cur.fetchall()}
+            cur = await conn.execute(
+                "select coalesce(extract(epoch from now() - min(create_time)), 0) as age "
+                "from zehanx.jobs where state = 'QUEUED'"
+            )
+            row = await cur.fetchone()
+        return counts, float(row["age"]) if row else 0.0
+
+    @translated
     async def last_sequences(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
         async with self._pool.connection() as conn:
             cur = await conn.execute(
@@ -432,6 +450,7 @@ class PostgresJobStore(PoolStore):
             )
             event_row = await cur.fetchone()
             assert event_row is not None
+            metrics.JOB_TRANSITIONS.labels("RUNNING").inc()
             return _job(row), _event(event_row)
 
     @translated
@@ -499,5 +518,6 @@ class PostgresJobStore(PoolStore):
                 )
                 event_row = await cur.fetchone()
                 assert event_row is not None
+                metrics.JOB_TRANSITIONS.labels(to).inc()
                 out.append((_job(job_row), _event(event_row)))
         return out
