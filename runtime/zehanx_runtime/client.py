@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import structlog
@@ -72,7 +73,7 @@ def call_metadata(
     return metadata
 
 
-def downstream_timeout(context: grpc.aio.ServicerContext | None, budget_s: float) -> float:
+def downstream_timeout(context: grpc.aio.ServicerContext[Any, Any] | None, budget_s: float) -> float:
     """The smaller of our own budget and what is left of the caller's deadline."""
     if context is None:
         return budget_s

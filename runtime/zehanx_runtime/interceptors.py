@@ -10,6 +10,7 @@ call in the gRPC server metrics (:mod:`zehanx_runtime.metrics`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import time
 import uuid
@@ -19,7 +20,7 @@ from typing import Any
 import grpc
 import structlog
 
-from zehanx_runtime import errors, metrics
+from zehanx_runtime import errors, metrics, tracing
 from zehanx_runtime.logging import get_logger
 from zehanx_runtime.status import error_domain, to_grpc_status
 from zehanx_runtime.validation import validate
@@ -62,9 +63,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(details)
         if handler is None:
             return None
@@ -78,7 +79,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             inner_uu = handler.unary_unary
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 return await self._run_unary(method, rpc, exempt, request, context, inner_uu)
 
             return grpc.unary_unary_rpc_method_handler(
@@ -87,7 +88,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_stream:
             inner_us = handler.unary_stream
 
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def unary_stream(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
                 async for item in self._run_stream(method, rpc, exempt, request, context, inner_us):
                     yield item
 
@@ -99,7 +102,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler.stream_unary:
             inner_su = handler.stream_unary
 
-            async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def stream_unary(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 return await self._run_unary(
                     method, rpc, exempt, self._checked(requests, rpc), context, inner_su
                 )
@@ -111,7 +114,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             )
         inner_ss = handler.stream_stream
 
-        async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def stream_stream(
+            requests: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
             async for item in self._run_stream(
                 method, rpc, exempt, self._checked(requests, rpc), context, inner_ss
             ):
@@ -123,7 +128,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     # -- per-call steps -------------------------------------------------------------------------
 
-    def _bind(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> dict[str, str]:
+    def _bind(self, method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         request_id = metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex
         job_id = metadata.get(JOB_ID_KEY) or _field(request, "job_id")
@@ -169,29 +174,32 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         rpc: metrics.Rpc,
         exempt: bool,
         request: Any,
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
         inner: Any,
     ) -> Any:
         metadata = self._bind(method, request, context)
         started = time.perf_counter()
         call = metrics.CallMetrics(rpc, started)
         outcome = "OK"
-        try:
-            await self._admit(method, exempt, request, metadata)
-            return await inner(request, context)
-        except errors.DomainError as err:
-            outcome = err.code
-            await self._abort(context, err)
-        except asyncio.CancelledError:
-            outcome = "CANCELLED"
-            raise
-        except Exception as exc:
-            outcome = self._outcome_of(context, exc)
-            await self._abort_unexpected(context, outcome)
-            raise
-        finally:
-            call.done(outcome, time.perf_counter())
-            self._log_call(exempt, outcome, started)
+        with self._span(method, exempt, metadata) as span:
+            try:
+                await self._admit(method, exempt, request, metadata)
+                return await inner(request, context)
+            except errors.DomainError as err:
+                outcome = err.code
+                await self._abort(context, err)
+            except asyncio.CancelledError:
+                outcome = "CANCELLED"
+                raise
+            except Exception as exc:
+                outcome = self._outcome_of(context, exc)
+                await self._abort_unexpected(context, outcome)
+                raise
+            finally:
+                call.done(outcome, time.perf_counter())
+                if span is not None:
+                    tracing.end_status(span, outcome)
+                self._log_call(exempt, outcome, started)
 
     async def _run_stream(
         self,
@@ -199,7 +207,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         rpc: metrics.Rpc,
         exempt: bool,
         request: Any,
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
         inner: Any,
     ) -> AsyncIterator[Any]:
         metadata = self._bind(method, request, context)
@@ -207,32 +215,40 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         call = metrics.CallMetrics(rpc, started)
         outcome = "OK"
         sent = 0
-        try:
-            await self._admit(method, exempt, request, metadata)
-            result = inner(request, context)
-            if hasattr(result, "__aiter__"):
-                async for item in result:
-                    sent += 1
-                    call.sent()
-                    yield item
-            else:
-                await result
-        except errors.DomainError as err:
-            outcome = err.code
-            await self._abort(context, err)
-        except (asyncio.CancelledError, GeneratorExit):
-            outcome = "CANCELLED"
-            raise
-        except Exception as exc:
-            outcome = self._outcome_of(context, exc)
-            await self._abort_unexpected(context, outcome)
-            raise
-        finally:
-            call.done(outcome, time.perf_counter())
-            self._log_call(exempt, outcome, started, messages=sent)
+        with self._span(method, exempt, metadata) as span:
+            try:
+                await self._admit(method, exempt, request, metadata)
+                result = inner(request, context)
+                if hasattr(result, "__aiter__"):
+                    async for item in result:
+                        sent += 1
+                        call.sent()
+                        yield item
+                else:
+                    await result
+            except errors.DomainError as err:
+                outcome = err.code
+                await self._abort(context, err)
+            except (asyncio.CancelledError, GeneratorExit):
+                outcome = "CANCELLED"
+                raise
+            except Exception as exc:
+                outcome = self._outcome_of(context, exc)
+                await self._abort_unexpected(context, outcome)
+                raise
+            finally:
+                call.done(outcome, time.perf_counter())
+                if span is not None:
+                    tracing.end_status(span, outcome)
+                self._log_call(exempt, outcome, started, messages=sent)
 
     @staticmethod
-    def _outcome_of(context: grpc.aio.ServicerContext, exc: Exception) -> str:
+    def _span(method: str, exempt: bool, metadata: dict[str, str]) -> Any:
+        """The call's SERVER span (none for health checks and reflection: probes every second)."""
+        return contextlib.nullcontext(None) if exempt else tracing.server_span(method, metadata)
+
+    @staticmethod
+    def _outcome_of(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> str:
         # context.abort() raises AbortError after setting the code: that is a deliberate answer.
         if isinstance(exc, grpc.aio.AbortError):
             code = context.code()
@@ -241,7 +257,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             return "UNIMPLEMENTED"
         return "INTERNAL"
 
-    async def _abort_unexpected(self, context: grpc.aio.ServicerContext, outcome: str) -> None:
+    async def _abort_unexpected(self, context: grpc.aio.ServicerContext[Any, Any], outcome: str) -> None:
         if outcome == "UNIMPLEMENTED":
             await self._abort(
                 context, errors.Unimplemented("method not implemented", reason="NOT_IMPLEMENTED")
@@ -250,7 +266,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             self._log.exception("unhandled error in handler")
             await self._abort(context, errors.Internal("internal error; see the service log"))
 
-    async def _abort(self, context: grpc.aio.ServicerContext, err: errors.DomainError) -> None:
+    async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], err: errors.DomainError) -> None:
         status = to_grpc_status(err, domain=self._domain)
         await context.abort(status.code, status.details, status.trailing_metadata)
 

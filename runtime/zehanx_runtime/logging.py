@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 import structlog.tracebacks
@@ -45,7 +45,8 @@ def configure_logging(level: str = "info", json: bool | None = None, *, service:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level.lower(), logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),
+        # PrintLogger only writes and flushes, which is all _CurrentStderr offers.
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=False,
     )
 
