@@ -1,0 +1,219 @@
+"""deploy/kubernetes: the kustomize base (five services + PostgreSQL) and the Ray overlay, checked for shape.
+
+There is no Kubernetes (nor kubectl) on the development machine, so the manifests are parsed and checked
+against the code they deploy: each service's port is the launcher's default and a real setting, its
+probes are native gRPC probes on that port, it has requests and limits, a volume of its own where it
+keeps data, secrets only by reference, and only the callers it needs may reach it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from zehanx_cli.settings import LauncherSettings
+from zehanx_cli.settings_doc import env_names, service_settings_class
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = ROOT / "deploy" / "kubernetes"
+SERVICES = ("gateway", "crawler", "codegen", "executor", "trainer")
+DEFAULT_PORTS = {name: LauncherSettings.model_fields[f"{name}_port"].default for name in SERVICES}
+KEEPS_DATA = ("gateway", "crawler", "trainer")
+SECRETISH = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|DATABASE_URL")
+#: Who calls whom (the gateway calls everyone; the trainer calls the executor and the crawler).
+CALLERS = {"crawler": {"gateway", "trainer"}, "codegen": {"gateway"}, "executor": {"gateway", "trainer"}}
+CALLERS["trainer"] = {"gateway"}
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+@pytest.fixture(scope="module")
+def base() -> dict[tuple[str, str], dict[str, Any]]:
+    kustomization = load(BASE / "kustomization.yaml")[0]
+    docs: dict[tuple[str, str], dict[str, Any]] = {}
+    for resource in kustomization["resources"]:
+        for doc in load(BASE / resource):
+            key = (doc["kind"], doc["metadata"]["name"])
+            assert key not in docs, f"{key} defined twice"
+            docs[key] = doc
+    return docs
+
+
+def container(doc: dict[str, Any]) -> dict[str, Any]:
+    """The one container of a workload (or of a RayCluster group, whose template is at its top)."""
+    template = doc["template"] if "template" in doc else doc["spec"]["template"]
+    containers = template["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def env_of(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+def test_the_base_lists_every_file_and_one_deployment_and_service_per_service(base: dict[Any, Any]) -> None:
+    listed = set(load(BASE / "kustomization.yaml")[0]["resources"])
+    assert listed == {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml"}
+    for name in SERVICES:
+        assert ("Deployment", f"zehanx-{name}") in base
+        assert ("Service", f"zehanx-{name}") in base
+    assert ("StatefulSet", "zehanx-postgres") in base
+    images = {i["name"] for i in load(BASE / "kustomization.yaml")[0]["images"]}
+    assert images == {f"zehanx-{name}" for name in SERVICES}
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_each_service_listens_on_the_launchers_port_with_grpc_probes(base: dict[Any, Any], name: str) -> None:
+    port = DEFAULT_PORTS[name]
+    c = container(base["Deployment", f"zehanx-{name}"])
+    assert c["image"] == f"zehanx-{name}:latest"
+    assert c["ports"] == [{"name": "grpc", "containerPort": port}]
+    env = env_of(c)
+    assert env[f"ZX_{name.upper()}_PORT"]["value"] == str(port)
+    assert env[f"ZX_{name.upper()}_HOST"]["value"] == "0.0.0.0"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["grpc"] == {"port": port}, probe  # grpc.health.v1 on the whole server
+    service = base["Service", f"zehanx-{name}"]
+    assert service["spec"]["ports"] == [{"name": "grpc", "port": port, "targetPort": "grpc"}]
+    assert service["spec"]["selector"] == {"app.kubernetes.io/name": f"zehanx-{name}"}
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_each_service_has_requests_and_limits_and_reads_every_variable_it_is_given(
+    base: dict[Any, Any], name: str
+) -> None:
+    c = container(base["Deployment", f"zehanx-{name}"])
+    for kind in ("requests", "limits"):
+        assert set(c["resources"][kind]) == {"cpu", "memory"}, kind
+    cls = service_settings_class(name)
+    read = {n for field in cls.model_fields for n in env_names(cls, field)} | {"PYTHONUNBUFFERED", "ZX_HOME"}
+    for key in env_of(c):
+        assert key in read, f"{key} is not a setting of {name}"
+
+
+def test_secrets_are_only_referenced_never_written(base: dict[Any, Any]) -> None:
+    assert not [key for key in base if key[0] == "Secret"]
+    seen = 0
+    for (kind, _), doc in base.items():
+        if kind not in ("Deployment", "StatefulSet"):
+            continue
+        for name, entry in env_of(container(doc)).items():
+            if SECRETISH.search(name):
+                assert "value" not in entry, f"{name} is written in the manifest"
+                assert entry["valueFrom"]["secretKeyRef"]["name"] == "zehanx-secrets"
+                seen += 1
+    assert seen >= 8
+    for name in SERVICES:
+        token = env_of(container(base["Deployment", f"zehanx-{name}"]))[f"ZX_{name.upper()}_SERVICE_TOKEN"]
+        assert token["valueFrom"]["secretKeyRef"] == {"name": "zehanx-secrets", "key": "service-token"}
+
+
+def test_each_service_that_keeps_data_has_its_own_volume_and_none_is_shared(base: dict[Any, Any]) -> None:
+    claims: dict[str, str] = {}
+    for name in SERVICES:
+        spec = base["Deployment", f"zehanx-{name}"]["spec"]["template"]["spec"]
+        for volume in spec.get("volumes", []):
+            claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+            if claim:
+                assert claim not in claims, f"{name} and {claims[claim]} share {claim}"
+                claims[claim] = name
+                assert ("PersistentVolumeClaim", claim) in base
+                mounts = {
+                    m["name"]: m["mountPath"]
+                    for m in container({"spec": {"template": {"spec": spec}}})["volumeMounts"]
+                }
+                assert mounts[volume["name"]] == "/var/lib/zehanx"
+    assert sorted(claims.values()) == sorted(KEEPS_DATA)
+    for name in KEEPS_DATA:  # a ReadWriteOnce volume: never two pods of one service at once
+        assert base["Deployment", f"zehanx-{name}"]["spec"]["strategy"]["type"] == "Recreate"
+    postgres = base["StatefulSet", "zehanx-postgres"]
+    assert postgres["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+
+
+def test_the_gateway_reaches_postgres_and_every_internal_service_by_its_service_name(
+    base: dict[Any, Any],
+) -> None:
+    env = env_of(container(base["Deployment", "zehanx-gateway"]))
+    for name in SERVICES[1:]:
+        assert env[f"ZX_GATEWAY_{name.upper()}_ADDRESS"]["value"] == f"zehanx-{name}:{DEFAULT_PORTS[name]}"
+    trainer = env_of(container(base["Deployment", "zehanx-trainer"]))
+    assert trainer["ZX_TRAINER_EXECUTOR_ADDRESS"]["value"] == f"zehanx-executor:{DEFAULT_PORTS['executor']}"
+    assert trainer["ZX_TRAINER_CRAWLER_ADDRESS"]["value"] == f"zehanx-crawler:{DEFAULT_PORTS['crawler']}"
+    assert env["ZX_GATEWAY_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "database-url"
+    assert base["Service", "zehanx-postgres"]["spec"]["ports"][0]["port"] == 5432
+
+
+def test_only_the_executor_gets_a_capability_and_only_sys_admin(base: dict[Any, Any]) -> None:
+    for name in SERVICES:
+        sec = container(base["Deployment", f"zehanx-{name}"])["securityContext"]
+        assert sec.get("privileged", False) is False
+        if name == "executor":
+            assert sec["capabilities"] == {"add": ["SYS_ADMIN"]}
+            assert sec["appArmorProfile"] == {"type": "Unconfined"}
+            assert sec["seccompProfile"] == {"type": "RuntimeDefault"}
+        else:
+            assert sec["runAsNonRoot"] is True and sec["runAsUser"] == 10001
+            assert sec["capabilities"] == {"drop": ["ALL"]}
+            assert sec["allowPrivilegeEscalation"] is False
+
+
+def test_internal_services_take_calls_only_from_their_callers(base: dict[Any, Any]) -> None:
+    for name, callers in CALLERS.items():
+        policy = base["NetworkPolicy", f"zehanx-{name}"]["spec"]
+        assert policy["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": f"zehanx-{name}"}}
+        (rule,) = policy["ingress"]
+        allowed = {p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in rule["from"]}
+        assert allowed == {f"zehanx-{c}" for c in callers}
+        assert rule["ports"] == [{"port": DEFAULT_PORTS[name]}]
+    assert ("NetworkPolicy", "zehanx-gateway") not in base  # the public door
+
+
+def test_the_ray_overlay_runs_the_executor_as_a_token_authenticated_driver_of_a_raycluster() -> None:
+    ray_dir = BASE / "ray"
+    kustomization = load(ray_dir / "kustomization.yaml")[0]
+    assert "../" in kustomization["resources"]
+    (patch,) = load(ray_dir / kustomization["patches"][0]["path"])
+    c = container(patch)
+    env = env_of(c)
+    assert env["ZX_EXECUTOR_BACKEND"]["value"] == "ray"
+    assert env["ZX_EXECUTOR_RAY_ADDRESS"]["value"] == "zehanx-ray-head-svc:6380"
+    assert env["ZX_EXECUTOR_RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "ray-auth-token"
+    settings = service_settings_class("executor")
+    assert "ray" in settings.model_fields["backend"].annotation.__args__
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]  # the driver runs no sandbox
+    assert "--num-cpus=0" in c["args"][0] and "--resources='{}'" in c["args"][0]
+
+    (cluster,) = load(ray_dir / "raycluster.yaml")
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    assert cluster["metadata"]["name"] == "zehanx-ray"
+    head = cluster["spec"]["headGroupSpec"]
+    groups = {g["groupName"]: g for g in cluster["spec"]["workerGroupSpecs"]}
+    assert set(groups) == {"cpu", "gpu"}
+    assert head["rayStartParams"]["num-cpus"] == "0" and head["rayStartParams"]["port"] == "6380"
+    ports = ("node-manager-port", "object-manager-port", "metrics-export-port", "runtime-env-agent-port")
+    for params in (head["rayStartParams"], *(g["rayStartParams"] for g in groups.values())):
+        for port in (*ports, "min-worker-port", "max-worker-port", "dashboard-agent-grpc-port"):
+            assert params[port].isdigit(), port  # every Ray port explicit
+        assert params["memory"].isdigit()
+    for group in groups.values():
+        assert group["rayStartParams"]["resources"] == '"{\\"zx_sandbox\\": 1}"'
+        c = container(group)
+        assert c["securityContext"]["capabilities"] == {"add": ["SYS_ADMIN"]}
+        assert c["resources"]["limits"]["memory"] == c["resources"]["requests"]["memory"]
+    assert groups["gpu"]["rayStartParams"]["num-gpus"] == "1"
+    assert container(groups["gpu"])["resources"]["limits"]["nvidia.com/gpu"] == 1
+    for c in (container(head), *(container(g) for g in groups.values())):
+        env = env_of(c)
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+            "name": "zehanx-secrets",
+            "key": "ray-auth-token",
+        }
+    policies = {d["metadata"]["name"]: d for d in load(ray_dir / "networkpolicy-ray.yaml")}
+    assert policies["zehanx-ray"]["spec"]["podSelector"] == {"matchLabels": {"ray.io/cluster": "zehanx-ray"}}
