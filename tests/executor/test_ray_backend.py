@@ -29,7 +29,7 @@ from zehanx_executor.sandbox.raycluster import RayConfig, RaySandbox, refresh_ra
 from zehanx_executor.sandbox.raynode import NodeConfig
 from zehanx_executor.service import ExecuteInput, LimitRequest
 from zehanx_executor.settings import ExecutorSettings
-from zehanx_runtime.errors import FailedPrecondition
+from zehanx_runtime.errors import DeadlineExceeded, FailedPrecondition
 
 ray = pytest.importorskip("ray", reason="ray is pinned in requirements.txt: run make setup")
 
@@ -337,6 +337,29 @@ async def test_the_executor_built_with_backend_ray_runs_a_request(ray_cluster: R
         from zehanx_executor.sandbox.raycluster import connect
 
         connect(replace(RayConfig(address=ray_cluster.cluster.address, auth_token="")))
+
+
+async def test_a_run_no_free_node_takes_in_time_fails_with_deadline_exceeded(ray_cluster: RayCluster) -> None:
+    # Only node_c has 2 CPUs; a first run holds them, so a second that asks for 2 waits in Ray's queue.
+    config = RayConfig(address=ray_cluster.cluster.address, auth_token=TOKEN, first_event_timeout_s=1.0)
+    box = RaySandbox(config, _node_config())
+    holder = box.start(spec("import time\nprint('ready', flush=True)\ntime.sleep(300)\n", cpus=2.0), 0)
+    held = holder.events()
+    async for event in held:
+        if isinstance(event, Output):
+            break
+    try:
+        started = time.monotonic()
+        waiting = box.start(spec("print('never')", cpus=2.0), 1)
+        with pytest.raises(DeadlineExceeded) as late:
+            await _collect(waiting.events(), RunResult())
+        assert 1.0 <= time.monotonic() - started < 5
+        assert late.value.reason == "NO_NODE_AVAILABLE" and "CPU 2" in str(late.value)
+    finally:
+        await held.aclose()
+    # The waiting task was cancelled, not left to run once node_c is free.
+    await asyncio.sleep(0.5)
+    assert not _ray_slot_pids(1)
 
 
 async def test_a_lost_node_ends_its_run_with_node_lost(

@@ -218,6 +218,10 @@ class _RayRun:
             "retry_exceptions": False,
             "name": f"zx-run-{spec.execution_id}",
         }
+        if self.cancelled:  # aborted before it was submitted
+            self.ended = True
+            yield _cancelled()
+            return
         # The E2B key of a job owner has no business on a Ray node.
         payload = replace(spec, sandbox_api_key=None)
         submitted = time.monotonic()
