@@ -372,6 +372,8 @@ def job(
             console.print(f"  dataset: {found.dataset_id}", highlight=False)
         if found.model_id:
             console.print(f"  model:   {found.model_id}", highlight=False)
+        if found.trace_id:
+            console.print(f"  trace:   {found.trace_id}", highlight=False)
         if found.HasField("error") and found.error.message:
             console.print(f"  error:   {found.error.message}", highlight=False, markup=False)
         return 0

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import structlog
 
-from zehanx_runtime import errors
+from zehanx_runtime import errors, tracing
 from zehanx_runtime.interceptors import JOB_ID_KEY, REQUEST_ID_KEY, SERVICE_TOKEN_KEY
 from zehanx_runtime.status import error_info_of, violations_of
 
@@ -59,7 +59,8 @@ def internal_channel(address: str, *, max_message_bytes: int = 64 * 1024 * 1024)
 def call_metadata(
     token: str | None, *, request_id: str | None = None, job_id: str | None = None
 ) -> Sequence[tuple[str, str]]:
-    """Metadata for an internal call; request and job ids default to the current log context."""
+    """Metadata for an internal call; request and job ids default to the current log context, and the
+    current trace context goes along (``traceparent``)."""
     bound = structlog.contextvars.get_contextvars()
     request_id = request_id or bound.get("request_id")
     job_id = job_id or bound.get("job_id")
@@ -70,6 +71,7 @@ def call_metadata(
         metadata.append((REQUEST_ID_KEY, str(request_id)))
     if job_id:
         metadata.append((JOB_ID_KEY, str(job_id)))
+    tracing.inject(metadata)  # the W3C traceparent of the current span: the callee continues the trace
     return metadata
 
 

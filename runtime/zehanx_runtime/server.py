@@ -22,6 +22,7 @@ from zehanx_runtime.interceptors import CallCheck, ServiceInterceptor
 from zehanx_runtime.logging import configure_logging, get_logger
 from zehanx_runtime.metrics import serve_metrics
 from zehanx_runtime.settings import ServiceSettings
+from zehanx_runtime.tracing import configure_tracing, exporting, shutdown_tracing
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ async def serve(
 ) -> None:
     """Run a service until SIGTERM/SIGINT, then shut down gracefully (TLS with ``credentials``)."""
     configure_logging(settings.log_level, settings.log_json, service=service_name)
+    configure_tracing(service_name)
     log = get_logger("zehanx.server")
     running = await start_server(
         settings,
@@ -142,6 +144,7 @@ async def serve(
         services=running.service_names,
         tls=credentials is not None,
         metrics_address=metrics_address,
+        traces="otlp" if exporting() else "not exported",
     )
 
     stop = asyncio.Event()
@@ -156,6 +159,7 @@ async def serve(
         await on_shutdown()
     if metrics_server is not None:
         metrics_server.shutdown()
+    shutdown_tracing()
     log.info("stopped")
 
 

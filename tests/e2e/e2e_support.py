@@ -429,8 +429,69 @@ def zx(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.Comp
     return subprocess.run([*ZX, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+class OtlpCollector:
+    """A stand-in OpenTelemetry collector: the OTLP/gRPC TraceService (opentelemetry-proto's own
+    generated service, as the SDK's OTLPSpanExporter calls it), recording every span it is sent."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.spans: list[dict[str, object]] = []
+        self.lock = threading.Lock()
+
+    def Export(self, request: object, context: object) -> object:
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        with self.lock:
+            for resource_spans in request.resource_spans:  # type: ignore[attr-defined]
+                service = next(
+                    (
+                        a.value.string_value
+                        for a in resource_spans.resource.attributes
+                        if a.key == "service.name"
+                    ),
+                    "",
+                )
+                for scope in resource_spans.scope_spans:
+                    for span in scope.spans:
+                        self.spans.append(
+                            {
+                                "service": service,
+                                "trace_id": span.trace_id.hex(),
+                                "name": span.name,
+                                "events": [e.name for e in span.events],
+                                "parent": span.parent_span_id.hex(),
+                            }
+                        )
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def of_trace(self, trace_id: str) -> list[dict[str, object]]:
+        with self.lock:
+            return [s for s in self.spans if s["trace_id"] == trace_id]
+
+
 @pytest.fixture(scope="session")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def otlp_collector() -> Iterator[tuple[OtlpCollector, int]]:
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    collector = OtlpCollector()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)  # type: ignore[arg-type]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield collector, port
+    finally:
+        server.stop(None)
+
+
+@pytest.fixture(scope="session")
+def suite(
+    tmp_path_factory: pytest.TempPathFactory, otlp_collector: tuple[OtlpCollector, int]
+) -> Iterator[dict[str, str]]:
     """``zx up --detach`` with a temporary ZX_HOME and free ports; the environment to run zx with."""
     from zehanx_executor.sandbox.probe import probe
 
@@ -445,6 +506,10 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     env.update(
         {
             "ZX_HOME": str(home),
+            # Traces go to the stand-in collector, flushed every 200 ms (the standard OTEL_* variables).
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_collector[1]}",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
             "ZX_GATEWAY_ARTIFACT_DIR": str(own["gateway"] / "archives"),
             "ZX_GATEWAY_UPLOAD_DIR": str(own["gateway"] / "uploads"),
             "ZX_CRAWLER_DATA_DIR": str(own["crawler"] / "datasets"),

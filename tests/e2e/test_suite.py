@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import SHARED, zx
+from e2e_support import SHARED, OtlpCollector, zx
 
 pytestmark = pytest.mark.slow
 SENTIMENT_BASELINE = 0.838  # ../shared/data/README.md: sentiment_labelled_sentences, 10-fold CV LR
@@ -41,7 +41,7 @@ def data_server() -> Iterator[str]:
 
 
 def test_a_prompt_with_a_local_server_source_trains_a_model_that_beats_the_baseline_and_downloads_and_predicts(
-    suite: dict[str, str], data_server: str, tmp_path: Path
+    suite: dict[str, str], data_server: str, tmp_path: Path, otlp_collector: tuple[OtlpCollector, int]
 ) -> None:
     source = f"{data_server}/sentiment_labelled_sentences/"
     trained = zx(suite, "train", "Create a sentiment analysis model", "--source", source, timeout=290)
@@ -107,10 +107,50 @@ def test_a_prompt_with_a_local_server_source_trains_a_model_that_beats_the_basel
     assert _value(trainer, "zx_trainer_predict_seconds_count") >= 1
     assert _value(trainer, "grpc_server_handled_total", grpc_method="ReadArtifact", grpc_code="OK") >= 1
     assert _value(crawler, "grpc_server_msg_sent_total", grpc_method="ReadDatasetFile") >= 3
+    # One trace follows the job through every service into its sandboxed runs (OTLP to the stand-in).
+    trace_id = json.loads(zx(suite, "job", job_id, "--json").stdout)["traceId"]
+    assert re.fullmatch(r"[0-9a-f]{32}", trace_id)
+    spans = _spans_of(otlp_collector[0], trace_id, services=5)
+    assert {s["service"] for s in spans} == {
+        "zehanx-gateway",
+        "zehanx-crawler",
+        "zehanx-codegen",
+        "zehanx-trainer",
+        "zehanx-executor",
+    }
+    names = {s["name"] for s in spans}
+    assert {
+        "zehanx.gateway.v1.GatewayService/CreateJob",
+        "job",
+        "crawl",
+        "generate",
+        "train",
+        "publish",
+    } <= names
+    assert {
+        "zehanx.crawler.v1.CrawlerService/ReadDatasetFile",
+        "zehanx.executor.v1.ExecutorService/Execute",
+    } <= names
+    sandbox_events = [e for s in spans if s["service"] == "zehanx-executor" for e in s["events"]]  # type: ignore[union-attr]
+    assert "sandbox started" in sandbox_events and "sandbox finished" in sandbox_events
+    trainer_log = (Path(suite["ZX_HOME"]) / "logs" / "trainer.log").read_text()
+    assert trace_id in trainer_log, "the trace id is in the services' log lines"
     for name, text in scraped.items():
         assert not re.search(r'="[^"]*([0-9a-f]{8}-[0-9a-f]{4}-|[0-9a-f]{32})', text), (
             f"{name}: an id in a label"
         )
+
+
+def _spans_of(collector: OtlpCollector, trace_id: str, *, services: int) -> list[dict]:
+    """The spans of ``trace_id`` once ``services`` services have exported some (batches leave every 200 ms)."""
+    import time
+
+    deadline = time.monotonic() + 20
+    while True:
+        spans = collector.of_trace(trace_id)
+        if len({s["service"] for s in spans}) >= services or time.monotonic() > deadline:
+            return spans
+        time.sleep(0.2)
 
 
 def _scrape_all(env: dict[str, str]) -> dict[str, str]:

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 from zehanx_runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, ResourceExhausted
 from zehanx_runtime.logging import get_logger
@@ -336,14 +337,27 @@ class Executor:
 
 
 async def _measured(events: AsyncIterator[Event], backend: str, granted: float) -> AsyncIterator[Event]:
-    """The run's events, counted: its start latency, how it ended and its peak memory."""
+    """The run's events, counted (start latency, how it ended, peak memory) and recorded as events of
+    the call's trace span."""
+    span = trace.get_current_span()  # the Execute call's span: the run's start and end are its events
     async for event in events:
         if isinstance(event, Started):
-            START_SECONDS.labels(backend).observe(time.monotonic() - granted)
+            waited = time.monotonic() - granted
+            START_SECONDS.labels(backend).observe(waited)
+            span.add_event("sandbox started", {"backend": backend, "start_seconds": round(waited, 4)})
         elif isinstance(event, Finished):
             RUNS.labels(backend, event.reason.name.lower()).inc()
             if event.usage.max_rss_bytes:
                 PEAK_MEMORY.labels(backend).observe(event.usage.max_rss_bytes)
+            span.add_event(
+                "sandbox finished",
+                {
+                    "reason": event.reason.name.lower(),
+                    "exit_code": event.exit_code,
+                    "wall_seconds": round(event.usage.wall_time_s, 3),
+                    "peak_memory_bytes": event.usage.max_rss_bytes,
+                },
+            )
         yield event
 
 

@@ -271,6 +271,7 @@ def job_to_proto(job: Job) -> job_pb2.Job:
     message.attempt = job.attempt
     message.repair_count = job.repair_count
     message.last_sequence = job.last_sequence
+    message.trace_id = job.trace_id
     return message
 
 

@@ -91,6 +91,8 @@ class NewJob:
     request_id: uuid.UUID | None
     #: SHA-256 of the request without its request id: a reused request id with another body is refused.
     request_sha256: bytes
+    #: The W3C ``traceparent`` of the CreateJob call: the job's trace continues from it.
+    trace_parent: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +117,18 @@ class Job:
     update_time: datetime
     start_time: datetime | None
     end_time: datetime | None
+    #: The W3C ``traceparent`` the job's trace continues from ("" for jobs made before traces).
+    trace_parent: str = ""
 
     @property
     def terminal(self) -> bool:
         return self.state.terminal
+
+    @property
+    def trace_id(self) -> str:
+        """The job's 32-hex trace id, or ""."""
+        parts = self.trace_parent.split("-")
+        return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,11 +7,12 @@ live watchers see it without waiting for a notification.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from zehanx_runtime import errors
+from zehanx_runtime import errors, tracing
 
 from zehanx_gateway import paging
 from zehanx_gateway.domain import (
@@ -91,6 +92,8 @@ class JobService:
         self._check_memory(new)
         if self._source_check is not None:
             await self._source_check(principal, list(new.spec.get("sources") or []))
+        if not new.trace_parent:  # the job's trace continues from this CreateJob call's span
+            new = dataclasses.replace(new, trace_parent=tracing.traceparent())
         job, _created = await self._store.create_job(
             principal.user_id,
             new,

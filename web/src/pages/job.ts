@@ -126,6 +126,8 @@ export async function jobPage(ctx: PageContext): Promise<void> {
       ` · created ${when(job.createTime)}`,
       job.endTime ? ` · ended ${when(job.endTime)}` : "",
       job.repairCount ? ` · ${job.repairCount} repair(s)` : "",
+      job.traceId ? " · trace " : "",
+      job.traceId ? h("code", { title: "OpenTelemetry trace id: look it up in your tracing backend" }, job.traceId) : "",
     );
     cancel.hidden = terminal || job.state === JobState.CANCELLING;
     if (job.error && job.error.message && (job.state === JobState.FAILED || job.state === JobState.CANCELLED)) {

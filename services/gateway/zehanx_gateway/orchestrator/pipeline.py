@@ -40,7 +40,7 @@ from zehanx.crawler.v1 import crawler_service_pb2 as crawler_pb
 from zehanx.crawler.v1 import dataset_pb2 as crawler_dataset_pb2
 from zehanx.gateway.v1 import job_event_pb2, job_pb2, model_pb2
 from zehanx.trainer.v1 import trainer_service_pb2 as trainer_pb
-from zehanx_runtime import errors, provider_keys
+from zehanx_runtime import errors, provider_keys, tracing
 from zehanx_runtime.logging import get_logger
 
 from zehanx_gateway import convert, metrics
@@ -216,6 +216,19 @@ class _JobRun:
     # -- the run ------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        # One span for this attempt, in the trace the job's CreateJob started (a worker of another
+        # gateway, or after a restart, continues the same trace); every stage and call goes under it.
+        with tracing.span(
+            "job",
+            parent=self.job.trace_parent or None,
+            **{"zx.job.id": str(self.job.id), "zx.job.attempt": self.job.attempt},
+        ) as job_span:
+            trace_id = tracing.trace_id_of(job_span)
+            if trace_id:
+                self.log = self.log.bind(trace_id=trace_id)
+            await self._run()
+
+    async def _run(self) -> None:
         try:
             await self._stages()
         except asyncio.CancelledError:
@@ -249,20 +262,24 @@ class _JobRun:
             await self._succeed(done.model_id)
             return
         if done.dataset is None:
-            dataset = await self._crawl()
+            with tracing.span("crawl"):
+                dataset = await self._crawl()
         else:
             dataset = done.dataset
             await self._platform_log(
                 f"resuming attempt {self.job.attempt}: dataset {dataset.id} was built by an earlier attempt"
             )
         if done.program is None or done.plan is None:
-            plan, program, version = await self._generate(dataset)
+            with tracing.span("generate"):
+                plan, program, version = await self._generate(dataset)
         else:
             plan, program, version = done.plan, done.program, done.program_attempt
         result = done.train_result
         if result is None:
-            result = await self._train(dataset, plan, program, version)
-        await self._publish(dataset, plan, result)
+            with tracing.span("train"):
+                result = await self._train(dataset, plan, program, version)
+        with tracing.span("publish"):
+            await self._publish(dataset, plan, result)
 
     # -- stages -------------------------------------------------------------------------------------
 

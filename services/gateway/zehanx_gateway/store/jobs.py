@@ -70,6 +70,7 @@ def _job(row: dict[str, Any]) -> Job:
         update_time=row["update_time"],
         start_time=row["start_time"],
         end_time=row["end_time"],
+        trace_parent=row.get("trace_parent", ""),
     )
 
 
@@ -143,9 +144,16 @@ class PostgresJobStore(PoolStore):
             if max_per_minute is not None or max_per_day is not None:
                 await self._check_create_rate(conn, user_id, max_per_minute, max_per_day)
             cur = await conn.execute(
-                "insert into zehanx.jobs (user_id, request_id, request_sha256, prompt, spec) "
-                "values (%s, %s, %s, %s, %s) returning *",
-                (user_id, new.request_id, new.request_sha256, new.prompt, Jsonb(dict(new.spec))),
+                "insert into zehanx.jobs (user_id, request_id, request_sha256, prompt, spec, trace_parent) "
+                "values (%s, %s, %s, %s, %s, %s) returning *",
+                (
+                    user_id,
+                    new.request_id,
+                    new.request_sha256,
+                    new.prompt,
+                    Jsonb(dict(new.spec)),
+                    new.trace_parent,
+                ),
             )
             row = await cur.fetchone()
             assert row is not None

@@ -147,6 +147,7 @@ class Job(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     REPAIR_COUNT_FIELD_NUMBER: _builtins.int
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Id of the job (a UUID), assigned by the gateway."""
     prompt: _builtins.str
@@ -174,6 +175,11 @@ class Job(_message.Message):
     last_sequence: _builtins.int
     """Sequence number of the job's latest event; pass it as `after_sequence` to WatchJob to get
     only what happens after this snapshot.
+    """
+    trace_id: _builtins.str
+    """The job's OpenTelemetry trace id (32 hex digits): one trace follows the job from CreateJob
+    through every stage and every service it calls, into its sandboxed runs. Empty for jobs made
+    before traces. Look it up in the tracing backend the suite exports to (OTEL_EXPORTER_OTLP_*).
     """
     @_builtins.property
     def sources(self) -> _containers.RepeatedCompositeFieldContainer[_dataset_pb2.DataSource]:
@@ -225,10 +231,11 @@ class Job(_message.Message):
         attempt: _builtins.int = ...,
         repair_count: _builtins.int = ...,
         last_sequence: _builtins.int = ...,
+        trace_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "options", b"options", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "create_time", b"create_time", "dataset_id", b"dataset_id", "end_time", b"end_time", "error", b"error", "id", b"id", "last_sequence", b"last_sequence", "model_id", b"model_id", "options", b"options", "prompt", b"prompt", "repair_count", b"repair_count", "sources", b"sources", "stage", b"stage", "start_time", b"start_time", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "create_time", b"create_time", "dataset_id", b"dataset_id", "end_time", b"end_time", "error", b"error", "id", b"id", "last_sequence", b"last_sequence", "model_id", b"model_id", "options", b"options", "prompt", b"prompt", "repair_count", b"repair_count", "sources", b"sources", "stage", b"stage", "start_time", b"start_time", "state", b"state", "trace_id", b"trace_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,134 @@
+"""OpenTelemetry traces: one trace follows a request, and a job, through every service it touches.
+
+- :func:`configure_tracing` (once per service process, by ``zehanx_runtime.server.serve``): when the
+  standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set, an SDK
+  tracer provider whose batch processor sends spans with OTLP/gRPC, configured by the standard
+  ``OTEL_*`` variables (the exporter reads them itself). Unset, nothing is installed: OpenTelemetry's
+  no-op tracer makes spans that cost nothing and carry no ids (a trace id nobody can look up is no use;
+  ``bench/bench_tracing.py`` measures what spans cost: 23-80 us a unary call on this machine).
+- Server side, the one interceptor calls :func:`server_span`: it continues the caller's W3C trace
+  context (``traceparent`` in the gRPC metadata), opens one SERVER span per call, and binds its trace id
+  to every log line of the call (structlog ``trace_id``).
+- Client side, :func:`inject` adds the current span's ``traceparent`` to every outbound call's metadata
+  (``zehanx_runtime.client.call_metadata`` does it for every internal client).
+
+A process without the variables (the default, and tests running services in process) uses the no-op
+tracer: jobs then carry no trace id and log lines no ``trace_id``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+
+import structlog
+from opentelemetry import context, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+_TRACER_NAME = "zehanx"
+_configured = False
+
+
+def exporting() -> bool:
+    """Whether the standard OTLP variables ask for spans to be exported."""
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
+
+def configure_tracing(service_name: str) -> None:
+    """Install the SDK tracer provider for this process (``service.name`` = ``zehanx-<service>``)."""
+    global _configured
+    if _configured or not exporting():
+        return
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": f"zehanx-{service_name}"}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    _configured = True
+
+
+def shutdown_tracing() -> None:
+    """Flush spans still buffered (at a graceful stop)."""
+    provider = trace.get_tracer_provider()
+    shutdown = getattr(provider, "shutdown", None)
+    if shutdown is not None:
+        with contextlib.suppress(Exception):
+            shutdown()
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(_TRACER_NAME)
+
+
+def trace_id_of(span: trace.Span | None = None) -> str:
+    """The 32-hex trace id of ``span`` (default: the current one), or "" when it has none."""
+    ctx = (span or trace.get_current_span()).get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+def traceparent() -> str:
+    """The current span's W3C ``traceparent`` ("" when there is none), to store or send on."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier.get("traceparent", "")
+
+
+def inject(metadata: list[tuple[str, str]]) -> None:
+    """Append the current trace context to outbound gRPC metadata."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    metadata.extend(carrier.items())
+
+
+def context_of(carrier: Mapping[str, str]) -> context.Context:
+    """The trace context in ``carrier`` (gRPC metadata, or ``{"traceparent": stored}``)."""
+    return _PROPAGATOR.extract(carrier=dict(carrier))
+
+
+@contextlib.contextmanager
+def server_span(method: str, metadata: Mapping[str, str]) -> Iterator[trace.Span]:
+    """A SERVER span for one gRPC call, continuing the caller's trace, current while the call runs."""
+    service, _, name = method.lstrip("/").partition("/")
+    span = tracer().start_span(
+        method.lstrip("/"),
+        context=context_of(metadata),
+        kind=SpanKind.SERVER,
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+    )
+    token = context.attach(trace.set_span_in_context(span))
+    trace_id = trace_id_of(span)
+    if trace_id:
+        structlog.contextvars.bind_contextvars(trace_id=trace_id)
+    try:
+        yield span
+    finally:
+        # A stream whose caller went away is closed from another context (grpc's clean-up): that
+        # context never had our span, and the call's own context is discarded with its task.
+        if trace.get_current_span() is span:
+            context.detach(token)
+        span.end()
+
+
+def end_status(span: trace.Span, code: str) -> None:
+    """Record a call's gRPC status on its span (an error status for server-side failures)."""
+    span.set_attribute("rpc.grpc.status_code", code)
+    if code not in ("OK", "CANCELLED", "NOT_FOUND", "INVALID_ARGUMENT", "ALREADY_EXISTS"):
+        span.set_status(Status(StatusCode.ERROR, code))
+
+
+@contextlib.contextmanager
+def span(
+    name: str, *, parent: str | None = None, **attributes: str | int | float | bool
+) -> Iterator[trace.Span]:
+    """An internal span, current inside the block; ``parent``: a stored ``traceparent`` to continue."""
+    ctx = context_of({"traceparent": parent}) if parent else None
+    with tracer().start_as_current_span(name, context=ctx, attributes=attributes) as current:
+        yield current
