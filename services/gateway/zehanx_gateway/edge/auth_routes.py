@@ -19,7 +19,8 @@ and sign-in bodies must be sent as ``application/json``: a cross-site HTML form 
 **Cookie sessions (the dashboard).** A request with the header ``X-Zx-Session: cookie`` gets its refresh
 token as an ``HttpOnly; SameSite=Strict; Path=/auth/v1/`` cookie (``Secure`` over https) instead of in
 the JSON (``"refresh_token": ""``), so page scripts never hold it; a refresh with that header and no
-``refresh_token`` in the body reads the cookie; a logout with it revokes the cookie's session (even when
+``refresh_token`` in the body reads the cookie (no cookie: 204 and no session, how a signed-out page
+learns it is signed out); a logout with it revokes the cookie's session (even when
 the access token has expired) and clears the cookie. The custom header is required for every use of the
 cookie: a cross-site form or ``fetch`` cannot send it without a CORS preflight, which the edge never
 grants, so the cookie cannot be used by another site (CSRF), on top of ``SameSite=Strict``.
@@ -123,6 +124,11 @@ class AuthRoutes:
                 token = _text(body, "refresh_token")
                 if not token and cookie_mode:
                     token = _cookie(scope, REFRESH_COOKIE)
+                    if not token:
+                        # A signed-out visitor's page asks whether it has a session: it has none. That
+                        # is an answer, not an error (a 400 here is a console error on every visit).
+                        await _json(send, 204, None)
+                        return
                 session = await self._accounts.refresh(token)
                 await self._answer_session(send, session, cookie_mode, secure)
             elif path == "logout":
