@@ -1,9 +1,10 @@
 """Fan-out of job events: to PostgreSQL (batched, none lost) and to every live subscriber.
 
 Producers (the orchestrator's workers, relaying what the crawler, codegen and trainer stream) hand
-events to :meth:`EventHub.publish`. One writer task writes whatever has queued up in one transaction (the store
-numbers them), resolves each producer's future after the commit, and hands the committed events to the
-job's :class:`JobFeed`, which offers each, in sequence order, to every :class:`Subscription`.
+events to :meth:`EventHub.publish`. One writer task writes whatever has queued up in one transaction
+(the store numbers them), resolves each producer's future after the commit, and hands the committed
+events to the job's :class:`JobFeed`, which offers each, in sequence order, to every
+:class:`Subscription`.
 
 A subscription's buffer is bounded and offering never waits: a slow subscriber never slows the
 producer or the other subscribers. One whose buffer fills is told to resume from the store: its buffer
