@@ -41,6 +41,7 @@ from zehanx_runtime.errors import (
     Unavailable,
 )
 from zehanx_runtime.logging import get_logger
+from zehanx_runtime.program_output import RECORD_PREFIX
 
 from zehanx_trainer import datasets as ds
 from zehanx_trainer.artifacts import ArtifactStore
@@ -773,7 +774,7 @@ class _Run:
         def lines_of(stream: str, pieces: list[tuple[bytes, bool]]) -> list[Sequenced]:
             out = []
             for raw, truncated in pieces:
-                if stream == "stdout" and raw.startswith(b"@@zx:"):
+                if stream == "stdout" and raw.startswith(RECORD_PREFIX):
                     continue
                 if bucket.take():
                     out.append(
