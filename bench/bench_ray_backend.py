@@ -216,6 +216,10 @@ async def main(reps: int) -> None:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
         await local.close()
+        # The Ray workers' sandboxes died with the head: a new sandbox removes what they left.
+        await LocalSandbox(
+            local_config(ExecutorSettings(work_dir=WORK_DIR, uid_base=UID_BASE + 16)), caps
+        ).close()
         print(f"Ray head stopped (ray start --block exited {head.returncode})")
 
 

@@ -118,6 +118,13 @@ def ray_cluster(caps: Capabilities) -> Iterator[RayCluster]:
     while (alive := [p for p in pids if os.path.exists(f"/proc/{p}")]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive, f"Ray processes outlived the cluster: {alive}"
+    # The nodes' workers died with the cluster, each with its (empty) instance folder and cgroups: the
+    # next sandbox built on the host removes what dead instances left, as after a crashed executor.
+    workers = [int(d.name.split("-")[0]) for d in (WORK_DIR / "jobs").iterdir()]
+    assert not _wait_gone(workers, 15.0), "Ray workers outlived their raylets"
+    sweeper = LocalSandbox(LocalSandboxConfig(work_dir=WORK_DIR, uid_base=RAY_UID_BASE), caps)
+    asyncio.run(sweeper.close())
+    assert not list((WORK_DIR / "jobs").iterdir())
 
 
 def _node_config() -> NodeConfig:
@@ -387,5 +394,5 @@ async def test_a_lost_node_ends_its_run_with_node_lost(
     # On a real cluster the lost machine takes its sandboxes with it; here the host lives on, and the
     # dead worker's sandbox is what the next sandbox built on the host cleans up (as after a crash).
     assert not await asyncio.to_thread(_wait_gone, [run.placed.worker_pid], 10.0)
-    LocalSandbox(LocalSandboxConfig(work_dir=WORK_DIR, uid_base=RAY_UID_BASE), caps)._clean_stale_instances()
+    await LocalSandbox(LocalSandboxConfig(work_dir=WORK_DIR, uid_base=RAY_UID_BASE), caps).close()
     assert not await asyncio.to_thread(_wait_gone, _ray_slot_pids(1))
