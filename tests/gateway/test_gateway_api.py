@@ -11,6 +11,7 @@ import grpc
 import pytest
 from gateway_support import Served, bearer, gateway_settings, publish_model, serve_gateway, stop_gateway
 from google.protobuf import struct_pb2
+from prometheus_client import REGISTRY
 from zehanx.common.v1 import dataset_pb2, task_family_pb2
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
 from zehanx.gateway.v1 import job_event_pb2, job_pb2
@@ -112,10 +113,17 @@ async def test_unfinished_jobs_per_user_are_limited(served: Served) -> None:
     bob = bearer(await served.api_key("bob"))
     limit = served.gateway.settings.max_active_jobs_per_user
     made = [await served.stub.CreateJob(create_request(f"job {n}"), metadata=alice) for n in range(limit)]
+
+    def counted(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    refused_before = counted("zx_gateway_rate_limit_refusals_total", limit="active_jobs")
     with pytest.raises(grpc.aio.AioRpcError) as over:
         await served.stub.CreateJob(create_request("one too many"), metadata=alice)
     assert over.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_info_of(over.value).reason == "TOO_MANY_ACTIVE_JOBS"
+    # The refusal is counted for operators (Prometheus), by limit, with no user in the labels.
+    assert counted("zx_gateway_rate_limit_refusals_total", limit="active_jobs") == refused_before + 1
     # Another user is not affected; a finished job frees a place.
     await served.stub.CreateJob(create_request("bob's"), metadata=bob)
     await served.stub.CancelJob(pb.CancelJobRequest(job_id=made[0].id), metadata=alice)

@@ -51,6 +51,7 @@ import jwt
 from zehanx_runtime import errors
 from zehanx_runtime.errors import FieldViolation
 
+from zehanx_gateway import metrics
 from zehanx_gateway.auth import SESSION_AUDIENCE, SESSION_ISSUER
 
 #: Linear: every ``.``-separated label is a run of characters that are not ``.``, so no two ways to
@@ -175,6 +176,7 @@ class AccountService:
             )
             if wait is not None:
                 seconds = max(1, int(wait) + 1)
+                metrics.RATE_LIMITED.labels("sign_up").inc()
                 raise errors.ResourceExhausted(
                     f"too many sign-ups from this address; try again in {seconds} s",
                     reason="TOO_MANY_SIGN_UPS",
@@ -210,6 +212,8 @@ class AccountService:
         attempt_id, retry_after = await self._store.take_sign_in_slot(email, client, self._limits)
         if attempt_id is None:
             wait = max(1, int(retry_after) + 1)
+            metrics.RATE_LIMITED.labels("sign_in").inc()
+            metrics.SIGN_IN_FAILURES.labels("rate_limited").inc()
             raise errors.ResourceExhausted(
                 f"too many failed sign-ins; try again in {wait} s",
                 reason="TOO_MANY_SIGN_IN_ATTEMPTS",
@@ -219,6 +223,7 @@ class AccountService:
         stored = account.password_hash if account else self._dummy_hash
         if not await asyncio.to_thread(self._verify, stored, password) or account is None:
             # The attempt's row stays: it is the failure counted against the limits.
+            metrics.SIGN_IN_FAILURES.labels("invalid_credentials").inc()
             raise errors.Unauthenticated("invalid email or password", reason="INVALID_CREDENTIALS")
         await self._store.sign_in_succeeded(attempt_id, email, client)
         return await self._new_session(account.user_id, email)

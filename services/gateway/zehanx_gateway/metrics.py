@@ -44,6 +44,19 @@ EVENTS_FANNED_OUT = Counter(
 )
 
 
+SIGN_IN_FAILURES = Counter(
+    "zx_gateway_sign_in_failures_total",
+    "Refused email-and-password sign-ins, by why (invalid_credentials, rate_limited).",
+    ["reason"],
+)
+RATE_LIMITED = Counter(
+    "zx_gateway_rate_limit_refusals_total",
+    "Requests refused by a per-user or per-client limit, by limit (active_jobs, create_job, predict, upload, "
+    "sign_in, sign_up).",
+    ["limit"],
+)
+
+
 class JobCounts(Protocol):
     async def count_jobs_by_state(self) -> tuple[dict[str, int], float]: ...
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from zehanx_runtime import errors
 
-from zehanx_gateway import paging
+from zehanx_gateway import metrics, paging
 from zehanx_gateway.artifacts import ArtifactStore
 from zehanx_gateway.domain import DataLoss, Model, NewModel, OutOfRange, Page, PredictResult, Principal
 
@@ -142,6 +142,7 @@ class ModelService:
         user_id = principal.user_id
         running = self._predicting.get(user_id, 0)
         if self._max_predicts is not None and running >= self._max_predicts:
+            metrics.RATE_LIMITED.labels("predict").inc()
             raise errors.ResourceExhausted(
                 f"you already have {running} predictions running (the limit is {self._max_predicts} at "
                 "once, ZX_GATEWAY_MAX_CONCURRENT_PREDICTS_PER_USER); wait for one to finish",

@@ -55,10 +55,12 @@ from connectrpc.request import RequestContext
 from connectrpc.server import ConnectASGIApplication, Endpoint
 from google.protobuf import descriptor, descriptor_pb2, message_factory
 from google.rpc import status_pb2
+from prometheus_client import Counter, Histogram
 from protobuf.wkt import Any as WireAny
 from zehanx_runtime import errors
 from zehanx_runtime.interceptors import JOB_ID_KEY, REQUEST_ID_KEY
 from zehanx_runtime.logging import get_logger
+from zehanx_runtime.metrics import LATENCY_BUCKETS
 from zehanx_runtime.status import error_domain, to_grpc_status
 from zehanx_runtime.validation import validate
 
@@ -338,6 +340,22 @@ class _Call:
 
 _CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("zx_connect_call", default=None)
 
+# Prometheus, beside the gRPC port's grpc_server_* (zehanx_runtime.metrics): the same calls made over
+# Connect / gRPC-Web on the edge. The method label is one of the service's own methods.
+_EDGE_LABELS = ["grpc_service", "grpc_method"]
+EDGE_HANDLED = Counter(
+    "zx_edge_handled_total",
+    "Connect and gRPC-Web calls completed on the web edge, by code.",
+    [*_EDGE_LABELS, "grpc_code"],
+)
+EDGE_HANDLING = Histogram(
+    "zx_edge_handling_seconds",
+    "Time from a call's headers to its end on the web edge.",
+    _EDGE_LABELS,
+    buckets=LATENCY_BUCKETS,
+)
+EDGE_MSG_SENT = Counter("zx_edge_msg_sent_total", "Stream messages sent on the web edge.", _EDGE_LABELS)
+
 
 class ConnectAdapter:
     """Builds the Connect endpoints of one gRPC service from its descriptor and its servicer."""
@@ -518,6 +536,12 @@ class ConnectAdapter:
         return "CANCELLED", None
 
     def _log_call(self, outcome: str, started: float, **extra: Any) -> None:
+        call = _CALL.get()
+        service, _, name = (call.method if call else "/unknown/unknown").lstrip("/").partition("/")
+        EDGE_HANDLED.labels(service, name, outcome).inc()
+        EDGE_HANDLING.labels(service, name).observe(time.perf_counter() - started)
+        if extra.get("messages"):
+            EDGE_MSG_SENT.labels(service, name).inc(int(extra["messages"]))
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
         log = self._log.info if outcome in ("OK", "CANCELLED", "NOT_FOUND") else self._log.warning
         log("rpc", code=outcome, duration_ms=duration_ms, **extra)

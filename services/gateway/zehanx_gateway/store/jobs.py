@@ -135,6 +135,7 @@ class PostgresJobStore(PoolStore):
                 row = await cur.fetchone()
                 assert row is not None
                 if row["n"] >= max_active:
+                    metrics.RATE_LIMITED.labels("active_jobs").inc()
                     raise errors.ResourceExhausted(
                         f"you already have {row['n']} unfinished jobs (the limit is {max_active}); "
                         "wait for one to finish or cancel one",
@@ -184,6 +185,7 @@ class PostgresJobStore(PoolStore):
         ):
             if limit is not None and count >= limit:
                 setting = "ZX_GATEWAY_MAX_JOBS_PER_USER_PER_" + window.upper()
+                metrics.RATE_LIMITED.labels("create_job").inc()
                 raise errors.ResourceExhausted(
                     f"you created {count} jobs in the last {window} (the limit is {limit}, {setting}); "
                     "try again later",

@@ -16,6 +16,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 from zehanx_runtime import errors
 
+from zehanx_gateway import metrics
 from zehanx_gateway.domain import DatasetRecord, Model, NewModel, Page, Upload
 from zehanx_gateway.store.base import (
     LOCK_ARTIFACT,
@@ -266,6 +267,7 @@ class PostgresModelStore(PoolStore):
             assert row is not None
             used, in_progress = int(row["used"]), int(row["in_progress"])
             if max_in_progress is not None and in_progress >= max_in_progress:
+                metrics.RATE_LIMITED.labels("upload").inc()
                 raise errors.ResourceExhausted(
                     f"you already have {in_progress} uploads in progress (the limit is {max_in_progress}, "
                     "ZX_GATEWAY_MAX_CONCURRENT_UPLOADS_PER_USER); wait for one to finish",
