@@ -8,6 +8,7 @@ The quality bar against the classical baselines of ../shared/data/README.md (3-m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -19,6 +20,7 @@ import running
 from codegen_support import TEST_BUDGET_S
 from safetensors import safe_open
 from zehanx_codegen.domain import TaskFamily
+from zehanx_codegen.planner import PlanOptions
 from zehanx_codegen.service import Codegen
 
 
@@ -233,3 +235,26 @@ def test_series_in_one_list_column_marked_by_the_schema_runs_the_same_template(
     assert smoke.returncode == 0, smoke.stderr[-3000:]
     predictions = running.predict(folder, data.test_inputs)
     assert len(predictions) == 175 and {p["prediction"] for p in predictions} <= {0, 1, 2}
+
+
+def test_an_ensemble_of_two_cnns_is_saved_whole_and_predicts_averaged_probabilities(
+    codegen: Codegen, digits: realdata.Prepared, tmp_path: Path
+) -> None:
+    plan = codegen.plan("classify handwritten digits", digits.profile)
+    assert plan.hyperparameters["members"] == 1  # a 20 s budget holds too few epochs for two
+    roomy = codegen.planner.plan(
+        "classify handwritten digits", digits.profile, PlanOptions(time_budget_s=180)
+    )
+    assert roomy.hyperparameters["members"] == 2 and "two CNNs trained apart" in roomy.rationale
+    plan = dataclasses.replace(plan, hyperparameters={**plan.hyperparameters, "members": 2})
+    generated = codegen.generate("classify handwritten digits", plan, digits.profile)
+    assert generated.validation.passed and "members = 2" in generated.program.files["train.py"]
+    folder = running.lay_out(generated.program, tmp_path / "work", digits.folder / "data")
+    smoke = running.train(folder, smoke=True)
+    assert smoke.returncode == 0, smoke.stderr[-3000:]
+    assert json.loads((folder / "output" / "model_config.json").read_text())["members"] == 2
+    with safe_open(str(folder / "output" / "model.safetensors"), framework="pt") as f:
+        assert {k.split(".")[1] for k in f.keys()} == {"0", "1"}  # members.0.*, members.1.*
+    predictions = running.predict(folder, digits.test_inputs)
+    assert len(predictions) == len(digits.test_targets)
+    assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-4 for p in predictions)

@@ -90,6 +90,7 @@ _WHY = {
     "rotate_degrees": "augmentation: random rotation up to this many degrees",
     "shift_pixels": "augmentation: random shift up to this many pixels",
     "horizontal_flip": "augmentation: mirror images at random",
+    "members": "CNNs trained apart whose probabilities are averaged",
     "time_column": "orders the series",
     "season_length": "steps per season (0 = read it from the spacing of the dates)",
     "short_lags": "recent differences the forecast looks at",
@@ -206,7 +207,7 @@ class TemplateGenerator:
             flags["pixel_columns"] = layout == "pixel_columns"
             defaults = {"pixel_scale": 1 / 255, "conv_channels": [32, 64, 128], "stem_stride": 1, "dropout": 0.25,
                         "batch_size": 64, "learning_rate": 0.003, "weight_decay": 1e-4, "rotate_degrees": 10.0,
-                        "shift_pixels": 2.0, "horizontal_flip": False}  # fmt: skip
+                        "shift_pixels": 2.0, "horizontal_flip": False, "members": 1}  # fmt: skip
             for k, v in defaults.items():
                 hp.setdefault(k, v)
             if flags["pixel_columns"]:
@@ -220,7 +221,7 @@ class TemplateGenerator:
                 entries.append(ConfigEntry("image_column", plan.input_columns[0], _WHY["image_column"]))
             keys = ("height", "width", "channels", "pixel_scale", "conv_channels", "stem_stride", "dropout",
                     "batch_size", "learning_rate", "weight_decay", "epochs", "rotate_degrees", "shift_pixels",
-                    "horizontal_flip")  # fmt: skip
+                    "horizontal_flip", "members")  # fmt: skip
         elif family is TaskFamily.TIME_SERIES_CLASSIFICATION:
             required = ("series_columns",)
             if not hp.get("series_columns") and not hp.get("series_column"):

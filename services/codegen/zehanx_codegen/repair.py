@@ -70,6 +70,9 @@ def _smaller(plan: Plan) -> tuple[dict[str, Any], list[str]]:
 
 def _faster(plan: Plan) -> tuple[dict[str, Any], list[str]]:
     hp, notes = _smaller(plan)
+    if hp.get("members", 1) > 1:
+        hp["members"] = 1
+        notes.append("one CNN instead of an ensemble")
     if "epochs" in hp:
         hp["epochs"] = _halve(hp["epochs"], 1)
         notes.append(f"{hp['epochs']} epochs")

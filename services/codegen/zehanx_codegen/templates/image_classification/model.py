@@ -36,3 +36,17 @@ class SmallCNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
+
+
+class Ensemble(nn.Module):
+    """A few SmallCNNs trained apart (different seeds), their probabilities averaged: each makes
+    different mistakes, so together they make fewer. Returns log-probabilities, so softmax gives the
+    averaged probabilities back and argmax the ensemble's class."""
+
+    def __init__(self, members, *args):
+        super().__init__()
+        self.members = nn.ModuleList(SmallCNN(*args) for _ in range(members))
+
+    def forward(self, x):
+        probabilities = torch.stack([m(x).softmax(1) for m in self.members]).mean(0)
+        return probabilities.clamp(min=1e-12).log()

@@ -11,14 +11,14 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from model import SmallCNN
+from model import Ensemble
 
 
 def load(output_dir):
     with open(os.path.join(output_dir, "model_config.json"), encoding="utf-8") as f:
         config = json.load(f)
-    model = SmallCNN(config["channels"], config["height"], config["width"], config["conv_channels"],
-                     config["stem_stride"], len(config["classes"]), 0.0)
+    model = Ensemble(config["members"], config["channels"], config["height"], config["width"],
+                     config["conv_channels"], config["stem_stride"], len(config["classes"]), 0.0)
     model.load_state_dict(load_file(os.path.join(output_dir, "model.safetensors")))
     return model.eval(), config
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import zxrt
-from model import SmallCNN
+from model import Ensemble
 
 # -----------------------------------------------------------------------------
 # config: chosen by the planner from the data profile; edit and rerun
@@ -123,58 +123,79 @@ def main():
     y_val = torch.tensor([class_index[str(r[target_column])] for r in val_rows])
 
     zxrt.phase("model_building")
-    model = SmallCNN(channels, height, width, conv_channels, stem_stride, len(classes), dropout).to(cfg.device)
+    model = Ensemble(members, channels, height, width, conv_channels, stem_stride, len(classes), dropout)
+    model = model.to(cfg.device)
     x_val, y_val = x_val.to(cfg.device), y_val.to(cfg.device)
     n_epochs = 1 if cfg.smoke else epochs
     steps_per_epoch = math.ceil(len(y_train) / batch_size)
-    total_steps = n_epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    step = 0  # counts the steps of every member, for the progress reports
+    used = members  # may drop to one CNN when the first epoch shows there is no time for more
 
-    zxrt.phase("training")
-    best = (-1.0, 0, None)  # (validation accuracy, epoch, weights)
-    step = 0
-    epoch = 0
-    while epoch < n_epochs:
-        epoch += 1
-        epoch_started = time.time()
-        model.train()
-        order = torch.randperm(len(y_train), generator=generator)  # shuffle: the data may be sorted by label
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            lr = learning_rate_at(step, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            xb = augment(x_train[idx], generator).to(cfg.device)
-            loss = F.cross_entropy(model(xb), y_train[idx].to(cfg.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            elapsed = time.time() - started
-            zxrt.log_metrics(step=step, epoch=epoch - 1, loss=loss.item(), lr=lr, total_steps=total_steps,
-                             samples_per_s=step * batch_size / max(elapsed, 1e-9),
-                             eta_s=elapsed / step * max(total_steps - step, 0))
-            if cfg.smoke and step >= 3:
-                break
-        zxrt.phase("validation")
-        val_accuracy, val_loss = evaluate(model, x_val, y_val)
-        zxrt.log_metrics(step=step, epoch=epoch, val={"accuracy": val_accuracy, "loss": val_loss})
-        if val_accuracy > best[0]:  # keep the epoch that did best on data it never trained on
-            best = (val_accuracy, epoch, copy.deepcopy(model.state_dict()))
+    # Each member trains on its own: its own random start, order and augmentation, its own schedule.
+    for index, member in enumerate(model.members):
+        torch.manual_seed(cfg.seed + index)
+        total_steps = n_epochs * steps_per_epoch
+        optimizer = torch.optim.AdamW(member.parameters(), lr=learning_rate, weight_decay=weight_decay)
         zxrt.phase("training")
-        if epoch == 1 and cfg.time_budget_s:
-            # Now that one epoch is timed, plan only the epochs that fit in the budget (with room to
-            # save), and shorten the learning-rate schedule to match instead of being cut off mid-way.
-            epoch_s = time.time() - epoch_started
-            affordable = int((0.8 * cfg.time_budget_s - (time.time() - started)) / epoch_s) + 1
-            if affordable < n_epochs:
-                n_epochs = max(1, affordable)
-                total_steps = n_epochs * steps_per_epoch
-                zxrt.log(f"{epoch_s:.1f} s per epoch: training {n_epochs} epochs to fit the time budget",
-                         "warning")
+        best = (-1.0, 0, None)  # (validation accuracy, epoch, weights) of this member
+        member_step = 0
+        epoch = 0
+        while epoch < n_epochs:
+            epoch += 1
+            epoch_started = time.time()
+            member.train()
+            order = torch.randperm(len(y_train), generator=generator)  # shuffle: the data may be sorted by label
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                lr = learning_rate_at(member_step, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                xb = augment(x_train[idx], generator).to(cfg.device)
+                loss = F.cross_entropy(member(xb), y_train[idx].to(cfg.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                member_step += 1
+                elapsed = time.time() - started
+                all_steps = used * total_steps
+                zxrt.log_metrics(step=step, epoch=index * n_epochs + epoch - 1, loss=loss.item(), lr=lr,
+                                 total_steps=all_steps, samples_per_s=step * batch_size / max(elapsed, 1e-9),
+                                 eta_s=elapsed / step * max(all_steps - step, 0))
+                if cfg.smoke and member_step >= 3:
+                    break
+            zxrt.phase("validation")
+            val_accuracy, val_loss = evaluate(member, x_val, y_val)
+            zxrt.log_metrics(step=step, epoch=index * n_epochs + epoch,
+                             val={"accuracy": val_accuracy, "loss": val_loss, "member": index})
+            if val_accuracy > best[0]:  # keep the epoch that did best on data it never trained on
+                best = (val_accuracy, epoch, copy.deepcopy(member.state_dict()))
+            zxrt.phase("training")
+            if index == 0 and epoch == 1 and cfg.time_budget_s:
+                # Now that one epoch is timed, plan only the epochs that fit in the budget for every
+                # member (with room to save), and shorten the learning-rate schedule to match.
+                epoch_s = time.time() - epoch_started
+                left = 0.8 * cfg.time_budget_s - (time.time() - started)
+                affordable = int(left / epoch_s / used) + 1
+                if used > 1 and affordable < 15:  # too few epochs for each: one CNN trained longer is better
+                    used = 1
+                    model.members = model.members[:1]
+                    affordable = int(left / epoch_s) + 1
+                    n_epochs = min(affordable, 2 * n_epochs)
+                    total_steps = n_epochs * steps_per_epoch
+                    zxrt.log(f"{epoch_s:.1f} s per epoch: one CNN of {n_epochs} epochs, not {members}", "warning")
+                if affordable < n_epochs:
+                    n_epochs = max(1, affordable)
+                    total_steps = n_epochs * steps_per_epoch
+                    zxrt.log(f"{epoch_s:.1f} s per epoch: training {n_epochs} epochs per member to fit the "
+                             "time budget", "warning")
+        member.load_state_dict(best[2])
+        zxrt.log(f"member {index + 1} of {used}: validation accuracy {best[0]:.4f} at epoch {best[1]}")
+        if index + 1 >= used:
+            break
 
-    val_accuracy, best_epoch, weights = best
-    model.load_state_dict(weights)
+    val_accuracy, val_loss = evaluate(model, x_val, y_val)
+    zxrt.log_metrics(step=step, epoch=used * n_epochs, val={"accuracy": val_accuracy, "loss": val_loss})
     zxrt.save_model(model, {
         "family": "image_classification",
         "target_column": target_column,
@@ -190,9 +211,10 @@ def main():
         "pixel_scale": pixel_scale,
         "conv_channels": conv_channels,
         "stem_stride": stem_stride,
+        "members": used,
     })
-    zxrt.report_final({"val_accuracy": val_accuracy, "best_epoch": best_epoch, "train_rows": len(train_rows),
-                       "train_seconds": time.time() - started})
+    zxrt.report_final({"val_accuracy": val_accuracy, "members": used, "epochs_per_member": n_epochs,
+                       "train_rows": len(train_rows), "train_seconds": time.time() - started})
 
 
 if __name__ == "__main__":
