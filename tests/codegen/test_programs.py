@@ -221,13 +221,16 @@ def test_series_classification_arrowhead_beats_nearest_neighbour_and_predicts_wh
     assert top == pytest.approx(claimed["metrics.final_val_top_probability"], rel=1e-9)
 
 
-def test_series_in_one_list_column_marked_by_the_schema_runs_the_same_template(
+def test_series_in_one_list_column_marked_by_the_schema_runs_the_same_template_with_softmax_regression(
     codegen: Codegen, data_root: Path, tmp_path: Path
 ) -> None:
     data = realdata.arrowhead(data_root, as_list=True)
     plan = codegen.plan("classify arrowhead outlines", data.profile)
     assert plan.task_family is TaskFamily.TIME_SERIES_CLASSIFICATION
     assert (plan.hyperparameters["series_column"], plan.hyperparameters["series_columns"]) == ("outline", [])
+    assert plan.hyperparameters["classifier"] == "ridge"  # 211 rows; from 4,000 on: softmax regression
+    # this smoke run takes the softmax-regression path (the full ArrowHead run above takes the ridge)
+    plan = dataclasses.replace(plan, hyperparameters={**plan.hyperparameters, "classifier": "logistic"})
     generated = codegen.generate("classify arrowhead outlines", plan, data.profile)
     assert generated.validation.passed, generated.validation.summary()
     folder = running.lay_out(generated.program, tmp_path / "work", data.folder / "data")

@@ -77,6 +77,7 @@ _WHY = {
     "series_column": "a column holding each series as a list of numbers ('' = the columns above)",
     "num_features": "MiniRocket features: 84 kernels x biases over the dilations",
     "alphas": "ridge strengths tried; leave-one-out picks one",
+    "classifier": "'ridge' (leave-one-out, up to 4,000 rows) or 'logistic' (mini-batches, more rows)",
     "image_layout": "how pixels are stored: one column of arrays, or one column per pixel",
     "image_column": "the column holding each image as nested lists of pixel values",
     "pixel_columns": "one column per pixel, row by row",
@@ -231,17 +232,20 @@ class TemplateGenerator:
             defaults = {
                 "series_column": "",
                 "num_features": 9_996,
+                "classifier": "ridge",
                 "alphas": [0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0],
             }
             for k, v in defaults.items():
                 hp.setdefault(k, v)
+            if hp["classifier"] not in ("ridge", "logistic"):
+                raise InvalidArgument("classifier must be 'ridge' or 'logistic'", reason="BAD_PLAN")
             columns = list(hp["series_columns"])
             expression = _pixel_expression(columns)
             if expression is not None:
                 entries.append(ConfigEntry("series_columns", None, _WHY["series_columns"], code=expression))
             else:
                 entries.append(ConfigEntry("series_columns", columns, _WHY["series_columns"]))
-            keys = ("series_column", "num_features", "alphas")
+            keys = ("series_column", "num_features", "classifier", "alphas")
         else:
             required = ("time_column",)
             defaults = {"season_length": 0, "short_lags": [1, 2, 3], "ridge": 1e-3}

@@ -13,7 +13,16 @@ import time
 import torch
 
 import zxrt
-from minirocket import fit_biases, fit_dilations, read_series, ridge_fit, ridge_loo, scores, transform
+from minirocket import (
+    fit_biases,
+    fit_dilations,
+    logistic_fit,
+    read_series,
+    ridge_fit,
+    ridge_loo,
+    scores,
+    transform,
+)
 
 # -----------------------------------------------------------------------------
 # config: chosen by the planner from the data profile; edit and rerun
@@ -72,20 +81,27 @@ def main():
     f_all = torch.cat([f_train, f_val])
     zxrt.log(f"{f_all.shape[1]} MiniRocket features from {len(dilations)} dilations, {time.time() - started:.1f} s")
 
-    # 2) ridge on the features: its strength picked by leave-one-out on the training rows, checked on
-    #    the validation rows (an honest held-out score)...
     zxrt.phase("training")
-    errors = ridge_loo(f_train, y_train, len(classes), alphas)
-    alpha = alphas[min(range(len(alphas)), key=lambda i: errors[i])]
-    weights, intercept = ridge_fit(f_train, y_train, len(classes), alpha)
-    val_accuracy = (scores(f_val, weights, intercept).argmax(1) == y_val).double().mean().item()
-    zxrt.log_metrics(step=1, total_steps=2, val={"accuracy": val_accuracy, "loo_error": min(errors)})
-
-    # 3) ...then the same choice on train + validation together, and the final fit on all of them
-    errors = ridge_loo(f_all, y_all, len(classes), alphas)
-    alpha = alphas[min(range(len(alphas)), key=lambda i: errors[i])]
-    weights, intercept = ridge_fit(f_all, y_all, len(classes), alpha)
-    zxrt.log_metrics(step=2, total_steps=2, val={"loo_error": min(errors)})
+    if classifier == "ridge":
+        # 2) ridge on the features: its strength picked by leave-one-out on the training rows,
+        #    checked on the validation rows (an honest held-out score)...
+        errors = ridge_loo(f_train, y_train, len(classes), alphas)
+        alpha = alphas[min(range(len(alphas)), key=lambda i: errors[i])]
+        weights, intercept = ridge_fit(f_train, y_train, len(classes), alpha)
+        val_accuracy = (scores(f_val, weights, intercept).argmax(1) == y_val).double().mean().item()
+        zxrt.log_metrics(step=1, total_steps=2, val={"accuracy": val_accuracy, "loo_error": min(errors)})
+        # 3) ...then the same choice on train + validation together, and the final fit on all of them
+        errors = ridge_loo(f_all, y_all, len(classes), alphas)
+        alpha = alphas[min(range(len(alphas)), key=lambda i: errors[i])]
+        weights, intercept = ridge_fit(f_all, y_all, len(classes), alpha)
+        zxrt.log_metrics(step=2, total_steps=2, val={"loo_error": min(errors)})
+    else:
+        # 2) many rows: softmax regression on mini-batches, the epoch picked on the validation rows
+        alpha = 0.0
+        weights, intercept = logistic_fit(f_train, y_train, f_val, y_val, len(classes), 2 if cfg.smoke else 100,
+                                          generator)
+        val_accuracy = (scores(f_val, weights, intercept).argmax(1) == y_val).double().mean().item()
+        zxrt.log_metrics(step=1, total_steps=1, val={"accuracy": val_accuracy})
 
     zxrt.phase("saving")
     zxrt.save_model(
@@ -99,6 +115,7 @@ def main():
             "dilations": dilations,
             "features_per_dilation": per_dilation,
             "classes": classes,
+            "classifier": classifier,
             "alpha": alpha,
         },
     )
