@@ -126,6 +126,10 @@ def test_an_ordered_sequence_of_columns_is_a_series_and_unrelated_numbers_are_no
     )
     assert plan.hyperparameters["series_columns"] == [f"t{i}" for i in range(251)]
     assert "one ordered sequence" in plan.rationale
+    assert (plan.hyperparameters["num_features"], plan.hyperparameters["classifier"]) == (9996, "ridge")
+    big = planner.plan("classify outlines", dataclasses.replace(arrowhead.profile, row_count=10_000))
+    assert big.hyperparameters["classifier"] == "logistic" and "softmax regression" in big.rationale
+    assert big.hyperparameters["num_features"] == 4032  # 40% of 180 s at ~7 ns a row, step and feature
     # 30 real features of unrelated scales, renamed f1..f30 so that the names alone look like a series
     from sklearn.datasets import load_breast_cancer
 
