@@ -9,6 +9,9 @@ Task: a hint wins. Otherwise forecasting when the prompt asks for it and a date 
 image classification when the inputs are a square number (>= 64) of integer pixel columns in 0..255
 (packed into one ``image`` column); text classification when a free-text column exists and the target
 is categorical; else tabular classification for categorical targets and regression for numeric ones.
+A labelled table whose inputs are one ordered series (t0..tN, or a list column) stays tabular
+classification here; its series columns are named in the choice and marked in ``schema.json``, and
+codegen's planner makes it time-series classification.
 """
 
 from __future__ import annotations
