@@ -11,7 +11,10 @@ does (RaySandbox), and measures for each backend, interleaved:
 2. placement: Ray submit to the task's Placed marker (warm);
 3. interactive line latency: a program prints 40 lines 20 ms apart with its clock; receive time minus
    print time (same host, same clock), p50 and p99;
-4. throughput: a program prints 200,000 short lines as fast as it can; lines per second received.
+4. throughput: a program prints 200,000 short lines as fast as it can; lines per second received;
+5. the reference digits program (examples/reference_digits, 30 epochs on scikit-learn's 8x8 digits, the
+   files, environment and collect pattern the trainer gives it, 1 core, 2 GiB): wall from submit to
+   Finished through each backend, ``--digits-reps`` times each, interleaved (target: Ray <= 1.10x local).
 
 The cluster is stopped by the pid of the process group the script started (never ``ray stop``).
 Needs root and a host that can sandbox.
@@ -131,7 +134,55 @@ def start_head(token_file: Path, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-async def main(reps: int) -> None:
+def digits_spec(n: int, folder: Path):  # type: ignore[no-untyped-def]
+    """The reference digits program as the trainer stages it: program files, zxrt, two data splits."""
+    from zehanx_executor.sandbox.model import JobFile, JobSpec, Limits
+    from zehanx_trainer.runtime_helper import zxrt_source
+
+    program = ROOT / "examples" / "reference_digits"
+    files = [
+        JobFile(p.name, p.read_bytes()) for p in sorted(program.glob("*.py")) if p.name != "make_dataset.py"
+    ]
+    files.append(JobFile("zxrt.py", zxrt_source()))
+    files += [
+        JobFile(f"data/{name}", (folder / name).read_bytes())
+        for name in ("train.jsonl", "validation.jsonl", "schema.json")
+    ]
+    return JobSpec(
+        execution_id=f"digits{n}",
+        command=("python", "train.py"),
+        files=tuple(files),
+        env={"ZX_DATA": "data", "ZX_OUTPUT": "output", "ZX_SMOKE": "0", "ZX_DEVICE": "cpu", "ZX_SEED": "42"},
+        limits=Limits(
+            **{
+                **JOB,
+                "memory_bytes": 2 << 30,
+                "disk_bytes": 256 << 20,
+                "wall_time_s": 900.0,
+                "cpu_time_s": 1800.0,
+            }
+        ),  # type: ignore[arg-type]
+        collect=("output/*",),
+    )
+
+
+async def digits(box, n: int, folder: Path) -> float:  # type: ignore[no-untyped-def]
+    from zehanx_executor.sandbox.model import FileChunk, Finished
+
+    t0 = time.perf_counter()
+    files: set[str] = set()
+    events = box.start(digits_spec(n, folder), 0).events()
+    async for event in events:
+        if isinstance(event, FileChunk):
+            files.add(event.path)
+        if isinstance(event, Finished):
+            assert event.reason.value == "completed", event
+    await events.aclose()
+    assert any(f.endswith(".safetensors") for f in files), files
+    return time.perf_counter() - t0
+
+
+async def main(reps: int, digits_reps: int) -> None:
     from zehanx_executor.app import local_config, self_test
     from zehanx_executor.sandbox.local import LocalSandbox
     from zehanx_executor.sandbox.probe import probe
@@ -205,6 +256,20 @@ async def main(reps: int) -> None:
         for name, box in (("local", local), ("ray", ray_box)):
             rate = await throughput(box, 400)
             print(f"{name:5s} throughput, 200,000 lines: {rate:,.0f} lines/s")
+        if digits_reps:
+            sys.path.insert(0, str(ROOT / "examples" / "reference_digits"))
+            from make_dataset import write_digits
+
+            write_digits(scratch / "digits")
+            walls: dict[str, list[float]] = {"local": [], "ray": []}
+            for i in range(digits_reps):
+                for name, box in (("local", local), ("ray", ray_box)):
+                    walls[name].append(await digits(box, 500 + i, scratch / "digits"))
+            lw, rw = statistics.median(walls["local"]), statistics.median(walls["ray"])
+            print(
+                f"reference digits program, {digits_reps} run(s) each: local {lw:.1f} s, ray {rw:.1f} s "
+                f"({rw / lw:.2f}x; target <= 1.10x)"
+            )
     finally:
         import ray
 
@@ -226,4 +291,6 @@ async def main(reps: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=10)
-    asyncio.run(main(parser.parse_args().reps))
+    parser.add_argument("--digits-reps", type=int, default=1, help="0 skips the digits program")
+    args = parser.parse_args()
+    asyncio.run(main(args.reps, args.digits_reps))
