@@ -244,10 +244,11 @@ def test_an_ensemble_of_two_cnns_is_saved_whole_and_predicts_averaged_probabilit
     codegen: Codegen, digits: realdata.Prepared, tmp_path: Path
 ) -> None:
     plan = codegen.plan("classify handwritten digits", digits.profile)
-    assert plan.hyperparameters["members"] == 1  # a 20 s budget holds too few epochs for two
-    roomy = codegen.planner.plan(
-        "classify handwritten digits", digits.profile, PlanOptions(time_budget_s=180)
-    )
+    assert plan.hyperparameters["members"] == 1  # 1,797 images (and 20 s): one CNN
+    options = PlanOptions(time_budget_s=180)
+    assert codegen.planner.plan("classify digits", digits.profile, options).hyperparameters["members"] == 1
+    bigger = dataclasses.replace(digits.profile, row_count=5_000)  # as many images as MNIST-5k
+    roomy = codegen.planner.plan("classify handwritten digits", bigger, options)
     assert roomy.hyperparameters["members"] == 2 and "two CNNs trained apart" in roomy.rationale
     plan = dataclasses.replace(plan, hyperparameters={**plan.hyperparameters, "members": 2})
     generated = codegen.generate("classify handwritten digits", plan, digits.profile)
