@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from sandbox_helpers import UID_BASE, RunResult, require_isolation, sandbox_uid_pids, spec
-from zehanx_executor.app import build_executor
+from zehanx_executor.app import SandboxUnavailableError, build_executor
 from zehanx_executor.sandbox.local import LocalSandbox, LocalSandboxConfig
 from zehanx_executor.sandbox.model import ExitReason, Finished, Output, Started, Stream
 from zehanx_executor.sandbox.probe import Capabilities
@@ -367,6 +367,19 @@ async def test_a_run_no_free_node_takes_in_time_fails_with_deadline_exceeded(ray
     # The waiting task was cancelled, not left to run once node_c is free.
     await asyncio.sleep(0.5)
     assert not _ray_slot_pids(1)
+
+
+async def test_backend_ray_refuses_to_start_without_an_address_or_a_token(tmp_path: Path) -> None:
+    base = {"backend": "ray", "work_dir": tmp_path, "uid_base": RAY_UID_BASE, "max_concurrent": PROBE_SLOT}
+    with pytest.raises(SandboxUnavailableError, match="ZX_EXECUTOR_RAY_ADDRESS"):
+        await build_executor(ExecutorSettings(**base))
+    with pytest.raises(SandboxUnavailableError, match="token"):
+        await build_executor(ExecutorSettings(**base, ray_address=f"127.0.0.1:{GCS_PORT}"))
+    unreadable = tmp_path / "missing-token"
+    with pytest.raises(SandboxUnavailableError, match="RAY_AUTH_TOKEN_FILE"):
+        await build_executor(
+            ExecutorSettings(**base, ray_address=f"127.0.0.1:{GCS_PORT}", ray_auth_token_file=unreadable)
+        )
 
 
 async def test_a_lost_node_ends_its_run_with_node_lost(

@@ -121,6 +121,12 @@ async def _ray_executor(
     if not s.ray_address:
         raise SandboxUnavailableError("backend=ray needs ZX_EXECUTOR_RAY_ADDRESS (host:port of the Ray head)")
     try:
+        import ray  # noqa: F401
+    except ImportError as exc:
+        raise SandboxUnavailableError(
+            f"backend=ray needs the ray package ({exc}); make setup installs the pinned ray==2.60.0"
+        ) from exc
+    try:
         token = s.resolved_ray_token()
     except OSError as exc:
         raise SandboxUnavailableError(f"cannot read ZX_EXECUTOR_RAY_AUTH_TOKEN_FILE: {exc}") from exc
