@@ -369,12 +369,16 @@ async def test_a_run_no_free_node_takes_in_time_fails_with_deadline_exceeded(ray
     assert not _ray_slot_pids(1)
 
 
-async def test_backend_ray_refuses_to_start_without_an_address_or_a_token(tmp_path: Path) -> None:
+async def test_backend_ray_refuses_to_start_without_an_address_a_listening_head_or_a_token(
+    tmp_path: Path,
+) -> None:
     base = {"backend": "ray", "work_dir": tmp_path, "uid_base": RAY_UID_BASE, "max_concurrent": PROBE_SLOT}
     with pytest.raises(SandboxUnavailableError, match="ZX_EXECUTOR_RAY_ADDRESS"):
         await build_executor(ExecutorSettings(**base))
     with pytest.raises(SandboxUnavailableError, match="token"):
         await build_executor(ExecutorSettings(**base, ray_address=f"127.0.0.1:{GCS_PORT}"))
+    with pytest.raises(SandboxUnavailableError, match="nothing answers"):
+        await build_executor(ExecutorSettings(**base, ray_address="127.0.0.1:1", ray_auth_token=TOKEN))
     unreadable = tmp_path / "missing-token"
     with pytest.raises(SandboxUnavailableError, match="RAY_AUTH_TOKEN_FILE"):
         await build_executor(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
@@ -61,7 +62,6 @@ class RayConfig:
     """A custom resource only nodes that can run the sandbox declare; empty: any node."""
     first_event_timeout_s: float = 60.0
     cancel_grace_s: float = 5.0
-    connect_timeout_s: float = 30.0
 
 
 def resources_for(limits: Limits, node_resource: str) -> dict[str, float]:
@@ -101,6 +101,14 @@ def connect(config: RayConfig) -> None:
             "code as root on every node",
             reason="RAY_AUTH_REQUIRED",
         )
+    host, _, port = config.address.rpartition(":")
+    try:  # ray.init retries an address where nothing listens for minutes
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise Unavailable(
+            f"nothing answers at the Ray cluster address {config.address!r} (host:port of the head's GCS): {exc}",
+            reason="RAY_UNAVAILABLE",
+        ) from exc
     if ray.is_initialized():
         return
     # Ray reads its auth mode and token only from the environment of the driver process.
@@ -115,10 +123,11 @@ def connect(config: RayConfig) -> None:
             log_to_driver=False,
             configure_logging=False,
         )
-    except ConnectionError as exc:
+    except Exception as exc:  # ConnectionError for a wrong address or token, RuntimeError for no local node
         raise Unavailable(
-            f"cannot join the Ray cluster at {config.address} (wrong address, or a token the cluster "
-            f"refuses): {exc}",
+            f"cannot join the Ray cluster at {config.address} (a wrong address, a token the cluster refuses, "
+            "or no Ray node on this machine: a driver must run on one, e.g. deploy/ray/start-node.sh worker "
+            f"with ZX_RAY_SANDBOX=0 ZX_RAY_CPUS=0): {str(exc).splitlines()[0][:300] if str(exc) else exc!r}",
             reason="RAY_UNAVAILABLE",
         ) from exc
 
