@@ -46,6 +46,7 @@ from zehanx_executor.sandbox.model import (
     ResourceUsage,
 )
 from zehanx_executor.sandbox.probe import probe
+from zehanx_runtime.errors import DomainError
 
 #: Longest the task's thread waits before Python runs again (how fast a plain cancel lands).
 POLL_S = 0.05
@@ -253,7 +254,8 @@ def run_on_node(cfg: NodeConfig, spec: JobSpec, slot: int) -> Iterator[object]:
     yield Placed(ctx.get_node_id(), ray.util.get_node_ip_address(), socket.gethostname(), os.getpid())
     try:
         box = node_sandbox(cfg)
-    except (NodeUnusable, OSError) as exc:
+        box.check(spec)  # e.g. a GPU run on a node Ray counts a GPU for but that has no device nodes
+    except (NodeUnusable, OSError, DomainError) as exc:
         yield [
             Finished(ExitReason.SANDBOX_ERROR, -1, 0, ResourceUsage(), f"node {socket.gethostname()}: {exc}")
         ]
