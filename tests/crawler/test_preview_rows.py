@@ -6,13 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import grpc
 import pytest
 from crawler_support import Crawler, crawler_settings, start_crawler, stop_crawler
 from google.protobuf import json_format
-from zehanx.crawler.v1 import crawler_service_pb2 as pb
 from zehanx_crawler.servicer import PREVIEW_ROWS, PREVIEW_TEXT_CHARS
-from zehanx_runtime.status import error_info_of, field_violations_of
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -51,15 +48,3 @@ async def test_long_text_is_cut_in_the_preview(tmp_path: Path, shared_data: Path
     assert len(shown) == PREVIEW_ROWS
     texts = [row["text"] for row in shown]
     assert all(len(t) == PREVIEW_TEXT_CHARS for t in texts)  # every text here is longer: all were cut
-
-
-async def test_upload_id_source_is_refused_by_the_crawler(crawler: Crawler) -> None:
-    request = pb.BuildDatasetRequest(prompt="spam or ham")
-    request.sources.add(upload_id="6f1c1d2e-8a55-4b7e-9a37-0c1f3f4a5b6c")
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        async for _ in crawler.stream(request):
-            pass
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert [f for f, _ in field_violations_of(info.value)] == ["sources[0].upload_id"]
-    detail = error_info_of(info.value)
-    assert detail is not None
