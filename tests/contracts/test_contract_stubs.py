@@ -15,7 +15,7 @@ from zehanx.executor.v1 import executor_service_pb2, executor_service_pb2_grpc
 from zehanx.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc, job_event_pb2
 from zehanx.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 
-UNARY, SERVER_STREAM = "unary", "server-stream"
+UNARY, SERVER_STREAM, CLIENT_STREAM = "unary", "server-stream", "client-stream"
 
 # Every service and its RPCs, with their shape.
 EXPECTED_RPCS: dict[str, dict[str, str]] = {
@@ -43,14 +43,24 @@ EXPECTED_RPCS: dict[str, dict[str, str]] = {
         "GetUserSettings": UNARY,
         "UpdateUserSettings": UNARY,
     },
-    "zehanx.crawler.v1.CrawlerService": {"BuildDataset": SERVER_STREAM, "ListCatalog": UNARY},
+    "zehanx.crawler.v1.CrawlerService": {
+        "BuildDataset": SERVER_STREAM,
+        # The crawler's store crosses to other services only as streams (no shared disk).
+        "ReadDatasetFile": SERVER_STREAM,
+        "PutSourceFile": CLIENT_STREAM,
+        "ListCatalog": UNARY,
+    },
     "zehanx.codegen.v1.CodegenService": {
         "PlanTask": UNARY,
         "GenerateProgram": UNARY,
         "RepairProgram": UNARY,
     },
     "zehanx.executor.v1.ExecutorService": {"Execute": SERVER_STREAM},
-    "zehanx.trainer.v1.TrainerService": {"Train": SERVER_STREAM, "Predict": UNARY},
+    "zehanx.trainer.v1.TrainerService": {
+        "Train": SERVER_STREAM,
+        "Predict": UNARY,
+        "ReadArtifact": SERVER_STREAM,
+    },
 }
 SERVICE_MODULES = {
     "zehanx.gateway.v1.GatewayService": (gateway_service_pb2, gateway_service_pb2_grpc),
@@ -120,12 +130,15 @@ def test_every_contract_file_is_generated_and_importable() -> None:
 @pytest.mark.parametrize("service_name", sorted(EXPECTED_RPCS))
 def test_service_has_exactly_the_listed_rpcs(service_name: str) -> None:
     service = _service(service_name)
+    assert not any(m.client_streaming and m.server_streaming for m in service.methods), "no bidi streams"
     shapes = {
-        method.name: SERVER_STREAM if method.server_streaming else UNARY
+        method.name: CLIENT_STREAM
+        if method.client_streaming
+        else SERVER_STREAM
+        if method.server_streaming
+        else UNARY
         for method in service.methods
-        if not method.client_streaming
     }
-    assert len(shapes) == len(service.methods), "no client-streaming RPCs are expected"
     assert shapes == EXPECTED_RPCS[service_name]
 
 
