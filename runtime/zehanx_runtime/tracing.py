@@ -124,6 +124,11 @@ def end_status(span: trace.Span, code: str) -> None:
         span.set_status(Status(StatusCode.ERROR, code))
 
 
+def mark_error(description: str) -> None:
+    """Mark the current span as failed (a job that ends FAILED without an exception crossing its span)."""
+    trace.get_current_span().set_status(Status(StatusCode.ERROR, description))
+
+
 @contextlib.contextmanager
 def span(
     name: str, *, parent: str | None = None, **attributes: str | int | float | bool

@@ -461,6 +461,9 @@ class OtlpCollector:
                                 "name": span.name,
                                 "events": [e.name for e in span.events],
                                 "parent": span.parent_span_id.hex(),
+                                "span_id": span.span_id.hex(),
+                                "start": span.start_time_unix_nano,
+                                "error": span.status.code == span.status.STATUS_CODE_ERROR,
                             }
                         )
         return trace_service_pb2.ExportTraceServiceResponse()

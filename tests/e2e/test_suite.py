@@ -131,6 +131,19 @@ def test_a_prompt_with_a_local_server_source_trains_a_model_that_beats_the_basel
         "zehanx.crawler.v1.CrawlerService/ReadDatasetFile",
         "zehanx.executor.v1.ExecutorService/Execute",
     } <= names
+    # Parent links are intact: one root (CreateJob), every other span's parent is in the trace.
+    ids = {s["span_id"] for s in spans}
+    roots = [s for s in spans if not s["parent"]]
+    assert [r["name"] for r in roots] == ["zehanx.gateway.v1.GatewayService/CreateJob"]
+    assert all(s["parent"] in ids for s in spans if s["parent"])
+    by_name = {s["name"]: s for s in spans}
+    assert by_name["job"]["parent"] == roots[0]["span_id"]
+    assert all(
+        by_name[n]["parent"] == by_name["job"]["span_id"] for n in ("crawl", "generate", "train", "publish")
+    )
+    starts = [by_name[n]["start"] for n in ("crawl", "generate", "train", "publish")]
+    assert starts == sorted(starts), "the stages in order"
+    assert not any(s["error"] for s in spans), [s["name"] for s in spans if s["error"]]
     sandbox_events = [e for s in spans if s["service"] == "zehanx-executor" for e in s["events"]]  # type: ignore[union-attr]
     assert "sandbox started" in sandbox_events and "sandbox finished" in sandbox_events
     trainer_log = (Path(suite["ZX_HOME"]) / "logs" / "trainer.log").read_text()
@@ -142,13 +155,18 @@ def test_a_prompt_with_a_local_server_source_trains_a_model_that_beats_the_basel
 
 
 def _spans_of(collector: OtlpCollector, trace_id: str, *, services: int) -> list[dict]:
-    """The spans of ``trace_id`` once ``services`` services have exported some (batches leave every 200 ms)."""
+    """The spans of ``trace_id`` once ``services`` services have exported some, the job span is in and
+    every parent has arrived (batches leave every 200 ms)."""
     import time
 
     deadline = time.monotonic() + 20
     while True:
         spans = collector.of_trace(trace_id)
-        if len({s["service"] for s in spans}) >= services or time.monotonic() > deadline:
+        ids = {s["span_id"] for s in spans}
+        complete = all(s["parent"] in ids for s in spans if s["parent"]) and any(
+            s["name"] == "job" for s in spans
+        )
+        if (len({s["service"] for s in spans}) >= services and complete) or time.monotonic() > deadline:
             return spans
         time.sleep(0.2)
 
@@ -213,3 +231,20 @@ def test_a_prompt_with_no_source_trains_on_the_catalogue_dataset_it_names(suite:
     assert accuracy > baseline + 0.3, (accuracy, baseline)  # iris: ~0.95 against 1/3
     job = json.loads(zx(suite, "job", job_id, "--json").stdout)
     assert not job.get("sources"), "no source was given"
+
+
+def test_a_failing_jobs_trace_marks_the_failure(
+    suite: dict[str, str], data_server: str, otlp_collector: tuple[OtlpCollector, int]
+) -> None:
+    """A source that is not there: the job fails in its crawl stage, and its trace says where."""
+    trained = zx(
+        suite, "train", "Classify nothing", "--source", f"{data_server}/no_such_file.csv", timeout=200
+    )
+    assert trained.returncode != 0
+    job_id = re.search(r"Job ([0-9a-f-]{36}) ", trained.stdout).group(1)  # type: ignore[union-attr]
+    job = json.loads(zx(suite, "job", job_id, "--json").stdout)
+    assert job["state"] == "JOB_STATE_FAILED"
+    spans = _spans_of(otlp_collector[0], job["traceId"], services=2)
+    failed = {s["name"] for s in spans if s["error"]}
+    assert {"job", "crawl"} <= failed, failed
+    assert not {"generate", "train", "publish"} & {s["name"] for s in spans}

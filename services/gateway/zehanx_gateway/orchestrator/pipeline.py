@@ -633,6 +633,7 @@ class _JobRun:
 
     async def _end_failed(self, error: JobError) -> None:
         self.log.info("job failed", reason=error.reason, message=error.message[:500])
+        tracing.mark_error(f"{error.reason}: {error.message[:200]}")  # the job's span shows the failure
         try:
             await self.p._jobs.transition(
                 self.job.id,
