@@ -215,6 +215,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         call = metrics.CallMetrics(rpc, started)
         outcome = "OK"
         sent = 0
+        result: Any = None
         with self._span(method, exempt, metadata) as span:
             try:
                 await self._admit(method, exempt, request, metadata)
@@ -237,6 +238,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 await self._abort_unexpected(context, outcome)
                 raise
             finally:
+                # Close the handler's stream now (its finally blocks: a WatchJob unsubscribes), not
+                # whenever the garbage collector gets to it.
+                aclose = getattr(result, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await aclose()
                 call.done(outcome, time.perf_counter())
                 if span is not None:
                     tracing.end_status(span, outcome)

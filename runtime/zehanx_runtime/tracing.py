@@ -103,16 +103,21 @@ def server_span(method: str, metadata: Mapping[str, str]) -> Iterator[trace.Span
         kind=SpanKind.SERVER,
         attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
     )
-    token = context.attach(trace.set_span_in_context(span))
-    trace_id = trace_id_of(span)
-    if trace_id:
-        structlog.contextvars.bind_contextvars(trace_id=trace_id)
+    if not span.get_span_context().is_valid:  # traces off and no caller's trace: nothing to carry
+        try:
+            yield span
+        finally:
+            span.end()
+        return
+    current = trace.set_span_in_context(span)
+    token = context.attach(current)
+    structlog.contextvars.bind_contextvars(trace_id=trace_id_of(span))
     try:
         yield span
     finally:
-        # A stream whose caller went away is closed from another context (grpc's clean-up): that
-        # context never had our span, and the call's own context is discarded with its task.
-        if trace.get_current_span() is span:
+        # A stream whose caller went away may be closed from another context (grpc's clean-up): that
+        # context never held ours, and the call's own context is discarded with its task.
+        if context.get_current() is current:
             context.detach(token)
         span.end()
 
