@@ -302,6 +302,35 @@ async def test_m7_a_run_waiting_for_memory_is_admitted_in_order_when_memory_free
     assert pool.memory_reserved == 0 and pool.busy == 0
 
 
+async def test_the_slot_gauges_read_the_pool_at_scrape_time() -> None:
+    """zx_executor_slots, _slots_busy and _queue_length are the pool's own counts, not kept by hand."""
+    from prometheus_client import REGISTRY
+
+    pool = SlotPool(1, max_waiting=2, wait_timeout_s=10)
+    Executor(object(), slots=pool, limits=None, env=EnvPolicy())  # type: ignore[arg-type]  # only the pool is read
+    gauge = REGISTRY.get_sample_value
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with pool.slot():
+            await release.wait()
+
+    tasks = [asyncio.create_task(hold()) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    assert (
+        gauge("zx_executor_slots"),
+        gauge("zx_executor_slots_busy"),
+        gauge("zx_executor_queue_length"),
+    ) == (
+        1,
+        1,
+        2,
+    )
+    release.set()
+    await asyncio.gather(*tasks)
+    assert (gauge("zx_executor_slots_busy"), gauge("zx_executor_queue_length")) == (0, 0)
+
+
 # -- kill ---------------------------------------------------------------------------------------------
 
 TREE = """

@@ -290,6 +290,10 @@ class Executor:
         self, backend: SandboxBackend, *, slots: SlotPool, limits: LimitPolicy, env: EnvPolicy
     ) -> None:
         self.backend, self.slots, self.limit_policy, self.env_policy = backend, slots, limits, env
+        # Read from the pool when Prometheus scrapes (the executor a process serves: one per process).
+        SLOTS_TOTAL.set_function(lambda: slots.size)
+        SLOTS_BUSY.set_function(lambda: slots.busy)
+        QUEUE_LENGTH.set_function(lambda: slots.waiting)
 
     def job(self, req: ExecuteInput) -> JobSpec:
         """Check the request and apply defaults and ceilings; raises InvalidArgument with violations."""
@@ -315,22 +319,14 @@ class Executor:
         block kills whatever still runs and frees the slot."""
         spec = self.job(req)
         self.backend.check(spec)
-        QUEUE_LENGTH.set(self.slots.waiting + 1)
-        try:
-            async with self.slots.slot(spec.limits.memory_bytes) as slot:
-                QUEUE_LENGTH.set(self.slots.waiting)
-                SLOTS_BUSY.set(self.slots.busy)
-                SLOTS_TOTAL.set(self.slots.size)
-                run = self.backend.start(spec, slot)
-                events = _measured(run.events(), self.backend.name, time.monotonic())
-                execution = Execution(_Started(run, events))
-                try:
-                    yield execution
-                finally:
-                    await events.aclose()  # type: ignore[attr-defined]
-        finally:
-            QUEUE_LENGTH.set(self.slots.waiting)
-            SLOTS_BUSY.set(self.slots.busy)
+        async with self.slots.slot(spec.limits.memory_bytes) as slot:
+            run = self.backend.start(spec, slot)
+            events = _measured(run.events(), self.backend.name, time.monotonic())
+            execution = Execution(_Started(run, events))
+            try:
+                yield execution
+            finally:
+                await events.aclose()  # type: ignore[attr-defined]
 
     async def close(self) -> None:
         await self.backend.close()
