@@ -405,7 +405,7 @@ async def test_a_lost_node_ends_its_run_with_node_lost(
     seen: dict[str, float] = {}
     result = await asyncio.wait_for(_collect(run.events(), RunResult(), on_event), 60)
     assert run.placed.node_id == ray_cluster.node_b.node_id
-    assert result.finished.reason is ExitReason.SANDBOX_ERROR
+    assert result.finished.reason is ExitReason.NODE_LOST
     assert result.finished.message.startswith("NODE_LOST"), result.finished.message
     print(f"\nNODE_LOST {time.monotonic() - seen['removed']:.2f} s after the node was removed")
     # On a real cluster the lost machine takes its sandboxes with it; here the host lives on, and the

@@ -60,6 +60,7 @@ class ExitReason(enum.Enum):
     DISK_LIMIT = "disk_limit"
     CANCELLED = "cancelled"
     SANDBOX_ERROR = "sandbox_error"
+    NODE_LOST = "node_lost"
 
 
 @dataclass(frozen=True, slots=True)

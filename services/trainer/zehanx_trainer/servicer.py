@@ -88,6 +88,7 @@ _EXIT_REASONS = {
     ExitReason.DISK_LIMIT: executor_pb.EXIT_REASON_DISK_LIMIT,
     ExitReason.CANCELLED: executor_pb.EXIT_REASON_CANCELLED,
     ExitReason.SANDBOX_ERROR: executor_pb.EXIT_REASON_SANDBOX_ERROR,
+    ExitReason.NODE_LOST: executor_pb.EXIT_REASON_NODE_LOST,
 }
 _STREAMS = {"stdout": log_pb2.OUTPUT_STREAM_STDOUT, "stderr": log_pb2.OUTPUT_STREAM_STDERR}
 

@@ -860,6 +860,9 @@ class _Run:
             )
         if run.result.reason is ExitReason.SANDBOX_ERROR:
             raise Unavailable(f"the sandbox failed: {run.result.message}", reason="SANDBOX_ERROR")
+        if run.result.reason is ExitReason.NODE_LOST:
+            # Nothing of the lost run is kept; the caller runs the job again from its start.
+            raise Unavailable(run.result.message, reason="NODE_LOST")
         if run.result.reason is ExitReason.CANCELLED:
             # Our own cancellation arrives as CancelledError; this is the executor stopping the run.
             raise Unavailable(

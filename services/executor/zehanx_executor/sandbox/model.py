@@ -178,6 +178,8 @@ class ExitReason(enum.Enum):
     """The caller cancelled the run (or its gRPC deadline passed)."""
     SANDBOX_ERROR = "sandbox_error"
     """The sandbox itself failed (launch error, backend error); the message says what."""
+    NODE_LOST = "node_lost"
+    """The cluster node (or its worker process) running the run was lost; the run may have run in part."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -303,14 +303,16 @@ class _RayRun:
         from ray import exceptions as rex
 
         where = f"{self.placed.node_ip} ({self.placed.node_id[:12]})" if self.placed else "unknown"
+        reason = ExitReason.NODE_LOST
         if isinstance(exc, rex.NodeDiedError):
             message = f"NODE_LOST: the Ray node {where} running the run was lost; the run did not finish"
         elif isinstance(exc, rex.WorkerCrashedError):
             message = f"NODE_LOST: the Ray worker on {where} running the sandbox died"
         else:
+            reason = ExitReason.SANDBOX_ERROR
             message = f"the run failed on Ray node {where}: {str(exc).splitlines()[0][:300]}"
         log.warning("run lost", execution_id=self.spec.execution_id, node=where, error=type(exc).__name__)
-        return Finished(ExitReason.SANDBOX_ERROR, -1, 0, ResourceUsage(), message)
+        return Finished(reason, -1, 0, ResourceUsage(), message)
 
     async def _drain(self) -> None:
         from ray import exceptions as rex

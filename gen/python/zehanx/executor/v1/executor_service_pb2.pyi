@@ -47,6 +47,10 @@ class _ExitReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExitReason
     """The caller cancelled the call and the command was killed."""
     EXIT_REASON_SANDBOX_ERROR: _ExitReason.ValueType  # 8
     """The sandbox itself failed (setup, backend error); the command may not have run."""
+    EXIT_REASON_NODE_LOST: _ExitReason.ValueType  # 9
+    """The machine (cluster node) running the command was lost before it finished: the command may
+    have run in part. Nothing of it is kept; the caller may run it again from its start.
+    """
 
 class ExitReason(_ExitReason, metaclass=_ExitReasonEnumTypeWrapper):
     """Why an execution ended. New values may be added."""
@@ -69,6 +73,10 @@ EXIT_REASON_CANCELLED: ExitReason.ValueType  # 7
 """The caller cancelled the call and the command was killed."""
 EXIT_REASON_SANDBOX_ERROR: ExitReason.ValueType  # 8
 """The sandbox itself failed (setup, backend error); the command may not have run."""
+EXIT_REASON_NODE_LOST: ExitReason.ValueType  # 9
+"""The machine (cluster node) running the command was lost before it finished: the command may
+have run in part. Nothing of it is kept; the caller may run it again from its start.
+"""
 Global___ExitReason: _TypeAlias = ExitReason  # noqa: Y015
 
 @_typing.final
