@@ -60,6 +60,7 @@ EXPECTED_RPCS: dict[str, dict[str, str]] = {
         "Train": SERVER_STREAM,
         "Predict": UNARY,
         "ReadArtifact": SERVER_STREAM,
+        "ReleasePredictor": UNARY,
     },
 }
 SERVICE_MODULES = {

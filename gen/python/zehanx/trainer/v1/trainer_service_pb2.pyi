@@ -32,6 +32,38 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _PredictMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PredictModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PredictMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PREDICT_MODE_UNSPECIFIED: _PredictMode.ValueType  # 0
+    """Not set."""
+    PREDICT_MODE_RESIDENT: _PredictMode.ValueType  # 1
+    """A resident predictor (`load` once, `predict` per call) answered; started for this call when
+    `warm` is false.
+    """
+    PREDICT_MODE_ONE_SHOT: _PredictMode.ValueType  # 2
+    """`predict.py INPUT.jsonl OUTPUT.jsonl` ran once in a fresh sandbox, as the held-out evaluation
+    does. Always cold.
+    """
+
+class PredictMode(_PredictMode, metaclass=_PredictModeEnumTypeWrapper):
+    """How a Predict call was served."""
+
+PREDICT_MODE_UNSPECIFIED: PredictMode.ValueType  # 0
+"""Not set."""
+PREDICT_MODE_RESIDENT: PredictMode.ValueType  # 1
+"""A resident predictor (`load` once, `predict` per call) answered; started for this call when
+`warm` is false.
+"""
+PREDICT_MODE_ONE_SHOT: PredictMode.ValueType  # 2
+"""`predict.py INPUT.jsonl OUTPUT.jsonl` ran once in a fresh sandbox, as the held-out evaluation
+does. Always cold.
+"""
+Global___PredictMode: _TypeAlias = PredictMode  # noqa: Y015
+
 class _TrainStage:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -299,27 +331,95 @@ class PredictResponse(_message.Message):
 
     PREDICTIONS_FIELD_NUMBER: _builtins.int
     PREDICT_DURATION_FIELD_NUMBER: _builtins.int
+    WARM_FIELD_NUMBER: _builtins.int
+    RESTARTED_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    ONE_SHOT_REASON_FIELD_NUMBER: _builtins.int
+    warm: _builtins.bool
+    """True only when a resident predictor that had already loaded the model answered: no process
+    start and no model loading in this call.
+    """
+    restarted: _builtins.bool
+    """True when this call started a new predictor because the model's previous one had crashed or
+    been killed (that failure was the answer of the call in flight then).
+    """
+    mode: Global___PredictMode.ValueType
+    """How the call was served."""
+    one_shot_reason: _builtins.str
+    """Why the call ran `predict.py` once instead of in a resident predictor (mode ONE_SHOT): for
+    example "the executor's backend has no sessions". Empty otherwise.
+    """
     @_builtins.property
     def predictions(self) -> _containers.RepeatedCompositeFieldContainer[_prediction_pb2.Prediction]:
         """One prediction per instance, in request order."""
 
     @_builtins.property
     def predict_duration(self) -> _duration_pb2.Duration:
-        """Wall-clock time the prediction took in the sandbox, model loading included."""
+        """Wall-clock time of the call in the trainer, from the request to the predictions (a cold call
+        includes the sandbox start and the model loading).
+        """
 
     def __init__(
         self,
         *,
         predictions: _abc.Iterable[_prediction_pb2.Prediction] | None = ...,
         predict_duration: _duration_pb2.Duration | None = ...,
+        warm: _builtins.bool = ...,
+        restarted: _builtins.bool = ...,
+        mode: Global___PredictMode.ValueType = ...,
+        one_shot_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["predict_duration", b"predict_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["predict_duration", b"predict_duration", "predictions", b"predictions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "one_shot_reason", b"one_shot_reason", "predict_duration", b"predict_duration", "predictions", b"predictions", "restarted", b"restarted", "warm", b"warm"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PredictResponse: _TypeAlias = PredictResponse  # noqa: Y015
+
+@_typing.final
+class ReleasePredictorRequest(_message.Message):
+    """The request of TrainerService.ReleasePredictor."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARTIFACT_ID_FIELD_NUMBER: _builtins.int
+    artifact_id: _builtins.str
+    """Id of the stored model artifact whose predictor to end."""
+    def __init__(
+        self,
+        *,
+        artifact_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleasePredictorRequest: _TypeAlias = ReleasePredictorRequest  # noqa: Y015
+
+@_typing.final
+class ReleasePredictorResponse(_message.Message):
+    """The response of TrainerService.ReleasePredictor."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASED_FIELD_NUMBER: _builtins.int
+    released: _builtins.bool
+    """Whether a resident predictor of the model was running and has been ended."""
+    def __init__(
+        self,
+        *,
+        released: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["released", b"released"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleasePredictorResponse: _TypeAlias = ReleasePredictorResponse  # noqa: Y015
 
 @_typing.final
 class ModelMetadata(_message.Message):

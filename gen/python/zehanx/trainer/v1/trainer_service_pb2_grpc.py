@@ -48,6 +48,11 @@ class TrainerServiceStub:
                 request_serializer=zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.PredictRequest.SerializeToString,
                 response_deserializer=zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.ReleasePredictor = channel.unary_unary(
+                '/zehanx.trainer.v1.TrainerService/ReleasePredictor',
+                request_serializer=zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.ReleasePredictorRequest.SerializeToString,
+                response_deserializer=zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.ReleasePredictorResponse.FromString,
+                _registered_method=True)
         self.ReadArtifact = channel.unary_stream(
                 '/zehanx.trainer.v1.TrainerService/ReadArtifact',
                 request_serializer=zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.ReadArtifactRequest.SerializeToString,
@@ -80,9 +85,24 @@ class TrainerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Predict(self, request, context):
-        """Runs a stored model's `predict.py` in the sandbox on the given inputs. NOT_FOUND when the
-        artifact does not exist; INVALID_ARGUMENT when the inputs do not fit the model (with the
-        program's error in the message).
+        """Answers a batch of inputs with a stored model's `predict.py`, in the sandbox. The trainer keeps
+        a bounded pool of resident predictors (one sandboxed process per model, which loaded the model
+        once; least recently used ended first): a call to a model whose predictor is resident is warm.
+        When the executor has no sessions, or the model's `predict.py` offers no `load` / `predict`,
+        the call runs `predict.py` once from its file entry point (cold, `mode` ONE_SHOT).
+
+        NOT_FOUND when the artifact does not exist; INVALID_ARGUMENT when the inputs do not fit the
+        model (with the program's error in the message); ABORTED (reason PREDICTOR_CRASHED) when the
+        model's predictor died during this call (the next call starts a new one);
+        RESOURCE_EXHAUSTED when predict.py hit a limit or no sandbox is free.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleasePredictor(self, request, context):
+        """Ends the resident predictor of a model, if there is one (the gateway calls it when the model is
+        deleted). Idempotent: `released` says whether a predictor was running.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +134,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.PredictRequest.FromString,
                     response_serializer=zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.PredictResponse.SerializeToString,
+            ),
+            'ReleasePredictor': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleasePredictor,
+                    request_deserializer=zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.ReleasePredictorRequest.FromString,
+                    response_serializer=zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.ReleasePredictorResponse.SerializeToString,
             ),
             'ReadArtifact': grpc.unary_stream_rpc_method_handler(
                     servicer.ReadArtifact,
@@ -179,6 +204,33 @@ class TrainerService:
             '/zehanx.trainer.v1.TrainerService/Predict',
             zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.PredictRequest.SerializeToString,
             zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleasePredictor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zehanx.trainer.v1.TrainerService/ReleasePredictor',
+            zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.ReleasePredictorRequest.SerializeToString,
+            zehanx_dot_trainer_dot_v1_dot_trainer__service__pb2.ReleasePredictorResponse.FromString,
             options,
             channel_credentials,
             insecure,

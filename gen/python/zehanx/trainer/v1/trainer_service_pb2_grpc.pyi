@@ -51,9 +51,20 @@ class TrainerServiceStub:
     its sandbox within a second.
     """
     Predict: _grpc.UnaryUnaryMultiCallable[_trainer_service_pb2.PredictRequest, _trainer_service_pb2.PredictResponse]
-    """Runs a stored model's `predict.py` in the sandbox on the given inputs. NOT_FOUND when the
-    artifact does not exist; INVALID_ARGUMENT when the inputs do not fit the model (with the
-    program's error in the message).
+    """Answers a batch of inputs with a stored model's `predict.py`, in the sandbox. The trainer keeps
+    a bounded pool of resident predictors (one sandboxed process per model, which loaded the model
+    once; least recently used ended first): a call to a model whose predictor is resident is warm.
+    When the executor has no sessions, or the model's `predict.py` offers no `load` / `predict`,
+    the call runs `predict.py` once from its file entry point (cold, `mode` ONE_SHOT).
+
+    NOT_FOUND when the artifact does not exist; INVALID_ARGUMENT when the inputs do not fit the
+    model (with the program's error in the message); ABORTED (reason PREDICTOR_CRASHED) when the
+    model's predictor died during this call (the next call starts a new one);
+    RESOURCE_EXHAUSTED when predict.py hit a limit or no sandbox is free.
+    """
+    ReleasePredictor: _grpc.UnaryUnaryMultiCallable[_trainer_service_pb2.ReleasePredictorRequest, _trainer_service_pb2.ReleasePredictorResponse]
+    """Ends the resident predictor of a model, if there is one (the gateway calls it when the model is
+    deleted). Idempotent: `released` says whether a predictor was running.
     """
     ReadArtifact: _grpc.UnaryStreamMultiCallable[_trainer_service_pb2.ReadArtifactRequest, _trainer_service_pb2.ReadArtifactResponse]
     """Streams a stored model as one zip archive: a header (name, size, SHA-256), then the bytes in
@@ -89,9 +100,20 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     its sandbox within a second.
     """
     Predict: _aio.UnaryUnaryMultiCallable[_trainer_service_pb2.PredictRequest, _trainer_service_pb2.PredictResponse]  # type: ignore[assignment]
-    """Runs a stored model's `predict.py` in the sandbox on the given inputs. NOT_FOUND when the
-    artifact does not exist; INVALID_ARGUMENT when the inputs do not fit the model (with the
-    program's error in the message).
+    """Answers a batch of inputs with a stored model's `predict.py`, in the sandbox. The trainer keeps
+    a bounded pool of resident predictors (one sandboxed process per model, which loaded the model
+    once; least recently used ended first): a call to a model whose predictor is resident is warm.
+    When the executor has no sessions, or the model's `predict.py` offers no `load` / `predict`,
+    the call runs `predict.py` once from its file entry point (cold, `mode` ONE_SHOT).
+
+    NOT_FOUND when the artifact does not exist; INVALID_ARGUMENT when the inputs do not fit the
+    model (with the program's error in the message); ABORTED (reason PREDICTOR_CRASHED) when the
+    model's predictor died during this call (the next call starts a new one);
+    RESOURCE_EXHAUSTED when predict.py hit a limit or no sandbox is free.
+    """
+    ReleasePredictor: _aio.UnaryUnaryMultiCallable[_trainer_service_pb2.ReleasePredictorRequest, _trainer_service_pb2.ReleasePredictorResponse]  # type: ignore[assignment]
+    """Ends the resident predictor of a model, if there is one (the gateway calls it when the model is
+    deleted). Idempotent: `released` says whether a predictor was running.
     """
     ReadArtifact: _aio.UnaryStreamMultiCallable[_trainer_service_pb2.ReadArtifactRequest, _trainer_service_pb2.ReadArtifactResponse]  # type: ignore[assignment]
     """Streams a stored model as one zip archive: a header (name, size, SHA-256), then the bytes in
@@ -136,9 +158,26 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _trainer_service_pb2.PredictRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_service_pb2.PredictResponse, _abc.Awaitable[_trainer_service_pb2.PredictResponse]]:
-        """Runs a stored model's `predict.py` in the sandbox on the given inputs. NOT_FOUND when the
-        artifact does not exist; INVALID_ARGUMENT when the inputs do not fit the model (with the
-        program's error in the message).
+        """Answers a batch of inputs with a stored model's `predict.py`, in the sandbox. The trainer keeps
+        a bounded pool of resident predictors (one sandboxed process per model, which loaded the model
+        once; least recently used ended first): a call to a model whose predictor is resident is warm.
+        When the executor has no sessions, or the model's `predict.py` offers no `load` / `predict`,
+        the call runs `predict.py` once from its file entry point (cold, `mode` ONE_SHOT).
+
+        NOT_FOUND when the artifact does not exist; INVALID_ARGUMENT when the inputs do not fit the
+        model (with the program's error in the message); ABORTED (reason PREDICTOR_CRASHED) when the
+        model's predictor died during this call (the next call starts a new one);
+        RESOURCE_EXHAUSTED when predict.py hit a limit or no sandbox is free.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleasePredictor(
+        self,
+        request: _trainer_service_pb2.ReleasePredictorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_service_pb2.ReleasePredictorResponse, _abc.Awaitable[_trainer_service_pb2.ReleasePredictorResponse]]:
+        """Ends the resident predictor of a model, if there is one (the gateway calls it when the model is
+        deleted). Idempotent: `released` says whether a predictor was running.
         """
 
     @_abc_1.abstractmethod
