@@ -15,7 +15,7 @@ from zehanx.executor.v1 import executor_service_pb2, executor_service_pb2_grpc
 from zehanx.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc, job_event_pb2
 from zehanx.trainer.v1 import trainer_service_pb2, trainer_service_pb2_grpc
 
-UNARY, SERVER_STREAM, CLIENT_STREAM = "unary", "server-stream", "client-stream"
+UNARY, SERVER_STREAM, CLIENT_STREAM, BIDI_STREAM = "unary", "server-stream", "client-stream", "bidi-stream"
 
 # Every service and its RPCs, with their shape.
 EXPECTED_RPCS: dict[str, dict[str, str]] = {
@@ -55,7 +55,8 @@ EXPECTED_RPCS: dict[str, dict[str, str]] = {
         "GenerateProgram": UNARY,
         "RepairProgram": UNARY,
     },
-    "zehanx.executor.v1.ExecutorService": {"Execute": SERVER_STREAM},
+    # Session: the one bidirectional stream (a warm sandbox: calls in, replies out).
+    "zehanx.executor.v1.ExecutorService": {"Execute": SERVER_STREAM, "Session": BIDI_STREAM},
     "zehanx.trainer.v1.TrainerService": {
         "Train": SERVER_STREAM,
         "Predict": UNARY,
@@ -131,9 +132,10 @@ def test_every_contract_file_is_generated_and_importable() -> None:
 @pytest.mark.parametrize("service_name", sorted(EXPECTED_RPCS))
 def test_service_has_exactly_the_listed_rpcs(service_name: str) -> None:
     service = _service(service_name)
-    assert not any(m.client_streaming and m.server_streaming for m in service.methods), "no bidi streams"
     shapes = {
-        method.name: CLIENT_STREAM
+        method.name: BIDI_STREAM
+        if method.client_streaming and method.server_streaming
+        else CLIENT_STREAM
         if method.client_streaming
         else SERVER_STREAM
         if method.server_streaming
@@ -193,6 +195,7 @@ def test_every_list_rpc_paginates() -> None:
 def test_streams_carry_sequence_and_event_time() -> None:
     streamed = [
         executor_service_pb2.ExecuteResponse,
+        executor_service_pb2.SessionResponse,
         trainer_service_pb2.TrainResponse,
         crawler_service_pb2.BuildDatasetResponse,
         job_event_pb2.JobEvent,

@@ -234,6 +234,290 @@ class ExecuteResponse(_message.Message):
 Global___ExecuteResponse: _TypeAlias = ExecuteResponse  # noqa: Y015
 
 @_typing.final
+class SessionRequest(_message.Message):
+    """One message of the caller's side of ExecutorService.Session: `start` first, then calls."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    CALL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start(self) -> Global___SessionStart:
+        """Starts the session. Only in the first message."""
+
+    @_builtins.property
+    def call(self) -> Global___SessionCall:
+        """One request for the process. Only after `start`."""
+
+    def __init__(
+        self,
+        *,
+        start: Global___SessionStart | None = ...,
+        call: Global___SessionCall | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "request", b"request", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "request", b"request", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_request: _TypeAlias = _typing.Literal["start", "call"]  # noqa: Y015
+    _WhichOneofArgType_request: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_request) -> _WhichOneofReturnType_request | None: ...
+
+Global___SessionRequest: _TypeAlias = SessionRequest  # noqa: Y015
+
+@_typing.final
+class SessionStart(_message.Message):
+    """The process a session keeps alive: the fields mean what they mean in ExecuteRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    ARGV_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    MAX_IDLE_DURATION_FIELD_NUMBER: _builtins.int
+    execution_id: _builtins.str
+    """Id of this session (a UUID), used in logs. The server assigns one when empty and reports it
+    in `SessionReady`.
+    """
+    job_id: _builtins.str
+    """Id of the job (or model) this session belongs to (a UUID), for logs only."""
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecutionFile]:
+        """Files written into the sandbox's working folder before the process starts. Paths are unique."""
+
+    @_builtins.property
+    def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The command and its arguments (for example ["python", "serve.py"]). The first item names the
+        program and must not be empty.
+        """
+
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Environment variables for the process, on the same allow-list as Execute's."""
+
+    @_builtins.property
+    def limits(self) -> Global___Limits:
+        """Limits of the session; unset fields take the server's defaults. The wall-clock and CPU-time
+        limits cover the session's whole life; the memory limit counts against the sessions' total.
+        """
+
+    @_builtins.property
+    def max_idle_duration(self) -> _duration_pb2.Duration:
+        """The session ends (reason TIMEOUT) after this long with no unanswered call. Unset: the server's
+        default; above the server's ceiling: lowered to it. At most 24 hours.
+        """
+
+    def __init__(
+        self,
+        *,
+        execution_id: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        files: _abc.Iterable[Global___ExecutionFile] | None = ...,
+        argv: _abc.Iterable[_builtins.str] | None = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        limits: Global___Limits | None = ...,
+        max_idle_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "max_idle_duration", b"max_idle_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "env", b"env", "execution_id", b"execution_id", "files", b"files", "job_id", b"job_id", "limits", b"limits", "max_idle_duration", b"max_idle_duration"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionStart: _TypeAlias = SessionStart  # noqa: Y015
+
+@_typing.final
+class SessionCall(_message.Message):
+    """One request for the sandboxed process, written to its stdin as one line."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.int
+    """The caller's id of the call, echoed in its `SessionReply` (the server does not interpret it)."""
+    payload: _builtins.bytes
+    """The request, written to the process's stdin followed by a newline. At most 32 MiB, and it must
+    not contain a newline byte (INVALID_ARGUMENT): send JSON on one line, or base64.
+    """
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.int = ...,
+        payload: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionCall: _TypeAlias = SessionCall  # noqa: Y015
+
+@_typing.final
+class SessionResponse(_message.Message):
+    """One message of the server's side of ExecutorService.Session. Messages are numbered from 1
+    without gaps; the first carries `ready` and the last `ended`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
+    READY_FIELD_NUMBER: _builtins.int
+    REPLY_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Position of the message in the stream, from 1, without gaps."""
+    @_builtins.property
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """When the event happened on the server."""
+
+    @_builtins.property
+    def ready(self) -> Global___SessionReady:
+        """The sandbox is set up and the process is started (it may still be loading: the reply to
+        the first call comes when it has read the call).
+        """
+
+    @_builtins.property
+    def reply(self) -> Global___SessionReply:
+        """The process's answer to one call."""
+
+    @_builtins.property
+    def output(self) -> Global___OutputChunk:
+        """A chunk of the process's stderr, or stdout written while no call was waiting."""
+
+    @_builtins.property
+    def ended(self) -> Global___ExecutionResult:
+        """How the session ended. Always the last message."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
+        ready: Global___SessionReady | None = ...,
+        reply: Global___SessionReply | None = ...,
+        output: Global___OutputChunk | None = ...,
+        ended: Global___ExecutionResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ended", b"ended", "event", b"event", "event_time", b"event_time", "output", b"output", "ready", b"ready", "reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended", b"ended", "event", b"event", "event_time", b"event_time", "output", b"output", "ready", b"ready", "reply", b"reply", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["ready", "reply", "output", "ended"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___SessionResponse: _TypeAlias = SessionResponse  # noqa: Y015
+
+@_typing.final
+class SessionReady(_message.Message):
+    """The session's process is started."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
+    SANDBOX_DESCRIPTION_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_LIMITS_FIELD_NUMBER: _builtins.int
+    MAX_IDLE_DURATION_FIELD_NUMBER: _builtins.int
+    START_DURATION_FIELD_NUMBER: _builtins.int
+    execution_id: _builtins.str
+    """Id of the session (the request's, or the one the server assigned)."""
+    backend: _builtins.str
+    """Name of the backend that runs the process (for example "local")."""
+    sandbox_description: _builtins.str
+    """A short description of the isolation in force, for logs."""
+    @_builtins.property
+    def effective_limits(self) -> Global___Limits:
+        """The limits in force after defaults and ceilings were applied."""
+
+    @_builtins.property
+    def max_idle_duration(self) -> _duration_pb2.Duration:
+        """The idle timeout in force."""
+
+    @_builtins.property
+    def start_duration(self) -> _duration_pb2.Duration:
+        """Time from the request to the process being started (slot, job folder, cgroups, launch)."""
+
+    def __init__(
+        self,
+        *,
+        execution_id: _builtins.str = ...,
+        backend: _builtins.str = ...,
+        sandbox_description: _builtins.str = ...,
+        effective_limits: Global___Limits | None = ...,
+        max_idle_duration: _duration_pb2.Duration | None = ...,
+        start_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_limits", b"effective_limits", "max_idle_duration", b"max_idle_duration", "start_duration", b"start_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "effective_limits", b"effective_limits", "execution_id", b"execution_id", "max_idle_duration", b"max_idle_duration", "sandbox_description", b"sandbox_description", "start_duration", b"start_duration"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionReady: _TypeAlias = SessionReady  # noqa: Y015
+
+@_typing.final
+class SessionReply(_message.Message):
+    """The process's answer to one call: the stdout line it wrote, without the newline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    CALL_DURATION_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.int
+    """The id of the call this answers."""
+    payload: _builtins.bytes
+    """The line the process wrote, without its newline."""
+    @_builtins.property
+    def call_duration(self) -> _duration_pb2.Duration:
+        """Time from the call's payload being written to the process to its reply being read (it
+        includes the time the call waited behind earlier unanswered calls).
+        """
+
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.int = ...,
+        payload: _builtins.bytes = ...,
+        call_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call_duration", b"call_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_duration", b"call_duration", "call_id", b"call_id", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionReply: _TypeAlias = SessionReply  # noqa: Y015
+
+@_typing.final
 class ExecutionFile(_message.Message):
     """A file placed in the sandbox before the command starts."""
 

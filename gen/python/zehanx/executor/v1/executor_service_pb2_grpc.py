@@ -43,6 +43,11 @@ class ExecutorServiceStub:
                 request_serializer=zehanx_dot_executor_dot_v1_dot_executor__service__pb2.ExecuteRequest.SerializeToString,
                 response_deserializer=zehanx_dot_executor_dot_v1_dot_executor__service__pb2.ExecuteResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/zehanx.executor.v1.ExecutorService/Session',
+                request_serializer=zehanx_dot_executor_dot_v1_dot_executor__service__pb2.SessionRequest.SerializeToString,
+                response_deserializer=zehanx_dot_executor_dot_v1_dot_executor__service__pb2.SessionResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer:
@@ -67,6 +72,37 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """Keeps one sandboxed process alive (a warm sandbox, for example a model's predictor) and feeds
+        it requests. The first request carries `start` (the same job as an ExecuteRequest); every later
+        one carries a `call`. The first response is `ready`, then `reply` (one per call, in call order)
+        and `output` messages, and always last `ended`.
+
+        Framing inside the sandbox: each call's payload is written to the process's stdin as one line
+        (payload + "\n"); the process answers each call with one line on stdout, in order. Lines the
+        process writes to stdout while no call is waiting, and all of stderr, come back as `output`.
+        Calls may be sent before earlier ones are answered: they queue in the process's stdin and are
+        answered in order (at most 64 unanswered; more answers FAILED_PRECONDITION). The session runs
+        with the same isolation and limits as Execute: the wall-clock and CPU-time limits cover its
+        whole life, the output limit covers stderr and stray stdout (not replies). It ends when the
+        caller half-closes (stdin is closed and the process exits: COMPLETED on status 0), after
+        `max_idle_duration` with no unanswered call (TIMEOUT), at a limit, when the process exits or
+        crashes on its own (FAILED with the end of its stderr in the message), or when a reply line is
+        longer than 32 MiB (OUTPUT_LIMIT). Cancelling the call kills the process tree within a second.
+
+        Sessions have their own capacity, apart from Execute's slots: a number of sessions and a total
+        of their memory limits. Beyond either the call fails at once with RESOURCE_EXHAUSTED, reason
+        SESSION_CAPACITY (ErrorInfo metadata: session_slots, sessions_open, session_memory_bytes,
+        session_memory_reserved_bytes, memory_bytes); a session asking for more memory than the whole
+        total answers FAILED_PRECONDITION, reason SESSION_MEMORY_BUDGET. A backend without sessions
+        (E2B, Ray) answers FAILED_PRECONDITION, reason SESSIONS_UNSUPPORTED. Other errors are those of
+        Execute; a bad call (a newline in its payload, a second `start`) is INVALID_ARGUMENT and ends
+        the session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +110,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.Execute,
                     request_deserializer=zehanx_dot_executor_dot_v1_dot_executor__service__pb2.ExecuteRequest.FromString,
                     response_serializer=zehanx_dot_executor_dot_v1_dot_executor__service__pb2.ExecuteResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=zehanx_dot_executor_dot_v1_dot_executor__service__pb2.SessionRequest.FromString,
+                    response_serializer=zehanx_dot_executor_dot_v1_dot_executor__service__pb2.SessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -107,6 +148,33 @@ class ExecutorService:
             '/zehanx.executor.v1.ExecutorService/Execute',
             zehanx_dot_executor_dot_v1_dot_executor__service__pb2.ExecuteRequest.SerializeToString,
             zehanx_dot_executor_dot_v1_dot_executor__service__pb2.ExecuteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/zehanx.executor.v1.ExecutorService/Session',
+            zehanx_dot_executor_dot_v1_dot_executor__service__pb2.SessionRequest.SerializeToString,
+            zehanx_dot_executor_dot_v1_dot_executor__service__pb2.SessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

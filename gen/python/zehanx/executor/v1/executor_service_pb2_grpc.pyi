@@ -48,6 +48,33 @@ class ExecutorServiceStub:
     lacks something the request needs, such as a GPU). Cancelling the call kills the sandboxed
     processes within a second.
     """
+    Session: _grpc.StreamStreamMultiCallable[_executor_service_pb2.SessionRequest, _executor_service_pb2.SessionResponse]
+    """Keeps one sandboxed process alive (a warm sandbox, for example a model's predictor) and feeds
+    it requests. The first request carries `start` (the same job as an ExecuteRequest); every later
+    one carries a `call`. The first response is `ready`, then `reply` (one per call, in call order)
+    and `output` messages, and always last `ended`.
+
+    Framing inside the sandbox: each call's payload is written to the process's stdin as one line
+    (payload + "\\n"); the process answers each call with one line on stdout, in order. Lines the
+    process writes to stdout while no call is waiting, and all of stderr, come back as `output`.
+    Calls may be sent before earlier ones are answered: they queue in the process's stdin and are
+    answered in order (at most 64 unanswered; more answers FAILED_PRECONDITION). The session runs
+    with the same isolation and limits as Execute: the wall-clock and CPU-time limits cover its
+    whole life, the output limit covers stderr and stray stdout (not replies). It ends when the
+    caller half-closes (stdin is closed and the process exits: COMPLETED on status 0), after
+    `max_idle_duration` with no unanswered call (TIMEOUT), at a limit, when the process exits or
+    crashes on its own (FAILED with the end of its stderr in the message), or when a reply line is
+    longer than 32 MiB (OUTPUT_LIMIT). Cancelling the call kills the process tree within a second.
+
+    Sessions have their own capacity, apart from Execute's slots: a number of sessions and a total
+    of their memory limits. Beyond either the call fails at once with RESOURCE_EXHAUSTED, reason
+    SESSION_CAPACITY (ErrorInfo metadata: session_slots, sessions_open, session_memory_bytes,
+    session_memory_reserved_bytes, memory_bytes); a session asking for more memory than the whole
+    total answers FAILED_PRECONDITION, reason SESSION_MEMORY_BUDGET. A backend without sessions
+    (E2B, Ray) answers FAILED_PRECONDITION, reason SESSIONS_UNSUPPORTED. Other errors are those of
+    Execute; a bad call (a newline in its payload, a second `start`) is INVALID_ARGUMENT and ends
+    the session.
+    """
 
 @_typing.type_check_only
 class ExecutorServiceAsyncStub(ExecutorServiceStub):
@@ -68,6 +95,33 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     sandbox slot), UNAVAILABLE (the backend is unreachable), FAILED_PRECONDITION (the backend
     lacks something the request needs, such as a GPU). Cancelling the call kills the sandboxed
     processes within a second.
+    """
+    Session: _aio.StreamStreamMultiCallable[_executor_service_pb2.SessionRequest, _executor_service_pb2.SessionResponse]  # type: ignore[assignment]
+    """Keeps one sandboxed process alive (a warm sandbox, for example a model's predictor) and feeds
+    it requests. The first request carries `start` (the same job as an ExecuteRequest); every later
+    one carries a `call`. The first response is `ready`, then `reply` (one per call, in call order)
+    and `output` messages, and always last `ended`.
+
+    Framing inside the sandbox: each call's payload is written to the process's stdin as one line
+    (payload + "\\n"); the process answers each call with one line on stdout, in order. Lines the
+    process writes to stdout while no call is waiting, and all of stderr, come back as `output`.
+    Calls may be sent before earlier ones are answered: they queue in the process's stdin and are
+    answered in order (at most 64 unanswered; more answers FAILED_PRECONDITION). The session runs
+    with the same isolation and limits as Execute: the wall-clock and CPU-time limits cover its
+    whole life, the output limit covers stderr and stray stdout (not replies). It ends when the
+    caller half-closes (stdin is closed and the process exits: COMPLETED on status 0), after
+    `max_idle_duration` with no unanswered call (TIMEOUT), at a limit, when the process exits or
+    crashes on its own (FAILED with the end of its stderr in the message), or when a reply line is
+    longer than 32 MiB (OUTPUT_LIMIT). Cancelling the call kills the process tree within a second.
+
+    Sessions have their own capacity, apart from Execute's slots: a number of sessions and a total
+    of their memory limits. Beyond either the call fails at once with RESOURCE_EXHAUSTED, reason
+    SESSION_CAPACITY (ErrorInfo metadata: session_slots, sessions_open, session_memory_bytes,
+    session_memory_reserved_bytes, memory_bytes); a session asking for more memory than the whole
+    total answers FAILED_PRECONDITION, reason SESSION_MEMORY_BUDGET. A backend without sessions
+    (E2B, Ray) answers FAILED_PRECONDITION, reason SESSIONS_UNSUPPORTED. Other errors are those of
+    Execute; a bad call (a newline in its payload, a second `start`) is INVALID_ARGUMENT and ends
+    the session.
     """
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -92,6 +146,39 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         sandbox slot), UNAVAILABLE (the backend is unreachable), FAILED_PRECONDITION (the backend
         lacks something the request needs, such as a GPU). Cancelling the call kills the sandboxed
         processes within a second.
+        """
+
+    @_abc_1.abstractmethod
+    def Session(
+        self,
+        request_iterator: _MaybeAsyncIterator[_executor_service_pb2.SessionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_executor_service_pb2.SessionResponse], _abc.AsyncIterator[_executor_service_pb2.SessionResponse]]:
+        """Keeps one sandboxed process alive (a warm sandbox, for example a model's predictor) and feeds
+        it requests. The first request carries `start` (the same job as an ExecuteRequest); every later
+        one carries a `call`. The first response is `ready`, then `reply` (one per call, in call order)
+        and `output` messages, and always last `ended`.
+
+        Framing inside the sandbox: each call's payload is written to the process's stdin as one line
+        (payload + "\\n"); the process answers each call with one line on stdout, in order. Lines the
+        process writes to stdout while no call is waiting, and all of stderr, come back as `output`.
+        Calls may be sent before earlier ones are answered: they queue in the process's stdin and are
+        answered in order (at most 64 unanswered; more answers FAILED_PRECONDITION). The session runs
+        with the same isolation and limits as Execute: the wall-clock and CPU-time limits cover its
+        whole life, the output limit covers stderr and stray stdout (not replies). It ends when the
+        caller half-closes (stdin is closed and the process exits: COMPLETED on status 0), after
+        `max_idle_duration` with no unanswered call (TIMEOUT), at a limit, when the process exits or
+        crashes on its own (FAILED with the end of its stderr in the message), or when a reply line is
+        longer than 32 MiB (OUTPUT_LIMIT). Cancelling the call kills the process tree within a second.
+
+        Sessions have their own capacity, apart from Execute's slots: a number of sessions and a total
+        of their memory limits. Beyond either the call fails at once with RESOURCE_EXHAUSTED, reason
+        SESSION_CAPACITY (ErrorInfo metadata: session_slots, sessions_open, session_memory_bytes,
+        session_memory_reserved_bytes, memory_bytes); a session asking for more memory than the whole
+        total answers FAILED_PRECONDITION, reason SESSION_MEMORY_BUDGET. A backend without sessions
+        (E2B, Ray) answers FAILED_PRECONDITION, reason SESSIONS_UNSUPPORTED. Other errors are those of
+        Execute; a bad call (a newline in its payload, a second `start`) is INVALID_ARGUMENT and ends
+        the session.
         """
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
