@@ -16,6 +16,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import e2e_support
 import pytest
 from e2e_support import (
     Harness,
@@ -364,3 +365,102 @@ async def test_a_worker_that_lost_its_lease_can_write_no_more_events(open_gatewa
     texts = [e.payload.get("text") for e in _of(events, "log_line")]
     # Within one batch, the order between different writers' events is not defined.
     assert texts[0] == "before" and sorted(texts[1:]) == ["api", "fresh"]
+
+
+class NodeLostTrainer:
+    """The real trainer, except that its first ``lose`` Train calls end right after the full run's first
+    metrics the way a lost Ray node ends them at the trainer: UNAVAILABLE with reason NODE_LOST (the real
+    call is cancelled as it would be, so the trainer stops that run's sandbox). Everything else, the
+    second run and the model's archive, is the real trainer's."""
+
+    def __init__(self, address: str, lose: int) -> None:
+        from zehanx_gateway.orchestrator.clients import GrpcTrainer
+
+        self.real = GrpcTrainer(address, e2e_support.TOKEN)
+        self.lose = lose
+        self.calls = 0
+
+    async def train(self, request, *, timeout_s: float):
+        from contextlib import aclosing
+
+        from zehanx_runtime import errors
+
+        self.calls += 1
+        lose = self.calls <= self.lose
+        async with aclosing(self.real.train(request, timeout_s=timeout_s)) as stream:
+            async for message in stream:
+                yield message
+                if lose and message.WhichOneof("event") == "metrics" and not message.metrics.smoke:
+                    raise errors.Unavailable(
+                        "NODE_LOST: the Ray node 10.0.0.9 (0123456789ab) running the run was lost; "
+                        "the run did not finish",
+                        reason="NODE_LOST",
+                    )
+
+    def read_artifact(self, artifact_id: str, *, timeout_s: float):
+        return self.real.read_artifact(artifact_id, timeout_s=timeout_s)
+
+
+async def _node_lost_harness(gateway, sandbox: Sandbox, lose: int, **settings: object):
+    from zehanx_gateway.orchestrator.runner import start_workers
+
+    dataset = tiny_dataset(sandbox.dataset_root)
+    trainer = NodeLostTrainer(sandbox.trainer.address, lose)
+    codegen = ScriptedCodegen(plan_for(dataset, ["x"], "threshold"), tiny_program("honest"), [])
+    workers = start_workers(
+        gateway,
+        e2e_support.worker_settings(**settings),
+        crawler=StaticCrawler(dataset),
+        codegen=codegen,
+        trainer=trainer,
+    )
+    user_id = await gateway.registry.user_by_name("e2e", create=True)
+    return Harness(gateway, [workers], Principal(user_id, AuthMethod.API_KEY, "test")), trainer
+
+
+async def test_a_run_whose_node_is_lost_trains_again_from_its_start_with_one_marker_and_no_gap(
+    open_gateway, sandbox: Sandbox
+) -> None:
+    harness, trainer = await _node_lost_harness(open_gateway, sandbox, lose=1)
+    try:
+        created = await harness.create("Tell positive from negative x")
+        job = await harness.wait_terminal(created.id, within=120)
+    finally:
+        await _close(harness)
+        await trainer.real.close()
+    events = await harness.events(created.id)
+    assert job.state is JobState.SUCCEEDED, (job.error, [(e.kind, dict(e.payload)) for e in events[-5:]])
+    assert trainer.calls == 2
+    _contiguous(events)  # numbered 1..n: nothing lost, nothing written twice
+    marks = [e for e in _of(events, "log_line") if e.payload.get("text", "").startswith("node lost:")]
+    assert len(marks) == 1, [e.payload.get("text") for e in _of(events, "log_line")]
+    assert "run 2 of at most 3" in marks[0].payload["text"] and "10.0.0.9" in marks[0].payload["text"]
+    mark = marks[0].sequence
+    full = [e for e in _of(events, "training_metrics") if not e.payload.get("smoke")]
+    before = [e for e in full if e.sequence < mark]
+    after = [e for e in full if e.sequence > mark]
+    # The lost run's first metrics are kept (the caller saw them); the new run starts again at step 1.
+    assert [int(e.payload["step"]) for e in before] == [1]
+    assert int(after[0].payload["step"]) == 1 and len(after) > 1
+    # Exactly one evaluation and one model: the lost run left nothing behind but its events.
+    assert len(_of(events, "evaluation_result")) == 1 and len(_of(events, "model_published")) == 1
+    assert job.attempt == 1, "the same job attempt trained again; no worker hand-over"
+
+
+async def test_a_node_lost_again_and_again_fails_the_job_with_node_lost(
+    open_gateway, sandbox: Sandbox
+) -> None:
+    harness, trainer = await _node_lost_harness(open_gateway, sandbox, lose=99, node_lost_retries=1)
+    try:
+        created = await harness.create("Tell positive from negative x")
+        job = await harness.wait_terminal(created.id, within=120)
+    finally:
+        await _close(harness)
+        await trainer.real.close()
+    events = await harness.events(created.id)
+    assert job.state is JobState.FAILED and job.error is not None
+    assert job.error.reason == "NODE_LOST" and "lost 2 time(s)" in job.error.message
+    assert trainer.calls == 2  # one run, then node_lost_retries=1 more
+    _contiguous(events)
+    marks = [e for e in _of(events, "log_line") if e.payload.get("text", "").startswith("node lost:")]
+    assert len(marks) == 1 and "run 2 of at most 2" in marks[0].payload["text"]

@@ -13,6 +13,7 @@ import { drawChart, type Series } from "../chart.js";
 import { duration, num, seconds, stageName, stateName, TERMINAL, when } from "../format.js";
 import { downloadButton } from "../download.js";
 import { JobEventSchema, type JobEvent } from "../gen/zehanx/gateway/v1/job_event_pb.js";
+import { LogSource } from "../gen/zehanx/common/v1/log_pb.js";
 import { JobStage, JobState, type Job } from "../gen/zehanx/gateway/v1/job_pb.js";
 import type { PageContext } from "../main.js";
 
@@ -96,6 +97,10 @@ export async function jobPage(ctx: PageContext): Promise<void> {
   const trainLoss: [number, number][] = [];
   const validation = new Map<string, [number, number][]>();
   const sequences: number[] = [];
+  // Training runs lost with their node (the gateway trained again from the start): drawn apart, dashed,
+  // so the new run's steps are never spliced into the lost run's curve.
+  const lostRuns: Series[] = [];
+  let run = 1;
   let lastEta = 0;
   let lastEtaAt = 0;
   const reachedStages = new Set<JobStage>();
@@ -160,7 +165,8 @@ export async function jobPage(ctx: PageContext): Promise<void> {
 
   function renderChart(): void {
     const val = [...validation.entries()];
-    const lossSeries: Series[] = [{ name: "training loss", cls: "s0", points: trainLoss }];
+    const current = run > 1 ? `training loss (run ${run})` : "training loss";
+    const lossSeries: Series[] = [...lostRuns, { name: current, cls: "s0", points: trainLoss }];
     const metricSeries: Series[] = [];
     for (const [name, pts] of val) {
       if (name === "loss") lossSeries.push({ name: "validation loss", cls: "s1", points: pts });
@@ -177,6 +183,18 @@ export async function jobPage(ctx: PageContext): Promise<void> {
     );
     chartFigure.dataset.points = String(sequences.length);
     chartFigure.dataset.sequences = sequences.join(",");
+    chartFigure.dataset.runs = String(run);
+  }
+
+  /** The gateway's line "node lost: ..." (a platform line; a program cannot write one): a new run. */
+  function startNewRun(): void {
+    if (trainLoss.length) {
+      lostRuns.push({ name: `training loss, run ${run} (node lost)`, cls: "lost", points: [...trainLoss] });
+    }
+    trainLoss.length = 0;
+    validation.clear();
+    run += 1;
+    renderChart();
   }
 
   function addLog(text: string, stream: string, seq: number): void {
@@ -268,6 +286,7 @@ export async function jobPage(ctx: PageContext): Promise<void> {
       }
       case "logLine":
         addLog(e.value.text, e.value.stream === 2 ? "stderr" : "stdout", seq);
+        if (e.value.source === LogSource.PLATFORM && e.value.text.startsWith("node lost:")) startNewRun();
         break;
       case "datasetBuilt": {
         const d = e.value;

@@ -72,6 +72,11 @@ READ_ARTIFACT_TIMEOUT_S = 600.0
 #: Time allowed to send one uploaded file to the crawler.
 PUT_SOURCE_TIMEOUT_S = 600.0
 _LOG_TEXT_MAX = 16 * 1024
+#: The trainer's reason when the node (Ray node or worker) running the sandbox died mid-run.
+NODE_LOST = "NODE_LOST"
+#: How the platform log line that marks a training run started again after a lost node begins (the
+#: dashboard starts a new run in its chart there; a program's own lines are LOG_SOURCE_PROGRAM).
+NODE_LOST_MARK = "node lost:"
 _TRAIN_STAGE_NAMES = {
     trainer_pb.TRAIN_STAGE_STAGING: "staging",
     trainer_pb.TRAIN_STAGE_SMOKE_RUN: "smoke run",
@@ -418,9 +423,7 @@ class _JobRun:
     ) -> trainer_pb.TrainResult:
         while True:
             await self._move(JobStage.TRAINING, f"smoke run, then the full run (program version {version})")
-            outcome = await self._retrying(
-                "trainer", functools.partial(self._train_once, dataset, plan, program, version)
-            )
+            outcome = await self._train_on_a_node(dataset, plan, program, version)
             if isinstance(outcome, trainer_pb.TrainResult):
                 await self._emit(
                     "evaluation_result",
@@ -489,6 +492,55 @@ class _JobRun:
             version += 1
             program = self._maybe_break(repaired.program, version)
             await self._program_event(version, plan, program, repaired.backend, repaired.change_summary)
+
+    async def _train_on_a_node(
+        self,
+        dataset: crawler_dataset_pb2.Dataset,
+        plan: plan_pb2.Plan,
+        program: program_pb2.Program,
+        version: int,
+    ) -> trainer_pb.TrainResult | trainer_pb.ProgramFailure:
+        """One Train call (again while the trainer is unreachable); when the node running it is lost
+        (NODE_LOST), the run starts again from its start, up to node_lost_retries times.
+
+        The lost run's events stay in the job's history (nothing is taken back, nothing is written
+        twice: each event is numbered once by the registry); one platform line between the two runs
+        says the node was lost and which run starts, so a reader (and the dashboard's chart) can tell
+        the runs apart instead of seeing their steps spliced into one curve.
+        """
+        losses = 0
+        while True:
+            try:
+                return await self._retrying(
+                    "trainer", functools.partial(self._train_once, dataset, plan, program, version)
+                )
+            except errors.Unavailable as exc:
+                if exc.reason != NODE_LOST:
+                    raise
+                losses += 1
+                runs = self.s.node_lost_retries + 1
+                if losses > self.s.node_lost_retries:
+                    raise JobFailed(
+                        JobError(
+                            "UNAVAILABLE",
+                            f"the training run's node was lost {losses} time(s) "
+                            f"(ZX_GATEWAY_NODE_LOST_RETRIES={self.s.node_lost_retries}): {exc.message}",
+                            NODE_LOST,
+                        )
+                    ) from None
+                self.log.warning("node lost; training again", run=losses + 1, error=exc.message[:300])
+                await self._platform_log(
+                    f"{NODE_LOST_MARK} {exc.message} The training run starts again from its start on "
+                    f"another node (run {losses + 1} of at most {runs}, program version {version}); the "
+                    f"metrics that follow are the new run's."
+                )
+                await self._emit(
+                    "stage_progress",
+                    job_event_pb2.StageProgress(
+                        message=f"training again after a lost node (run {losses + 1} of at most {runs})",
+                        program_attempt=version,
+                    ),
+                )
 
     async def _train_once(
         self,
@@ -786,6 +838,8 @@ class _JobRun:
             try:
                 return await call()
             except (errors.Unavailable, errors.ResourceExhausted) as exc:
+                if exc.reason == NODE_LOST:  # not "unreachable": the run is gone (see _train_on_a_node)
+                    raise
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise JobFailed(

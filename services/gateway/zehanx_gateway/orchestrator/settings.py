@@ -40,6 +40,14 @@ class OrchestratorSettings(BaseSettings):
         description="How long a job waits for an unreachable (restarting) crawler, codegen or trainer "
         "before it fails with SERVICE_UNAVAILABLE.",
     )
+    node_lost_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Times the training run starts again from its start (on another node) after the "
+        "trainer answers NODE_LOST (its Ray node or worker died mid-run) before the job FAILS with "
+        "NODE_LOST.",
+    )
     crawl_timeout_seconds: float = Field(
         900.0, gt=0, le=86400, description="Deadline of one BuildDataset call."
     )
