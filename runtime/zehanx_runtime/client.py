@@ -23,8 +23,12 @@ from zehanx_runtime.interceptors import JOB_ID_KEY, REQUEST_ID_KEY, SERVICE_TOKE
 from zehanx_runtime.status import error_info_of, violations_of
 
 # Retry only on UNAVAILABLE (the service restarting); non-idempotent creates carry request ids.
+# round_robin: a name that resolves to several replicas (a Kubernetes headless Service, ``dns:///``
+# target; or ``ipv4:a:p1,b:p2``) gets calls spread over every reachable one, and a replica that appears
+# later is used as soon as the resolver sees it (pick_first, gRPC's default, sticks to one address).
 _SERVICE_CONFIG = json.dumps(
     {
+        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
                 "name": [{}],
@@ -36,13 +40,16 @@ _SERVICE_CONFIG = json.dumps(
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
             }
-        ]
+        ],
     }
 )
 
 
 def internal_channel(address: str, *, max_message_bytes: int = 64 * 1024 * 1024) -> grpc.aio.Channel:
-    """An insecure channel to an internal service (bound to an internal address)."""
+    """An insecure channel to an internal service (bound to an internal address).
+
+    ``address`` is any gRPC target: ``host:port`` (resolved by DNS), ``dns:///name:port`` (every A
+    record of the name is a replica: calls go round-robin over them), ``ipv4:a:p1,b:p2``."""
     return grpc.aio.insecure_channel(
         address,
         options=[
