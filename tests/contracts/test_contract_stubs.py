@@ -31,6 +31,8 @@ EXPECTED_RPCS: dict[str, dict[str, str]] = {
         "DownloadModel": SERVER_STREAM,
         "DeleteModel": UNARY,
         "Predict": UNARY,
+        # Chunks of instances in, one answer per chunk out (gRPC only: the web edge cannot serve it).
+        "PredictStream": BIDI_STREAM,
         "ListDatasets": UNARY,
         "GetDataset": UNARY,
         "UploadFile": UNARY,
@@ -55,7 +57,7 @@ EXPECTED_RPCS: dict[str, dict[str, str]] = {
         "GenerateProgram": UNARY,
         "RepairProgram": UNARY,
     },
-    # Session: the one bidirectional stream (a warm sandbox: calls in, replies out).
+    # Session: a bidirectional stream (a warm sandbox: calls in, replies out).
     "zehanx.executor.v1.ExecutorService": {"Execute": SERVER_STREAM, "Session": BIDI_STREAM},
     "zehanx.trainer.v1.TrainerService": {
         "Train": SERVER_STREAM,

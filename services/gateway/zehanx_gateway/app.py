@@ -170,6 +170,7 @@ class Gateway:
             predictor,
             predict_timeout_s=settings.predict_timeout_seconds,
             max_concurrent_predicts=settings.max_concurrent_predicts_per_user,
+            stream_in_flight=settings.predict_stream_in_flight,
         )
         return cls(
             settings=settings,

@@ -62,6 +62,12 @@ def parse_id(value: str, field: str) -> uuid.UUID:
         ) from None
 
 
+def invalid(field: str, description: str, rule: str = "stream.message") -> InvalidArgument:
+    """INVALID_ARGUMENT naming one field (for rules protovalidate cannot express, such as which message
+    of a stream must carry what)."""
+    return InvalidArgument(f"{field}: {description}", violations=[FieldViolation(field, description, rule)])
+
+
 def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     if value is None:
         return None

@@ -215,10 +215,14 @@ class Prediction:
 
 @dataclass(frozen=True, slots=True)
 class PredictResult:
-    """What a model answered: one prediction per instance, and how long it took (loading included)."""
+    """What a model answered: one prediction per instance, how long it took at the trainer, whether the
+    model's resident predictor answered (``warm``; cold: its process was started for this call) and
+    whether that start replaced a crashed predictor (``restarted``)."""
 
     predictions: list[Prediction]
     duration_s: float
+    warm: bool = False
+    restarted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

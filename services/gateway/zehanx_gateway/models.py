@@ -2,24 +2,35 @@
 
 Archives are read through the :class:`~zehanx_gateway.artifacts.ArtifactStore` port. Predict checks
 the model is the caller's, then forwards to the trainer through the :class:`Predictor` port (the
-trainer runs the model's ``predict.py`` in the sandbox); the gateway never runs model code itself.
+trainer runs the model's ``predict.py`` in the sandbox, resident between calls); the gateway never runs
+model code itself. A stream of chunks (:meth:`ModelService.predict_stream`) is one trainer Predict per
+chunk, a few at once, answered in order. Deleting a model ends its resident predictor at the trainer,
+best effort.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from zehanx_runtime import errors
+from zehanx_runtime.logging import get_logger
 
 from zehanx_gateway import metrics, paging
 from zehanx_gateway.artifacts import ArtifactStore
 from zehanx_gateway.domain import DataLoss, Model, NewModel, OutOfRange, Page, PredictResult, Principal
 
 DEFAULT_CHUNK = 1024 * 1024
+#: Longest DeleteModel waits for the trainer to end the model's predictor; the deletion goes on
+#: either way (the trainer's idle timeout ends a predictor nobody calls).
+RELEASE_TIMEOUT_S = 5.0
+
+_log = get_logger(__name__)
 
 
 class ModelStore(Protocol):
@@ -49,6 +60,18 @@ class Predictor(Protocol):
         self, artifact_id: str, instances: Sequence[Any], *, job_id: uuid.UUID | None, timeout_s: float
     ) -> PredictResult: ...
 
+    async def release(self, artifact_id: str, *, timeout_s: float) -> bool:
+        """End the model's resident predictor; whether one was running."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkResult:
+    """The answer to one chunk of a prediction stream: where its first instance stands in the stream."""
+
+    offset: int
+    result: PredictResult
+
 
 @dataclass(frozen=True, slots=True)
 class Download:
@@ -70,12 +93,14 @@ class ModelService:
         *,
         predict_timeout_s: float = 120.0,
         max_concurrent_predicts: int | None = None,
+        stream_in_flight: int = 2,
     ) -> None:
         self._store = store
         self._artifacts = artifacts
         self._predictor = predictor
         self._predict_timeout_s = predict_timeout_s
         self._max_predicts = max_concurrent_predicts
+        self._stream_in_flight = stream_in_flight
         #: Predicts running now, per user (on this replica).
         self._predicting: dict[uuid.UUID, int] = {}
 
@@ -121,10 +146,32 @@ class ModelService:
         )
 
     async def delete(self, principal: Principal, model_id: uuid.UUID) -> Model:
-        """Delete the record and, when no other model shares it, the archive."""
-        return await self._store.delete_model(
+        """Delete the record and, when no other model shares it, the archive; then end the model's
+        resident predictor at the trainer (best effort: a trainer that is down or slow is logged and
+        the deletion stands; its idle timeout ends the predictor anyway)."""
+        model = await self._store.delete_model(
             model_id, user_id=principal.user_id, on_unreferenced=self._delete_archive
         )
+        if model.trainer_artifact_id and self._predictor is not None:
+            try:
+                released = await self._predictor.release(
+                    model.trainer_artifact_id, timeout_s=RELEASE_TIMEOUT_S
+                )
+            except (errors.DomainError, TimeoutError) as exc:
+                _log.warning(
+                    "predictor_release_failed",
+                    model_id=str(model_id),
+                    artifact_id=model.trainer_artifact_id,
+                    error=str(exc),
+                )
+            else:
+                _log.info(
+                    "predictor_released",
+                    model_id=str(model_id),
+                    artifact_id=model.trainer_artifact_id,
+                    was_running=released,
+                )
+        return model
 
     async def predict(
         self,
@@ -139,9 +186,78 @@ class ModelService:
         Each user may have ``max_concurrent_predicts`` running at once (RESOURCE_EXHAUSTED beyond):
         every Predict holds one of the executor's few sandbox slots for up to the timeout, and they are
         shared with everyone's training runs."""
-        user_id = principal.user_id
+        with self._slots(principal.user_id, 1):
+            model = await self._runnable(principal, model_id)
+            return await self._call(model, instances, self._budget(timeout_s))
+
+    async def predict_stream(
+        self,
+        principal: Principal,
+        model_id: uuid.UUID,
+        chunks: AsyncIterator[Sequence[Any]],
+        *,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[ChunkResult]:
+        """Run the caller's model on each chunk of ``chunks`` (one trainer Predict each) and yield the
+        answers in the chunks' order.
+
+        The stream takes its slots from the same per-user limit as :meth:`predict`: as many as are free,
+        up to ``stream_in_flight`` (RESOURCE_EXHAUSTED when none is), held until it ends; that many
+        chunks run at once, and at most one more is read ahead until an answer is sent. The first failure (a
+        chunk the trainer refuses, or an error raised by ``chunks`` itself) ends the stream after the
+        answers of the chunks before it."""
+        with self._slots(principal.user_id, self._stream_in_flight) as slots:
+            model = await self._runnable(principal, model_id)
+            budget = self._budget(timeout_s)
+            free = asyncio.Semaphore(slots)
+            # In stream order: (offset, running call) per chunk, an exception, or None at the end.
+            order: asyncio.Queue[tuple[int, asyncio.Task[PredictResult]] | BaseException | None] = (
+                asyncio.Queue()
+            )
+
+            async def read() -> None:
+                offset = 0
+                try:
+                    async for instances in chunks:
+                        await free.acquire()
+                        call = asyncio.create_task(self._call(model, instances, budget))
+                        order.put_nowait((offset, call))
+                        offset += len(instances)
+                except Exception as exc:  # the chunk's error goes out in its place, in order
+                    order.put_nowait(exc)
+                else:
+                    order.put_nowait(None)
+
+            reader = asyncio.create_task(read())
+            try:
+                while (item := await order.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    offset, call = item
+                    result = await call
+                    yield ChunkResult(offset, result)
+                    free.release()
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+                while not order.empty():
+                    left = order.get_nowait()
+                    if isinstance(left, tuple):
+                        left[1].cancel()
+                        with contextlib.suppress(BaseException):
+                            await left[1]
+
+    @contextlib.contextmanager
+    def _slots(self, user_id: uuid.UUID, want: int) -> Iterator[int]:
+        """Take up to ``want`` of the user's prediction slots (at least one, else RESOURCE_EXHAUSTED).
+
+        Each user may have ``max_concurrent_predicts`` trainer calls running at once: every Predict holds
+        one of the trainer's few predictors (or sandbox slots) for up to the timeout, and they are
+        shared with everyone's training runs."""
         running = self._predicting.get(user_id, 0)
-        if self._max_predicts is not None and running >= self._max_predicts:
+        free = want if self._max_predicts is None else min(want, self._max_predicts - running)
+        if free < 1:
             metrics.RATE_LIMITED.labels("predict").inc()
             raise errors.ResourceExhausted(
                 f"you already have {running} predictions running (the limit is {self._max_predicts} at "
@@ -149,19 +265,20 @@ class ModelService:
                 reason="TOO_MANY_PREDICTS",
                 metadata={"limit": str(self._max_predicts), "running": str(running)},
             )
-        self._predicting[user_id] = running + 1  # no await since the check: the two are atomic
+        self._predicting[user_id] = running + free  # no await since the check: the two are atomic
         try:
-            return await self._predict(principal, model_id, instances, timeout_s)
+            yield free
         finally:
-            left = self._predicting[user_id] - 1
+            left = self._predicting[user_id] - free
             if left:
                 self._predicting[user_id] = left
             else:
                 del self._predicting[user_id]
 
-    async def _predict(
-        self, principal: Principal, model_id: uuid.UUID, instances: Sequence[Any], timeout_s: float | None
-    ) -> PredictResult:
+    def _budget(self, timeout_s: float | None) -> float:
+        return self._predict_timeout_s if timeout_s is None else min(timeout_s, self._predict_timeout_s)
+
+    async def _runnable(self, principal: Principal, model_id: uuid.UUID) -> Model:
         model = await self._store.get_model(model_id, user_id=principal.user_id)
         if not model.trainer_artifact_id:
             raise errors.FailedPrecondition(
@@ -173,7 +290,11 @@ class ModelService:
             raise errors.Unavailable(
                 "this gateway has no trainer to run models", reason="TRAINER_UNAVAILABLE"
             )
-        budget = self._predict_timeout_s if timeout_s is None else min(timeout_s, self._predict_timeout_s)
+        return model
+
+    async def _call(self, model: Model, instances: Sequence[Any], budget: float) -> PredictResult:
+        if self._predictor is None or not model.trainer_artifact_id:  # _runnable checked both
+            raise errors.Internal(f"model {model.id} cannot run here", reason="MODEL_NOT_RUNNABLE")
         result = await self._predictor.predict(
             model.trainer_artifact_id, instances, job_id=model.job_id, timeout_s=budget
         )

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, struct_pb2
 from zehanx.common.v1 import task_family_pb2
 from zehanx.gateway.v1 import account_pb2, dataset_record_pb2, job_pb2, model_pb2
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
@@ -171,22 +171,59 @@ class GatewayServicer(rpc.GatewayServiceServicer):
 
     async def Predict(self, request: pb.PredictRequest, context: Any) -> pb.PredictResponse:
         model_id = convert.parse_id(request.model_id, "model_id")
-        # The instances go to the trainer as they came (no conversion here); they are bounded first
-        # (protovalidate skips them: see convert.py), the depth walk of large ones off the loop.
-        instances = list(request.instances)
+        instances = await self._checked_instances(request.instances)
+        remaining = context.time_remaining() if context is not None else None
+        result = await self._models.predict(current_principal(), model_id, instances, timeout_s=remaining)
+        return pb.PredictResponse(
+            predictions=[convert.prediction_to_proto(p) for p in result.predictions],
+            predict_duration=_duration(result.duration_s),
+            warm=result.warm,
+            restarted=result.restarted,
+        )
+
+    async def PredictStream(
+        self, requests: AsyncIterator[pb.PredictStreamRequest], context: Any
+    ) -> AsyncIterator[pb.PredictStreamResponse]:
+        first = await anext(aiter(requests), None)
+        if first is None or not first.model_id:
+            raise convert.invalid("model_id", "the first message of the stream must name the model")
+        model_id = convert.parse_id(first.model_id, "model_id")
+
+        async def chunks() -> AsyncIterator[list[struct_pb2.Value]]:
+            if first.instances:
+                yield await self._checked_instances(first.instances)
+            async for request in requests:
+                if request.model_id and request.model_id != first.model_id:
+                    raise convert.invalid("model_id", "one stream predicts with one model: leave it empty")
+                if not request.instances:
+                    raise convert.invalid("instances", "each message after the first carries 1 to 1000")
+                yield await self._checked_instances(request.instances)
+
+        remaining = context.time_remaining() if context is not None else None
+        answers = self._models.predict_stream(current_principal(), model_id, chunks(), timeout_s=remaining)
+        try:
+            async for answer in answers:
+                result = answer.result
+                yield pb.PredictStreamResponse(
+                    offset=answer.offset,
+                    predictions=[convert.prediction_to_proto(p) for p in result.predictions],
+                    predict_duration=_duration(result.duration_s),
+                    warm=result.warm,
+                    restarted=result.restarted,
+                )
+        finally:
+            await answers.aclose()  # its slots and running calls end with the call, not at GC time
+
+    async def _checked_instances(self, given: Iterable[struct_pb2.Value]) -> list[struct_pb2.Value]:
+        """The instances as they came (no conversion: they go to the trainer as they are), bounded first
+        (protovalidate skips them: see convert.py), the depth walk of large ones off the loop."""
+        instances = list(given)
         size = convert.check_instances_size(instances, self._predict_max_bytes)
         if size > convert.INSTANCES_CHECKED_INLINE_BYTES:
             await asyncio.to_thread(convert.check_instances_depth, instances)
         else:
             convert.check_instances_depth(instances)
-        remaining = context.time_remaining() if context is not None else None
-        result = await self._models.predict(current_principal(), model_id, instances, timeout_s=remaining)
-        duration = duration_pb2.Duration()
-        duration.FromNanoseconds(int(result.duration_s * 1e9))
-        return pb.PredictResponse(
-            predictions=[convert.prediction_to_proto(p) for p in result.predictions],
-            predict_duration=duration,
-        )
+        return instances
 
     # -- datasets and uploads ---------------------------------------------------------------------
 
@@ -259,3 +296,9 @@ class GatewayServicer(rpc.GatewayServiceServicer):
             current_principal(), convert.user_settings_json(request.settings)
         )
         return convert.user_settings_to_proto(stored)
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(seconds * 1e9))
+    return duration

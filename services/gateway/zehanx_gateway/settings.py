@@ -158,6 +158,13 @@ class GatewaySettings(ServiceSettings):
         description="Predicts one user may have running at once on this replica (each holds a sandbox slot "
         "at the executor); beyond: RESOURCE_EXHAUSTED.",
     )
+    predict_stream_in_flight: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Chunks of one PredictStream running at once at the trainer (each takes one of the "
+        "user's ZX_GATEWAY_MAX_CONCURRENT_PREDICTS_PER_USER while the stream lasts: as many as are free).",
+    )
     predict_max_bytes: int = Field(
         1024**2,
         ge=1024,

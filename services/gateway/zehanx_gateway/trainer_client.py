@@ -1,4 +1,5 @@
-"""The :class:`~zehanx_gateway.models.Predictor` port over gRPC (``TrainerService.Predict``).
+"""The :class:`~zehanx_gateway.models.Predictor` port over gRPC (``TrainerService.Predict`` and
+``ReleasePredictor``).
 
 The gateway's Predict does not run anything itself: the trainer runs the model's ``predict.py`` in the
 sandbox. This adapter converts the instances out and the predictions in; the trainer's status codes
@@ -40,6 +41,10 @@ _WORDING = {
     _CODE.RESOURCE_EXHAUSTED: Wording("the trainer is busy: {detail}", "TRAINER_BUSY"),
     _CODE.FAILED_PRECONDITION: Wording("the model cannot predict: {detail}", "PREDICT_FAILED"),
     _CODE.CANCELLED: Wording("the prediction was cancelled: {detail}", "PREDICT_CANCELLED"),
+    _CODE.ABORTED: Wording(
+        "the model's predictor stopped during the call (the next call starts a new one): {detail}",
+        "PREDICTOR_CRASHED",
+    ),
     _CODE.INTERNAL: Wording("the trainer failed to run the model: {detail}", "TRAINER_FAILED"),
     _CODE.UNKNOWN: Wording("the trainer failed to run the model: {detail}", "TRAINER_FAILED"),
 }
@@ -77,7 +82,24 @@ class GrpcTrainerPredictor:
             )
             for p in response.predictions
         ]
-        return PredictResult(predictions, to_seconds(response.predict_duration))
+        return PredictResult(
+            predictions,
+            to_seconds(response.predict_duration),
+            warm=response.warm,
+            restarted=response.restarted,
+        )
+
+    async def release(self, artifact_id: str, *, timeout_s: float) -> bool:
+        """End the model's resident predictor at the trainer (``ReleasePredictor``); whether one ran."""
+        try:
+            response = await self._stub.ReleasePredictor(
+                pb.ReleasePredictorRequest(artifact_id=artifact_id),
+                timeout=timeout_s,
+                metadata=call_metadata(self._token),
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc, self._address) from None
+        return response.released
 
     async def close(self) -> None:
         await self._channel.close()

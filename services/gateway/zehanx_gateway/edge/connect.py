@@ -25,8 +25,9 @@ loop with the gRPC API, the orchestrator's workers and the event hub. So:
   the loop: cheaper than the hand-over).
 
 The endpoints are built from the service descriptor, so an RPC added to the proto is served here as
-soon as the servicer implements it. No generated Connect stubs: the messages are the ``*_pb2`` classes
-gRPC uses.
+soon as the servicer implements it; one that streams requests (PredictStream) is left to gRPC, as
+Connect over HTTP/1.1 cannot stream a request. No generated Connect stubs: the messages are the
+``*_pb2`` classes gRPC uses.
 """
 
 from __future__ import annotations
@@ -391,9 +392,7 @@ class ConnectAdapter:
         found: dict[str, Any] = {}
         for method in self._service.methods:
             if method.client_streaming:
-                raise RuntimeError(
-                    f"{method.full_name} streams requests: Connect over HTTP/1.1 cannot serve it"
-                )
+                continue  # Connect over HTTP/1.1 cannot stream requests: gRPC only (PredictStream)
             info = MethodInfo(
                 name=method.name,
                 service_name=self._service.full_name,

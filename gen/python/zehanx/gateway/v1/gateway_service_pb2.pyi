@@ -515,27 +515,117 @@ class PredictResponse(_message.Message):
 
     PREDICTIONS_FIELD_NUMBER: _builtins.int
     PREDICT_DURATION_FIELD_NUMBER: _builtins.int
+    WARM_FIELD_NUMBER: _builtins.int
+    RESTARTED_FIELD_NUMBER: _builtins.int
+    warm: _builtins.bool
+    """True when the model's resident, already loaded predictor answered; false when its process
+    was started for this call (the first call, or the first after it was idle too long, evicted
+    or ended).
+    """
+    restarted: _builtins.bool
+    """True when this call started a new predictor because the model's previous one had crashed or
+    been killed (that failure was the answer of the call in flight then).
+    """
     @_builtins.property
     def predictions(self) -> _containers.RepeatedCompositeFieldContainer[_prediction_pb2.Prediction]:
         """One prediction per instance, in request order."""
 
     @_builtins.property
     def predict_duration(self) -> _duration_pb2.Duration:
-        """Wall-clock time the prediction took, model loading included."""
+        """Time the call took at the trainer, as the trainer measured it: for a warm call the resident
+        predictor's work on this batch; for a cold one, starting the sandboxed process and loading
+        the model too.
+        """
 
     def __init__(
         self,
         *,
         predictions: _abc.Iterable[_prediction_pb2.Prediction] | None = ...,
         predict_duration: _duration_pb2.Duration | None = ...,
+        warm: _builtins.bool = ...,
+        restarted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["predict_duration", b"predict_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["predict_duration", b"predict_duration", "predictions", b"predictions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["predict_duration", b"predict_duration", "predictions", b"predictions", "restarted", b"restarted", "warm", b"warm"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PredictResponse: _TypeAlias = PredictResponse  # noqa: Y015
+
+@_typing.final
+class PredictStreamRequest(_message.Message):
+    """One message of the GatewayService.PredictStream request stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    """Id of the model (a UUID): required in the first message; later messages leave it empty (or
+    repeat the same id).
+    """
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Value]:
+        """The next chunk of instances, 0 to 1000 (each message after the first carries at least one),
+        bounded like Predict's (ZX_GATEWAY_PREDICT_MAX_BYTES together, 32 levels deep).
+        """
+
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        instances: _abc.Iterable[_struct_pb2.Value] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PredictStreamRequest: _TypeAlias = PredictStreamRequest  # noqa: Y015
+
+@_typing.final
+class PredictStreamResponse(_message.Message):
+    """One message of the GatewayService.PredictStream response stream: the answer to one chunk."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFSET_FIELD_NUMBER: _builtins.int
+    PREDICTIONS_FIELD_NUMBER: _builtins.int
+    PREDICT_DURATION_FIELD_NUMBER: _builtins.int
+    WARM_FIELD_NUMBER: _builtins.int
+    RESTARTED_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    """Position in the whole stream of this chunk's first instance (0 for the first chunk)."""
+    warm: _builtins.bool
+    """Whether the chunk was served by the model's resident predictor, as in PredictResponse.warm."""
+    restarted: _builtins.bool
+    """Whether the chunk started a new predictor after a crash, as in PredictResponse.restarted."""
+    @_builtins.property
+    def predictions(self) -> _containers.RepeatedCompositeFieldContainer[_prediction_pb2.Prediction]:
+        """One prediction per instance of the chunk, in order."""
+
+    @_builtins.property
+    def predict_duration(self) -> _duration_pb2.Duration:
+        """Time the chunk took at the trainer, as in PredictResponse.predict_duration."""
+
+    def __init__(
+        self,
+        *,
+        offset: _builtins.int = ...,
+        predictions: _abc.Iterable[_prediction_pb2.Prediction] | None = ...,
+        predict_duration: _duration_pb2.Duration | None = ...,
+        warm: _builtins.bool = ...,
+        restarted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["predict_duration", b"predict_duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "predict_duration", b"predict_duration", "predictions", b"predictions", "restarted", b"restarted", "warm", b"warm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PredictStreamResponse: _TypeAlias = PredictStreamResponse  # noqa: Y015
 
 @_typing.final
 class DownloadHeader(_message.Message):

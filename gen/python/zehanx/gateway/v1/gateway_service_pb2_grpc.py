@@ -98,6 +98,11 @@ class GatewayServiceStub:
                 request_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.PredictRequest.SerializeToString,
                 response_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.PredictStream = channel.stream_stream(
+                '/zehanx.gateway.v1.GatewayService/PredictStream',
+                request_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.PredictStreamRequest.SerializeToString,
+                response_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.PredictStreamResponse.FromString,
+                _registered_method=True)
         self.ListDatasets = channel.unary_unary(
                 '/zehanx.gateway.v1.GatewayService/ListDatasets',
                 request_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDatasetsRequest.SerializeToString,
@@ -247,10 +252,27 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Predict(self, request, context):
-        """Runs a model on input instances and returns its predictions. The program's `predict.py`
-        runs in the sandbox; INVALID_ARGUMENT when the instances do not fit the model.
-        RESOURCE_EXHAUSTED when the caller already has as many predictions running as the gateway
-        allows one user (2 by default).
+        """Runs a model on a batch of input instances (1 to 1000) and returns their predictions,
+        answered together. The trainer keeps the model's `predict.py` loaded in a sandboxed process
+        between calls: the response says whether this call was served warm or had to start it (cold).
+        INVALID_ARGUMENT when the instances do not fit the model. RESOURCE_EXHAUSTED when the caller
+        already has as many predictions running as the gateway allows one user (2 by default).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PredictStream(self, request_iterator, context):
+        """Predict for more instances than one message should carry: the first request names the model
+        (and may carry instances), each request after it carries the next chunk of at most 1000
+        instances; every chunk is one Predict at the trainer, answered by one response, in the order
+        the chunks came. A few chunks run at once (the caller's free prediction slots, at most
+        ZX_GATEWAY_PREDICT_STREAM_IN_FLIGHT); the gateway reads no further ahead, so a large file flows
+        through without ever being held whole. The stream takes its slots from the same per-user
+        limit as Predict (RESOURCE_EXHAUSTED when none is free) and keeps them until it ends. The
+        first chunk that fails ends the stream with its error, after the answers of the chunks
+        before it. gRPC only: Connect over HTTP/1.1 (the web edge) cannot stream requests; use
+        Predict there.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -396,6 +418,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.PredictRequest.FromString,
                     response_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.PredictResponse.SerializeToString,
+            ),
+            'PredictStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PredictStream,
+                    request_deserializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.PredictStreamRequest.FromString,
+                    response_serializer=zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.PredictStreamResponse.SerializeToString,
             ),
             'ListDatasets': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDatasets,
@@ -755,6 +782,33 @@ class GatewayService:
             '/zehanx.gateway.v1.GatewayService/Predict',
             zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.PredictRequest.SerializeToString,
             zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/zehanx.gateway.v1.GatewayService/PredictStream',
+            zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.PredictStreamRequest.SerializeToString,
+            zehanx_dot_gateway_dot_v1_dot_gateway__service__pb2.PredictStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

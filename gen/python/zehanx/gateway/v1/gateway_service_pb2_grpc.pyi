@@ -81,10 +81,23 @@ class GatewayServiceStub:
     model does not exist.
     """
     Predict: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.PredictRequest, _gateway_service_pb2.PredictResponse]
-    """Runs a model on input instances and returns its predictions. The program's `predict.py`
-    runs in the sandbox; INVALID_ARGUMENT when the instances do not fit the model.
-    RESOURCE_EXHAUSTED when the caller already has as many predictions running as the gateway
-    allows one user (2 by default).
+    """Runs a model on a batch of input instances (1 to 1000) and returns their predictions,
+    answered together. The trainer keeps the model's `predict.py` loaded in a sandboxed process
+    between calls: the response says whether this call was served warm or had to start it (cold).
+    INVALID_ARGUMENT when the instances do not fit the model. RESOURCE_EXHAUSTED when the caller
+    already has as many predictions running as the gateway allows one user (2 by default).
+    """
+    PredictStream: _grpc.StreamStreamMultiCallable[_gateway_service_pb2.PredictStreamRequest, _gateway_service_pb2.PredictStreamResponse]
+    """Predict for more instances than one message should carry: the first request names the model
+    (and may carry instances), each request after it carries the next chunk of at most 1000
+    instances; every chunk is one Predict at the trainer, answered by one response, in the order
+    the chunks came. A few chunks run at once (the caller's free prediction slots, at most
+    ZX_GATEWAY_PREDICT_STREAM_IN_FLIGHT); the gateway reads no further ahead, so a large file flows
+    through without ever being held whole. The stream takes its slots from the same per-user
+    limit as Predict (RESOURCE_EXHAUSTED when none is free) and keeps them until it ends. The
+    first chunk that fails ends the stream with its error, after the answers of the chunks
+    before it. gRPC only: Connect over HTTP/1.1 (the web edge) cannot stream requests; use
+    Predict there.
     """
     ListDatasets: _grpc.UnaryUnaryMultiCallable[_gateway_service_pb2.ListDatasetsRequest, _gateway_service_pb2.ListDatasetsResponse]
     """Lists the datasets the caller's jobs built, newest first."""
@@ -167,10 +180,23 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     model does not exist.
     """
     Predict: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.PredictRequest, _gateway_service_pb2.PredictResponse]  # type: ignore[assignment]
-    """Runs a model on input instances and returns its predictions. The program's `predict.py`
-    runs in the sandbox; INVALID_ARGUMENT when the instances do not fit the model.
-    RESOURCE_EXHAUSTED when the caller already has as many predictions running as the gateway
-    allows one user (2 by default).
+    """Runs a model on a batch of input instances (1 to 1000) and returns their predictions,
+    answered together. The trainer keeps the model's `predict.py` loaded in a sandboxed process
+    between calls: the response says whether this call was served warm or had to start it (cold).
+    INVALID_ARGUMENT when the instances do not fit the model. RESOURCE_EXHAUSTED when the caller
+    already has as many predictions running as the gateway allows one user (2 by default).
+    """
+    PredictStream: _aio.StreamStreamMultiCallable[_gateway_service_pb2.PredictStreamRequest, _gateway_service_pb2.PredictStreamResponse]  # type: ignore[assignment]
+    """Predict for more instances than one message should carry: the first request names the model
+    (and may carry instances), each request after it carries the next chunk of at most 1000
+    instances; every chunk is one Predict at the trainer, answered by one response, in the order
+    the chunks came. A few chunks run at once (the caller's free prediction slots, at most
+    ZX_GATEWAY_PREDICT_STREAM_IN_FLIGHT); the gateway reads no further ahead, so a large file flows
+    through without ever being held whole. The stream takes its slots from the same per-user
+    limit as Predict (RESOURCE_EXHAUSTED when none is free) and keeps them until it ends. The
+    first chunk that fails ends the stream with its error, after the answers of the chunks
+    before it. gRPC only: Connect over HTTP/1.1 (the web edge) cannot stream requests; use
+    Predict there.
     """
     ListDatasets: _aio.UnaryUnaryMultiCallable[_gateway_service_pb2.ListDatasetsRequest, _gateway_service_pb2.ListDatasetsResponse]  # type: ignore[assignment]
     """Lists the datasets the caller's jobs built, newest first."""
@@ -316,10 +342,29 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_service_pb2.PredictRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_service_pb2.PredictResponse, _abc.Awaitable[_gateway_service_pb2.PredictResponse]]:
-        """Runs a model on input instances and returns its predictions. The program's `predict.py`
-        runs in the sandbox; INVALID_ARGUMENT when the instances do not fit the model.
-        RESOURCE_EXHAUSTED when the caller already has as many predictions running as the gateway
-        allows one user (2 by default).
+        """Runs a model on a batch of input instances (1 to 1000) and returns their predictions,
+        answered together. The trainer keeps the model's `predict.py` loaded in a sandboxed process
+        between calls: the response says whether this call was served warm or had to start it (cold).
+        INVALID_ARGUMENT when the instances do not fit the model. RESOURCE_EXHAUSTED when the caller
+        already has as many predictions running as the gateway allows one user (2 by default).
+        """
+
+    @_abc_1.abstractmethod
+    def PredictStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_gateway_service_pb2.PredictStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_service_pb2.PredictStreamResponse], _abc.AsyncIterator[_gateway_service_pb2.PredictStreamResponse]]:
+        """Predict for more instances than one message should carry: the first request names the model
+        (and may carry instances), each request after it carries the next chunk of at most 1000
+        instances; every chunk is one Predict at the trainer, answered by one response, in the order
+        the chunks came. A few chunks run at once (the caller's free prediction slots, at most
+        ZX_GATEWAY_PREDICT_STREAM_IN_FLIGHT); the gateway reads no further ahead, so a large file flows
+        through without ever being held whole. The stream takes its slots from the same per-user
+        limit as Predict (RESOURCE_EXHAUSTED when none is free) and keeps them until it ends. The
+        first chunk that fails ends the stream with its error, after the answers of the chunks
+        before it. gRPC only: Connect over HTTP/1.1 (the web edge) cannot stream requests; use
+        Predict there.
         """
 
     @_abc_1.abstractmethod

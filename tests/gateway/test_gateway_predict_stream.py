@@ -1,0 +1,272 @@
+"""Serving through the gateway: cold and warm answers, PredictStream, the per-user limit on a stream,
+and DeleteModel ending the model's resident predictor at the trainer.
+
+The trainer side is a gRPC TrainerService on port 0 that answers with the trainer's message shapes and
+keeps a set of "resident" artifacts the way the trainer's predictor pool does (the first call of a model
+is cold and makes it resident; ReleasePredictor ends it); the real pool is tested in tests/trainer, and
+the two run together in bench/bench_serving.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from gateway_support import Served, bearer, gateway_settings, publish_model, serve_gateway, stop_gateway
+from google.protobuf import duration_pb2, struct_pb2
+from zehanx.common.v1 import prediction_pb2
+from zehanx.gateway.v1 import gateway_service_pb2 as pb
+from zehanx.trainer.v1 import trainer_service_pb2 as tpb
+from zehanx.trainer.v1 import trainer_service_pb2_grpc as trpc
+from zehanx_runtime.status import error_info_of, field_violations_of
+
+ARTIFACT_ID = "b" * 64
+TOKEN = "trainer-token-for-the-test"
+
+
+@dataclass
+class ResidentTrainer(trpc.TrainerServiceServicer):
+    """Predict: the number's double for each number instance (INVALID_ARGUMENT for anything else), cold
+    the first time a model is called and warm after, each call held at ``gate`` when it is set up."""
+
+    resident: set[str] = field(default_factory=set)
+    calls: list[int] = field(default_factory=list)  # instances per Predict, in arrival order
+    released: list[str] = field(default_factory=list)
+    running: int = 0
+    most_running: int = 0
+    gate: asyncio.Event | None = None
+
+    async def Predict(self, request: tpb.PredictRequest, context: Any) -> tpb.PredictResponse:
+        self.calls.append(len(request.instances))
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            else:
+                await asyncio.sleep(0.01)  # long enough for the next chunk to arrive meanwhile
+            if any(v.WhichOneof("kind") != "number_value" for v in request.instances):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an instance is not a number")
+            warm = request.artifact_id in self.resident
+            self.resident.add(request.artifact_id)
+            return tpb.PredictResponse(
+                predictions=[
+                    prediction_pb2.Prediction(output=struct_pb2.Value(number_value=2 * v.number_value))
+                    for v in request.instances
+                ],
+                predict_duration=duration_pb2.Duration(nanos=3_000_000 if warm else 900_000_000),
+                warm=warm,
+                mode=tpb.PREDICT_MODE_RESIDENT,
+            )
+        finally:
+            self.running -= 1
+
+    async def ReleasePredictor(
+        self, request: tpb.ReleasePredictorRequest, context: Any
+    ) -> tpb.ReleasePredictorResponse:
+        self.released.append(request.artifact_id)
+        was = request.artifact_id in self.resident
+        self.resident.discard(request.artifact_id)
+        return tpb.ReleasePredictorResponse(released=was)
+
+
+@pytest.fixture
+async def trainer() -> AsyncIterator[tuple[ResidentTrainer, str]]:
+    servicer = ResidentTrainer()
+    server = grpc.aio.server()
+    trpc.add_TrainerServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield servicer, f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
+
+
+@pytest.fixture
+async def served_with_trainer(
+    database_url: str, tmp_path: Path, trainer: tuple[ResidentTrainer, str]
+) -> AsyncIterator[Served]:
+    running = await serve_gateway(
+        gateway_settings(database_url, tmp_path, trainer_address=trainer[1], trainer_token=TOKEN)
+    )
+    try:
+        yield running
+    finally:
+        await stop_gateway(running)
+
+
+def numbers(start: int, count: int) -> list[struct_pb2.Value]:
+    return [struct_pb2.Value(number_value=float(i)) for i in range(start, start + count)]
+
+
+def stream_of(model_id: str, sizes: list[int]) -> list[pb.PredictStreamRequest]:
+    """The first message names the model (and carries the first chunk); the rest carry chunks only."""
+    out, start = [], 0
+    for i, size in enumerate(sizes):
+        out.append(
+            pb.PredictStreamRequest(model_id=model_id if i == 0 else "", instances=numbers(start, size))
+        )
+        start += size
+    return out
+
+
+async def test_predict_says_cold_then_warm_with_the_trainers_latency(
+    served_with_trainer: Served, trainer: tuple[ResidentTrainer, str]
+) -> None:
+    served = served_with_trainer
+    auth = bearer(await served.api_key("alice"))
+    model = await publish_model(served, "alice", b"weights", trainer_artifact_id=ARTIFACT_ID)
+    request = pb.PredictRequest(model_id=model.id, instances=numbers(1, 3))
+    cold = await served.stub.Predict(request, metadata=auth)
+    warm = await served.stub.Predict(request, metadata=auth)
+    assert (cold.warm, warm.warm) == (False, True)
+    assert cold.predict_duration.ToNanoseconds() == 900_000_000
+    assert warm.predict_duration.ToNanoseconds() == 3_000_000
+    assert [p.output.number_value for p in warm.predictions] == [2.0, 4.0, 6.0]
+    assert cold.predictions == warm.predictions
+    assert trainer[0].calls == [3, 3]  # a batch is one trainer call
+
+
+async def test_a_stream_answers_each_chunk_in_order_with_its_offset(
+    served_with_trainer: Served, trainer: tuple[ResidentTrainer, str]
+) -> None:
+    served = served_with_trainer
+    auth = bearer(await served.api_key("alice"))
+    model = await publish_model(served, "alice", b"weights", trainer_artifact_id=ARTIFACT_ID)
+    sizes = [1000, 1000, 7, 500]
+    answers = [a async for a in served.stub.PredictStream(iter(stream_of(model.id, sizes)), metadata=auth)]
+    assert [a.offset for a in answers] == [0, 1000, 2000, 2007]
+    assert [len(a.predictions) for a in answers] == sizes
+    outputs = [p.output.number_value for a in answers for p in a.predictions]
+    assert outputs == [2.0 * i for i in range(2507)]
+    assert [a.warm for a in answers][0] is False and all(a.warm for a in answers[2:])
+    fake = trainer[0]
+    assert sorted(fake.calls) == sorted(sizes)  # one trainer Predict per chunk, none larger than 1000
+    assert fake.most_running == 2  # the default ZX_GATEWAY_PREDICT_STREAM_IN_FLIGHT, never more
+
+
+async def test_a_stream_must_name_its_model_first_and_keep_to_it(served_with_trainer: Served) -> None:
+    served = served_with_trainer
+    auth = bearer(await served.api_key("alice"))
+    model = await publish_model(served, "alice", b"weights", trainer_artifact_id=ARTIFACT_ID)
+    with pytest.raises(grpc.aio.AioRpcError) as unnamed:
+        _ = [a async for a in served.stub.PredictStream(iter(stream_of("", [2])), metadata=auth)]
+    assert unnamed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in field_violations_of(unnamed.value)] == ["model_id"]
+    other = stream_of(model.id, [2, 2])
+    other[1].model_id = "00000000-0000-4000-8000-000000000000"
+    got: list[pb.PredictStreamResponse] = []
+    with pytest.raises(grpc.aio.AioRpcError) as switched:
+        async for answer in served.stub.PredictStream(iter(other), metadata=auth):
+            got.append(answer)
+    assert switched.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(got) == 1 and got[0].offset == 0  # the chunk before the bad message was answered
+
+
+async def test_a_chunk_the_model_refuses_ends_the_stream_after_the_answers_before_it(
+    served_with_trainer: Served,
+) -> None:
+    served = served_with_trainer
+    auth = bearer(await served.api_key("alice"))
+    model = await publish_model(served, "alice", b"weights", trainer_artifact_id=ARTIFACT_ID)
+    requests = stream_of(model.id, [3, 3, 3])
+    requests[1].instances[2].string_value = "not a number"
+    got: list[pb.PredictStreamResponse] = []
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for answer in served.stub.PredictStream(iter(requests), metadata=auth):
+            got.append(answer)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info_of(refused.value).reason == "INSTANCES_DO_NOT_FIT"
+    assert [a.offset for a in got] == [0]
+
+
+async def test_a_stream_takes_its_places_from_the_users_predict_limit(
+    served_with_trainer: Served, trainer: tuple[ResidentTrainer, str]
+) -> None:
+    served, fake = served_with_trainer, trainer[0]
+    assert served.gateway.settings.max_concurrent_predicts_per_user == 2
+    fake.gate = asyncio.Event()
+    alice = bearer(await served.api_key("alice"))
+    bob = bearer(await served.api_key("bob"))
+    mine = await publish_model(served, "alice", b"alice weights", trainer_artifact_id=ARTIFACT_ID)
+    his = await publish_model(served, "bob", b"bob weights", trainer_artifact_id=ARTIFACT_ID)
+
+    # One Predict running: the stream gets the one place left, so its chunks run one at a time.
+    held = asyncio.ensure_future(
+        served.stub.Predict(pb.PredictRequest(model_id=mine.id, instances=numbers(0, 1)), metadata=alice)
+    )
+    for _ in range(500):
+        if fake.running == 1:
+            break
+        await asyncio.sleep(0.01)
+    call = served.stub.PredictStream(iter(stream_of(mine.id, [1, 1, 1])), metadata=alice)
+    reading = asyncio.ensure_future(_collect(call))
+    for _ in range(500):
+        if fake.running == 2:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    assert fake.running == 2  # the Predict and one chunk, not three chunks
+
+    # Alice has no place left: a Predict and another stream are refused; Bob is not affected.
+    refused = await _error(
+        served.stub.Predict(pb.PredictRequest(model_id=mine.id, instances=numbers(0, 1)), metadata=alice)
+    )
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info_of(refused).reason == "TOO_MANY_PREDICTS"
+    refused_stream = await _error(
+        _collect(served.stub.PredictStream(iter(stream_of(mine.id, [1])), metadata=alice))
+    )
+    assert refused_stream.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    his_call = asyncio.ensure_future(
+        served.stub.Predict(pb.PredictRequest(model_id=his.id, instances=numbers(5, 1)), metadata=bob)
+    )
+    fake.gate.set()
+    assert [p.output.number_value for p in (await his_call).predictions] == [10.0]
+    assert len((await held).predictions) == 1
+    assert [a.offset for a in await reading] == [0, 1, 2]
+    assert fake.most_running <= 3  # alice's two places and bob's one
+    # Both of alice's places are free again once the stream ended.
+    fake.gate = None
+    again = await _collect(served.stub.PredictStream(iter(stream_of(mine.id, [1, 1])), metadata=alice))
+    assert len(again) == 2
+
+
+async def test_deleting_a_model_ends_its_predictor_at_the_trainer(
+    served_with_trainer: Served, trainer: tuple[ResidentTrainer, str]
+) -> None:
+    served, fake = served_with_trainer, trainer[0]
+    auth = bearer(await served.api_key("alice"))
+    model = await publish_model(served, "alice", b"weights", trainer_artifact_id=ARTIFACT_ID)
+    await served.stub.Predict(pb.PredictRequest(model_id=model.id, instances=numbers(0, 1)), metadata=auth)
+    assert ARTIFACT_ID in fake.resident
+    await served.stub.DeleteModel(pb.DeleteModelRequest(model_id=model.id), metadata=auth)
+    assert fake.released == [ARTIFACT_ID]
+    assert ARTIFACT_ID not in fake.resident
+
+
+async def test_a_model_is_deleted_even_when_the_trainer_is_down(served: Served) -> None:
+    auth = bearer(await served.api_key("alice"))
+    model = await publish_model(served, "alice", b"weights", trainer_artifact_id=ARTIFACT_ID)
+    started = asyncio.get_running_loop().time()
+    await served.stub.DeleteModel(pb.DeleteModelRequest(model_id=model.id), metadata=auth)
+    assert asyncio.get_running_loop().time() - started < 5
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await served.stub.GetModel(pb.GetModelRequest(model_id=model.id), metadata=auth)
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def _collect(call: Any) -> list[pb.PredictStreamResponse]:
+    return [answer async for answer in call]
+
+
+async def _error(awaitable: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await awaitable
+    return failed.value
