@@ -9,6 +9,7 @@ against the baseline. Ctrl-C while following asks whether to cancel the job or o
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -519,33 +520,200 @@ def _umask() -> int:
     return current
 
 
+#: Most instances of one Predict (the gateway's limit); more go through PredictStream in chunks this size.
+PREDICT_BATCH = 1000
+#: At most this many predictions are shown as a table on a terminal; beyond, or when stdout is not a
+#: terminal, one JSON line per prediction.
+TABLE_ROWS = 20
+
+
 def predict(
     model_id: Annotated[str, typer.Argument(help="The model's id.")],
-    inputs: Annotated[list[str], typer.Argument(help="Inputs: each a JSON value (or plain text).")],
+    inputs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Inputs: each a JSON value (or plain text); '-' alone reads JSON lines from stdin."
+        ),
+    ] = None,
+    file: Annotated[
+        str | None,
+        typer.Option(
+            "--file",
+            "-f",
+            help="Read the inputs from this file, one JSON value per line ('-': stdin). Up to 1000 go as "
+            "one Predict; more stream through PredictStream, 1000 a chunk.",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON line per prediction, even on a terminal.")
+    ] = False,
 ) -> None:
-    """Run a model on inputs (in the sandbox) and print one prediction per input."""
-    instances = []
-    for text in inputs:
-        value = struct_pb2.Value()
-        try:
-            json_format.Parse(text, value)
-        except json_format.ParseError:
-            value.string_value = text  # plain text, for text models
-        instances.append(value)
+    """Run a model on inputs and print one prediction per input, in order.
+
+    On a terminal a few predictions show as a table; otherwise (or with --json) each is one JSON line
+    ({"prediction": ..., "probabilities": {...}}) for machine use. A line on stderr says whether the
+    model's predictor was warm (already loaded) or cold (started for this call) and the latency."""
+    source = file if file is not None else ("-" if inputs == ["-"] else None)
+    if source is not None and inputs and inputs != ["-"]:
+        _fail("give the inputs either as arguments or with --file, not both", 2)
+    if source is None and not inputs:
+        _fail("no inputs: give them as arguments, or with --file PATH (or '-' for stdin) as JSON lines", 2)
+    if source is None:
+        instances: Iterator[struct_pb2.Value] = iter([_argument_value(text) for text in inputs or []])
+    else:
+        instances = _json_lines(source)
+    try:
+        first = list(itertools.islice(instances, PREDICT_BATCH + 1))
+    except BadInput as exc:
+        _fail(f"{exc}; nothing was sent", 2)
+    if not first:
+        _fail(f"no inputs in {'stdin' if source == '-' else source}", 2)
+    table = not as_json and sys.stdout.isatty() and len(first) <= TABLE_ROWS
 
     def action(gateway: Gateway) -> None:
-        reply = gateway.stub.Predict(
-            pb.PredictRequest(model_id=model_id, instances=instances), metadata=gateway.metadata
+        started = time.monotonic()
+        bad: list[BadInput] = []
+        if len(first) <= PREDICT_BATCH:
+            reply = gateway.stub.Predict(
+                pb.PredictRequest(model_id=model_id, instances=first), metadata=gateway.metadata
+            )
+            answers = [(0, reply.predictions, reply.predict_duration, reply.warm, reply.restarted)]
+        else:
+            answers = _streamed(gateway, model_id, itertools.chain(first, instances), bad)
+        done = 0
+        warm: list[bool] = []
+        trainer_s = 0.0
+        rows: list[tuple[struct_pb2.Value, Any]] = []
+        for offset, predictions, duration, was_warm, restarted in answers:
+            warm.append(was_warm)
+            trainer_s += duration.ToNanoseconds() / 1e9
+            if restarted:
+                err_console.print(
+                    "note: the model's predictor had stopped; a new one was started",
+                    highlight=False,
+                    markup=False,
+                )
+            for i, prediction in enumerate(predictions):
+                if table:
+                    rows.append((first[offset + i], prediction))
+                else:
+                    print(json.dumps(_prediction_json(prediction)), flush=False)
+            done += len(predictions)
+        sys.stdout.flush()
+        if bad:
+            _fail(f"{bad[0]}; the {done} predictions of the lines before it were printed", 2)
+        if table:
+            console.print(_prediction_table(rows))
+        elapsed = time.monotonic() - started
+        state = (
+            "warm"
+            if all(warm)
+            else "cold"
+            if not any(warm)
+            else f"cold for {warm.count(False)} of {len(warm)} calls"
         )
-        for text, prediction in zip(inputs, reply.predictions, strict=True):
-            output = json_format.MessageToDict(prediction.output) if prediction.HasField("output") else None
-            row: dict[str, Any] = {"input": text[:80], "prediction": output}
-            if prediction.probabilities:
-                top = sorted(prediction.probabilities.items(), key=lambda kv: -kv[1])[:3]
-                row["top"] = {k: round(v, 4) for k, v in top}
-            print(json.dumps(row))
+        err_console.print(
+            f"{done} prediction{'s' if done != 1 else ''}, {state}: {trainer_s * 1000:.1f} ms at the trainer, "
+            f"{elapsed * 1000:.1f} ms in all" + (f" ({len(warm)} chunks)" if len(warm) > 1 else ""),
+            highlight=False,
+            markup=False,
+        )
 
     _call(action)
+
+
+def _streamed(
+    gateway: Gateway, model_id: str, instances: Iterator[struct_pb2.Value], bad: list[BadInput]
+) -> Iterator[tuple[int, Any, Any, bool, bool]]:
+    """PredictStream: the first message names the model, every message carries up to 1000 instances read
+    lazily from ``instances`` (a large file is never held whole); the answers come back in order.
+
+    gRPC reads the requests in a thread of its own: a line that is not JSON ends the requests there (the
+    chunks before it are answered) and is handed back in ``bad``."""
+
+    def requests() -> Iterator[pb.PredictStreamRequest]:
+        chunk: list[struct_pb2.Value] = []
+        sent = 0
+        try:
+            for value in instances:
+                chunk.append(value)
+                if len(chunk) == PREDICT_BATCH:
+                    yield pb.PredictStreamRequest(model_id="" if sent else model_id, instances=chunk)
+                    chunk, sent = [], sent + 1
+        except BadInput as exc:  # the lines before it still go
+            bad.append(exc)
+        if chunk:
+            yield pb.PredictStreamRequest(model_id="" if sent else model_id, instances=chunk)
+
+    for answer in gateway.stub.PredictStream(requests(), metadata=gateway.metadata):
+        yield answer.offset, answer.predictions, answer.predict_duration, answer.warm, answer.restarted
+
+
+def _argument_value(text: str) -> struct_pb2.Value:
+    value = struct_pb2.Value()
+    try:
+        json_format.Parse(text, value)
+    except json_format.ParseError:
+        value.string_value = text  # plain text, for text models
+    return value
+
+
+class BadInput(ValueError):
+    """A line of the inputs that is not JSON."""
+
+
+def _json_lines(source: str) -> Iterator[struct_pb2.Value]:
+    """One instance per non-blank line of ``source`` (a path, or '-' for stdin), read as it is consumed.
+
+    A line that is not JSON stops everything with its number (exit 2), before it is sent: a text
+    instance is a JSON string ("a great film")."""
+    if source == "-":
+        stream = sys.stdin
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            _fail(f"--file {source!r}: no such file", 2)
+        stream = path.open(encoding="utf-8")
+    try:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            value = struct_pb2.Value()
+            try:
+                json_format.Parse(line, value)
+            except json_format.ParseError as exc:
+                name = "stdin" if source == "-" else source
+                raise BadInput(
+                    f"{name} line {number} is not JSON ({exc}); each line is one instance as JSON, a text "
+                    'one a JSON string ("a great film")'
+                ) from None
+            yield value
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+def _prediction_json(prediction: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "prediction": json_format.MessageToDict(prediction.output) if prediction.HasField("output") else None
+    }
+    if prediction.probabilities:
+        row["probabilities"] = {k: round(v, 6) for k, v in prediction.probabilities.items()}
+    return row
+
+
+def _prediction_table(rows: list[tuple[struct_pb2.Value, Any]]) -> Table:
+    table = Table("input", "prediction", "top probabilities")
+    for value, prediction in rows:
+        shown = json.dumps(json_format.MessageToDict(value))
+        row = _prediction_json(prediction)
+        top = sorted((row.get("probabilities") or {}).items(), key=lambda kv: -kv[1])[:3]
+        table.add_row(
+            Text(shown if len(shown) <= 80 else shown[:79] + "…"),
+            Text(json.dumps(row["prediction"])),
+            Text(", ".join(f"{k} {v:.3f}" for k, v in top)),
+        )
+    return table
 
 
 def register(app: typer.Typer) -> None:

@@ -10,6 +10,10 @@ the two run together in bench/bench_serving.py.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,7 +149,7 @@ async def test_a_stream_answers_each_chunk_in_order_with_its_offset(
     assert [len(a.predictions) for a in answers] == sizes
     outputs = [p.output.number_value for a in answers for p in a.predictions]
     assert outputs == [2.0 * i for i in range(2507)]
-    assert [a.warm for a in answers][0] is False and all(a.warm for a in answers[2:])
+    assert answers[0].warm is False and all(a.warm for a in answers[2:])
     fake = trainer[0]
     assert sorted(fake.calls) == sorted(sizes)  # one trainer Predict per chunk, none larger than 1000
     assert fake.most_running == 2  # the default ZX_GATEWAY_PREDICT_STREAM_IN_FLIGHT, never more
@@ -270,3 +274,64 @@ async def _error(awaitable: Any) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await awaitable
     return failed.value
+
+
+# -- zx predict ------------------------------------------------------------------------------------------
+
+ZX = str(Path(sys.executable).with_name("zx"))
+
+
+async def zx_predict(
+    served: Served, key: str, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZX_")}
+    env.update({"ZX_GATEWAY_ADDRESS": served.address, "ZX_API_KEY": key, "COLUMNS": "200"})
+    return await asyncio.to_thread(
+        subprocess.run,
+        [ZX, "predict", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_zx_predict_sends_a_file_of_json_lines_and_streams_a_large_one(
+    served_with_trainer: Served, trainer: tuple[ResidentTrainer, str], tmp_path: Path
+) -> None:
+    served, fake = served_with_trainer, trainer[0]
+    key = await served.api_key("alice")
+    model = await publish_model(served, "alice", b"weights", trainer_artifact_id=ARTIFACT_ID)
+    small = tmp_path / "small.jsonl"
+    small.write_text("1\n\n2.5\n3\n")  # a blank line is skipped
+    done = await zx_predict(served, key, model.id, "--file", str(small))
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["prediction"] for line in done.stdout.splitlines()] == [2, 5, 6]
+    assert "3 predictions, cold:" in done.stderr and "ms at the trainer" in done.stderr
+    assert fake.calls == [3]  # one Predict
+
+    large = tmp_path / "large.jsonl"
+    large.write_text("".join(f"{i}\n" for i in range(2300)))
+    streamed = await zx_predict(served, key, model.id, "-f", str(large))
+    assert streamed.returncode == 0, streamed.stderr
+    assert [json.loads(line)["prediction"] for line in streamed.stdout.splitlines()] == [
+        2 * i for i in range(2300)
+    ]
+    assert "2300 predictions, warm:" in streamed.stderr and "(3 chunks)" in streamed.stderr
+    assert sorted(fake.calls[1:]) == [300, 1000, 1000]  # PredictStream, 1000 a chunk
+
+
+async def test_zx_predict_reads_stdin_and_refuses_a_line_that_is_not_json(
+    served_with_trainer: Served, trainer: tuple[ResidentTrainer, str]
+) -> None:
+    served, fake = served_with_trainer, trainer[0]
+    key = await served.api_key("alice")
+    model = await publish_model(served, "alice", b"weights", trainer_artifact_id=ARTIFACT_ID)
+    done = await zx_predict(served, key, model.id, "-", stdin="4\n5\n")
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["prediction"] for line in done.stdout.splitlines()] == [8, 10]
+    refused = await zx_predict(served, key, model.id, "--file", "-", stdin='1\n{"open": \n3\n')
+    assert refused.returncode == 2
+    assert "stdin line 2 is not JSON" in refused.stderr and "nothing was sent" in refused.stderr
+    assert fake.calls == [2]  # the refused input never reached the trainer
