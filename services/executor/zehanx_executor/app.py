@@ -25,7 +25,7 @@ from zehanx_executor.sandbox.local import LocalSandbox, LocalSandboxConfig
 from zehanx_executor.sandbox.model import ExitReason, Finished, JobFile, JobSpec, Limits, Output, Stream
 from zehanx_executor.sandbox.probe import ISOLATION_PROBE, isolation_problems, probe
 from zehanx_executor.sandbox.unsafe import WARNING, UnsafeDevRunner
-from zehanx_executor.service import EnvPolicy, Executor, LimitPolicy, SlotPool
+from zehanx_executor.service import EnvPolicy, Executor, LimitPolicy, SessionPolicy, SessionPool, SlotPool
 from zehanx_executor.settings import ExecutorSettings
 
 log = get_logger("zehanx.executor")
@@ -164,6 +164,13 @@ async def _ray_executor(
     return Executor(box, slots=slots, limits=policy, env=env)
 
 
+def session_pool(s: ExecutorSettings) -> tuple[SessionPool, SessionPolicy]:
+    return (
+        SessionPool(s.session_slots, s.session_memory_bytes),
+        SessionPolicy(s.session_idle_s, max(s.session_idle_s, s.session_max_idle_s)),
+    )
+
+
 async def build_executor(s: ExecutorSettings, *, e2b_factory: E2BFactory | None = None) -> Executor:
     slots = SlotPool(s.max_concurrent, max_waiting=s.max_queue, wait_timeout_s=s.queue_timeout_s)
     policy = limit_policy(s)
@@ -232,4 +239,7 @@ async def build_executor(s: ExecutorSettings, *, e2b_factory: E2BFactory | None 
         max_cpus=policy.ceilings.cpus,
         **caps.summary(),
     )
-    return Executor(box, slots=slots, limits=policy, env=env)
+    sessions, session_policy = session_pool(s)
+    return Executor(
+        box, slots=slots, limits=policy, env=env, sessions=sessions, session_policy=session_policy
+    )

@@ -15,7 +15,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
@@ -23,8 +23,17 @@ from prometheus_client import Counter, Gauge, Histogram
 from zehanx_runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, ResourceExhausted
 from zehanx_runtime.logging import get_logger
 
-from zehanx_executor.sandbox.base import SandboxBackend, SandboxRun
-from zehanx_executor.sandbox.model import Event, Finished, JobFile, JobSpec, Limits, Started
+from zehanx_executor.sandbox.base import SandboxBackend, SandboxRun, SandboxSession, SessionBackend
+from zehanx_executor.sandbox.model import (
+    Event,
+    Finished,
+    JobFile,
+    JobSpec,
+    Limits,
+    Reply,
+    SessionEvent,
+    Started,
+)
 
 log = get_logger("zehanx.executor")
 
@@ -44,6 +53,24 @@ PEAK_MEMORY = Histogram(
     "Peak memory of a run's cgroup (rss, page cache and tmpfs).",
     ["backend"],
     buckets=tuple(2**n * 1024 * 1024 for n in range(4, 16)),  # 16 MiB .. 16 GiB
+)
+SESSION_SLOTS = Gauge("zx_executor_session_slots", "Warm sessions this executor may hold at once.")
+SESSIONS_OPEN = Gauge("zx_executor_sessions_open", "Warm sessions open now.")
+SESSION_MEMORY_RESERVED = Gauge(
+    "zx_executor_session_memory_reserved_bytes", "Sum of the memory limits of the open sessions."
+)
+SESSION_MEMORY_TOTAL = Gauge(
+    "zx_executor_session_memory_bytes", "Memory the sessions may reserve together (their limits' sum)."
+)
+SESSION_CALLS = Counter("zx_executor_session_calls_total", "Calls written to sessions.", ["backend"])
+SESSIONS_ENDED = Counter(
+    "zx_executor_sessions_ended_total", "Sessions that ended, by how they ended.", ["backend", "reason"]
+)
+SESSION_CALL_SECONDS = Histogram(
+    "zx_executor_session_call_seconds",
+    "Time from a call being written to a session's process to its reply being read.",
+    ["backend"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
 )
 
 
@@ -254,6 +281,62 @@ class SlotPool:
             fut.set_result(self._free.pop(0))
 
 
+class SessionPool:
+    """Capacity of warm sessions, apart from the runs' slots (a warm predictor never takes a training
+    run's slot): ``size`` numbered places and a total of the sessions' memory limits. Nothing waits:
+    beyond either bound the caller gets ResourceExhausted SESSION_CAPACITY at once (the trainer then
+    ends its least recently used session and asks again)."""
+
+    def __init__(self, size: int, memory_budget: int) -> None:
+        if size < 1 or memory_budget <= 0:
+            raise ValueError("size >= 1 and memory_budget > 0 are required")
+        self.size, self.memory_budget = size, memory_budget
+        self.memory_reserved = 0
+        self._free = list(range(size))
+
+    @property
+    def busy(self) -> int:
+        return self.size - len(self._free)
+
+    @contextlib.contextmanager
+    def place(self, memory_bytes: int) -> Iterator[int]:
+        meta = {
+            "session_slots": str(self.size),
+            "sessions_open": str(self.busy),
+            "session_memory_bytes": str(self.memory_budget),
+            "session_memory_reserved_bytes": str(self.memory_reserved),
+            "memory_bytes": str(memory_bytes),
+        }
+        if memory_bytes > self.memory_budget:
+            raise FailedPrecondition(
+                f"the session asks for {memory_bytes} bytes of memory, more than all sessions together may "
+                f"hold on this executor ({self.memory_budget} bytes); ask for less",
+                reason="SESSION_MEMORY_BUDGET",
+                metadata=meta,
+            )
+        if not self._free:
+            raise ResourceExhausted(
+                f"all {self.size} session places of this executor are taken; end a session and try again",
+                reason="SESSION_CAPACITY",
+                metadata=meta,
+            )
+        if self.memory_reserved + memory_bytes > self.memory_budget:
+            raise ResourceExhausted(
+                f"the open sessions hold {self.memory_reserved} of the {self.memory_budget} bytes of memory "
+                f"sessions may hold together; {memory_bytes} more do not fit. End a session and try again",
+                reason="SESSION_CAPACITY",
+                metadata=meta,
+            )
+        index = self._free.pop(0)
+        self.memory_reserved += memory_bytes
+        try:
+            yield index
+        finally:
+            self.memory_reserved -= memory_bytes
+            self._free.append(index)
+            self._free.sort()
+
+
 @dataclass(frozen=True, slots=True)
 class ExecuteInput:
     """An Execute request in domain terms (the servicer builds it from protobuf)."""
@@ -268,6 +351,105 @@ class ExecuteInput:
     job_id: str = ""
     #: A job owner's own E2B key (from the trainer's call metadata); never part of the environment.
     sandbox_api_key: str | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInput:
+    """A Session's start message in domain terms."""
+
+    execution_id: str
+    argv: tuple[str, ...]
+    files: tuple[JobFile, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    limits: LimitRequest = field(default_factory=LimitRequest)
+    job_id: str = ""
+    idle_s: float | None = None
+    """Idle timeout asked for; None: the server's default (never above its ceiling)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPolicy:
+    """Idle timeouts of sessions: the default and the ceiling, in seconds."""
+
+    default_idle_s: float = 300.0
+    max_idle_s: float = 3600.0
+
+    def idle(self, asked: float | None) -> float:
+        return min(asked or self.default_idle_s, self.max_idle_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A session's process is running (the first event of Session.events)."""
+
+    started: Started
+    idle_s: float
+    start_s: float
+    """From the request to the process being started."""
+
+
+class Session:
+    """An open session: iterate :meth:`events`; another task sends :meth:`call` and :meth:`close_input`;
+    :meth:`fail` ends the call with an error (a bad message from the caller); :meth:`abort` kills it."""
+
+    def __init__(self, run: SandboxSession, backend: str, idle_s: float, opened: float) -> None:
+        self._run, self._backend, self._idle_s, self._opened = run, backend, idle_s, opened
+        self._error: Exception | None = None
+        self._events = self._measured()
+
+    async def call(self, call_id: int, payload: bytes) -> None:
+        if b"\n" in payload:
+            raise InvalidArgument(
+                "a call's payload must not contain a newline byte (one call is one line on the process's "
+                "stdin): send JSON on one line, or base64",
+                violations=[FieldViolation("call.payload", "must not contain a newline byte (0x0a)")],
+            )
+        if await self._run.call(call_id, payload):
+            SESSION_CALLS.labels(self._backend).inc()
+
+    def close_input(self) -> None:
+        self._run.close_input()
+
+    def fail(self, error: Exception) -> None:
+        """End the session with ``error`` as the call's outcome (the process is killed)."""
+        if self._error is None:
+            self._error = error
+        self._run.abort()
+
+    def abort(self) -> None:
+        self._run.abort()
+
+    def events(self) -> AsyncIterator[Ready | SessionEvent]:
+        return self._events
+
+    async def _measured(self) -> AsyncIterator[Ready | SessionEvent]:
+        span = trace.get_current_span()
+        events = self._run.events()
+        try:
+            async for event in events:
+                if self._error is not None:
+                    raise self._error
+                if isinstance(event, Started):
+                    start_s = time.monotonic() - self._opened
+                    START_SECONDS.labels(self._backend).observe(start_s)
+                    span.add_event("session started", {"backend": self._backend, "start_seconds": start_s})
+                    yield Ready(event, self._idle_s, start_s)
+                    continue
+                if isinstance(event, Reply):
+                    SESSION_CALL_SECONDS.labels(self._backend).observe(event.duration_s)
+                elif isinstance(event, Finished):
+                    SESSIONS_ENDED.labels(self._backend, event.reason.name.lower()).inc()
+                    if event.usage.max_rss_bytes:
+                        PEAK_MEMORY.labels(self._backend).observe(event.usage.max_rss_bytes)
+                    span.add_event(
+                        "session ended",
+                        {"reason": event.reason.name.lower(), "exit_code": event.exit_code},
+                    )
+                yield event
+            if self._error is not None:
+                raise self._error
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
 
 
 class Execution:
@@ -287,9 +469,22 @@ class Executor:
     """The Execute use case over one backend."""
 
     def __init__(
-        self, backend: SandboxBackend, *, slots: SlotPool, limits: LimitPolicy, env: EnvPolicy
+        self,
+        backend: SandboxBackend,
+        *,
+        slots: SlotPool,
+        limits: LimitPolicy,
+        env: EnvPolicy,
+        sessions: SessionPool | None = None,
+        session_policy: SessionPolicy | None = None,
     ) -> None:
         self.backend, self.slots, self.limit_policy, self.env_policy = backend, slots, limits, env
+        self.sessions, self.session_policy = sessions, session_policy or SessionPolicy()
+        if sessions is not None:
+            SESSION_SLOTS.set_function(lambda: sessions.size)
+            SESSIONS_OPEN.set_function(lambda: sessions.busy)
+            SESSION_MEMORY_RESERVED.set_function(lambda: sessions.memory_reserved)
+            SESSION_MEMORY_TOTAL.set_function(lambda: sessions.memory_budget)
         # Read from the pool when Prometheus scrapes (the executor a process serves: one per process).
         SLOTS_TOTAL.set_function(lambda: slots.size)
         SLOTS_BUSY.set_function(lambda: slots.busy)
@@ -327,6 +522,45 @@ class Executor:
                 yield execution
             finally:
                 await events.aclose()  # type: ignore[attr-defined]
+
+    @contextlib.asynccontextmanager
+    async def open_session(self, req: SessionInput) -> AsyncIterator[Session]:
+        """Validate, take a session place (or raise ResourceExhausted SESSION_CAPACITY at once) and yield
+        the session. Leaving the block kills the process if it still runs and frees the place."""
+        opened = time.monotonic()
+        spec = self.job(
+            ExecuteInput(
+                execution_id=req.execution_id,
+                job_id=req.job_id,
+                argv=req.argv,
+                files=req.files,
+                env=req.env,
+                limits=req.limits,
+            )
+        )
+        start_session = getattr(self.backend, "start_session", None)
+        if self.sessions is None or start_session is None:
+            raise FailedPrecondition(
+                f"the {self.backend.name} backend cannot keep a sandboxed process warm (sessions run in the "
+                "local sandbox only); run each call as its own Execute instead",
+                reason="SESSIONS_UNSUPPORTED",
+                metadata={"backend": self.backend.name},
+            )
+        self.backend.check(spec)
+        idle_s = self.session_policy.idle(req.idle_s)
+        with self.sessions.place(spec.limits.memory_bytes) as index:
+            # Session uids follow the runs' and the self-test probe's (uid_base + slots + 1 + index).
+            backend: SessionBackend = self.backend  # type: ignore[assignment]
+            session = Session(
+                backend.start_session(spec, self.slots.size + 1 + index, idle_s),
+                self.backend.name,
+                idle_s,
+                opened,
+            )
+            try:
+                yield session
+            finally:
+                await session.events().aclose()  # type: ignore[attr-defined]
 
     async def close(self) -> None:
         await self.backend.close()
@@ -378,5 +612,10 @@ __all__ = [
     "Executor",
     "LimitPolicy",
     "LimitRequest",
+    "Ready",
+    "Session",
+    "SessionInput",
+    "SessionPolicy",
+    "SessionPool",
     "SlotPool",
 ]

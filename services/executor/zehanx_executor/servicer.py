@@ -7,6 +7,8 @@ iterator's own cleanup then waits for the cgroup to empty and frees the slot.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +20,7 @@ from zehanx.executor.v1 import executor_service_pb2 as pb
 from zehanx.executor.v1 import executor_service_pb2_grpc as rpc
 from zehanx_runtime import provider_keys
 from zehanx_runtime.durations import to_duration, to_seconds
+from zehanx_runtime.errors import FieldViolation, InvalidArgument
 
 from zehanx_executor.sandbox.model import (
     Event,
@@ -28,10 +31,12 @@ from zehanx_executor.sandbox.model import (
     Limits,
     Metric,
     Output,
+    Reply,
+    SessionEvent,
     Started,
     Stream,
 )
-from zehanx_executor.service import ExecuteInput, Executor, LimitRequest
+from zehanx_executor.service import ExecuteInput, Executor, LimitRequest, Ready, Session, SessionInput
 
 SERVICE_NAME = "zehanx.executor.v1.ExecutorService"
 
@@ -49,9 +54,8 @@ _REASONS = {
 _STREAMS = {Stream.STDOUT: log_pb2.OUTPUT_STREAM_STDOUT, Stream.STDERR: log_pb2.OUTPUT_STREAM_STDERR}
 
 
-def to_input(request: pb.ExecuteRequest, *, sandbox_api_key: str | None = None) -> ExecuteInput:
-    lim = request.limits
-    limits = LimitRequest(
+def to_limits(lim: pb.Limits) -> LimitRequest:
+    return LimitRequest(
         wall_time_s=to_seconds(lim.max_wall_duration) if lim.HasField("max_wall_duration") else None,
         cpu_time_s=to_seconds(lim.max_cpu_duration) if lim.HasField("max_cpu_duration") else None,
         memory_bytes=lim.max_memory_bytes or None,
@@ -62,13 +66,16 @@ def to_input(request: pb.ExecuteRequest, *, sandbox_api_key: str | None = None) 
         gpu=lim.gpu,
         cpus=lim.max_cpus or None,
     )
+
+
+def to_input(request: pb.ExecuteRequest, *, sandbox_api_key: str | None = None) -> ExecuteInput:
     return ExecuteInput(
         execution_id=request.execution_id or str(uuid.uuid4()),
         job_id=request.job_id,
         argv=tuple(request.argv),
         files=tuple(JobFile(f.path, f.content, f.executable) for f in request.files),
         env=dict(request.env),
-        limits=limits,
+        limits=to_limits(request.limits),
         collect=tuple(request.collect),
         collect_max_bytes=request.collect_max_bytes,
         sandbox_api_key=sandbox_api_key,
@@ -87,6 +94,67 @@ def limits_pb(limits: Limits) -> pb.Limits:
         gpu=limits.gpu,
         max_cpus=limits.cpus,
     )
+
+
+def to_session_input(start: pb.SessionStart) -> SessionInput:
+    return SessionInput(
+        execution_id=start.execution_id or str(uuid.uuid4()),
+        job_id=start.job_id,
+        argv=tuple(start.argv),
+        files=tuple(JobFile(f.path, f.content, f.executable) for f in start.files),
+        env=dict(start.env),
+        limits=to_limits(start.limits),
+        idle_s=to_seconds(start.max_idle_duration) if start.HasField("max_idle_duration") else None,
+    )
+
+
+def result_pb(event: Finished) -> pb.ExecutionResult:
+    u = event.usage
+    return pb.ExecutionResult(
+        reason=_REASONS[event.reason],
+        exit_code=event.exit_code,
+        signal=event.signal,
+        message=event.message,
+        usage=pb.ResourceUsage(
+            wall_duration=to_duration(u.wall_time_s),
+            cpu_duration=to_duration(u.cpu_time_s),
+            max_rss_bytes=u.max_rss_bytes,
+            output_bytes=u.output_bytes,
+            disk_bytes=u.disk_bytes,
+        ),
+        dropped_metric_count=u.metric_lines_dropped,
+    )
+
+
+def to_session_response(event: Ready | SessionEvent, sequence: int) -> pb.SessionResponse:
+    now = timestamp_pb2.Timestamp()
+    now.GetCurrentTime()
+    out = pb.SessionResponse(sequence=sequence, event_time=now)
+    if isinstance(event, Ready):
+        s = event.started
+        out.ready.CopyFrom(
+            pb.SessionReady(
+                execution_id=s.execution_id,
+                backend=s.backend,
+                sandbox_description=s.description,
+                effective_limits=limits_pb(s.limits),
+                max_idle_duration=to_duration(event.idle_s),
+                start_duration=to_duration(event.start_s),
+            )
+        )
+    elif isinstance(event, Reply):
+        out.reply.CopyFrom(
+            pb.SessionReply(
+                call_id=event.call_id, payload=event.payload, call_duration=to_duration(event.duration_s)
+            )
+        )
+    elif isinstance(event, Output):
+        out.output.CopyFrom(pb.OutputChunk(stream=_STREAMS[event.stream], data=event.data))
+    elif isinstance(event, Finished):
+        out.ended.CopyFrom(result_pb(event))
+    else:  # pragma: no cover - a session yields no other events
+        raise TypeError(f"unexpected session event {event!r}")
+    return out
 
 
 def to_response(event: Event, sequence: int) -> pb.ExecuteResponse:
@@ -121,23 +189,7 @@ def to_response(event: Event, sequence: int) -> pb.ExecuteResponse:
             )
         )
     elif isinstance(event, Finished):
-        u = event.usage
-        out.result.CopyFrom(
-            pb.ExecutionResult(
-                reason=_REASONS[event.reason],
-                exit_code=event.exit_code,
-                signal=event.signal,
-                message=event.message,
-                usage=pb.ResourceUsage(
-                    wall_duration=to_duration(u.wall_time_s),
-                    cpu_duration=to_duration(u.cpu_time_s),
-                    max_rss_bytes=u.max_rss_bytes,
-                    output_bytes=u.output_bytes,
-                    disk_bytes=u.disk_bytes,
-                ),
-                dropped_metric_count=u.metric_lines_dropped,
-            )
-        )
+        out.result.CopyFrom(result_pb(event))
     else:  # pragma: no cover - the event union is closed
         raise TypeError(f"unknown event {event!r}")
     return out
@@ -160,3 +212,43 @@ class ExecutorServicer(rpc.ExecutorServiceServicer):
             async for event in execution.events():
                 sequence += 1
                 yield to_response(event, sequence)
+
+    async def Session(
+        self, requests: AsyncIterator[pb.SessionRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.SessionResponse]:
+        first = await anext(aiter(requests), None)
+        if first is None or first.WhichOneof("request") != "start":
+            raise InvalidArgument(
+                "the first message of a session must carry start",
+                violations=[FieldViolation("start", "must be set in the first message (and only there)")],
+            )
+        async with self.executor.open_session(to_session_input(first.start)) as session:
+            context.add_done_callback(lambda _ctx: session.abort())
+            feeder = asyncio.create_task(_feed(requests, session))
+            try:
+                sequence = 0
+                async for event in session.events():
+                    sequence += 1
+                    yield to_session_response(event, sequence)
+            finally:
+                feeder.cancel()
+                with contextlib.suppress(BaseException):
+                    await feeder
+
+
+async def _feed(requests: AsyncIterator[pb.SessionRequest], session: Session) -> None:
+    """Write the caller's calls to the session in order; its half-close closes the process's stdin. A bad
+    message (or an error reading the stream) ends the session with that error."""
+    try:
+        async for request in requests:
+            if request.WhichOneof("request") != "call":
+                raise InvalidArgument(
+                    "only the first message of a session may carry start",
+                    violations=[FieldViolation("start", "must be set in the first message only")],
+                )
+            await session.call(request.call.call_id, request.call.payload)
+        session.close_input()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a DomainError is mapped by the interceptor; anything else is INTERNAL
+        session.fail(exc)

@@ -165,6 +165,29 @@ class ExecutorSettings(ServiceSettings):
     open_files: int = Field(1024, ge=16, le=1 << 20, description="RLIMIT_NOFILE of sandboxed programs.")
     tmp_bytes: int = Field(64 * MiB, ge=MiB, description="Size of the sandbox's private /tmp.")
 
+    # Warm sessions (ExecutorService.Session, local sandbox only): their own capacity, apart from the runs'.
+    session_slots: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Warm sessions (kept-alive sandboxed processes, e.g. predictors) open at once, apart from "
+        "max_concurrent runs; beyond it Session answers RESOURCE_EXHAUSTED SESSION_CAPACITY at once. Session "
+        "n runs as uid uid_base + max_concurrent + 1 + n.",
+    )
+    session_memory_bytes: int = Field(
+        8 * GiB,
+        ge=16 * MiB,
+        description="Sum of the memory limits the open sessions may hold together; a session that does not "
+        "fit answers RESOURCE_EXHAUSTED SESSION_CAPACITY, one asking for more than all of it "
+        "FAILED_PRECONDITION SESSION_MEMORY_BUDGET. Apart from memory_budget_bytes (the runs').",
+    )
+    session_idle_s: float = Field(
+        300.0, gt=0, le=86_400, description="A session with no call for this long is ended (default)."
+    )
+    session_max_idle_s: float = Field(
+        3600.0, gt=0, le=86_400, description="Ceiling of the idle timeout a session may ask for."
+    )
+
     # E2B.
     e2b_api_key: SecretStr | None = Field(
         None,
@@ -221,7 +244,8 @@ class ExecutorSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _uids_clear_of_reserved_ranges(self) -> Self:
-        low, high = self.uid_base, self.uid_base + self.max_concurrent  # the probe runs as the last one
+        # runs, then the probe, then the sessions
+        low, high = self.uid_base, self.uid_base + self.max_concurrent + self.session_slots
         for first, last, what in RESERVED_UIDS:
             if low <= last and first <= high:
                 raise ValueError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from zehanx_executor.sandbox.model import Event, JobSpec
+from zehanx_executor.sandbox.model import Event, JobSpec, SessionEvent
 
 
 class SandboxRun(Protocol):
@@ -19,6 +19,38 @@ class SandboxRun(Protocol):
     def abort(self) -> None:
         """Kill the program now (synchronous, idempotent; a no-op once finished). The event stream then
         ends with reason CANCELLED unless it already ended."""
+        ...
+
+
+class SandboxSession(Protocol):
+    """One warm session: a process kept alive and fed calls (one stdin line each, one stdout line back).
+    Iterate :meth:`events` to drive it while another task sends :meth:`call`; closing the iterator kills
+    the process tree and cleans up, as for a run."""
+
+    def events(self) -> AsyncIterator[SessionEvent]:
+        """Started (the process runs), then Output and Reply events, then exactly one Finished."""
+        ...
+
+    async def call(self, call_id: int, payload: bytes) -> bool:
+        """Write one call (payload without a newline); False when the session is ending and the call
+        was dropped. Raises FailedPrecondition when too many calls wait for replies."""
+        ...
+
+    def close_input(self) -> None:
+        """The caller sends no more calls: close the process's stdin."""
+        ...
+
+    def abort(self) -> None:
+        """Kill the process now (synchronous, idempotent); the stream ends with CANCELLED."""
+        ...
+
+
+class SessionBackend(Protocol):
+    """A backend that can keep a sandboxed process warm (the local sandbox)."""
+
+    def start_session(self, spec: JobSpec, slot: int, idle_s: float) -> SandboxSession:
+        """Prepare a session in slot ``slot``; nothing runs until its events are iterated. It ends
+        (reason TIMEOUT) after ``idle_s`` seconds with no call waiting for its reply."""
         ...
 
 

@@ -46,7 +46,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from zehanx_executor.sandbox import jobdir as jobdir_mod
 from zehanx_executor.sandbox.cgroups import CgroupLayout, JobCgroup, remove_stale
@@ -71,6 +71,9 @@ from zehanx_executor.sandbox.probe import Capabilities, lib_links, world_travers
 from zehanx_executor.sandbox.seccomp import build_filter_bpf, filter_fd
 from zehanx_runtime.errors import FailedPrecondition
 from zehanx_runtime.logging import get_logger
+
+if TYPE_CHECKING:
+    from zehanx_executor.sandbox.session import LocalSession
 
 log = get_logger("zehanx.executor.local")
 T = TypeVar("T")
@@ -240,6 +243,13 @@ class LocalSandbox:
 
     def start(self, spec: JobSpec, slot: int) -> _LocalRun:
         return _LocalRun(self, spec, slot)
+
+    def start_session(self, spec: JobSpec, slot: int, idle_s: float) -> LocalSession:
+        """Prepare a warm session (one process fed calls on stdin) in slot ``slot``, with the same
+        isolation and cleanup as :meth:`start`; nothing runs until its events are iterated."""
+        from zehanx_executor.sandbox.session import LocalSession
+
+        return LocalSession(self, spec, slot, idle_s)
 
     def _env(self, spec: JobSpec, uid: int) -> dict[str, str]:
         path = ":".join([*self.config.path_dirs, "/usr/local/bin", "/usr/bin", "/bin"])
@@ -427,7 +437,11 @@ class _LocalRun:
 
     # -- the run -------------------------------------------------------------------------------
 
-    async def _spawn(self) -> tuple[asyncio.subprocess.Process, int]:
+    async def _spawn(
+        self, *, interactive: bool = False, line_limit: int = 2**16
+    ) -> tuple[asyncio.subprocess.Process, int]:
+        """Launch the chain. ``interactive`` (a session): stdin is a pipe the caller writes calls to,
+        and ``line_limit`` bounds one stdout line (a reply) the session reads with ``readuntil``."""
         fds: dict[str, int] = {}
         status_r, status_w = os.pipe()
         try:
@@ -440,9 +454,10 @@ class _LocalRun:
             )
             proc = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE if interactive else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
+                limit=line_limit,
                 env={"PATH": LAUNCHER_PATH},
                 pass_fds=tuple(fds.values()),
                 close_fds=True,

@@ -254,3 +254,17 @@ class Finished:
 
 
 Event = Started | Output | Metric | FileChunk | Finished
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A session's answer to one call: the stdout line the process wrote, without its newline."""
+
+    call_id: int
+    payload: bytes
+    duration_s: float
+    """From the call being written to the process to its reply being read (queueing included)."""
+
+
+SessionEvent = Started | Output | Reply | Finished
+"""A session yields Started (the process is running), then Output and Reply events, then Finished."""
