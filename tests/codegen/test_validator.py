@@ -85,6 +85,25 @@ def test_missing_entry_points_and_runtime_helper_are_named(good: Program) -> Non
     assert "zxrt.save_model" in _failed(no_save)["uses_runtime_helper"]
 
 
+def test_a_predict_py_without_load_and_predict_is_refused_with_the_reason(good: Program) -> None:
+    script_only = (
+        "import json\nimport sys\n\n\ndef main():\n    rows = [json.loads(x) for x in open(sys.argv[1])]\n"
+        "    with open(sys.argv[2], 'w') as f:\n        for _ in rows:\n"
+        "            f.write(json.dumps({'prediction': 0}) + '\\n')\n\n\n"
+        'if __name__ == "__main__":\n    main()\n'
+    )
+    failed = _failed(_with(good, "predict.py", script_only))["entry_points"]
+    assert "predict.py defines no top-level load(model_dir)" in failed
+    assert "predict(state, rows)" in failed and "resident predictor" in failed
+    # The old three-argument predict(model, config, rows) is named with its line.
+    old_shape = good.files["predict.py"].replace(
+        "def predict(state, rows):", "def predict(model, config, rows):"
+    )
+    failed = _failed(_with(good, "predict.py", old_shape))["entry_points"]
+    assert "predict() must take 2 positional argument(s): predict(state, rows)" in failed
+    assert "predict.py:" in failed
+
+
 def test_paths_from_the_data_and_output_folders_pass(good: Program) -> None:
     helper = (
         "import os\nimport zxrt\n\n\ndef read(name):\n    cfg = zxrt.env()\n"

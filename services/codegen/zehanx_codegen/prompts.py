@@ -30,10 +30,14 @@ The program contract (version 1):
   Save the model with zxrt.save_model(model_or_dict_of_tensors, config_dict): it writes
   model.safetensors and model_config.json (config_dict holds what predict.py needs: sizes, classes in
   order, vocabulary, normalisation constants; JSON only).
-- predict.py: `python predict.py INPUT.jsonl OUTPUT.jsonl`; read paths from sys.argv; load the model
-  from os.environ["ZX_OUTPUT"] with safetensors.torch.load_file and json; write exactly one JSON object
-  per input line, in order: {"prediction": value} plus "probabilities": {label: p} for classification.
-  Input rows hold the input columns only.
+- predict.py defines, at its top level, `load(model_dir)` (reads model.safetensors with
+  safetensors.torch.load_file and model_config.json with json from that folder, builds the model
+  once, returns whatever state predict needs) and `predict(state, rows)` (rows: a list of dicts of
+  the input columns only; returns one dict per row, in order: {"prediction": value} plus
+  "probabilities": {label: p} for classification). The platform imports predict.py, calls load once
+  and predict for each batch, so nothing but imports, constants and definitions runs at import time.
+  main() is `python predict.py INPUT.jsonl OUTPUT.jsonl`: paths from sys.argv,
+  state = load(os.environ["ZX_OUTPUT"]), one JSON object per input line written per prediction.
 - Both define main() and end with `if __name__ == "__main__": main()`. Other .py files may be helpers
   imported by name (no relative imports). zxrt.py is provided; do not ship it.
 - Allowed imports: the program's own files, """

@@ -5,7 +5,8 @@ message that says where. A program passes when:
 
 - ``syntax``: every ``.py`` file parses.
 - ``entry_points``: ``train.py`` and ``predict.py`` exist and run ``main()`` under ``__main__``;
-  ``predict.py`` reads its input and output paths from ``sys.argv``.
+  ``predict.py`` reads its input and output paths from ``sys.argv`` and defines ``load(model_dir)``
+  and ``predict(state, rows)`` at its top level (the resident predictor imports it and calls them).
 - ``uses_runtime_helper``: ``train.py`` imports ``zxrt``, reads its settings with ``zxrt.env()`` and
   saves the model with ``zxrt.save_model``.
 - ``imports_allowed``: every import is on the allow-list (a few standard modules, torch, numpy,
@@ -200,6 +201,33 @@ class _Module:
         return f"{origin}.{rest}" if rest else origin
 
 
+#: What the resident predictor calls in predict.py, with the positional parameters each takes.
+RESIDENT_FUNCTIONS = {"load": ("model_dir",), "predict": ("state", "rows")}
+
+
+def _resident_contract_problems(path: str, tree: ast.Module) -> list[str]:
+    """``load(model_dir)`` and ``predict(state, rows)`` at the top level of predict.py, or why not."""
+    defined = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    found = []
+    for name, params in RESIDENT_FUNCTIONS.items():
+        node = defined.get(name)
+        signature = f"{name}({', '.join(params)})"
+        if node is None:
+            found.append(
+                f"{path} defines no top-level {signature}: the resident predictor imports {path}, "
+                "calls load(model_dir) once and predict(state, rows) for each batch"
+            )
+            continue
+        args = node.args
+        positional = [*args.posonlyargs, *args.args]
+        required = len(positional) - len(args.defaults)
+        if (args.vararg is None and len(positional) < len(params)) or required > len(params):
+            found.append(
+                f"{path}:{node.lineno}: {name}() must take {len(params)} positional argument(s): {signature}"
+            )
+    return found
+
+
 class Validator:
     """Runs the checks; :meth:`validate` never raises on a bad program, it reports."""
 
@@ -227,7 +255,8 @@ class Validator:
 
         passed = {
             "syntax": f"{len(trees)} Python file(s) parse",
-            "entry_points": f"{program.train_entry_point} and {program.predict_entry_point} run main()",
+            "entry_points": f"{program.train_entry_point} and {program.predict_entry_point} run main(); "
+            f"{program.predict_entry_point} defines load(model_dir) and predict(state, rows)",
             "uses_runtime_helper": "train.py reports through zxrt (env, save_model)",
             "imports_allowed": "every import is allowed or a file of the program",
             "no_network": "no network modules, downloads or hub loaders",
@@ -267,6 +296,8 @@ class Validator:
             problems["entry_points"].append(
                 f"{program.predict_entry_point} must read INPUT.jsonl and OUTPUT.jsonl from sys.argv"
             )
+        if predict is not None:
+            problems["entry_points"] += _resident_contract_problems(program.predict_entry_point, predict.tree)
         train = modules.get(program.train_entry_point)
         if train is None:
             problems["uses_runtime_helper"].append(f"{program.train_entry_point} is missing")

@@ -2,6 +2,9 @@
 
 Each input row names a time (the time column); the answer is the forecast for that time, counting
 steps from the end of the history the model was trained on. Loads $ZX_OUTPUT (safetensors, JSON).
+
+The platform's resident predictor imports this file, calls load(model_dir) once and then
+predict(state, rows) for each batch of rows; main() is the same for one file of rows.
 """
 
 import json
@@ -13,16 +16,15 @@ from safetensors.torch import load_file
 from series import forecast, time_value
 
 
-def main():
-    input_path, output_path = sys.argv[1], sys.argv[2]
-    output_dir = os.environ["ZX_OUTPUT"]
+def load(output_dir):
     with open(os.path.join(output_dir, "model_config.json"), encoding="utf-8") as f:
         config = json.load(f)
     tensors = load_file(os.path.join(output_dir, "model.safetensors"))
-    history, coefficients = tensors["history"], tensors["coefficients"]
-    with open(input_path, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    return tensors["history"], tensors["coefficients"], config
 
+
+def predict(state, rows):
+    history, coefficients, config = state
     # how many steps after the last observation each row asks about
     offsets = []
     for row in rows:
@@ -32,11 +34,22 @@ def main():
         offsets.append(round((value - config["last_time"]) / config["time_step"]))
     horizon = max([o for o in offsets if o > 0], default=0)
     ahead = forecast(history, config["season_length"], config["lags"], coefficients, horizon)
+    results = []
+    for offset in offsets:
+        # a time inside the history gets the value observed then
+        value = ahead[offset - 1] if offset > 0 else float(history[max(len(history) - 1 + offset, 0)])
+        results.append({"prediction": value})
+    return results
+
+
+def main():
+    input_path, output_path = sys.argv[1], sys.argv[2]
+    state = load(os.environ["ZX_OUTPUT"])
+    with open(input_path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
     with open(output_path, "w", encoding="utf-8") as f:
-        for offset in offsets:
-            # a time inside the history gets the value observed then
-            value = ahead[offset - 1] if offset > 0 else float(history[max(len(history) - 1 + offset, 0)])
-            f.write(json.dumps({"prediction": value}) + "\n")
+        for result in predict(state, rows):
+            f.write(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":

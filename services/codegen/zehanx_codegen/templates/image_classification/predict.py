@@ -2,6 +2,9 @@
 
 Loads the model from $ZX_OUTPUT (safetensors and JSON only) and writes one JSON object per input row:
 {"prediction": label, "probabilities": {label: p}}.
+
+The platform's resident predictor imports this file, calls load(model_dir) once and then
+predict(state, rows) for each batch of rows; main() is the same for one file of rows.
 """
 
 import json
@@ -35,7 +38,8 @@ def pixels(row, config):
 #% endif
 
 
-def predict(model, config, rows):
+def predict(state, rows):
+    model, config = state
     height, width, channels = config["height"], config["width"], config["channels"]
     classes = config["classes"]
     out = []
@@ -52,11 +56,11 @@ def predict(model, config, rows):
 
 def main():
     input_path, output_path = sys.argv[1], sys.argv[2]
-    model, config = load(os.environ["ZX_OUTPUT"])
+    state = load(os.environ["ZX_OUTPUT"])
     with open(input_path, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     with open(output_path, "w", encoding="utf-8") as f:
-        for result in predict(model, config, rows):
+        for result in predict(state, rows):
             f.write(json.dumps(result) + "\n")
 
 

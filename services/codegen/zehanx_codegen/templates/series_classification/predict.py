@@ -1,6 +1,9 @@
 """Predict with the trained series classifier: python predict.py INPUT.jsonl OUTPUT.jsonl
 
 Loads the model from $ZX_OUTPUT (safetensors and JSON only) and writes one JSON object per input row.
+
+The platform's resident predictor imports this file, calls load(model_dir) once and then
+predict(state, rows) for each batch of rows; main() is the same for one file of rows.
 """
 
 import json
@@ -18,7 +21,8 @@ def load(output_dir):
     return load_file(os.path.join(output_dir, "model.safetensors")), config
 
 
-def predict(tensors, config, rows):
+def predict(state, rows):
+    tensors, config = state
     x = read_series(rows, config["series_columns"], config["series_column"])
     if x.shape[1] != config["length"]:
         raise ValueError(f"series of length {x.shape[1]}; the model was trained on length {config['length']}")
@@ -39,11 +43,11 @@ def predict(tensors, config, rows):
 
 def main():
     input_path, output_path = sys.argv[1], sys.argv[2]
-    tensors, config = load(os.environ["ZX_OUTPUT"])
+    state = load(os.environ["ZX_OUTPUT"])
     with open(input_path, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     with open(output_path, "w", encoding="utf-8") as f:
-        for result in predict(tensors, config, rows):
+        for result in predict(state, rows):
             f.write(json.dumps(result) + "\n")
 
 

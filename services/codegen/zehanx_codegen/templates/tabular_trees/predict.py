@@ -1,6 +1,9 @@
 """Predict with the trained gradient-boosted trees: python predict.py INPUT.jsonl OUTPUT.jsonl
 
 Loads the forest from $ZX_OUTPUT (safetensors and JSON only) and writes one JSON object per input row.
+
+The platform's resident predictor imports this file, calls load(model_dir) once and then
+predict(state, rows) for each batch of rows; main() is the same for one file of rows.
 """
 
 import json
@@ -22,7 +25,8 @@ def load(output_dir):
     return load_file(os.path.join(output_dir, "model.safetensors")), config
 
 
-def predict(forest, config, rows):
+def predict(state, rows):
+    forest, config = state
     scores = forest_scores(forest, bin_rows(rows, config["binning"]), config["outputs"], config["base_score"])
 #% if regression
     values = np.exp(scores[:, 0]) if config["target_transform"] == "log" else scores[:, 0]
@@ -44,11 +48,11 @@ def predict(forest, config, rows):
 
 def main():
     input_path, output_path = sys.argv[1], sys.argv[2]
-    forest, config = load(os.environ["ZX_OUTPUT"])
+    state = load(os.environ["ZX_OUTPUT"])
     with open(input_path, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     with open(output_path, "w", encoding="utf-8") as f:
-        for result in predict(forest, config, rows):
+        for result in predict(state, rows):
             f.write(json.dumps(result) + "\n")
 
 

@@ -2,6 +2,9 @@
 
 Loads the model from $ZX_OUTPUT (safetensors and JSON only) and writes one JSON object per input
 row: {"prediction": label, "probabilities": {label: p}}.
+
+The platform's resident predictor imports this file, calls load(model_dir) once and then
+predict(state, rows) for each batch of rows; main() is the same for one file of rows.
 """
 
 import json
@@ -32,17 +35,19 @@ def load(output_dir):
     if trained_with != (PACKAGE, package_version()):
         raise SystemExit(f"the model was trained with the sentence encoder {trained_with[0]}=={trained_with[1]}, "
                          f"but {PACKAGE}=={package_version()} is installed: install the one it was trained with")
+    # Built once here: a resident predictor then encodes every batch without reloading the encoder.
+    encoder = SentenceEncoder(config["encoder_max_tokens"])
+#% else
+    encoder = None
 #% endif
-    return model.eval(), idf, config
+    return model.eval(), idf, config, encoder
 
 
-def predict(model, idf, config, rows):
+def predict(state, rows):
+    model, idf, config, encoder = state
     texts = ["" if r.get(config["text_column"]) is None else str(r[config["text_column"]]) for r in rows]
     ids, weights, offsets = tfidf_bags(texts, config["vocabulary"], idf, config["ngram_max"])
-    sentences = None
-#% if use_encoder
-    sentences = SentenceEncoder(config["encoder_max_tokens"]).encode(texts)
-#% endif
+    sentences = None if encoder is None else encoder.encode(texts)
     with torch.no_grad():
         probabilities = model(ids, weights, offsets, sentences).softmax(1)
     classes = config["classes"]
@@ -55,11 +60,11 @@ def predict(model, idf, config, rows):
 
 def main():
     input_path, output_path = sys.argv[1], sys.argv[2]
-    model, idf, config = load(os.environ["ZX_OUTPUT"])
+    state = load(os.environ["ZX_OUTPUT"])
     with open(input_path, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     with open(output_path, "w", encoding="utf-8") as f:
-        for result in predict(model, idf, config, rows):
+        for result in predict(state, rows):
             f.write(json.dumps(result) + "\n")
 
 
