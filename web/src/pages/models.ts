@@ -4,7 +4,7 @@ import { fromJson, toJson, type JsonObject, type JsonValue } from "@bufbuild/pro
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { h, field, link, notice, replace, table } from "../dom.js";
 import { api, call, errorText } from "../api.js";
-import { bytes, familyName, num, when } from "../format.js";
+import { bytes, familyName, num, seconds, when } from "../format.js";
 import { downloadButton } from "../download.js";
 import { TaskFamily } from "../gen/zehanx/common/v1/task_family_pb.js";
 import type { Model } from "../gen/zehanx/gateway/v1/model_pb.js";
@@ -152,13 +152,17 @@ function predictForm(model: Model, shape: ImageShape | null): HTMLElement {
     read = async () => JSON.parse(json.value) as JsonValue;
   }
   form.append(submit, out);
+  let warmed = false;
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     submit.disabled = true;
-    replace(out, notice("info", "Predicting (the model runs in the sandbox)…"));
+    replace(out, notice("info", warmed ? "Predicting…" : "Predicting (the first call loads the model in its sandbox: a few seconds)…"));
     try {
       const instance = await read();
+      const started = performance.now();
       const res = await call(() => api.predict({ modelId: model.id, instances: [fromJson(ValueSchema, instance)] }));
+      const roundTrip = (performance.now() - started) / 1000;
+      warmed = true;
       const p = res.predictions[0];
       const output = p?.output ? toJson(ValueSchema, p.output) : null;
       const probs = Object.entries(p?.probabilities ?? {}).sort((a, b) => b[1] - a[1]);
@@ -166,6 +170,7 @@ function predictForm(model: Model, shape: ImageShape | null): HTMLElement {
         out,
         h("p", { class: "prediction" }, "Prediction: ", h("strong", { id: "prediction" }, typeof output === "string" ? output : JSON.stringify(output))),
         probs.length ? table(["Class", "Probability"], probs.map(([k, v]) => [k, num(v, 3)])) : null,
+        latencyLine(res.warm, res.restarted, seconds(res.predictDuration), roundTrip),
       );
     } catch (err) {
       replace(out, notice("error", errorText(err)));
@@ -174,6 +179,25 @@ function predictForm(model: Model, shape: ImageShape | null): HTMLElement {
     }
   });
   return form;
+}
+
+/** Whether the model's loaded predictor answered (warm) or was started for this call (cold), the time
+ * the trainer measured, and the whole round trip from this page. */
+function latencyLine(warm: boolean, restarted: boolean, atTrainer: number, roundTrip: number): HTMLElement {
+  const state = warm
+    ? "Warm: the loaded model answered"
+    : restarted
+      ? "Cold: its predictor had stopped, so a new one loaded the model for this call"
+      : "Cold: the model was loaded for this call; the next calls are answered by the loaded model";
+  return h(
+    "p",
+    { class: "meta latency", id: "predict-latency", "data-warm": warm ? "true" : "false" },
+    `${state} (${ms(atTrainer)} at the trainer, ${ms(roundTrip)} in all).`,
+  );
+}
+
+function ms(s: number): string {
+  return s < 1 ? `${(s * 1000).toFixed(s < 0.1 ? 1 : 0)} ms` : `${s.toFixed(2)} s`;
 }
 
 interface ImageShape {
