@@ -1,24 +1,40 @@
-"""deploy/kubernetes: the kustomize base (five services + PostgreSQL) and the Ray overlay, checked for shape.
+"""deploy/k8s: the kustomize base (five services + PostgreSQL) and the Ray overlay.
 
-There is no Kubernetes (nor kubectl) on the development machine, so the manifests are parsed and checked
-against the code they deploy: each service's port is the launcher's default and a real setting, its
-probes are native gRPC probes on that port, it has requests and limits, a volume of its own where it
-keeps data, secrets only by reference, and only the callers it needs may reach it.
+There is no Kubernetes cluster on the development machine, but there is kubectl (part of the machine's
+image): both are rendered with ``kubectl kustomize`` exactly as ``kubectl apply -k`` would build them,
+every rendered object is validated offline against the Kubernetes 1.32 OpenAPI schemas (the
+``kubernetes-validate`` package, strict: an unknown field is an error) and the RayCluster against KubeRay's
+own CRD schema (vendored in schemas/, its pod templates against Kubernetes' PodTemplateSpec). Then the
+rendered objects are checked against the code they deploy: each service's port is the launcher's default
+and a real setting, its probes are native gRPC probes on that port, it has requests and limits, a volume
+where it keeps data, secrets only by reference, and only the callers it needs may reach it.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
+from kubernetes_validate.utils import schema_contents
+from referencing import Registry, Resource
 from zehanx_cli.settings import LauncherSettings
 from zehanx_cli.settings_doc import env_names, service_settings_class
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE = ROOT / "deploy" / "kubernetes"
+K8S = ROOT / "deploy" / "k8s"
+BASE = K8S / "base"
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+#: The Kubernetes version the manifests are validated against (kubectl here is 1.32).
+KUBERNETES_VERSION = "1.32.0"
 SERVICES = ("gateway", "crawler", "codegen", "executor", "trainer")
 DEFAULT_PORTS = {name: LauncherSettings.model_fields[f"{name}_port"].default for name in SERVICES}
 KEEPS_DATA = ("gateway", "crawler", "trainer")
@@ -32,16 +48,90 @@ def load(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
+def kustomize(folder: Path) -> list[dict[str, Any]]:
+    """The objects ``kubectl apply -k folder`` would send, rendered by kubectl's own kustomize."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is not installed: it renders deploy/k8s (kubectl kustomize); install kubectl")
+    done = subprocess.run(
+        [kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, f"kubectl kustomize {folder} failed: {done.stderr}"
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def by_key(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    keyed: dict[tuple[str, str], dict[str, Any]] = {}
+    for doc in docs:
+        key = (doc["kind"], doc["metadata"]["name"])
+        assert key not in keyed, f"{key} defined twice"
+        keyed[key] = doc
+    return keyed
+
+
 @pytest.fixture(scope="module")
-def base() -> dict[tuple[str, str], dict[str, Any]]:
-    kustomization = load(BASE / "kustomization.yaml")[0]
-    docs: dict[tuple[str, str], dict[str, Any]] = {}
-    for resource in kustomization["resources"]:
-        for doc in load(BASE / resource):
-            key = (doc["kind"], doc["metadata"]["name"])
-            assert key not in docs, f"{key} defined twice"
-            docs[key] = doc
-    return docs
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    return {"base": kustomize(K8S), "ray": kustomize(K8S / "ray")}
+
+
+@pytest.fixture(scope="module")
+def base(rendered: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return by_key(rendered["base"])
+
+
+def _strict(schema: Any) -> Any:
+    """A CRD schema as ``kubectl apply --validate=strict`` reads it: an object with declared properties
+    takes no other field (unless it says it keeps unknown ones)."""
+    if isinstance(schema, dict):
+        schema = {k: _strict(v) for k, v in schema.items()}
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+def _pod_template_validator() -> jsonschema.protocols.Validator:
+    folder = f"kubernetes-json-schema/v{KUBERNETES_VERSION}-local-strict"
+    schema = schema_contents(f"{folder}/podtemplatespec-v1.json", KUBERNETES_VERSION)
+    definitions = schema_contents(f"{folder}/_definitions.json", KUBERNETES_VERSION)
+    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def schema_errors(doc: dict[str, Any]) -> list[str]:
+    """Why ``doc`` does not validate (empty when it does): Kubernetes' own schemas, or KubeRay's for a
+    RayCluster (whose pod templates are Kubernetes PodTemplateSpecs)."""
+    name = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+    if doc.get("apiVersion") == "ray.io/v1" and doc.get("kind") == "RayCluster":
+        schema = _strict(json.loads((SCHEMAS / "kuberay-raycluster-v1.schema.json").read_text()))
+        found = [
+            f"{name}: {'.'.join(map(str, e.path))}: {e.message[:300]}"
+            for e in jsonschema.Draft7Validator(schema).iter_errors(doc)
+        ]
+        spec = doc.get("spec", {})
+        templates = [("headGroupSpec", spec.get("headGroupSpec", {}).get("template"))]
+        templates += [
+            (f"workerGroupSpecs[{i}]", g.get("template"))
+            for i, g in enumerate(spec.get("workerGroupSpecs", []))
+        ]
+        pods = _pod_template_validator()
+        for where, template in templates:
+            found += [
+                f"{name}: {where}.template.{'.'.join(map(str, e.path))}: {e.message[:300]}"
+                for e in pods.iter_errors(template or {})
+            ]
+        return found
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        return [f"{name}: {'.'.join(map(str, e.path))}: {e.message[:300]}"]
+    return []
 
 
 def container(doc: dict[str, Any]) -> dict[str, Any]:
@@ -54,6 +144,40 @@ def container(doc: dict[str, Any]) -> dict[str, Any]:
 
 def env_of(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["name"]: e for e in c.get("env", [])}
+
+
+@pytest.mark.parametrize("variant", ["base", "ray"])
+def test_every_rendered_object_validates_against_the_kubernetes_and_kuberay_schemas(
+    rendered: dict[str, list[dict[str, Any]]], variant: str
+) -> None:
+    docs = rendered[variant]
+    assert len(docs) >= 20
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"zehanx"}
+    problems = [problem for doc in docs for problem in schema_errors(doc)]
+    assert problems == []
+    if variant == "ray":
+        assert [d["kind"] for d in docs].count("RayCluster") == 1
+
+
+def test_the_validation_refuses_a_misspelt_field_a_wrong_type_and_a_bad_raycluster(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The schemas are not vacuous: the same checks fail on small mistakes in the real objects."""
+    docs = by_key(rendered["ray"])
+    deployment = copy.deepcopy(docs["Deployment", "zehanx-gateway"])
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolice"] = "Always"
+    assert any("imagePullPolice" in p for p in schema_errors(deployment))
+    deployment = copy.deepcopy(docs["Deployment", "zehanx-gateway"])
+    deployment["spec"]["replicas"] = "two"
+    assert schema_errors(deployment)
+    cluster = copy.deepcopy(docs["RayCluster", "zehanx-ray"])
+    cluster["spec"]["workerGroupSpecs"][0]["replica"] = 1
+    assert any("replica" in p for p in schema_errors(cluster))
+    cluster = copy.deepcopy(docs["RayCluster", "zehanx-ray"])
+    cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["securityContext"][
+        "privilegd"
+    ] = True
+    assert any("privilegd" in p for p in schema_errors(cluster))
 
 
 def test_the_base_lists_every_file_and_one_deployment_and_service_per_service(base: dict[Any, Any]) -> None:
@@ -82,6 +206,9 @@ def test_each_service_listens_on_the_launchers_port_with_grpc_probes(base: dict[
     assert service["spec"]["ports"] == [{"name": "grpc", "port": port, "targetPort": "grpc"}]
     assert service["spec"]["selector"] == {"app.kubernetes.io/name": f"zehanx-{name}"}
     assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+    # Internal services are headless (one DNS record per pod) so that dns:/// round_robin callers
+    # spread over every replica; the gateway's Service is the public door's virtual IP.
+    assert service["spec"].get("clusterIP") == (None if name == "gateway" else "None")
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -114,7 +241,9 @@ def test_secrets_are_only_referenced_never_written(base: dict[Any, Any]) -> None
         assert token["valueFrom"]["secretKeyRef"] == {"name": "zehanx-secrets", "key": "service-token"}
 
 
-def test_each_service_that_keeps_data_has_its_own_volume_and_none_is_shared(base: dict[Any, Any]) -> None:
+def test_each_service_that_keeps_data_has_its_own_volume_and_none_is_shared_between_services(
+    base: dict[Any, Any],
+) -> None:
     claims: dict[str, str] = {}
     for name in SERVICES:
         spec = base["Deployment", f"zehanx-{name}"]["spec"]["template"]["spec"]
@@ -130,8 +259,12 @@ def test_each_service_that_keeps_data_has_its_own_volume_and_none_is_shared(base
                 }
                 assert mounts[volume["name"]] == "/var/lib/zehanx"
     assert sorted(claims.values()) == sorted(KEEPS_DATA)
-    for name in KEEPS_DATA:  # a ReadWriteOnce volume: never two pods of one service at once
+    for name in ("crawler", "trainer"):  # a ReadWriteOnce volume: never two pods of one service at once
         assert base["Deployment", f"zehanx-{name}"]["spec"]["strategy"]["type"] == "Recreate"
+        assert base["Deployment", f"zehanx-{name}"]["spec"]["replicas"] == 1
+        assert base["PersistentVolumeClaim", f"zehanx-{name}-data"]["spec"]["accessModes"] == [
+            "ReadWriteOnce"
+        ]
     postgres = base["StatefulSet", "zehanx-postgres"]
     assert postgres["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
 
@@ -140,13 +273,43 @@ def test_the_gateway_reaches_postgres_and_every_internal_service_by_its_service_
     base: dict[Any, Any],
 ) -> None:
     env = env_of(container(base["Deployment", "zehanx-gateway"]))
-    for name in SERVICES[1:]:
-        assert env[f"ZX_GATEWAY_{name.upper()}_ADDRESS"]["value"] == f"zehanx-{name}:{DEFAULT_PORTS[name]}"
+    for name in SERVICES[1:]:  # dns:/// targets: the channels' round_robin sees every replica
+        assert (
+            env[f"ZX_GATEWAY_{name.upper()}_ADDRESS"]["value"]
+            == f"dns:///zehanx-{name}:{DEFAULT_PORTS[name]}"
+        )
     trainer = env_of(container(base["Deployment", "zehanx-trainer"]))
-    assert trainer["ZX_TRAINER_EXECUTOR_ADDRESS"]["value"] == f"zehanx-executor:{DEFAULT_PORTS['executor']}"
-    assert trainer["ZX_TRAINER_CRAWLER_ADDRESS"]["value"] == f"zehanx-crawler:{DEFAULT_PORTS['crawler']}"
+    assert (
+        trainer["ZX_TRAINER_EXECUTOR_ADDRESS"]["value"]
+        == f"dns:///zehanx-executor:{DEFAULT_PORTS['executor']}"
+    )
+    assert (
+        trainer["ZX_TRAINER_CRAWLER_ADDRESS"]["value"] == f"dns:///zehanx-crawler:{DEFAULT_PORTS['crawler']}"
+    )
     assert env["ZX_GATEWAY_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "database-url"
     assert base["Service", "zehanx-postgres"]["spec"]["ports"][0]["port"] == 5432
+
+
+def test_the_gateway_runs_two_replicas_that_share_one_read_write_many_volume(base: dict[Any, Any]) -> None:
+    gateway = base["Deployment", "zehanx-gateway"]["spec"]
+    assert gateway["replicas"] >= 2
+    assert gateway["strategy"]["type"] == "RollingUpdate"
+    (claim,) = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in gateway["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    # Uploads and model archives: written through one replica, read through the other.
+    assert base["PersistentVolumeClaim", claim]["spec"]["accessModes"] == ["ReadWriteMany"]
+    env = env_of(container(base["Deployment", "zehanx-gateway"]))
+    assert env["ZX_HOME"]["value"] == "/var/lib/zehanx"  # artifact and upload folders default under it
+    assert "ZX_GATEWAY_ARTIFACT_DIR" not in env and "ZX_GATEWAY_UPLOAD_DIR" not in env
+    budget = base["PodDisruptionBudget", "zehanx-gateway"]["spec"]
+    assert budget["minAvailable"] == 1
+    assert budget["selector"]["matchLabels"] == {"app.kubernetes.io/name": "zehanx-gateway"}
+    assert base["Service", "zehanx-gateway"]["spec"]["selector"] == {
+        "app.kubernetes.io/name": "zehanx-gateway"
+    }
 
 
 def test_only_the_executor_gets_a_capability_and_only_sys_admin(base: dict[Any, Any]) -> None:
@@ -174,12 +337,14 @@ def test_internal_services_take_calls_only_from_their_callers(base: dict[Any, An
     assert ("NetworkPolicy", "zehanx-gateway") not in base  # the public door
 
 
-def test_the_ray_overlay_runs_the_executor_as_a_token_authenticated_driver_of_a_raycluster() -> None:
-    ray_dir = BASE / "ray"
-    kustomization = load(ray_dir / "kustomization.yaml")[0]
-    assert "../" in kustomization["resources"]
-    (patch,) = load(ray_dir / kustomization["patches"][0]["path"])
-    c = container(patch)
+def test_the_ray_overlay_runs_the_executor_as_a_token_authenticated_driver_of_a_raycluster(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    ray_dir = K8S / "ray"
+    ray = by_key(rendered["ray"])
+    # The overlay is the whole base plus its own objects, with the executor patched.
+    assert set(by_key(rendered["base"])) < set(ray)
+    c = container(ray["Deployment", "zehanx-executor"])
     env = env_of(c)
     assert env["ZX_EXECUTOR_BACKEND"]["value"] == "ray"
     assert env["ZX_EXECUTOR_RAY_ADDRESS"]["value"] == "zehanx-ray-head-svc:6380"
@@ -189,7 +354,7 @@ def test_the_ray_overlay_runs_the_executor_as_a_token_authenticated_driver_of_a_
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]  # the driver runs no sandbox
     assert "--num-cpus=0" in c["args"][0] and "--resources='{}'" in c["args"][0]
 
-    (cluster,) = load(ray_dir / "raycluster.yaml")
+    cluster = ray["RayCluster", "zehanx-ray"]
     assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
     assert cluster["metadata"]["name"] == "zehanx-ray"
     head = cluster["spec"]["headGroupSpec"]
