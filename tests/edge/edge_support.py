@@ -204,9 +204,12 @@ def stream_error(end: dict[str, Any]) -> ConnectError | None:
     return ConnectError(200, error["code"], error.get("message", ""), error.get("details", []))
 
 
-async def serve(database_url: str, tmp_path: Path, edge_settings: EdgeSettings | None = None) -> Edge:
-    """A gateway with its gRPC server and its edge (``edge_settings``: a free port by default)."""
-    settings = gateway_settings(database_url, tmp_path)
+async def serve(
+    database_url: str, tmp_path: Path, edge_settings: EdgeSettings | None = None, **overrides: Any
+) -> Edge:
+    """A gateway with its gRPC server and its edge (``edge_settings``: a free port by default);
+    ``overrides`` replace gateway settings (for example ``trainer_address``)."""
+    settings = gateway_settings(database_url, tmp_path).model_copy(update=overrides)
     gateway = await Gateway.open(settings)
     server = await start_server(
         settings,
