@@ -15,7 +15,7 @@ import hmac
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import structlog
@@ -60,6 +60,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         self._validate = validate_requests
         self._extra_check = extra_check
         self._log = get_logger("zehanx.rpc")
+        #: method -> (the servicer's handler, ours around it): wrapped once per method, not per call.
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -70,6 +72,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cast("grpc.RpcMethodHandler[Any, Any]", cached[1])
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         exempt = method.startswith(EXEMPT_PREFIXES)
         deserialize = _safe(handler.request_deserializer)
         rpc = metrics.rpc_of(
@@ -159,7 +169,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     async def _checked(self, requests: AsyncIterator[Any], rpc: metrics.Rpc) -> AsyncIterator[Any]:
         async for request in requests:
-            metrics.MSG_RECEIVED.labels(*rpc.labels).inc()
+            rpc.received.inc()
             if isinstance(request, _Undecodable):
                 raise errors.InvalidArgument(
                     f"request could not be decoded: {request.error}", reason="UNDECODABLE_REQUEST"

@@ -16,7 +16,6 @@ status --json`` reports it as ``metrics_address``); unset, a service serves no m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -40,29 +39,63 @@ MSG_RECEIVED = Counter("grpc_server_msg_received_total", "Stream messages receiv
 IN_FLIGHT = Gauge("zx_grpc_server_in_flight_rpcs", "RPCs being handled now.", ["grpc_service", "grpc_method"])
 
 
-@dataclass(frozen=True)
 class Rpc:
-    """One method's label values."""
+    """One method's label values, and its labelled metrics resolved once (``.labels()`` takes a lock and
+    hashes the label tuple: per call it was a measurable part of a unary call's cost)."""
 
-    type: str
-    service: str
-    method: str
+    __slots__ = (
+        "handled",
+        "handling",
+        "in_flight",
+        "method",
+        "received",
+        "sent",
+        "service",
+        "started",
+        "type",
+    )
+
+    def __init__(self, type: str, service: str, method: str) -> None:
+        self.type, self.service, self.method = type, service, method
+        self.started = STARTED.labels(*self.labels)
+        self.handling = HANDLING.labels(*self.labels)
+        self.sent = MSG_SENT.labels(*self.labels)
+        self.received = MSG_RECEIVED.labels(*self.labels)
+        self.in_flight = IN_FLIGHT.labels(service, method)
+        #: grpc_code -> the handled counter's child, filled as codes occur (a fixed set of 17).
+        self.handled: dict[str, Any] = {}
 
     @property
     def labels(self) -> tuple[str, str, str]:
         return (self.type, self.service, self.method)
 
+    def handled_with(self, code: str) -> Any:
+        child = self.handled.get(code)
+        if child is None:
+            child = self.handled[code] = HANDLED.labels(*self.labels, code)
+        return child
+
+
+_KINDS = {
+    (False, False): "unary",
+    (False, True): "server_stream",
+    (True, False): "client_stream",
+    (True, True): "bidi_stream",
+}
+_RPCS: dict[tuple[str, bool, bool], Rpc] = {}
+
 
 def rpc_of(full_method: str, *, client_streaming: bool, server_streaming: bool) -> Rpc:
-    """``/pkg.Service/Method`` and the handler's kind as label values."""
-    service, _, method = full_method.lstrip("/").partition("/")
-    kind = {
-        (False, False): "unary",
-        (False, True): "server_stream",
-        (True, False): "client_stream",
-        (True, True): "bidi_stream",
-    }[(client_streaming, server_streaming)]
-    return Rpc(kind, service or "unknown", method or "unknown")
+    """``/pkg.Service/Method`` and the handler's kind as label values (one :class:`Rpc` per method: the
+    methods a server registers are a fixed set; an unknown method never reaches the interceptor's
+    handler)."""
+    key = (full_method, client_streaming, server_streaming)
+    rpc = _RPCS.get(key)
+    if rpc is None:
+        service, _, method = full_method.lstrip("/").partition("/")
+        kind = _KINDS[(client_streaming, server_streaming)]
+        rpc = _RPCS[key] = Rpc(kind, service or "unknown", method or "unknown")
+    return rpc
 
 
 class CallMetrics:
@@ -73,19 +106,20 @@ class CallMetrics:
     def __init__(self, rpc: Rpc, clock: float) -> None:
         self._rpc = rpc
         self._timer = clock
-        STARTED.labels(*rpc.labels).inc()
-        IN_FLIGHT.labels(rpc.service, rpc.method).inc()
+        rpc.started.inc()
+        rpc.in_flight.inc()
 
     def sent(self) -> None:
-        MSG_SENT.labels(*self._rpc.labels).inc()
+        self._rpc.sent.inc()
 
     def received(self) -> None:
-        MSG_RECEIVED.labels(*self._rpc.labels).inc()
+        self._rpc.received.inc()
 
     def done(self, code: str, clock: float) -> None:
-        HANDLED.labels(*self._rpc.labels, code).inc()
-        HANDLING.labels(*self._rpc.labels).observe(max(0.0, clock - self._timer))
-        IN_FLIGHT.labels(self._rpc.service, self._rpc.method).dec()
+        rpc = self._rpc
+        rpc.handled_with(code).inc()
+        rpc.handling.observe(max(0.0, clock - self._timer))
+        rpc.in_flight.dec()
 
 
 def serve_metrics(host: str, port: int) -> tuple[Any, int]:

@@ -19,6 +19,8 @@ tracer: jobs then carry no trace id and log lines no ``trace_id``.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
 import os
 from collections.abc import Iterator, Mapping
 
@@ -28,6 +30,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+_NO_PARENT = context.Context()
 _TRACER_NAME = "zehanx"
 _configured = False
 
@@ -64,8 +67,18 @@ def shutdown_tracing() -> None:
             shutdown()
 
 
+_tracer: tuple[trace.TracerProvider, trace.Tracer] | None = None
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(_TRACER_NAME)
+    """The tracer of the current provider (made once per provider: the SDK's ``get_tracer`` builds a
+    new tracer and instrumentation scope each time, a third of a server span's cost)."""
+    global _tracer
+    provider = trace.get_tracer_provider()
+    cached = _tracer
+    if cached is None or cached[0] is not provider:
+        cached = _tracer = (provider, provider.get_tracer(_TRACER_NAME))
+    return cached[1]
 
 
 def trace_id_of(span: trace.Span | None = None) -> str:
@@ -90,36 +103,52 @@ def inject(metadata: list[tuple[str, str]]) -> None:
 
 def context_of(carrier: Mapping[str, str]) -> context.Context:
     """The trace context in ``carrier`` (gRPC metadata, or ``{"traceparent": stored}``)."""
-    return _PROPAGATOR.extract(carrier=dict(carrier))
+    return _PROPAGATOR.extract(carrier=carrier)
 
 
-@contextlib.contextmanager
-def server_span(method: str, metadata: Mapping[str, str]) -> Iterator[trace.Span]:
-    """A SERVER span for one gRPC call, continuing the caller's trace, current while the call runs."""
+@functools.lru_cache(maxsize=1024)
+def _server_shape(method: str, system: str) -> tuple[str, Mapping[str, str]]:
+    """A method's span name and attributes, made once (the method names of a server are a fixed set)."""
     service, _, name = method.lstrip("/").partition("/")
-    span = tracer().start_span(
-        method.lstrip("/"),
-        context=context_of(metadata),
-        kind=SpanKind.SERVER,
-        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
-    )
-    if not span.get_span_context().is_valid:  # traces off and no caller's trace: nothing to carry
-        try:
-            yield span
-        finally:
-            span.end()
-        return
-    current = trace.set_span_in_context(span)
-    token = context.attach(current)
-    structlog.contextvars.bind_contextvars(trace_id=trace_id_of(span))
-    try:
-        yield span
-    finally:
+    return method.lstrip("/"), {"rpc.system": system, "rpc.service": service, "rpc.method": name}
+
+
+class _ServerSpan:
+    """:func:`server_span`'s context manager (a class: a generator-based one costs more per call)."""
+
+    __slots__ = ("_current", "_span", "_token")
+
+    def __init__(self, method: str, metadata: Mapping[str, str], system: str) -> None:
+        name, attributes = _server_shape(method, system)
+        # No traceparent: a new trace (what extracting from an empty carrier gives, without the work).
+        parent = context_of(metadata) if "traceparent" in metadata else _NO_PARENT
+        self._span = tracer().start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+        self._current: context.Context | None = None
+        self._token: contextvars.Token[context.Context] | None = None
+
+    def __enter__(self) -> trace.Span:
+        span = self._span
+        if span.get_span_context().is_valid:  # traces off and no caller's trace: nothing to carry
+            self._current = trace.set_span_in_context(span)
+            self._token = context.attach(self._current)
+            structlog.contextvars.bind_contextvars(trace_id=trace_id_of(span))
+        return span
+
+    def __exit__(self, *exc_info: object) -> None:
         # A stream whose caller went away may be closed from another context (grpc's clean-up): that
         # context never held ours, and the call's own context is discarded with its task.
-        if context.get_current() is current:
-            context.detach(token)
-        span.end()
+        if self._token is not None and context.get_current() is self._current:
+            context.detach(self._token)
+        self._span.end()
+
+
+def server_span(
+    method: str, metadata: Mapping[str, str], *, system: str = "grpc"
+) -> contextlib.AbstractContextManager[trace.Span]:
+    """A SERVER span for one call (``system``: ``grpc``, or ``connect_rpc`` on the web edge), continuing
+    the caller's W3C trace context (``traceparent``, ``tracestate`` in ``metadata``), current while the
+    call runs, its trace id bound to the call's log lines."""
+    return _ServerSpan(method, metadata, system)
 
 
 def end_status(span: trace.Span, code: str) -> None:

@@ -1,0 +1,123 @@
+"""zehanx_runtime.tracing through the one interceptor, on a real gRPC server on port 0, with the
+OpenTelemetry SDK recording spans in memory: a call continues the caller's W3C trace context from its
+metadata, its span is current in the handler (its trace id in the log context, and in the traceparent
+sent on outbound calls), a call without one starts a trace, a server-side failure marks its span, and
+health checks make no span."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from zehanx.crawler.v1 import crawler_service_pb2 as pb
+from zehanx.crawler.v1 import crawler_service_pb2_grpc as pb_grpc
+from zehanx_runtime import errors, tracing
+from zehanx_runtime.server import start_server
+from zehanx_runtime.settings import ServiceSettings
+
+NAME = "zehanx.crawler.v1.CrawlerService"
+TOKEN = "tracing-token"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+
+
+class Seen(pb_grpc.CrawlerServiceServicer):
+    """Records what a handler sees of the trace."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, str]] = []
+
+    async def ListCatalog(self, request: Any, context: Any) -> Any:
+        outbound: list[tuple[str, str]] = []
+        tracing.inject(outbound)
+        self.seen.append(
+            {
+                "trace_id": tracing.trace_id_of(),
+                "log_trace_id": structlog.contextvars.get_contextvars().get("trace_id", ""),
+                "outbound": dict(outbound).get("traceparent", ""),
+            }
+        )
+        return pb.ListCatalogResponse()
+
+    async def BuildDataset(self, request: Any, context: Any) -> Any:
+        yield pb.BuildDatasetResponse(sequence=1)
+        raise errors.Unavailable("the store went away", reason="STORE_UNAVAILABLE")
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """An SDK tracer provider for this test only (the global one put back after it, as OpenTelemetry's
+    own test utilities reset it: a provider can otherwise be installed once per process)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    before = trace._TRACER_PROVIDER  # type: ignore[attr-defined]
+    trace._TRACER_PROVIDER = provider  # type: ignore[attr-defined]
+    try:
+        yield exporter
+    finally:
+        trace._TRACER_PROVIDER = before  # type: ignore[attr-defined]
+        provider.shutdown()
+
+
+async def test_a_call_continues_the_callers_trace_and_carries_it_on(spans: InMemorySpanExporter) -> None:
+    servicer = Seen()
+    server = await start_server(
+        ServiceSettings(port=0, service_token=TOKEN),
+        [(pb_grpc.add_CrawlerServiceServicer_to_server, servicer, NAME)],
+        service_name="crawler",
+    )
+    auth = [("x-zx-service-token", TOKEN)]
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.CrawlerServiceStub(channel)
+            traced = [*auth, ("traceparent", f"00-{TRACE_ID}-{CALLER_SPAN}-01")]
+            await stub.ListCatalog(pb.ListCatalogRequest(), metadata=traced)
+            await stub.ListCatalog(pb.ListCatalogRequest(), metadata=auth)
+            stream = stub.BuildDataset(pb.BuildDatasetRequest(prompt="p"), metadata=traced)
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                _ = [m async for m in stream]
+            assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    finally:
+        await server.stop(None)
+
+    finished = spans.get_finished_spans()
+    assert [s.name for s in finished] == [
+        f"{NAME}/ListCatalog",
+        f"{NAME}/ListCatalog",
+        f"{NAME}/BuildDataset",
+    ]
+    continued, fresh, stream_span = finished
+    assert all(s.kind is SpanKind.SERVER and s.attributes["rpc.system"] == "grpc" for s in finished)
+    assert continued.attributes["rpc.service"] == NAME and continued.attributes["rpc.method"] == "ListCatalog"
+    # Continued: the caller's trace, under the caller's span.
+    assert format(continued.context.trace_id, "032x") == TRACE_ID
+    assert continued.parent is not None and format(continued.parent.span_id, "016x") == CALLER_SPAN
+    assert continued.status.status_code is StatusCode.UNSET
+    assert continued.attributes["rpc.grpc.status_code"] == "OK"
+    # In the handler: the span is current, its trace id is in the log context, and an outbound call
+    # would carry this span as its parent.
+    inside, inside_fresh = servicer.seen
+    span_id = format(continued.context.span_id, "016x")
+    assert inside == {
+        "trace_id": TRACE_ID,
+        "log_trace_id": TRACE_ID,
+        "outbound": f"00-{TRACE_ID}-{span_id}-01",
+    }
+    # Without a traceparent: a trace of its own.
+    assert fresh.parent is None and format(fresh.context.trace_id, "032x") not in ("", TRACE_ID)
+    assert inside_fresh["trace_id"] == format(fresh.context.trace_id, "032x")
+    # A stream failing on the server side: marked as an error, with its status code.
+    assert format(stream_span.context.trace_id, "032x") == TRACE_ID
+    assert stream_span.status.status_code is StatusCode.ERROR
+    assert stream_span.attributes["rpc.grpc.status_code"] == "UNAVAILABLE"
