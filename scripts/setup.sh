@@ -82,6 +82,12 @@ if [[ -x scripts/install_browser.sh ]]; then
   scripts/install_browser.sh
 fi
 
+# 4c. Optional: promtool (Debian's prometheus package, the binary only, into .venv/bin) for the test
+#     that validates deploy/observability/; never fails set-up (the test then says it was absent).
+if [[ -x scripts/install_promtool.sh ]]; then
+  VENV="$VENV" scripts/install_promtool.sh
+fi
+
 # 5. Node tooling (buf, the Node gRPC client test, the web app's build tools), when the lock file changed.
 if [[ -f package-lock.json ]]; then
   command -v npm >/dev/null 2>&1 || die "npm not found: install Node.js 20+ (buf and the Node client test need it)"

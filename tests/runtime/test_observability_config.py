@@ -1,18 +1,25 @@
 """deploy/observability: the Prometheus scrape configuration scrapes the ports zx up assigns, and every
 metric the alerting rules and the Grafana dashboard query is one the services really export (a renamed
-metric would otherwise leave an alert that can never fire)."""
+metric would otherwise leave an alert that can never fire). With promtool (``make setup`` takes it out
+of Debian's prometheus package into .venv/bin when apt is there: scripts/install_promtool.sh), Prometheus'
+own checker validates the configuration and the rules, and runs the rules' unit tests
+(alerts_test.yml: a service down, a job queued too long)."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from prometheus_client import REGISTRY
 from zehanx_cli.settings import LauncherSettings
 
-ROOT = Path(__file__).resolve().parents[2] / "deploy" / "observability"
+REPO = Path(__file__).resolve().parents[2]
+ROOT = REPO / "deploy" / "observability"
 _NAME = re.compile(r"\b((?:zx|grpc_server)_[a-z_]+)")
 
 
@@ -60,3 +67,46 @@ def test_every_metric_the_alerts_and_the_dashboard_query_is_exported() -> None:
     exprs += [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     used = {name for expr in exprs for name in _NAME.findall(expr)}
     assert used and used <= exported, sorted(used - exported)
+
+
+def _promtool() -> str:
+    found = shutil.which("promtool") or (
+        str(REPO / ".venv/bin/promtool") if (REPO / ".venv/bin/promtool").is_file() else None
+    )
+    if found is None:
+        pytest.skip(
+            "promtool is not installed (scripts/install_promtool.sh takes it from Debian's prometheus "
+            "package; it found no apt here): the rules were checked by the parse-and-names test only"
+        )
+    return found
+
+
+def test_promtool_accepts_the_configuration_and_the_rules_and_their_unit_tests_pass() -> None:
+    promtool = _promtool()
+    for args in (
+        ["check", "config", "prometheus.yml"],
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ):
+        done = subprocess.run([promtool, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+    # The unit tests cover the two alerts an operator needs first.
+    tests = yaml.safe_load((ROOT / "alerts_test.yml").read_text())
+    tested = {case["alertname"] for group in tests["tests"] for case in group["alert_rule_test"]}
+    assert tested >= {"ZehanxServiceDown", "ZehanxJobsQueuedTooLong"}
+
+
+def test_promtool_refuses_a_broken_rule(tmp_path: Path) -> None:
+    """The check above can fail: an expression Prometheus cannot parse is refused."""
+    promtool = _promtool()
+    rules = yaml.safe_load((ROOT / "alerts.yml").read_text())
+    rules["groups"][0]["rules"][0]["expr"] = 'up{job="zehanx" == 0'
+    broken = REPO / ".venv" / "zx-broken-alerts.yml"
+    broken.write_text(yaml.safe_dump(rules))
+    try:
+        done = subprocess.run(
+            [promtool, "check", "rules", str(broken)], capture_output=True, text=True, timeout=60
+        )
+    finally:
+        broken.unlink()
+    assert done.returncode != 0 and "ZehanxServiceDown" in done.stdout + done.stderr
