@@ -8,13 +8,12 @@ whole registry's queue, not only its own jobs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 from zehanx_runtime.logging import get_logger
 
-from zehanx_gateway.domain import JobState
+from zehanx_gateway.domain import JobStage, JobState
 
 log = get_logger("zehanx.gateway.metrics")
 
@@ -35,6 +34,11 @@ EVALUATIONS = Counter(
     ["beats_baseline"],
 )
 JOBS = Gauge("zx_gateway_jobs", "Jobs in the registry by state (read from PostgreSQL).", ["state"])
+RUNNING_JOBS = Gauge(
+    "zx_gateway_running_jobs",
+    "RUNNING jobs by stage (crawling, generating, training, evaluating, publishing; read from PostgreSQL).",
+    ["stage"],
+)
 QUEUE_OLDEST_AGE = Gauge(
     "zx_gateway_queue_oldest_age_seconds", "Age of the oldest QUEUED job (0 when none waits)."
 )
@@ -60,13 +64,25 @@ RATE_LIMITED = Counter(
 class JobCounts(Protocol):
     async def count_jobs_by_state(self) -> tuple[dict[str, int], float]: ...
 
+    async def count_running_jobs_by_stage(self) -> dict[str, int]: ...
+
+
+async def read_job_gauges(store: JobCounts) -> None:
+    """Set :data:`JOBS`, :data:`RUNNING_JOBS` and :data:`QUEUE_OLDEST_AGE` from the registry, once."""
+    counts, oldest = await store.count_jobs_by_state()
+    stages = await store.count_running_jobs_by_stage()
+    for state in JobState:
+        JOBS.labels(state.value).set(counts.get(state.value, 0))
+    for stage in JobStage:  # every stage, so one no job is in reads 0 rather than its last value
+        RUNNING_JOBS.labels(stage.value.lower()).set(stages.get(stage.value, 0))
+    QUEUE_OLDEST_AGE.set(oldest)
+
 
 async def refresh_job_gauges(store: JobCounts, *, every_s: float = 5.0) -> None:
-    """Keep :data:`JOBS` and :data:`QUEUE_OLDEST_AGE` current until cancelled."""
+    """Keep the job gauges current (:func:`read_job_gauges` every ``every_s``) until cancelled."""
     while True:
-        with contextlib.suppress(Exception):
-            counts, oldest = await store.count_jobs_by_state()
-            for state in JobState:
-                JOBS.labels(state.value).set(counts.get(state.value, 0))
-            QUEUE_OLDEST_AGE.set(oldest)
+        try:
+            await read_job_gauges(store)
+        except Exception as exc:  # the database away for a moment: the next round tries again
+            log.warning("job gauges not read", error=str(exc))
         await asyncio.sleep(every_s)

@@ -424,6 +424,16 @@ class PostgresJobStore(PoolStore):
         return counts, float(row["age"]) if row else 0.0
 
     @translated
+    async def count_running_jobs_by_stage(self) -> dict[str, int]:
+        """RUNNING jobs per stage (a stage no job is in is absent), for metrics."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "select stage, count(*) as n from zehanx.jobs "
+                "where state = 'RUNNING' and stage is not null group by stage"
+            )
+            return {r["stage"]: int(r["n"]) for r in await cur.fetchall()}
+
+    @translated
     async def last_sequences(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
         async with self._pool.connection() as conn:
             cur = await conn.execute(
