@@ -59,23 +59,41 @@ def column(rows, name):
 """
 
 PREDICT = '''\
-"""python predict.py INPUT.jsonl OUTPUT.jsonl"""
+"""python predict.py INPUT.jsonl OUTPUT.jsonl; a resident predictor calls load() once, predict() per batch."""
 import json
+import os
 import sys
 
 from safetensors.numpy import load_file
 
 import zxrt
 
-zxrt.phase("prediction")
-cfg = zxrt.env()
-threshold = float(load_file(str(cfg.output_dir / "model.safetensors"))["threshold"][0])
-with open(sys.argv[1]) as inp, open(sys.argv[2], "w") as out:
-    for line in inp:
-        if line.strip():
-            row = json.loads(line)
-            label = "pos" if float(row["x"]) > threshold else "neg"  # @@PREDICT@@
-            out.write(json.dumps({"prediction": label}) + "\\n")
+
+def load(model_dir):
+    return float(load_file(os.path.join(model_dir, "model.safetensors"))["threshold"][0])
+
+
+def predict(threshold, rows):
+    out = []
+    for row in rows:
+        # @@IN_PREDICT@@
+        label = "pos" if float(row["x"]) > threshold else "neg"  # @@PREDICT@@
+        out.append({"prediction": label})
+    return out
+
+
+def main():
+    zxrt.phase("prediction")
+    threshold = load(str(zxrt.env().output_dir))
+    with open(sys.argv[1]) as inp:
+        rows = [json.loads(line) for line in inp if line.strip()]
+    with open(sys.argv[2], "w") as out:
+        for result in predict(threshold, rows):
+            out.write(json.dumps(result) + "\\n")
+
+
+if __name__ == "__main__":
+    main()
 '''
 
 VARIANTS: dict[str, dict[str, str]] = {

@@ -11,6 +11,7 @@ from zehanx_trainer.executor_client import GrpcExecutor
 from zehanx_trainer.executor_port import Executor
 from zehanx_trainer.prediction import Predictor, PredictorConfig
 from zehanx_trainer.servicer import TrainerServicer
+from zehanx_trainer.serving import PredictorPool, ServingConfig
 from zehanx_trainer.settings import TrainerSettings
 from zehanx_trainer.training import Trainer, TrainerConfig
 
@@ -26,6 +27,7 @@ class TrainerApp:
     crawler: GrpcCrawlerFiles | None = None
 
     async def close(self) -> None:
+        await self.predictor.close()
         close = getattr(self.executor, "close", None)
         if close is not None:
             await close()
@@ -82,6 +84,24 @@ def build(settings: TrainerSettings, *, executor: Executor | None = None) -> Tra
         LocalDatasetFiles(list(config.dataset_roots)), {GrpcCrawlerFiles.scheme: crawler}
     )
     trainer = Trainer(executor, store, config, dataset_files=files)
+    pool = (
+        PredictorPool(
+            executor,
+            ServingConfig(
+                max_predictors=settings.predictors_max,
+                max_memory_bytes=settings.predictors_memory_bytes,
+                predictor_memory_bytes=settings.predictor_memory_bytes,
+                idle_s=settings.predictor_idle_s,
+                life_s=settings.predictor_life_s,
+                start_timeout_s=settings.predict_timeout_s,
+                call_timeout_s=settings.predict_timeout_s,
+                max_processes=settings.max_processes,
+                disk_bytes=settings.disk_bytes,
+            ),
+        )
+        if hasattr(executor, "open_session")
+        else None
+    )
     predictor = Predictor(
         executor,
         store,
@@ -93,6 +113,7 @@ def build(settings: TrainerSettings, *, executor: Executor | None = None) -> Tra
             max_processes=settings.max_processes,
             disk_bytes=settings.disk_bytes,
         ),
+        pool=pool,
     )
     servicer = TrainerServicer(trainer, predictor, store, spool_dir=settings.home / "spool")
     return TrainerApp(trainer, predictor, servicer, store, description, executor, crawler)

@@ -132,3 +132,53 @@ class Executor(Protocol):
     """
 
     def execute(self, request: ExecRequest, *, timeout_s: float) -> AsyncIterator[ExecEvent]: ...
+
+
+# -- sessions: one sandboxed process kept alive, fed one line per call -----------------------------------
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """A process to keep alive in a sandbox (``ExecutorService.Session``'s start)."""
+
+    files: tuple[ExecFile, ...]
+    argv: tuple[str, ...]
+    limits: ExecLimits
+    idle_timeout_s: float
+    env: Mapping[str, str] = field(default_factory=dict)
+    job_id: str = ""
+
+
+class SessionEnded(Exception):
+    """The session's process ended (exited, crashed, was killed or hit a limit) before answering."""
+
+    def __init__(self, result: ExecResult, stderr_tail: str) -> None:
+        super().__init__(result.message or result.reason.value)
+        self.result = result
+        self.stderr_tail = stderr_tail
+
+
+class ExecSession(Protocol):
+    """A started session. ``call`` sends one line and returns the process's one-line answer; it raises
+    :class:`SessionEnded` when the process ends first and ``TimeoutError`` after ``timeout_s``."""
+
+    execution_id: str
+    backend: str
+    start_s: float
+
+    @property
+    def ended(self) -> ExecResult | None: ...
+
+    def stderr_tail(self) -> str: ...
+
+    async def call(self, payload: bytes, *, timeout_s: float) -> bytes: ...
+
+    async def close(self, *, kill: bool = False) -> ExecResult | None: ...
+
+
+class SessionExecutor(Protocol):
+    """An executor that can also keep a process alive. Failures to start raise
+    :class:`zehanx_runtime.errors.DomainError` subclasses with the executor's reason (``SESSION_CAPACITY``,
+    ``SESSIONS_UNSUPPORTED``, ...); a process that ends before it is ready raises :class:`SessionEnded`."""
+
+    async def open_session(self, spec: SessionSpec, *, timeout_s: float) -> ExecSession: ...

@@ -1,11 +1,13 @@
-"""Predictions of a stored model: its ``predict.py`` run in the sandbox on the given instances.
+"""Predictions of a stored model: its ``predict.py`` in the sandbox on the given instances.
 
 The artifact is read and verified (sha256 of every file) once, then kept staged in memory for the
-most recently used models, so a repeated prediction goes straight to the sandbox. What stays cold
-is the sandboxed process itself: the executor's ``Execute`` RPC runs one command per call and has no
-way to feed a running process new input, so every prediction starts ``predict.py`` afresh
-(interpreter, imports, weights). A resident worker needs an interactive executor RPC; see
-``services/trainer/README.md``.
+most recently used models. A call is then served by the model's resident predictor
+(:mod:`zehanx_trainer.serving`: ``load`` once, ``predict`` per batch, in an executor session), started
+on the model's first call (cold) and answering later calls warm. When the executor's backend has no
+sessions, or the model's ``predict.py`` predates ``load`` / ``predict``, the call runs ``predict.py
+INPUT.jsonl OUTPUT.jsonl`` once in a fresh sandbox (one-shot, always cold), and the response says so.
+Both paths check the program's answers with the same parser, so a warm call's predictions are the
+ones a cold call gives.
 """
 
 from __future__ import annotations
@@ -41,14 +43,15 @@ from zehanx_trainer.executor_port import (
     ExitReason,
 )
 from zehanx_trainer.failures import build_error
+from zehanx_trainer.serving import ModelFiles, PredictorPool, SessionsUnsupported, resident_capable
 
-# Prometheus (served by zehanx_runtime.metrics). "staged": the model was already in memory; "fetched":
-# it was read from the artifact store first. Each call starts a sandboxed predict.py either way.
+# Prometheus (served by zehanx_runtime.metrics). start="warm": a resident predictor that had already
+# loaded the model answered; "cold": a process started for the call (a new predictor, or one-shot).
 PREDICT_SECONDS = Histogram(
     "zx_trainer_predict_seconds",
-    "Predict calls that answered, from the request to the predictions, by whether the model was staged.",
-    ["model"],
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 120),
+    "Predict calls that answered, from the request to the predictions, by cold or warm start.",
+    ["start"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 120),
 )
 PREDICT_ROWS = Counter("zx_trainer_predict_rows_total", "Instances answered by Predict.")
 
@@ -76,6 +79,14 @@ class PredictOutcome:
     predictions: list[tuple[Any, dict[str, float]]]
     duration_s: float
     staged_from_cache: bool
+    #: A resident predictor that had already loaded the model answered.
+    warm: bool = False
+    #: This call started the model's predictor again after the previous one died.
+    restarted: bool = False
+    #: "resident" or "one_shot".
+    mode: str = "one_shot"
+    #: Why the call was one-shot ("" when resident).
+    one_shot_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,12 +102,22 @@ class PredictorConfig:
 
 
 class Predictor:
-    """Runs stored models' ``predict.py`` on request, with an LRU of staged models."""
+    """Answers Predict: an LRU of staged models, their resident predictors, one-shot runs otherwise."""
 
-    def __init__(self, executor: Executor, store: ArtifactStore, config: PredictorConfig) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        store: ArtifactStore,
+        config: PredictorConfig,
+        *,
+        pool: PredictorPool | None = None,
+    ) -> None:
         self.executor = executor
         self.store = store
         self.config = config
+        #: None: every call is one-shot (an executor port without sessions).
+        self.pool = pool
+        self._capable: dict[str, str] = {}
         self._cache: OrderedDict[str, StagedModel] = OrderedDict()
         self._loading: dict[str, asyncio.Lock] = {}
         #: Artifacts read (and verified) from the store, and predictions served from the staged cache.
@@ -179,6 +200,120 @@ class Predictor:
         started = time.monotonic()
         model, cached = await self.staged(artifact_id)
         rows = self.rows_of(model, instances)
+        reason = self._one_shot_reason(model)
+        if not reason:
+            assert self.pool is not None
+            try:
+                served = await self.pool.predict(
+                    ModelFiles(model.artifact_id, model.files, model.predict_entry_point), rows, job_id=job_id
+                )
+            except SessionsUnsupported as exc:
+                reason = exc.reason
+            else:
+                # The same parser as a one-shot run's file: a warm answer passes the same checks.
+                try:
+                    lines = await asyncio.to_thread(_as_lines, served.predictions)
+                except (ValueError, TypeError, RecursionError, OverflowError) as exc:
+                    raise FailedPrecondition(
+                        f"predict.py returned unusable predictions: {type(exc).__name__}: {exc!s:.200}",
+                        reason="PREDICT_BAD_OUTPUT",
+                    ) from None
+                predictions = await self._check(lines, len(rows))
+                return self._done(
+                    artifact_id,
+                    rows,
+                    started,
+                    predictions,
+                    cached,
+                    warm=served.warm,
+                    restarted=served.restarted,
+                    mode="resident",
+                    reason="",
+                )
+        predictions = await self._one_shot(model, rows, job_id=job_id, deadline=deadline)
+        return self._done(
+            artifact_id,
+            rows,
+            started,
+            predictions,
+            cached,
+            warm=False,
+            restarted=False,
+            mode="one_shot",
+            reason=reason,
+        )
+
+    def _one_shot_reason(self, model: StagedModel) -> str:
+        """Why this model's calls cannot go to a resident predictor, or ""."""
+        if self.pool is None:
+            return "the trainer's executor has no sessions"
+        if self.pool.unsupported_reason:
+            return self.pool.unsupported_reason
+        if model.artifact_id not in self._capable:
+            source = next((f.content for f in model.files if f.path == model.predict_entry_point), b"")
+            self._capable[model.artifact_id] = resident_capable(source)
+        return self._capable[model.artifact_id]
+
+    async def _check(self, content: bytes, rows: int) -> list[tuple[Any, dict[str, float]]]:
+        try:
+            # A program's output, up to 64 MiB: parsed in a thread, off the event loop.
+            return await asyncio.to_thread(parse_predictions, content, rows, None)
+        except ValueError as exc:
+            raise FailedPrecondition(
+                f"predict.py wrote unusable predictions: {exc}", reason="PREDICT_BAD_OUTPUT"
+            ) from None
+
+    def _done(
+        self,
+        artifact_id: str,
+        rows: list[dict[str, Any]],
+        started: float,
+        predictions: list[tuple[Any, dict[str, float]]],
+        cached: bool,
+        *,
+        warm: bool,
+        restarted: bool,
+        mode: str,
+        reason: str,
+    ) -> PredictOutcome:
+        duration = time.monotonic() - started
+        PREDICT_SECONDS.labels("warm" if warm else "cold").observe(duration)
+        PREDICT_ROWS.inc(len(rows))
+        log.info(
+            "predicted",
+            artifact_id=artifact_id,
+            rows=len(rows),
+            seconds=round(duration, 4),
+            staged_from_cache=cached,
+            mode=mode,
+            warm=warm,
+            restarted=restarted,
+            one_shot_reason=reason or None,
+        )
+        return PredictOutcome(
+            predictions=predictions,
+            duration_s=duration,
+            staged_from_cache=cached,
+            warm=warm,
+            restarted=restarted,
+            mode=mode,
+            one_shot_reason=reason,
+        )
+
+    async def release(self, artifact_id: str) -> bool:
+        """Ends the model's resident predictor; the staged copy goes too (the model may be deleted)."""
+        check_artifact_id(artifact_id)
+        self._cache.pop(artifact_id, None)
+        self._capable.pop(artifact_id, None)
+        return await self.pool.release(artifact_id) if self.pool is not None else False
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def _one_shot(
+        self, model: StagedModel, rows: list[dict[str, Any]], *, job_id: str, deadline: float | None
+    ) -> list[tuple[Any, dict[str, float]]]:
         inputs = ("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n").encode("utf-8")
         request = ExecRequest(
             files=(*model.files, ExecFile("data/inputs.jsonl", inputs)),
@@ -239,21 +374,10 @@ class Predictor:
             raise FailedPrecondition(
                 "predict.py exited 0 but wrote no predictions", reason="PREDICT_NO_OUTPUT"
             )
-        try:
-            # A program's output, up to 64 MiB: parsed in a thread, off the event loop.
-            predictions = await asyncio.to_thread(parse_predictions, output.content, len(rows), None)
-        except ValueError as exc:
-            raise FailedPrecondition(
-                f"predict.py wrote unusable predictions: {exc}", reason="PREDICT_BAD_OUTPUT"
-            ) from None
-        duration = time.monotonic() - started
-        PREDICT_SECONDS.labels("staged" if cached else "fetched").observe(duration)
-        PREDICT_ROWS.inc(len(rows))
-        log.info(
-            "predicted",
-            artifact_id=artifact_id,
-            rows=len(rows),
-            seconds=round(duration, 3),
-            staged_from_cache=cached,
-        )
-        return PredictOutcome(predictions=predictions, duration_s=duration, staged_from_cache=cached)
+        return await self._check(output.content, len(rows))
+
+
+def _as_lines(predictions: list[Any]) -> bytes:
+    return "".join(json.dumps(p, ensure_ascii=False, allow_nan=False) + "\n" for p in predictions).encode(
+        "utf-8"
+    )

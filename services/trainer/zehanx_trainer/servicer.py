@@ -334,7 +334,19 @@ class TrainerServicer(rpc.TrainerServiceServicer):
             output = struct_pb2.Value()
             json_format.ParseDict(value, output)
             predictions.append(prediction_pb2.Prediction(output=output, probabilities=probabilities))
-        return pb.PredictResponse(predictions=predictions, predict_duration=to_duration(outcome.duration_s))
+        return pb.PredictResponse(
+            predictions=predictions,
+            predict_duration=to_duration(outcome.duration_s),
+            warm=outcome.warm,
+            restarted=outcome.restarted,
+            mode=pb.PREDICT_MODE_RESIDENT if outcome.mode == "resident" else pb.PREDICT_MODE_ONE_SHOT,
+            one_shot_reason=outcome.one_shot_reason,
+        )
+
+    async def ReleasePredictor(
+        self, request: pb.ReleasePredictorRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReleasePredictorResponse:
+        return pb.ReleasePredictorResponse(released=await self.predictor.release(request.artifact_id))
 
     async def ReadArtifact(
         self, request: pb.ReadArtifactRequest, context: grpc.aio.ServicerContext

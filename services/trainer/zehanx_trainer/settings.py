@@ -6,7 +6,7 @@ import glob
 import os
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 from zehanx_runtime.settings import ServiceSettings
 
@@ -134,11 +134,53 @@ class TrainerSettings(ServiceSettings):
     )
 
     # Predictions.
-    predict_timeout_s: float = Field(120.0, gt=0, le=3600)
+    predict_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Wall-clock limit of one Predict in the sandbox: a one-shot predict.py run, a resident "
+        "predictor's start (model loading included) or one of its calls.",
+    )
     predict_cache_models: int = Field(
         8, ge=1, le=1024, description="Models kept staged in memory for Predict."
     )
     predict_cache_bytes: int = Field(2 * GiB, ge=MiB)
+    predictors_max: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Resident predictors (one sandboxed process per model, model loaded) kept at once; "
+        "beyond it the least recently used is ended.",
+    )
+    predictors_memory_bytes: int = Field(
+        8 * GiB,
+        ge=64 * MiB,
+        description="Total of the resident predictors' sandbox memory limits; beyond it the least "
+        "recently used is ended.",
+    )
+    predictor_memory_bytes: int = Field(
+        2 * GiB,
+        ge=64 * MiB,
+        description="Sandbox memory limit of one resident predictor (what it reserves of the total).",
+    )
+    predictor_idle_s: float = Field(
+        300.0, gt=0, le=86400, description="A resident predictor with no call for this long is ended."
+    )
+    predictor_life_s: float = Field(
+        6 * 3600.0,
+        ge=60,
+        le=86400,
+        description="Wall-clock life of a resident predictor's sandbox; the next call then starts a new one.",
+    )
+
+    @model_validator(mode="after")
+    def _predictor_fits(self) -> TrainerSettings:
+        if self.predictor_memory_bytes > self.predictors_memory_bytes:
+            raise ValueError(
+                "ZX_TRAINER_PREDICTOR_MEMORY_BYTES is above ZX_TRAINER_PREDICTORS_MEMORY_BYTES: "
+                "no predictor could ever start"
+            )
+        return self
 
     @property
     def resolved_dataset_roots(self) -> list[Path]:
