@@ -41,6 +41,7 @@ import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +59,7 @@ from google.protobuf import descriptor, descriptor_pb2, message_factory
 from google.rpc import status_pb2
 from prometheus_client import Counter, Histogram
 from protobuf.wkt import Any as WireAny
-from zehanx_runtime import errors
+from zehanx_runtime import errors, tracing
 from zehanx_runtime.interceptors import JOB_ID_KEY, REQUEST_ID_KEY
 from zehanx_runtime.logging import get_logger
 from zehanx_runtime.metrics import LATENCY_BUCKETS
@@ -455,16 +456,18 @@ class ConnectAdapter:
         async def call(request: Any, ctx: RequestContext[Any, Any]) -> Any:
             started = await self._enter(method, ctx)
             outcome = "OK"
-            try:
-                request = await self._admit(method, request)
-                return await handler(request, _Context(ctx))
-            except BaseException as exc:
-                outcome, mapped = self._outcome(exc)
-                if mapped is None:
-                    raise
-                raise mapped from None
-            finally:
-                self._log_call(outcome, started)
+            with _span(method, ctx) as span:
+                try:
+                    request = await self._admit(method, request)
+                    return await handler(request, _Context(ctx))
+                except BaseException as exc:
+                    outcome, mapped = self._outcome(exc)
+                    if mapped is None:
+                        raise
+                    raise mapped from None
+                finally:
+                    tracing.end_status(span, outcome)
+                    self._log_call(outcome, started)
 
         return call
 
@@ -474,23 +477,25 @@ class ConnectAdapter:
             outcome = "OK"
             sent = 0
             inner: AsyncIterator[Any] | None = None
-            try:
-                request = await self._admit(method, request)
-                inner = handler(request, _Context(ctx))
-                async for item in inner:
-                    sent += 1
-                    yield item
-            except BaseException as exc:
-                outcome, mapped = self._outcome(exc)
-                if mapped is None:
-                    raise
-                raise mapped from None
-            finally:
-                # Close the servicer's stream now (its finally blocks unsubscribe), not at GC time.
-                aclose = getattr(inner, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-                self._log_call(outcome, started, messages=sent)
+            with _span(method, ctx) as span:
+                try:
+                    request = await self._admit(method, request)
+                    inner = handler(request, _Context(ctx))
+                    async for item in inner:
+                        sent += 1
+                        yield item
+                except BaseException as exc:
+                    outcome, mapped = self._outcome(exc)
+                    if mapped is None:
+                        raise
+                    raise mapped from None
+                finally:
+                    # Close the servicer's stream now (its finally blocks unsubscribe), not at GC time.
+                    aclose = getattr(inner, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+                    tracing.end_status(span, outcome)
+                    self._log_call(outcome, started, messages=sent)
 
         return call
 
@@ -576,6 +581,14 @@ class ConnectService(ConnectASGIApplication[Any]):
             return
         guard = _BodyGuard(scope, receive, send, self._limits.of(scope["path"]))
         await super().__call__(scope, guard.receive, guard.send)
+
+
+def _span(method: str, ctx: RequestContext[Any, Any]) -> AbstractContextManager[Any]:
+    """The call's SERVER span on the edge, continuing the W3C trace context of the HTTP request
+    (``traceparent``, ``tracestate``), as the gRPC port's interceptor continues gRPC metadata's."""
+    headers = ctx.request_headers
+    carrier = {name: headers[name] for name in ("traceparent", "tracestate") if name in headers}
+    return tracing.server_span(method, carrier, system="connect_rpc")
 
 
 def _metadata(headers: Mapping[str, str]) -> dict[str, str]:
