@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -399,6 +399,15 @@ def model_to_proto(model: Model) -> model_pb2.Model:
 
 def task_family_name(value: int) -> str:
     return task_family_pb2.TaskFamily.Name(value)
+
+
+def predictions_to_proto(predictions: Sequence[Prediction]) -> Sequence[prediction_pb2.Prediction]:
+    """The messages of predictions that came as messages (the trainer client's ``WirePredictions``:
+    passed on unconverted), else each converted."""
+    messages = getattr(predictions, "messages", None)
+    if messages is not None:
+        return messages  # type: ignore[no-any-return]
+    return [prediction_to_proto(p) for p in predictions]
 
 
 def prediction_to_proto(prediction: Prediction) -> prediction_pb2.Prediction:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -219,7 +219,7 @@ class PredictResult:
     model's resident predictor answered (``warm``; cold: its process was started for this call) and
     whether that start replaced a crashed predictor (``restarted``)."""
 
-    predictions: list[Prediction]
+    predictions: Sequence[Prediction]
     duration_s: float
     warm: bool = False
     restarted: bool = False

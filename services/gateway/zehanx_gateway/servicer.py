@@ -175,7 +175,7 @@ class GatewayServicer(rpc.GatewayServiceServicer):
         remaining = context.time_remaining() if context is not None else None
         result = await self._models.predict(current_principal(), model_id, instances, timeout_s=remaining)
         return pb.PredictResponse(
-            predictions=[convert.prediction_to_proto(p) for p in result.predictions],
+            predictions=convert.predictions_to_proto(result.predictions),
             predict_duration=_duration(result.duration_s),
             warm=result.warm,
             restarted=result.restarted,
@@ -206,7 +206,7 @@ class GatewayServicer(rpc.GatewayServiceServicer):
                 result = answer.result
                 yield pb.PredictStreamResponse(
                     offset=answer.offset,
-                    predictions=[convert.prediction_to_proto(p) for p in result.predictions],
+                    predictions=convert.predictions_to_proto(result.predictions),
                     predict_duration=_duration(result.duration_s),
                     warm=result.warm,
                     restarted=result.restarted,

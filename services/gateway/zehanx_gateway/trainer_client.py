@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 import grpc
 from google.protobuf import json_format, struct_pb2
+from zehanx.common.v1 import prediction_pb2
 from zehanx.trainer.v1 import trainer_service_pb2 as pb
 from zehanx.trainer.v1 import trainer_service_pb2_grpc as rpc
 from zehanx_runtime import errors
@@ -75,15 +76,8 @@ class GrpcTrainerPredictor:
             )
         except grpc.aio.AioRpcError as exc:
             raise _error(exc, self._address) from None
-        predictions = [
-            Prediction(
-                output=json_format.MessageToDict(p.output) if p.HasField("output") else None,
-                probabilities=dict(p.probabilities),
-            )
-            for p in response.predictions
-        ]
         return PredictResult(
-            predictions,
+            WirePredictions(response.predictions),
             to_seconds(response.predict_duration),
             warm=response.warm,
             restarted=response.restarted,
@@ -103,6 +97,40 @@ class GrpcTrainerPredictor:
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+class WirePredictions(Sequence[Prediction]):
+    """The trainer's Prediction messages as domain Predictions, converted only when read one by one.
+
+    The servicer sends ``messages`` on as they came (the gateway's and the trainer's Prediction are the
+    same message): converting 1000 predictions to dicts and back took about 60 ms, ten times what
+    decoding them costs, and as long as a small model's whole batch."""
+
+    __slots__ = ("messages",)
+
+    def __init__(self, messages: Sequence[prediction_pb2.Prediction]) -> None:
+        self.messages = messages
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    @overload
+    def __getitem__(self, index: int) -> Prediction: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Prediction]: ...
+
+    def __getitem__(self, index: int | slice) -> Prediction | list[Prediction]:
+        if isinstance(index, slice):
+            return [_prediction(m) for m in self.messages[index]]
+        return _prediction(self.messages[index])
+
+
+def _prediction(message: prediction_pb2.Prediction) -> Prediction:
+    return Prediction(
+        output=json_format.MessageToDict(message.output) if message.HasField("output") else None,
+        probabilities=dict(message.probabilities),
+    )
 
 
 def _value(instance: Any) -> struct_pb2.Value:
