@@ -106,7 +106,7 @@ async def _crawler(urls: list[str]) -> tuple[float, int]:
 
 async def _build(base: str, prompt: str, path: str, store: Path) -> tuple[float, int, float]:
     from zehanx_crawler.app import build
-    from zehanx_crawler.model import BuildRequest, BuiltDataset, Source, SourceKind
+    from zehanx_crawler.domain import BuildRequest, BuiltDataset, Source, SourceKind
     from zehanx_crawler.settings import CrawlerSettings
 
     settings = CrawlerSettings(data_dir=store, allow_private_networks=True, per_host_rps=1000.0,
@@ -184,7 +184,7 @@ def _hostile_files() -> list[tuple[str, str, bytes]]:
 
 async def _worst_case() -> None:
     from zehanx_crawler import parse_worker
-    from zehanx_crawler.model import Resource
+    from zehanx_crawler.domain import Resource
     from zehanx_crawler.parse_pool import ParsePool
     from zehanx_crawler.parsers.archives import ArchiveLimits
     from zehanx_crawler.parsers.html_tables import GridLimits
@@ -240,7 +240,7 @@ async def _worst_case() -> None:
 async def _small_builds(rounds: int) -> None:
     """Small CSV and HTML builds from local files: the first (it starts the parsing process) and warm."""
     from zehanx_crawler.app import build
-    from zehanx_crawler.model import BuildRequest, Source, SourceKind
+    from zehanx_crawler.domain import BuildRequest, Source, SourceKind
     from zehanx_crawler.settings import CrawlerSettings
 
     cases = [("penguin species", DATA / "palmer_penguins/penguins.csv"),

@@ -345,12 +345,13 @@ def arrowhead(out: Path, as_list: bool = False) -> Prepared:
             {"name": "label", "type": "integer"},
         ]
         return _write(out, "arrowhead_list", pack(train), pack(val), pack(test), "label",
-                      TaskFamily.TIME_SERIES_CLASSIFICATION,
-                      {"task": TaskFamily.TABULAR_CLASSIFICATION.value, "columns": columns})  # fmt: skip
-    # schema.json says what the crawler says of such a table (tabular classification); the planner
-    # reads the t0..t250 columns as one series
+                      TaskFamily.TIME_SERIES_CLASSIFICATION, {"columns": columns})  # fmt: skip
+    # schema.json says what the crawler writes of such a table: the family, and the t0..t250 columns
+    # marked as one series
+    columns = [{"name": f"t{i}", "type": "number", "layout": "series"} for i in range(251)]
+    columns.append({"name": "label", "type": "integer"})
     return _write(out, "arrowhead", train, val, test, "label", TaskFamily.TIME_SERIES_CLASSIFICATION,
-                  {"task": TaskFamily.TABULAR_CLASSIFICATION.value})  # fmt: skip
+                  {"columns": columns})  # fmt: skip
 
 
 def mape(actual: list[float], predicted: list[float]) -> float:

@@ -112,6 +112,7 @@ async def test_data_that_cannot_serve_the_task_is_failed_precondition(stub: Any,
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.PlanTask(
             pb.PlanTaskRequest(prompt="classify penguin photos", profile=profile_pb(penguins.profile),
+                               target_column_hint="species",
                                task_hint=task_family_pb2.TASK_FAMILY_IMAGE_CLASSIFICATION),
             metadata=call_metadata(TOKEN),
         )  # fmt: skip

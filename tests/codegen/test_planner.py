@@ -50,13 +50,36 @@ def test_prompts_over_real_profiles_give_the_expected_plan(
     assert len(plan.rationale) > 80 and "Model:" in plan.rationale
 
 
-def test_without_a_schema_the_target_comes_from_the_prompt(
+def test_the_target_and_task_are_the_crawlers_or_the_callers_never_guessed(
     planner: Planner, penguins: realdata.Prepared
 ) -> None:
     bare = dataclasses.replace(penguins.profile, schema_target=None, schema_task=None)
-    plan = planner.plan("predict the island from the bill and flipper sizes", bare)
+    # the prompt names a column, but choosing the target is the crawler's job: without schema.json's
+    # target or a hint the planner says what it needs
+    with pytest.raises(InvalidArgument) as caught:
+        planner.plan("predict the island from the bill and flipper sizes", bare)
+    assert (
+        caught.value.reason == "NO_TARGET_COLUMN" and caught.value.violations[0].field == "target_column_hint"
+    )
+    with pytest.raises(InvalidArgument) as caught:
+        planner.plan("predict the island", bare, PlanOptions(target_hint="island"))
+    assert caught.value.reason == "NO_TASK_FAMILY" and caught.value.violations[0].field == "task_hint"
+    plan = planner.plan(
+        "predict the island",
+        bare,
+        PlanOptions(target_hint="island", task_hint=TaskFamily.TABULAR_CLASSIFICATION),
+    )
     assert plan.target_column == "island" and plan.task_family is TaskFamily.TABULAR_CLASSIFICATION
-    assert planner.plan("predict body mass g", bare).task_family is TaskFamily.TABULAR_REGRESSION
+    # schema.json's decision is taken as it is: the prompt's words do not move the target
+    assert planner.plan("predict body mass g", penguins.profile).target_column == "species"
+    schema_regression = dataclasses.replace(
+        bare, schema_target="body_mass_g", schema_task=TaskFamily.TABULAR_REGRESSION
+    )
+    assert planner.plan("predict it", schema_regression).task_family is TaskFamily.TABULAR_REGRESSION
+    with pytest.raises(FailedPrecondition, match="regression needs a numeric target"):
+        planner.plan(
+            "predict it", bare, PlanOptions(target_hint="island", task_hint=TaskFamily.TABULAR_REGRESSION)
+        )
 
 
 def test_spam_is_imbalanced_so_the_metric_is_mcc(planner: Planner, data_root) -> None:
@@ -117,10 +140,10 @@ def test_a_table_of_a_thousand_rows_or_more_gets_trees_and_a_stated_target_trans
     assert planner.plan("predict the price with percentage errors", few).model_family == "mlp"
 
 
-def test_an_ordered_sequence_of_columns_is_a_series_and_unrelated_numbers_are_not(
-    planner: Planner, arrowhead: realdata.Prepared, tmp_path
+def test_the_crawlers_series_columns_make_a_series_plan_and_too_few_are_refused(
+    planner: Planner, arrowhead: realdata.Prepared
 ) -> None:
-    plan = planner.plan("classify arrowhead outlines", arrowhead.profile)  # the schema says tabular
+    plan = planner.plan("classify arrowhead outlines", arrowhead.profile)
     assert (
         plan.task_family is TaskFamily.TIME_SERIES_CLASSIFICATION and plan.model_family == "minirocket_ridge"
     )
@@ -130,23 +153,17 @@ def test_an_ordered_sequence_of_columns_is_a_series_and_unrelated_numbers_are_no
     big = planner.plan("classify outlines", dataclasses.replace(arrowhead.profile, row_count=10_000))
     assert big.hyperparameters["classifier"] == "logistic" and "softmax regression" in big.rationale
     assert big.hyperparameters["num_features"] == 4032  # 40% of 180 s at ~7 ns a row, step and feature
-    # 30 real features of unrelated scales, renamed f1..f30 so that the names alone look like a series
-    from sklearn.datasets import load_breast_cancer
-
-    bunch = load_breast_cancer()
-    rows = [{**{f"f{j + 1}": float(v) for j, v in enumerate(x)}, "diagnosis": int(y)}
-            for x, y in zip(bunch.data, bunch.target, strict=True)]  # fmt: skip
-    table = realdata.profile_of(rows, "diagnosis", classification=True)
-    plan = planner.plan("predict the diagnosis", table)
-    assert plan.task_family is TaskFamily.TABULAR_CLASSIFICATION and plan.model_family == "mlp"
-    # diamonds' numbers are not a series either, nor are 15 columns of one (too short for the kernels)
-    assert planner.plan("predict the cut", realdata.diamonds_sample(tmp_path, "cut").profile).task_family is (
-        TaskFamily.TABULAR_CLASSIFICATION
-    )
-    short = [{**{f"t{i}": r[f"t{i}"] for i in range(15)}, "label": r["label"]} for r in arrowhead.fit_rows]
-    plan = planner.plan("classify the outlines", realdata.profile_of(short, "label", classification=True))
-    assert plan.task_family is TaskFamily.TABULAR_CLASSIFICATION
+    # a schema.json written before the crawler named the family (tabular, series columns marked)
+    older = dataclasses.replace(arrowhead.profile, schema_task=TaskFamily.TABULAR_CLASSIFICATION)
+    assert planner.plan("classify outlines", older).task_family is TaskFamily.TIME_SERIES_CLASSIFICATION
+    # without the marks the same table is tabular: the planner does not look for series itself
+    unmarked = dataclasses.replace(older, series_columns=())
+    assert planner.plan("classify outlines", unmarked).model_family == "mlp"
+    short = dataclasses.replace(arrowhead.profile, series_columns=tuple(f"t{i}" for i in range(15)))
+    with pytest.raises(FailedPrecondition, match="no columns form one ordered sequence") as caught:
+        planner.plan("classify the outlines", short)
+    assert caught.value.reason == "DATA_CANNOT_SERVE_TASK" and "marks 15 column(s)" in caught.value.message
     with pytest.raises(FailedPrecondition, match="no columns form one ordered sequence"):
         planner.plan(
-            "predict the diagnosis", table, PlanOptions(task_hint=TaskFamily.TIME_SERIES_CLASSIFICATION)
+            "classify outlines", unmarked, PlanOptions(task_hint=TaskFamily.TIME_SERIES_CLASSIFICATION)
         )

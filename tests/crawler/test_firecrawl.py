@@ -26,10 +26,10 @@ from zehanx.crawler.v1 import crawler_service_pb2 as pb
 from zehanx_crawler.app import fetch_policy
 from zehanx_crawler.builder import DatasetBuilder
 from zehanx_crawler.catalogue import Catalogue
+from zehanx_crawler.clients.firecrawl import FirecrawlBackend
+from zehanx_crawler.domain import BuildRequest, BuiltDataset, Resource, Source, SourceKind
 from zehanx_crawler.egress import EgressGuard
 from zehanx_crawler.fetcher import HttpFetcher
-from zehanx_crawler.firecrawl_backend import FirecrawlBackend
-from zehanx_crawler.model import BuildRequest, BuiltDataset, Resource, Source, SourceKind
 from zehanx_crawler.store import DatasetStore
 from zehanx_crawler.web import raw_file_url
 from zehanx_runtime.errors import (

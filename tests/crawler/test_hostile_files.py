@@ -25,7 +25,7 @@ import grpc
 import pytest
 from crawler_support import Crawler, build_request, crawler_settings, start_crawler, stop_crawler
 from zehanx_crawler import parse_worker
-from zehanx_crawler.model import Resource
+from zehanx_crawler.domain import Resource
 from zehanx_crawler.parse_pool import ParsePool
 from zehanx_crawler.parsers import archives, parse_resource
 from zehanx_crawler.parsers.archives import ArchiveLimits

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from crawler_support import Crawler, crawler_settings, start_crawler, stop_crawler
 from google.protobuf import json_format
-from zehanx_crawler.servicer import PREVIEW_ROWS, PREVIEW_TEXT_CHARS
+from zehanx_crawler.convert import PREVIEW_ROWS, PREVIEW_TEXT_CHARS
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -9,11 +9,14 @@ import json
 import random
 from pathlib import Path
 
+import pytest
 from crawler_support import Crawler
 from zehanx.common.v1 import task_family_pb2
 from zehanx.crawler.v1 import crawler_service_pb2 as pb
 from zehanx_crawler.cleaning import Column, Table
+from zehanx_crawler.domain import TaskFamily
 from zehanx_crawler.task import choose
+from zehanx_runtime.errors import FailedPrecondition
 
 
 def _dataset(messages: list[pb.BuildDatasetResponse]):
@@ -24,13 +27,15 @@ def _dataset(messages: list[pb.BuildDatasetResponse]):
 async def test_arrowhead_columns_are_one_series_in_the_schema(crawler: Crawler, shared_data: Path) -> None:
     path = shared_data / "arrowhead" / "arrowhead_train.csv"
     dataset = _dataset(await crawler.build("classify arrowhead outlines", str(path)))
-    # the family stays the crawler's (a labelled table); the schema marks the series for the planner
-    assert dataset.task_family == task_family_pb2.TASK_FAMILY_TABULAR_CLASSIFICATION
+    # the crawler names the family (codegen's planner only checks it) and marks the series columns
+    assert dataset.task_family == task_family_pb2.TASK_FAMILY_TIME_SERIES_CLASSIFICATION
+    assert "task time_series_classification: " in dataset.explanation
     assert "251 columns t0 ... t250 are one ordered series" in dataset.explanation
     schema = json.loads(dataset.ref.schema_json)
     marked = [c["name"] for c in schema["columns"] if c.get("layout") == "series"]
     assert marked == [f"t{i}" for i in range(251)]
     assert schema["target"] == "label" and "label" not in marked
+    assert schema["task"] == "time_series_classification"
 
 
 def _table(columns: dict[str, list]) -> Table:
@@ -54,7 +59,16 @@ def test_running_numbers_in_names_alone_do_not_make_a_series(shared_data: Path) 
     choice = choose(
         _table({**noise, "label": ("integer", labels)}), "classify", target_hint="label", task_hint=None
     )
-    assert choice.series_columns == []
+    assert choice.series_columns == [] and choice.task is TaskFamily.TABULAR_CLASSIFICATION
+    # asked for a series classifier, the same columns are refused with the reason
+    with pytest.raises(FailedPrecondition) as caught:
+        choose(
+            _table({**noise, "label": ("integer", labels)}),
+            "classify",
+            target_hint="label",
+            task_hint=TaskFamily.TIME_SERIES_CLASSIFICATION,
+        )
+    assert caught.value.reason == "NO_SERIES_COLUMNS"
     # the real series passes the same rule (and 15 of its columns are too few)
     with open(shared_data / "arrowhead" / "arrowhead_train.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))

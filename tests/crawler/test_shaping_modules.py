@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 from zehanx_crawler.cleaning import Column, Table, clean, clean_names, concat
-from zehanx_crawler.model import RawTable, Task
+from zehanx_crawler.domain import RawTable, TaskFamily
 from zehanx_crawler.profiling import profile
 from zehanx_crawler.splitting import SPLITS, split
 from zehanx_crawler.task import TaskChoice
@@ -96,9 +96,9 @@ def test_tables_with_the_same_columns_stack_in_the_first_ones_order() -> None:
 
 def test_a_stratified_split_is_seeded_complete_disjoint_and_keeps_each_class_in_proportion() -> None:
     labels: list[object] = ["spam"] * 20 + ["ham"] * 80
-    first = split(labels, 100, Task.TEXT_CLASSIFICATION, FRACTIONS, seed=7)
-    assert first == split(labels, 100, Task.TEXT_CLASSIFICATION, FRACTIONS, seed=7)
-    assert first != split(labels, 100, Task.TEXT_CLASSIFICATION, FRACTIONS, seed=8)
+    first = split(labels, 100, TaskFamily.TEXT_CLASSIFICATION, FRACTIONS, seed=7)
+    assert first == split(labels, 100, TaskFamily.TEXT_CLASSIFICATION, FRACTIONS, seed=7)
+    assert first != split(labels, 100, TaskFamily.TEXT_CLASSIFICATION, FRACTIONS, seed=8)
     assert first.method == "stratified"
     every = [i for name in SPLITS for i in first.indices[name]]
     assert sorted(every) == list(range(100))
@@ -110,7 +110,7 @@ def test_a_stratified_split_is_seeded_complete_disjoint_and_keeps_each_class_in_
 
 
 def test_a_series_is_split_in_time_order_oldest_for_training() -> None:
-    parts = split(None, 20, Task.TIME_SERIES_FORECASTING, FRACTIONS, seed=1)
+    parts = split(None, 20, TaskFamily.TIME_SERIES_FORECASTING, FRACTIONS, seed=1)
     assert parts.method == "temporal"
     assert parts.indices == {
         "train": list(range(14)),
@@ -121,7 +121,7 @@ def test_a_series_is_split_in_time_order_oldest_for_training() -> None:
 
 def test_identical_rows_always_land_in_the_same_split() -> None:
     groups = [i // 5 for i in range(60)]  # twelve groups of five copies
-    parts = split(None, 60, Task.TABULAR_REGRESSION, FRACTIONS, seed=3, groups=groups)
+    parts = split(None, 60, TaskFamily.TABULAR_REGRESSION, FRACTIONS, seed=3, groups=groups)
     assert parts.method == "random"
     where = {i: name for name in SPLITS for i in parts.indices[name]}
     for group in range(12):
@@ -130,7 +130,7 @@ def test_identical_rows_always_land_in_the_same_split() -> None:
 
 def test_too_few_rows_are_refused_with_the_minimum() -> None:
     with pytest.raises(FailedPrecondition) as few:
-        split(None, 9, Task.TABULAR_REGRESSION, FRACTIONS, seed=0)
+        split(None, 9, TaskFamily.TABULAR_REGRESSION, FRACTIONS, seed=0)
     assert few.value.reason == "TOO_FEW_ROWS" and "at least 10" in few.value.message
 
 
@@ -148,9 +148,9 @@ def test_the_profile_counts_rows_missing_duplicates_classes_and_their_split_coun
         [],
         [],
     )
-    parts = split(list(labels), n, Task.TABULAR_CLASSIFICATION, (0.5, 0.25, 0.25), seed=0)
+    parts = split(list(labels), n, TaskFamily.TABULAR_CLASSIFICATION, (0.5, 0.25, 0.25), seed=0)
     choice = TaskChoice(
-        task=Task.TABULAR_CLASSIFICATION,
+        task=TaskFamily.TABULAR_CLASSIFICATION,
         target="label",
         inputs=["size"],
         explanation="test",

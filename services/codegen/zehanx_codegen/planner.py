@@ -1,16 +1,16 @@
-"""Prompt + dataset profile → plan: task, target, inputs, metric, model family, hyperparameters, why.
+"""Prompt + dataset profile → plan: inputs, metric, model family, hyperparameters, and why.
 
-Rule-based and deterministic. The prompt says what the user wants (and may name the target); the
-profile decides what the data can serve. When they disagree, or either is missing something, the
-planner says exactly what is missing instead of guessing:
+Rule-based and deterministic. The target column and the task family are the crawler's decision (its
+``schema.json``, or the caller's hints): the planner does not pick them again, it checks that the data
+can serve them and says exactly what is missing when it cannot:
 
-- :class:`InvalidArgument` (``PROMPT_UNCLEAR``, ``TARGET_AMBIGUOUS``, ``UNKNOWN_COLUMN``): the request
-  does not say enough.
+- :class:`InvalidArgument` (``PROMPT_UNCLEAR``, ``NO_TARGET_COLUMN``, ``NO_TASK_FAMILY``,
+  ``UNKNOWN_COLUMN``): the request does not say enough.
 - :class:`FailedPrecondition` (``DATA_CANNOT_SERVE_TASK``, ``UNSUPPORTED_TASK``, ``TOO_FEW_ROWS``): the
-  data cannot serve the task asked for.
+  data cannot serve the task asked for, or Zehanx does not build it.
 
 The choices of model and hyperparameters follow what was measured on this project's reference
-hardware (2 CPU cores); ``shared/reference/model_quality.md`` has the numbers.
+hardware (2 CPU cores); each family's fixed values and their reasons are in ``hyperparameters.py``.
 """
 
 from __future__ import annotations
@@ -31,14 +31,21 @@ from zehanx_codegen.domain import (
     Plan,
     TaskFamily,
 )
-from zehanx_codegen.generator import TREES_MODEL_FAMILY
+from zehanx_codegen.hyperparameters import (
+    FORECASTING,
+    IMAGE,
+    SERIES,
+    SERIES_FEATURES,
+    TABULAR_MLP,
+    TABULAR_TREES,
+    TEXT,
+    TREES_MODEL_FAMILY,
+)
 
 MIN_ROWS = 20
 MIN_SERIES_POINTS = 12
 #: The fewest ordered columns taken for a series to classify (MiniRocket's kernels span 9 steps).
 MIN_SERIES_LENGTH = 16
-#: MiniRocket's default: 84 kernels x 119 biases.
-SERIES_FEATURES = 9_996
 #: Up to this many rows the series classifier is ridge with leave-one-out (it solves a rows x rows system).
 RIDGE_MAX_ROWS = 4_000
 #: From this many rows on, tables get gradient-boosted trees instead of an MLP (diamonds, 54k rows: trees
@@ -76,30 +83,24 @@ _INTENT = {
     "forecaster", "estimate", "estimator", "regression", "regressor", "train", "learn", "filter",
     "identify", "tell", "guess", "analysis", "analyse", "analyze", "label", "tag", "score",
 }  # fmt: skip
-_HINTS: dict[TaskFamily | str, set[str]] = {
-    TaskFamily.TIME_SERIES_FORECASTING: {
-        "forecast", "forecasting", "forecaster", "future", "upcoming", "next", "timeseries", "series",
-        "monthly", "weekly", "daily", "hourly", "yearly", "quarterly", "trend", "seasonal", "projection",
-    },
-    TaskFamily.IMAGE_CLASSIFICATION: {
-        "image", "images", "photo", "photos", "picture", "pictures", "pixel", "pixels", "digit", "digits",
-        "handwritten", "handwriting", "vision", "mnist", "scan", "scans",
-    },
-    TaskFamily.TEXT_CLASSIFICATION: {
-        "text", "texts", "sentiment", "sentiments", "review", "reviews", "message", "messages", "sms",
-        "email", "emails", "spam", "tweet", "tweets", "comment", "comments", "sentence", "sentences",
-        "document", "documents", "headline", "headlines", "toxic", "toxicity", "intent", "topic",
-        "topics", "opinion", "opinions", "polarity",
-    },
-    TaskFamily.TABULAR_REGRESSION: {
-        "regression", "regress", "price", "prices", "cost", "amount", "quantity", "how", "much", "many",
-        "value", "revenue", "salary", "income", "continuous", "number",
-    },
-    "classification": {
-        "classify", "classifier", "classification", "category", "categories", "categorize", "categorise",
-        "class", "classes", "species", "type", "kind", "detect", "detector", "whether", "which",
-        "identify", "recognise", "recognize", "label", "spam",
-    },
+#: Words that ask for one of the families Zehanx builds; with ``_INTENT`` they make a prompt clear.
+_ASKS = {
+    "forecast", "forecasting", "forecaster", "future", "upcoming", "next", "timeseries", "series",
+    "monthly", "weekly", "daily", "hourly", "yearly", "quarterly", "trend", "seasonal", "projection",
+    "image", "images", "photo", "photos", "picture", "pictures", "pixel", "pixels", "digit", "digits",
+    "handwritten", "handwriting", "vision", "mnist", "scan", "scans",
+    "text", "texts", "sentiment", "sentiments", "review", "reviews", "message", "messages", "sms",
+    "email", "emails", "spam", "tweet", "tweets", "comment", "comments", "sentence", "sentences",
+    "document", "documents", "headline", "headlines", "toxic", "toxicity", "intent", "topic",
+    "topics", "opinion", "opinions", "polarity",
+    "regression", "regress", "price", "prices", "cost", "amount", "quantity", "how", "much", "many",
+    "value", "revenue", "salary", "income", "continuous", "number",
+}  # fmt: skip
+#: Words of a classification request: "classify the translations" is not a translation request.
+_CLASSIFY = {
+    "classify", "classifier", "classification", "category", "categories", "categorize", "categorise",
+    "class", "classes", "species", "type", "kind", "detect", "detector", "whether", "which",
+    "identify", "recognise", "recognize", "label", "spam",
 }  # fmt: skip
 _UNSUPPORTED = {
     "translate": "translation", "translation": "translation", "summarize": "summarisation",
@@ -108,10 +109,6 @@ _UNSUPPORTED = {
     "segmentation": "segmentation", "segment": "segmentation", "transcribe": "speech recognition",
     "speech": "speech recognition", "audio": "audio", "generate": "generation", "generation": "generation",
     "generative": "generation", "write": "text generation",
-}  # fmt: skip
-_LABEL_NAMES = {
-    "label", "labels", "target", "class", "y", "category", "sentiment", "species", "outcome", "polarity",
-    "spam", "digit", "result", "rating", "grade", "diagnosis", "churn", "survived", "type",
 }  # fmt: skip
 _ID_NAMES = re.compile(r"(^|_|\b)(id|uuid|guid|key|index|row)$", re.IGNORECASE)
 
@@ -140,38 +137,6 @@ def _mentioned(prompt_words: Sequence[str], name: str) -> bool:
         if window == target or (n == 1 and window[0].rstrip("s") == target[0].rstrip("s")):
             return True
     return False
-
-
-_SEQUENCE_NAME = re.compile(r"(.*?)(\d+)")
-
-
-def _series_columns(numeric: list[ColumnProfile]) -> list[ColumnProfile]:
-    """Numeric columns that are one ordered sequence, in order; [] when there is none.
-
-    The rule: at least MIN_SERIES_LENGTH columns named by one prefix and a running number (t0, t1, ...
-    or x_1, x_2, ...) that make up every numeric column but at most one, and that are on one scale
-    (each column's spread within a factor of 10 of the median spread), as the values of one signal
-    are. Unrelated features (an area in the thousands beside a ratio below one) fail the last test.
-    """
-    groups: dict[str, list[tuple[int, ColumnProfile]]] = {}
-    for c in numeric:
-        match = _SEQUENCE_NAME.fullmatch(c.name)
-        if match and "pix" not in match.group(1).lower():
-            groups.setdefault(match.group(1), []).append((int(match.group(2)), c))
-    for members in groups.values():
-        members.sort(key=lambda m: m[0])
-        indices = [i for i, _ in members]
-        if len(members) < MIN_SERIES_LENGTH or len(members) < len(numeric) - 1:
-            continue
-        if indices != list(range(indices[0], indices[0] + len(indices))) or indices[0] not in (0, 1):
-            continue
-        spreads = sorted(c.numeric.stddev for _, c in members if c.numeric is not None)
-        if len(spreads) != len(members):
-            continue
-        median = spreads[len(spreads) // 2]
-        if median > 0 and spreads[0] >= median / 10 and spreads[-1] <= median * 10:
-            return [c for _, c in members]
-    return []
 
 
 def _square_side(n: int) -> int:
@@ -207,8 +172,8 @@ class Planner:
                 "the dataset profile has no columns: there is nothing to learn from",
                 reason="DATA_CANNOT_SERVE_TASK",
             )
-        target = self._target(words, profile, options)
-        family = self._family(words, profile, target, options)
+        target = self._target(profile, options)
+        family = self._family(profile, target, options)
         if family is TaskFamily.TIME_SERIES_FORECASTING:
             return self._plan_forecasting(words, profile, target, options)
         if profile.row_count < MIN_ROWS:
@@ -239,12 +204,10 @@ class Planner:
                 reason="PROMPT_UNCLEAR",
             )
         vocabulary = set(words)
-        hinted = any(vocabulary & hints for hints in _HINTS.values())
+        hinted = bool(vocabulary & (_ASKS | _CLASSIFY))
         named = any(_mentioned(words, c.name) for c in profile.columns)
         unsupported = sorted({_UNSUPPORTED[w] for w in vocabulary if w in _UNSUPPORTED})
-        if unsupported and not (
-            vocabulary & (_HINTS["classification"] | {"forecast", "predict", "regression"})
-        ):
+        if unsupported and not (vocabulary & (_CLASSIFY | {"forecast", "predict", "regression"})):
             raise FailedPrecondition(
                 f"the prompt asks for {', '.join(unsupported)}, which Zehanx does not build; it builds {SUPPORTED}",
                 reason="UNSUPPORTED_TASK",
@@ -293,10 +256,11 @@ class Planner:
         elif marked and all(c is not None and c.type.is_numeric for c in marked):
             series = [c for c in marked if c is not None]  # the crawler's schema says so
         else:
-            series = [] if pixels else _series_columns(numeric)
+            series = []
         return _Roles(text, images, pixels, times, ids, series)
 
-    def _target(self, words: list[str], profile: DatasetProfile, options: PlanOptions) -> ColumnProfile:
+    def _target(self, profile: DatasetProfile, options: PlanOptions) -> ColumnProfile:
+        """The crawler's target (``schema.json``), or the caller's hint; checked, never guessed."""
         names = profile.names
         if options.target_hint:
             found = profile.column(options.target_hint)
@@ -310,101 +274,52 @@ class Planner:
                     reason="UNKNOWN_COLUMN",
                 )
             return found
-        if profile.schema_target and profile.column(profile.schema_target):
-            return profile.column(profile.schema_target)  # type: ignore[return-value]
-        roles = self._roles(profile)
-        inputs_only = {
-            c.name for c in roles.text + roles.images + roles.pixels + roles.ids + roles.times + roles.series
-        }
-        candidates = [c for c in profile.columns if c.name not in inputs_only]
-        mentioned = [c for c in candidates if _mentioned(words, c.name)]
-        if len(mentioned) == 1:
-            return mentioned[0]
-        if len(mentioned) > 1:
-            # "predict the species from the bill length": the column right after the verb wins
-            for verb in ("predict", "forecast", "classify", "estimate", "detect", "recognise", "recognize"):
-                if verb in words:
-                    after = words[words.index(verb) + 1 :]
-                    first = [c for c in mentioned if _mentioned(after[:6], c.name)]
-                    if len(first) == 1:
-                        return first[0]
-        labelled = [c for c in candidates if _normal(c.name) in _LABEL_NAMES]
-        if len(labelled) == 1:
-            return labelled[0]
-        if len(candidates) == 1:
-            return candidates[0]
-        if roles.times and len([c for c in candidates if c.type.is_numeric]) == 1:
-            return next(c for c in candidates if c.type.is_numeric)
-        shown = ", ".join(c.name for c in (mentioned or candidates)[:30]) or "(none)"
-        raise InvalidArgument(
-            "cannot tell which column to predict: name it in the prompt or in target_column_hint; "
-            f"candidates: {shown}",
-            violations=[
-                FieldViolation("target_column_hint", "the target column is ambiguous", "TARGET_AMBIGUOUS")
-            ],
-            reason="TARGET_AMBIGUOUS",
-        )
+        if not profile.schema_target:
+            raise InvalidArgument(
+                "no target column: the dataset's schema.json names none (the crawler decides it when it "
+                "builds the dataset) and no target_column_hint was given; columns: " + ", ".join(names[:50]),
+                violations=[
+                    FieldViolation(
+                        "target_column_hint", "needed when schema.json names no target", "NO_TARGET_COLUMN"
+                    )
+                ],
+                reason="NO_TARGET_COLUMN",
+            )
+        found = profile.column(profile.schema_target)
+        if found is None:
+            raise InvalidArgument(
+                f"schema.json's target {profile.schema_target!r} is not a column of the profile; columns: "
+                + ", ".join(names[:50]),
+                violations=[
+                    FieldViolation("schema_json", "target is not a column of the profile", "UNKNOWN_COLUMN")
+                ],
+                reason="UNKNOWN_COLUMN",
+            )
+        return found
 
     # -- family --------------------------------------------------------------------------------------
 
-    def _classification_like(self, words: list[str], profile: DatasetProfile, target: ColumnProfile) -> bool:
-        vocabulary = set(words)
-        if target.type in (ColumnType.CATEGORICAL, ColumnType.BOOLEAN, ColumnType.TEXT):
-            return True
-        if target.type is ColumnType.INTEGER:
-            wants_numbers = bool(vocabulary & (_HINTS[TaskFamily.TABULAR_REGRESSION] - {"value", "number"}))
-            return target.distinct_count <= 20 and not wants_numbers
-        if target.type is ColumnType.FLOAT:
-            return False
-        return bool(profile.classes)
-
-    def _family(
-        self, words: list[str], profile: DatasetProfile, target: ColumnProfile, options: PlanOptions
-    ) -> TaskFamily:
-        vocabulary = set(words)
-        roles = self._roles(profile)
+    def _family(self, profile: DatasetProfile, target: ColumnProfile, options: PlanOptions) -> TaskFamily:
+        """The crawler's task family (or the caller's hint), once the data is checked to serve it."""
         asked = options.task_hint or profile.schema_task
-        hinted = [
-            f
-            for f in (
-                TaskFamily.TIME_SERIES_FORECASTING,
-                TaskFamily.IMAGE_CLASSIFICATION,
-                TaskFamily.TEXT_CLASSIFICATION,
+        if asked is None:
+            raise InvalidArgument(
+                "no task family: the dataset's schema.json names none (the crawler decides it when it builds "
+                "the dataset) and no task_hint was given; the families: " + SUPPORTED,
+                violations=[
+                    FieldViolation("task_hint", "needed when schema.json names no task", "NO_TASK_FAMILY")
+                ],
+                reason="NO_TASK_FAMILY",
             )
-            if vocabulary & _HINTS[f]
-        ]
+        roles = self._roles(profile)
         text_inputs = [c for c in roles.text if c.name != target.name]
         images = [c for c in roles.images if c.name != target.name] or roles.pixels
         times = [c for c in roles.times if c.name != target.name]
         series = [c for c in roles.series if c.name != target.name]
-        if (
-            series
-            and asked in (None, TaskFamily.TABULAR_CLASSIFICATION)
-            and self._classification_like(words, profile, target)
-        ):
-            # The crawler names a table of labelled rows tabular; when its inputs are one ordered
-            # sequence, the task is the classification of that sequence.
+        if asked is TaskFamily.TABULAR_CLASSIFICATION and series:
+            # schema.json files written before the crawler named this family say tabular_classification
+            # and mark the series columns; the marks are the crawler's decision, so they are read as it.
             asked = TaskFamily.TIME_SERIES_CLASSIFICATION
-        if asked is None:
-            if TaskFamily.TIME_SERIES_FORECASTING in hinted and times:
-                asked = TaskFamily.TIME_SERIES_FORECASTING
-            elif images and target.type is not ColumnType.FLOAT:
-                asked = TaskFamily.IMAGE_CLASSIFICATION
-            elif text_inputs and self._classification_like(words, profile, target):
-                asked = TaskFamily.TEXT_CLASSIFICATION
-            elif (
-                times
-                and target.type.is_numeric
-                and len(profile.columns) <= 3
-                and not (vocabulary & _HINTS["classification"])
-            ):
-                asked = TaskFamily.TIME_SERIES_FORECASTING
-            elif hinted and hinted[0] is not TaskFamily.TEXT_CLASSIFICATION:
-                asked = hinted[0]  # checked against the data below, with a clear message
-            elif self._classification_like(words, profile, target):
-                asked = TaskFamily.TABULAR_CLASSIFICATION
-            else:
-                asked = TaskFamily.TABULAR_REGRESSION
         columns = ", ".join(f"{c.name} ({c.type.value})" for c in profile.columns[:20])
         if asked is TaskFamily.IMAGE_CLASSIFICATION and not images:
             raise FailedPrecondition(
@@ -417,12 +332,15 @@ class Planner:
                 f"the task is text classification but the dataset has no free-text input column (columns: {columns})",
                 reason="DATA_CANNOT_SERVE_TASK",
             )
-        if asked is TaskFamily.TIME_SERIES_CLASSIFICATION and not series:
-            raise FailedPrecondition(
-                "the task is time-series classification but no columns form one ordered sequence (at least "
-                f"{MIN_SERIES_LENGTH} numeric columns named like t0, t1, ... on one scale; columns: {columns})",
-                reason="DATA_CANNOT_SERVE_TASK",
-            )
+        if asked is TaskFamily.TIME_SERIES_CLASSIFICATION:
+            listed = len(series) == 1 and series[0].type is ColumnType.IMAGE
+            if not listed and len(series) < MIN_SERIES_LENGTH:
+                raise FailedPrecondition(
+                    "the task is time-series classification but no columns form one ordered sequence: "
+                    f'schema.json marks {len(series)} column(s) "layout": "series" (at least '
+                    f"{MIN_SERIES_LENGTH} numeric columns, or one list column, are needed; columns: {columns})",
+                    reason="DATA_CANNOT_SERVE_TASK",
+                )
         if asked is TaskFamily.TIME_SERIES_FORECASTING:
             if not times:
                 raise FailedPrecondition(
@@ -524,14 +442,13 @@ class Planner:
         metric, metric_why = self._class_metric(classes, profile.imbalance_ratio)
         hp = {
             "text_column": text.name,
-            "ngram_max": 2,
+            **TEXT.values("ngram_max"),
             "min_df": min_df,
-            "max_features": 500_000,
+            **TEXT.values("max_features"),
             "use_encoder": use_encoder,
             "encoder": ENCODER_NAME if use_encoder else "",
             "encoder_max_tokens": max_tokens,
-            "c_grid": [3.0, 10.0, 30.0],
-            "lbfgs_steps": 6,
+            **TEXT.values("c_grid", "lbfgs_steps"),
         }
         others = [c.name for c in texts if c.name != text.name]
         lines = [
@@ -626,16 +543,16 @@ class Planner:
         hp = {
             "numeric_columns": numeric,
             "categorical_columns": categorical,
-            "max_categories": 50,
+            **TABULAR_MLP.values("max_categories"),
             "hidden_size": hidden,
-            "hidden_layers": 2,
+            **TABULAR_MLP.values("hidden_layers"),
             "dropout": 0.0 if rows < 1_000 else 0.1,
             "learning_rate": 0.01 if full_batch else 0.003,
-            "weight_decay": 0.0001,
+            **TABULAR_MLP.values("weight_decay"),
             "batch_size": 0 if full_batch else 256,
             "max_steps": 600 if full_batch else 4_000,
             "eval_every": 10 if full_batch else 100,
-            "patience": 15,
+            **TABULAR_MLP.values("patience"),
         }
         lines = self._tabular_task_lines(profile, target, regression)
         lines.append(
@@ -715,12 +632,21 @@ class Planner:
         hp: dict[str, object] = {
             "numeric_columns": numeric,
             "categorical_columns": categorical,
-            "max_categories": 200,
+            **TABULAR_TREES.values("max_categories"),
         }
         if regression:
             hp["target_transform"] = transform
-        hp.update({"max_iterations": 2_000, "learning_rate": 0.1, "max_leaves": 31, "min_leaf_rows": 20,
-                   "l2": 0.0, "patience": 50, "time_share": 0.8})  # fmt: skip
+        hp.update(
+            TABULAR_TREES.values(
+                "max_iterations",
+                "learning_rate",
+                "max_leaves",
+                "min_leaf_rows",
+                "l2",
+                "patience",
+                "time_share",
+            )
+        )
         lines.append(
             f"Inputs: {len(numeric)} numeric column(s), cut into up to 255 bins at training quantiles; "
             f"{len(categorical)} categorical column(s), one bin per category; a missing value is a bin of its "
@@ -800,7 +726,7 @@ class Planner:
         # Pixels go into [0, 1]: 0..255 for photos, but 0..16 for scikit-learn's digits.
         scale = 1.0 / top if top > 1.5 else 1.0
         # Three conv blocks halve the image three times; bigger images get a stride-2 first layer.
-        blocks = [32, 64, 128]
+        blocks = IMAGE.values("conv_channels")["conv_channels"]
         stem_stride = 1 if max(height, width) <= 64 else 2
         rows = profile.row_count
         digits = bool(
@@ -828,12 +754,9 @@ class Planner:
             "pixel_scale": scale,
             "conv_channels": blocks,
             "stem_stride": stem_stride,
-            "dropout": 0.25,
-            "batch_size": 64,
-            "learning_rate": 0.003,
-            "weight_decay": 0.0001,
+            **IMAGE.values("dropout", "batch_size", "learning_rate", "weight_decay"),
             "epochs": epochs,
-            "rotate_degrees": 10.0,
+            **IMAGE.values("rotate_degrees"),
             "shift_pixels": 2.0 if max(height, width) <= 64 else 4.0,
             "horizontal_flip": not digits,
             "members": members,
@@ -902,7 +825,7 @@ class Planner:
             "series_column": series[0].name if listed else "",
             "num_features": features,
             "classifier": classifier,
-            "alphas": [round(10 ** (-3 + 6 * i / 9), 6) for i in range(10)],
+            **SERIES.values("alphas"),
         }
         lines = [
             "Task: time-series classification: "
@@ -964,9 +887,7 @@ class Planner:
         positive = target.numeric is None or target.numeric.min > 0
         hp = {
             "time_column": time.name,
-            "season_length": 0,
-            "short_lags": [1, 2, 3],
-            "ridge": 0.001,
+            **FORECASTING.values("season_length", "short_lags", "ridge"),
         }
         lines = [
             f"Task: time-series forecasting of {target.name!r}, ordered by {time.name!r} ({points} points).",

@@ -23,7 +23,7 @@ from typing import Any
 from zehanx_runtime.errors import FailedPrecondition
 
 from zehanx_codegen.domain import Plan, Program, ProgramFailure, TaskFamily
-from zehanx_codegen.generator import TREES_MODEL_FAMILY
+from zehanx_codegen.hyperparameters import TREES_MODEL_FAMILY
 
 _MEMORY = re.compile(
     r"out of memory|MemoryError|Cannot allocate memory|killed|memory limit|OOM", re.IGNORECASE

@@ -59,7 +59,7 @@ def web_backend(settings: CrawlerSettings, guard: EgressGuard) -> WebBackend | N
 def firecrawl_backend(settings: CrawlerSettings, api_key: str | None, guard: EgressGuard) -> WebBackend:
     """Firecrawl on ``api_key`` (the configured key, or a job owner's own for one build); the URLs it is
     handed are checked by ``guard``, the local fetcher's egress policy."""
-    from zehanx_crawler.firecrawl_backend import FirecrawlBackend
+    from zehanx_crawler.clients.firecrawl import FirecrawlBackend
 
     return FirecrawlBackend(
         api_key,

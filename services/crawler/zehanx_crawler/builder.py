@@ -37,9 +37,7 @@ from zehanx_runtime.errors import (
 
 from zehanx_crawler import cleaning, parse_worker, profiling, splitting, task
 from zehanx_crawler.catalogue import Catalogue
-from zehanx_crawler.fetcher import Fetcher, human_bytes
-from zehanx_crawler.localpaths import is_allowed, resolve_local_path
-from zehanx_crawler.model import (
+from zehanx_crawler.domain import (
     BuildRequest,
     BuiltDataset,
     Phase,
@@ -50,6 +48,8 @@ from zehanx_crawler.model import (
     Source,
     SourceKind,
 )
+from zehanx_crawler.fetcher import Fetcher, human_bytes
+from zehanx_crawler.localpaths import is_allowed, resolve_local_path
 from zehanx_crawler.parse_pool import ParsePool
 from zehanx_crawler.parsers import Parsed
 from zehanx_crawler.parsers.archives import ArchiveLimits

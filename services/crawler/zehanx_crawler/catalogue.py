@@ -15,7 +15,7 @@ from typing import Any
 
 from zehanx_runtime.errors import NotFound
 
-from zehanx_crawler.model import RawTable, Resource, Task
+from zehanx_crawler.domain import RawTable, Resource, TaskFamily
 from zehanx_crawler.ranking import Match, content_tokens, match
 
 
@@ -25,7 +25,7 @@ class CatalogueEntry:
     title: str
     description: str
     keywords: tuple[str, ...]
-    task: Task
+    task: TaskFamily
     rows: int
     features: int
     target: str
@@ -60,7 +60,7 @@ ENTRIES: tuple[CatalogueEntry, ...] = (
             "petal",
             "botany",
         ),
-        task=Task.TABULAR_CLASSIFICATION,
+        task=TaskFamily.TABULAR_CLASSIFICATION,
         rows=150,
         features=4,
         target="species",
@@ -85,7 +85,7 @@ ENTRIES: tuple[CatalogueEntry, ...] = (
             "italian",
             "vintner",
         ),
-        task=Task.TABULAR_CLASSIFICATION,
+        task=TaskFamily.TABULAR_CLASSIFICATION,
         rows=178,
         features=13,
         target="cultivar",
@@ -112,7 +112,7 @@ ENTRIES: tuple[CatalogueEntry, ...] = (
             "oncology",
             "wisconsin",
         ),
-        task=Task.TABULAR_CLASSIFICATION,
+        task=TaskFamily.TABULAR_CLASSIFICATION,
         rows=569,
         features=30,
         target="diagnosis",
@@ -140,7 +140,7 @@ ENTRIES: tuple[CatalogueEntry, ...] = (
             "mnist",
             "writing",
         ),
-        task=Task.IMAGE_CLASSIFICATION,
+        task=TaskFamily.IMAGE_CLASSIFICATION,
         rows=1797,
         features=64,
         target="digit",
@@ -168,7 +168,7 @@ ENTRIES: tuple[CatalogueEntry, ...] = (
             "glucose",
             "health",
         ),
-        task=Task.TABULAR_REGRESSION,
+        task=TaskFamily.TABULAR_REGRESSION,
         rows=442,
         features=10,
         target="disease_progression",

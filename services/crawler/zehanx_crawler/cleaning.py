@@ -22,7 +22,7 @@ from typing import Any
 
 from zehanx_runtime.errors import FailedPrecondition
 
-from zehanx_crawler.model import RawTable
+from zehanx_crawler.domain import RawTable
 from zehanx_crawler.values import (
     MISSING_MARKERS,
     clean_cell,

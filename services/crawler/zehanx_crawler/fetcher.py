@@ -44,8 +44,8 @@ from zehanx_runtime.errors import (
     Unavailable,
 )
 
+from zehanx_crawler.domain import Resource
 from zehanx_crawler.egress import EgressGuard
-from zehanx_crawler.model import Resource
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 _REDIRECTS = {301, 302, 303, 307, 308}

@@ -36,8 +36,8 @@ _RETIRE_RSS = 1024 * 1024 * 1024
 _BOOT = "import sys; from zehanx_crawler.parse_worker import serve; sys.exit(serve(sys.argv[1:]))"
 
 _ALLOWED = {
-    ("zehanx_crawler.model", "RawTable"),
-    ("zehanx_crawler.model", "Resource"),
+    ("zehanx_crawler.domain", "RawTable"),
+    ("zehanx_crawler.domain", "Resource"),
     ("zehanx_crawler.parsers", "Parsed"),
     ("zehanx_crawler.cleaning", "Table"),
     ("zehanx_crawler.cleaning", "Column"),

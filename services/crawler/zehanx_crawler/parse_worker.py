@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 from zehanx_runtime.errors import DomainError
 
 from zehanx_crawler import cleaning
-from zehanx_crawler.model import RawTable, Resource
+from zehanx_crawler.domain import RawTable, Resource
 from zehanx_crawler.parsers import Parsed, parse_resource
 from zehanx_crawler.parsers.archives import ArchiveLimits
 from zehanx_crawler.parsers.html_tables import GridLimits

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from zehanx_runtime.errors import FailedPrecondition
 
-from zehanx_crawler.model import Task
+from zehanx_crawler.domain import TaskFamily
 
 SPLITS = ("train", "validation", "test")
 MIN_ROWS = 10
@@ -42,7 +42,7 @@ def _cut(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
 def split(
     labels: list[object] | None,
     n: int,
-    task: Task,
+    task: TaskFamily,
     fractions: tuple[float, float, float],
     seed: int,
     groups: list[int] | None = None,
@@ -54,7 +54,7 @@ def split(
             reason="TOO_FEW_ROWS",
         )
     rng = np.random.default_rng(seed)
-    if task == Task.TIME_SERIES_FORECASTING:
+    if task == TaskFamily.TIME_SERIES_FORECASTING:
         n_train, n_val, _ = _cut(n, fractions)
         order = list(range(n))
         return Split(

@@ -28,7 +28,7 @@ from zehanx_runtime.errors import Internal, InvalidArgument, NotFound
 from zehanx_runtime.transfer import FileInfo
 
 from zehanx_crawler.cleaning import Table
-from zehanx_crawler.model import SplitFiles
+from zehanx_crawler.domain import SplitFiles
 from zehanx_crawler.splitting import SPLITS, Split
 from zehanx_crawler.task import TaskChoice
 

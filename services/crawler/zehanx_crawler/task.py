@@ -1,4 +1,7 @@
-"""Which column is the target, which task is it, and why: decided from the prompt and the data, explained.
+"""Which column is the target, which task is it, and why: decided here, once, from the prompt and the data.
+
+The crawler owns this decision: it writes ``target`` and ``task`` into ``schema.json`` with an
+explanation, and codegen's planner only checks that the data can serve them (it never picks again).
 
 Target: a hinted column wins (it must exist). Otherwise every column is scored: named in the prompt
 (strongest), a conventional target name (``label``, ``class``, ``target``, ``species``...), a type that
@@ -9,9 +12,9 @@ Task: a hint wins. Otherwise forecasting when the prompt asks for it and a date 
 image classification when the inputs are a square number (>= 64) of integer pixel columns in 0..255
 (packed into one ``image`` column); text classification when a free-text column exists and the target
 is categorical; else tabular classification for categorical targets and regression for numeric ones.
-A labelled table whose inputs are one ordered series (t0..tN, or a list column) stays tabular
-classification here; its series columns are named in the choice and marked in ``schema.json``, and
-codegen's planner makes it time-series classification.
+A labelled table whose inputs are one ordered series (t0..tN, or a list column) is time-series
+classification (also when tabular classification was hinted: the series is what the rows hold); its
+series columns are named in the choice and marked ``"layout": "series"`` in ``schema.json``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 from zehanx_runtime.errors import FailedPrecondition
 
 from zehanx_crawler.cleaning import NUMERIC, Column, Table
-from zehanx_crawler.model import Task
+from zehanx_crawler.domain import TaskFamily
 from zehanx_crawler.ranking import content_tokens, stem, tokens
 
 _TARGET_NAMES = {
@@ -117,7 +120,7 @@ def _intent(prompt: str, words: set[str]) -> list[str]:
 
 @dataclass
 class TaskChoice:
-    task: Task
+    task: TaskFamily
     target: str
     inputs: list[str]
     explanation: str
@@ -231,7 +234,7 @@ def _correlation(a: list[float], b: list[float]) -> float:
     return cov / math.sqrt(va * vb) if va > 0 and vb > 0 else 0.0
 
 
-def choose(table: Table, prompt: str, *, target_hint: str | None, task_hint: Task | None) -> TaskChoice:
+def choose(table: Table, prompt: str, *, target_hint: str | None, task_hint: TaskFamily | None) -> TaskChoice:
     n = table.n_rows
     wants_class = _intent(prompt, _CLASSIFY)
     wants_reg = _intent(prompt, _REGRESS)
@@ -239,9 +242,9 @@ def choose(table: Table, prompt: str, *, target_hint: str | None, task_hint: Tas
     wants_image = _intent(prompt, _IMAGE)
     if task_hint is not None:
         wants_class = ["(task hint)"] if task_hint.is_classification else []
-        wants_reg = ["(task hint)"] if task_hint == Task.TABULAR_REGRESSION else []
-        wants_forecast = ["(task hint)"] if task_hint == Task.TIME_SERIES_FORECASTING else []
-        wants_image = ["(task hint)"] if task_hint == Task.IMAGE_CLASSIFICATION else []
+        wants_reg = ["(task hint)"] if task_hint == TaskFamily.TABULAR_REGRESSION else []
+        wants_forecast = ["(task hint)"] if task_hint == TaskFamily.TIME_SERIES_FORECASTING else []
+        wants_image = ["(task hint)"] if task_hint == TaskFamily.IMAGE_CLASSIFICATION else []
     prompt_terms = content_tokens(prompt) | {stem(t) for t in tokens(prompt)}
 
     ignored: dict[str, str] = {}
@@ -315,39 +318,39 @@ def choose(table: Table, prompt: str, *, target_hint: str | None, task_hint: Tas
     dates = [c for c in table.columns if c.type in ("date", "datetime") and c.name != target.name]
     texts = [c for c in table.columns if c.type == "text" and c.name != target.name]
     pixels = _pixel_columns(table, target.name)
-    task: Task
+    task: TaskFamily
     task_why: str
     if task_hint is not None:
         task = task_hint
         task_why = "the request's task hint"
     elif wants_forecast and dates and target.type in NUMERIC:
-        task = Task.TIME_SERIES_FORECASTING
+        task = TaskFamily.TIME_SERIES_FORECASTING
         task_why = (
             f"the prompt asks to forecast ({', '.join(wants_forecast)}) and {dates[0].name!r} orders the rows"
         )
     elif pixels is not None and categorical:
-        task = Task.IMAGE_CLASSIFICATION
+        task = TaskFamily.IMAGE_CLASSIFICATION
         side = math.isqrt(len(pixels))
         task_why = f"{len(pixels)} integer pixel columns (values within 0..255) form {side}x{side} images"
         if wants_image:
             task_why += f" and the prompt is about images ({', '.join(wants_image)})"
     elif texts and categorical and not (wants_reg and not wants_class):
-        task = Task.TEXT_CLASSIFICATION
+        task = TaskFamily.TEXT_CLASSIFICATION
         mean = sum(len(v) for v in texts[0].present) / max(1, len(texts[0].present))
         task_why = (
             f"{texts[0].name!r} holds free text (mean {mean:.0f} characters) and the target is categorical"
         )
     elif categorical and not (wants_reg and target.type in NUMERIC and not wants_class):
-        task = Task.TABULAR_CLASSIFICATION
+        task = TaskFamily.TABULAR_CLASSIFICATION
         task_why = "the target is categorical"
         if wants_class:
             task_why += f" and the prompt asks to classify ({', '.join(wants_class)})"
     elif target.type in NUMERIC:
         if dates and (wants_forecast or (len(table.columns) == 2 and not wants_reg)):
-            task = Task.TIME_SERIES_FORECASTING
+            task = TaskFamily.TIME_SERIES_FORECASTING
             task_why = f"a numeric series ordered by {dates[0].name!r}"
         else:
-            task = Task.TABULAR_REGRESSION
+            task = TaskFamily.TABULAR_REGRESSION
             task_why = "the target is numeric with many distinct values"
     else:
         raise FailedPrecondition(
@@ -378,13 +381,13 @@ def choose(table: Table, prompt: str, *, target_hint: str | None, task_hint: Tas
                 reason="UNUSABLE_TARGET",
             )
     time_column = None
-    if task == Task.TIME_SERIES_FORECASTING:
+    if task == TaskFamily.TIME_SERIES_FORECASTING:
         if not dates:
             raise FailedPrecondition(
                 "forecasting needs a date column to order the rows; none found", reason="NO_TIME_COLUMN"
             )
         time_column = dates[0].name
-    if task == Task.IMAGE_CLASSIFICATION and pixels is None:
+    if task == TaskFamily.IMAGE_CLASSIFICATION and pixels is None:
         raise FailedPrecondition(
             "image classification needs a square number (>= 64) of integer pixel columns in 0..255",
             reason="NO_IMAGE_COLUMNS",
@@ -393,13 +396,20 @@ def choose(table: Table, prompt: str, *, target_hint: str | None, task_hint: Tas
     inputs = [c.name for c in table.columns if c.name != target.name and c.name not in ignored]
     if not inputs:
         raise FailedPrecondition(f"no input columns besides the target {target.name!r}", reason="NO_INPUTS")
-    text_column = texts[0].name if task == Task.TEXT_CLASSIFICATION else None
-    found = (
-        _series_columns(table, target.name) if task == Task.TABULAR_CLASSIFICATION and not pixels else None
-    )
+    text_column = texts[0].name if task == TaskFamily.TEXT_CLASSIFICATION else None
+    series_task = task in (TaskFamily.TABULAR_CLASSIFICATION, TaskFamily.TIME_SERIES_CLASSIFICATION)
+    found = _series_columns(table, target.name) if series_task and not pixels else None
     series_columns = [c.name for c in found[0]] if found else []
     if found:
+        task = TaskFamily.TIME_SERIES_CLASSIFICATION
         task_why += f"; {found[1]}: a series to classify"
+    elif task == TaskFamily.TIME_SERIES_CLASSIFICATION:
+        raise FailedPrecondition(
+            "time-series classification needs inputs that are one ordered series: one list column of "
+            f"numbers of one length (>= {MIN_SERIES_LENGTH}), or >= {MIN_SERIES_LENGTH} numeric columns "
+            "named t0, t1, ... on one scale with neighbours correlated; columns: " + ", ".join(table.names()),
+            reason="NO_SERIES_COLUMNS",
+        )
     parts = [f"task {task.value}: {task_why}", f"target {target.name!r}: {why}"]
     if task.is_classification:
         counts = {c: 0 for c in classes}
@@ -417,7 +427,7 @@ def choose(table: Table, prompt: str, *, target_hint: str | None, task_hint: Tas
         text_column=text_column,
         time_column=time_column,
         image_shape=[math.isqrt(len(pixels))] * 2
-        if pixels is not None and task == Task.IMAGE_CLASSIFICATION
+        if pixels is not None and task == TaskFamily.IMAGE_CLASSIFICATION
         else None,
         ignored=ignored,
         classes=classes,
@@ -436,7 +446,7 @@ def apply(table: Table, choice: TaskChoice) -> Table:
         )
         table = table.take(keep)
     table.notes = notes
-    if choice.task == Task.IMAGE_CLASSIFICATION and choice.image_shape:
+    if choice.task == TaskFamily.IMAGE_CLASSIFICATION and choice.image_shape:
         pixels = [c for c in table.columns if c.name != choice.target]
         lo = min(min(c.present) for c in pixels)
         hi = max(max(c.present) for c in pixels)
@@ -458,7 +468,7 @@ def apply(table: Table, choice: TaskChoice) -> Table:
         for name in choice.series_columns:
             table.get(name).facts["layout"] = "series"
         table.notes.append(f"columns {', '.join(choice.series_columns[:3])}, ... form one series per row")
-    if choice.task == Task.TIME_SERIES_FORECASTING and choice.time_column:
+    if choice.task == TaskFamily.TIME_SERIES_FORECASTING and choice.time_column:
         times = table.get(choice.time_column).values
         order = sorted(range(table.n_rows), key=lambda i: (times[i] is None, times[i] or ""))
         if order != list(range(table.n_rows)):

@@ -1,7 +1,7 @@
 """The cloud web backend port: search the web for data, scrape a page, crawl a site.
 
 The local crawler needs none of this (it fetches URLs itself); Firecrawl implements it
-(:mod:`zehanx_crawler.firecrawl_backend`). Pages come back as HTML and go through the same parsers.
+(:mod:`zehanx_crawler.clients.firecrawl`). Pages come back as HTML and go through the same parsers.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from zehanx_runtime.errors import DomainError, FailedPrecondition, ResourceExhausted
 
-from zehanx_crawler.model import RawTable, Resource
+from zehanx_crawler.domain import RawTable, Resource
 from zehanx_crawler.parsers.archives import ArchiveLimits, expand
 from zehanx_crawler.parsers.delimited import parse_delimited
 from zehanx_crawler.parsers.html_tables import GridLimits, parse_html

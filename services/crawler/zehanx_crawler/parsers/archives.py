@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 from zehanx_runtime.errors import FailedPrecondition, ResourceExhausted
 
-from zehanx_crawler.model import Resource
+from zehanx_crawler.domain import Resource
 from zehanx_crawler.sniff import Format
 
 _CHUNK = 1024 * 1024

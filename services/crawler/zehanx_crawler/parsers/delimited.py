@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from zehanx_runtime.errors import FailedPrecondition
 
-from zehanx_crawler.model import RawTable
+from zehanx_crawler.domain import RawTable
 from zehanx_crawler.values import is_number
 
 _DELIMITERS = ["\t", ",", ";", "|"]

@@ -25,7 +25,7 @@ import lxml.html
 from lxml import etree
 from zehanx_runtime.errors import ResourceExhausted
 
-from zehanx_crawler.model import RawTable
+from zehanx_crawler.domain import RawTable
 from zehanx_crawler.values import clean_cell
 
 MIN_ROWS = 10

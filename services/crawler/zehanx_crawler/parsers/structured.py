@@ -16,7 +16,7 @@ from typing import Any
 
 from zehanx_runtime.errors import FailedPrecondition
 
-from zehanx_crawler.model import RawTable
+from zehanx_crawler.domain import RawTable
 
 
 def _too_deep(where: str) -> FailedPrecondition:

@@ -29,18 +29,27 @@ class Source:
         return f"{self.kind.value}:{self.value}"
 
 
-class Task(enum.Enum):
-    """Task families, named as in ``schema.json`` (and ``TaskFamily`` in the contracts)."""
+class TaskFamily(enum.Enum):
+    """What a dataset is for, named as in ``schema.json`` and ``zehanx.common.v1.TaskFamily``.
+
+    The crawler decides it (``task.choose``); codegen's planner only checks that the data can serve it.
+    """
 
     TEXT_CLASSIFICATION = "text_classification"
     TABULAR_CLASSIFICATION = "tabular_classification"
     TABULAR_REGRESSION = "tabular_regression"
     IMAGE_CLASSIFICATION = "image_classification"
     TIME_SERIES_FORECASTING = "time_series_forecasting"
+    TIME_SERIES_CLASSIFICATION = "time_series_classification"
 
     @property
     def is_classification(self) -> bool:
-        return self in (Task.TEXT_CLASSIFICATION, Task.TABULAR_CLASSIFICATION, Task.IMAGE_CLASSIFICATION)
+        return self in (
+            TaskFamily.TEXT_CLASSIFICATION,
+            TaskFamily.TABULAR_CLASSIFICATION,
+            TaskFamily.IMAGE_CLASSIFICATION,
+            TaskFamily.TIME_SERIES_CLASSIFICATION,
+        )
 
 
 class Phase(enum.Enum):
@@ -129,7 +138,7 @@ class BuildOptions:
     max_rows: int | None = None
     max_bytes: int | None = None
     target_column: str | None = None
-    task: Task | None = None
+    task: TaskFamily | None = None
 
 
 @dataclass(frozen=True)
@@ -177,7 +186,7 @@ class BuiltDataset:
     id: str
     sha256: str
     name: str
-    task: Task
+    task: TaskFamily
     target: str
     inputs: list[str]
     explanation: str
