@@ -69,6 +69,35 @@ def test_every_metric_the_alerts_and_the_dashboard_query_is_exported() -> None:
     assert used and used <= exported, sorted(used - exported)
 
 
+#: Labels a series gets from Prometheus (job, instance) and the scrape configuration (service), and le.
+_TARGET_LABELS = {"job", "instance", "service", "le"}
+_GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+_MATCHER = re.compile(r"[{,]\s*([a-z_]+)\s*(?:=~|!~|!=|=)")
+
+
+def test_every_label_the_alerts_and_the_dashboard_use_is_one_their_metrics_carry() -> None:
+    """A label renamed in a service (Predict's model= became start=) would leave a panel grouping by
+    nothing and an alert matching no series; the names check alone does not see it."""
+    _exported()
+    labels_of = {
+        name: set(getattr(collector, "_labelnames", ()))
+        for name, collector in REGISTRY._names_to_collectors.items()  # type: ignore[attr-defined]
+    }
+    rules = yaml.safe_load((ROOT / "alerts.yml").read_text())
+    dashboard = json.loads((ROOT / "grafana-dashboard.json").read_text())
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    exprs += [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    checked = 0
+    for expr in exprs:
+        carried = set().union(*(labels_of[name] for name in _NAME.findall(expr))) | _TARGET_LABELS
+        used = {
+            label.strip() for group in _GROUPING.findall(expr) for label in group.split(",") if label.strip()
+        } | set(_MATCHER.findall(expr))
+        assert used <= carried, (expr, sorted(used - carried))
+        checked += len(used - _TARGET_LABELS)
+    assert checked > 10  # the check saw the labels (state, stage, grpc_code, reason, start, ...)
+
+
 def _promtool() -> str:
     found = shutil.which("promtool") or (
         str(REPO / ".venv/bin/promtool") if (REPO / ".venv/bin/promtool").is_file() else None
