@@ -15,6 +15,10 @@ Every figure is measured in this run, against a baseline measured in the same ru
    executor kills (quota lifted, then cgroup.kill) and with the lift switched off, which shows why the
    quota must go first: a throttled tree may not run its exit path until its next period.
    Target: p99 <= 100 ms.
+3. A warm session's round trip against a cold Execute, both through gRPC on a real in-process server:
+   ``Session`` keeps one sandboxed echo loop alive and each call is one line in, one line back (send to
+   reply); ``Execute`` of the same trivial program (prints one line) from the call to its result (the
+   server's cleanup afterwards not counted), which is what a caller without sessions pays per request. The two are measured in the same run.
 
 Needs root and a host that can sandbox (the probe says what is missing otherwise).
 """
@@ -161,6 +165,58 @@ async def grpc_cancel_to_empty(stub, box, code: str) -> float:  # type: ignore[n
     return elapsed
 
 
+ECHO = "import sys\nfor line in sys.stdin:\n    sys.stdout.write(line)\n    sys.stdout.flush()\n"
+PONG = "print('pong')\n"
+
+
+async def session_round_trips(stub, count: int) -> list[float]:  # type: ignore[no-untyped-def]
+    """One warm session (an echo loop); ``count`` calls one after the other, send to reply."""
+    from zehanx.executor.v1 import executor_service_pb2 as pb
+
+    queue: asyncio.Queue[pb.SessionRequest | None] = asyncio.Queue()
+    start = pb.SessionStart(files=[pb.ExecutionFile(path="main.py", content=ECHO.encode())],
+                            argv=["python", "main.py"], limits=pb.Limits(max_memory_bytes=256 << 20))  # fmt: skip
+
+    async def requests():  # type: ignore[no-untyped-def]
+        yield pb.SessionRequest(start=start)
+        while (item := await queue.get()) is not None:
+            yield item
+
+    call = stub.Session(requests(), metadata=(("x-zx-service-token", TOKEN),), timeout=600)
+    assert (await call.read()).WhichOneof("event") == "ready"
+    times = []
+    for n in range(count):
+        t0 = time.perf_counter()
+        queue.put_nowait(pb.SessionRequest(call=pb.SessionCall(call_id=n, payload=b"ping %d" % n)))
+        while (msg := await call.read()).WhichOneof("event") != "reply":
+            assert msg.WhichOneof("event") == "output", msg
+        times.append(time.perf_counter() - t0)
+        assert msg.reply.call_id == n and msg.reply.payload == b"ping %d" % n, msg
+    queue.put_nowait(None)
+    while (msg := await call.read()).WhichOneof("event") != "ended":
+        pass
+    assert msg.ended.reason == pb.EXIT_REASON_COMPLETED, msg.ended
+    return times
+
+
+async def execute_round_trip(stub) -> float:  # type: ignore[no-untyped-def]
+    from zehanx.executor.v1 import executor_service_pb2 as pb
+
+    request = pb.ExecuteRequest(files=[pb.ExecutionFile(path="main.py", content=PONG.encode())],
+                                argv=["python", "main.py"], limits=pb.Limits(max_memory_bytes=256 << 20))  # fmt: skip
+    t0 = time.perf_counter()
+    out = b""
+    elapsed = 0.0
+    async for msg in stub.Execute(request, metadata=(("x-zx-service-token", TOKEN),), timeout=120):
+        if msg.WhichOneof("event") == "output":
+            out += msg.output.data
+        elif msg.WhichOneof("event") == "result":
+            elapsed = time.perf_counter() - t0  # the answer is complete; the server's cleanup follows
+            assert msg.result.reason == pb.EXIT_REASON_COMPLETED, msg.result
+    assert out == b"pong\n" and elapsed, out
+    return elapsed
+
+
 async def main(reps: int) -> None:
     from zehanx.executor.v1 import executor_service_pb2_grpc as rpc
     from zehanx_executor.app import build_executor, local_config
@@ -215,6 +271,9 @@ async def main(reps: int) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = rpc.ExecutorServiceStub(channel)
         via_grpc = [await grpc_cancel_to_empty(stub, executor.backend, TREE) for _ in range(reps)]
+        await session_round_trips(stub, 20)  # warm-up
+        warm = await session_round_trips(stub, reps * 5)
+        cold = [await execute_round_trip(stub) for _ in range(reps)]
     await running.stop(1.0)
     await executor.close()
 
@@ -244,6 +303,12 @@ async def main(reps: int) -> None:
         f"   throttled tree, not lifted / lifted: p50 x{pct(unlifted, 50) / pct(throttled, 50):.1f}, "
         f"p99 x{pct(unlifted, 99) / pct(throttled, 99):.1f}"
     )
+
+    print("\n3. one request through gRPC: warm session call vs cold Execute of the same trivial program")
+    print(f"   {'':28s} {'p50':>10s} {'p90':>10s} {'p99':>10s}")
+    for name, values in (("Session call (warm)", warm), ("Execute (cold)", cold)):
+        print(f"   {name:28s} {ms(pct(values, 50))} {ms(pct(values, 90))} {ms(pct(values, 99))}")
+    print(f"   cold / warm at p50: x{statistics.median(cold) / statistics.median(warm):.0f}")
 
 
 if __name__ == "__main__":

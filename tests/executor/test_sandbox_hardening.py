@@ -170,6 +170,10 @@ def test_l4_uid_base_in_systemds_dynamic_user_range_or_the_system_range_is_refus
     assert default.uid_base + default.max_concurrent < 61184 and default.uid_base >= 1000
     assert ExecutorSettings(uid_base=60600, max_concurrent=256).uid_base == 60600  # up to 60856
     assert ExecutorSettings(uid_base=100_000).uid_base == 100_000
+    # The warm sessions' uids follow the runs' and the probe's: they too stay clear of the ranges.
+    assert ExecutorSettings(uid_base=61100, max_concurrent=8, session_slots=75).session_slots == 75  # 61183
+    with pytest.raises(pydantic.ValidationError, match="uid_base"):
+        ExecutorSettings(uid_base=61100, max_concurrent=8, session_slots=76)  # 61184
 
 
 # -- M7: CPU quota -------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 from sandbox_helpers import sandbox_uid_pids
 from session_helpers import (
     SERVE,
@@ -120,6 +121,10 @@ async def test_sessions_beyond_the_places_or_the_memory_total_are_refused_at_onc
         info = error_info_of(err)
         assert info is not None and info.reason == "SESSION_CAPACITY"
         assert info.metadata["session_slots"] == "3" and info.metadata["sessions_open"] == "3"
+        # The gauges read the pool when scraped; a training run's slot is untouched.
+        assert REGISTRY.get_sample_value("zx_executor_sessions_open") == 3
+        assert REGISTRY.get_sample_value("zx_executor_session_memory_reserved_bytes") == 3 * (128 << 20)
+        assert REGISTRY.get_sample_value("zx_executor_slots_busy") == 0
         assert info.metadata["session_memory_reserved_bytes"] == str(3 * (128 << 20))
 
         clients[0].close()
@@ -234,3 +239,36 @@ async def test_a_backend_without_sessions_answers_sessions_unsupported() -> None
         async with executor.open_session(SessionInput(execution_id="s1", argv=("python", "-c", SERVE))):
             pass
     assert caught.value.reason == "SESSIONS_UNSUPPORTED" and "Execute" in caught.value.message
+
+
+async def test_sessions_ended_are_counted_by_reason(server: Server) -> None:
+    before = (
+        REGISTRY.get_sample_value(
+            "zx_executor_sessions_ended_total", {"backend": "local", "reason": "completed"}
+        )
+        or 0
+    )
+    calls = REGISTRY.get_sample_value("zx_executor_session_calls_total", {"backend": "local"}) or 0
+    client = open_session(server, start())
+    await client.ready()
+    client.send(1, b"x")
+    await client.reply()
+    client.close()
+    await client.ended()
+    assert (
+        REGISTRY.get_sample_value(
+            "zx_executor_sessions_ended_total", {"backend": "local", "reason": "completed"}
+        )
+        == before + 1
+    )
+    assert REGISTRY.get_sample_value("zx_executor_session_calls_total", {"backend": "local"}) == calls + 1
+
+
+async def test_a_half_close_right_after_start_ends_the_session_completed(server: Server) -> None:
+    client = open_session(server, start())
+    client.close()  # before the process is even started: its stdin is closed once it is
+    t0 = time.monotonic()
+    ended = await client.ended()
+    assert ended.reason == pb.EXIT_REASON_COMPLETED, ended
+    assert time.monotonic() - t0 < 10  # not the 300 s idle timeout
+    assert client.messages[0].WhichOneof("event") == "ready"

@@ -11,7 +11,8 @@ started with exec only):
 2. create the job's cgroups under the executor's own cgroup (memory + swap, pids, a CPU quota, a v2
    leaf for ``cgroup.kill``);
 3. exec ``[unshare --mount --propagation private] sh -c '...'`` with ``env={PATH}``, ``close_fds`` and
-   stdin from /dev/null. The shell writes its pid into the job's cgroups before anything else runs,
+   stdin from /dev/null (a warm session's stdin is a pipe: ``sandbox/session.py``). The shell writes its
+   pid into the job's cgroups before anything else runs,
    bind-mounts read-only sources the sandbox uid cannot reach (the pyenv interpreter under /root, 0700)
    onto stage directories in its private mount namespace, then
    ``exec setpriv --reuid=U --regid=U --clear-groups -- prlimit ... -- bwrap ... -- COMMAND``;

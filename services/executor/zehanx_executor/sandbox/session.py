@@ -187,6 +187,8 @@ class LocalSession(_LocalRun):
             assert self.proc.stdin is not None and self.proc.stdout is not None
             assert self.proc.stderr is not None
             self._stdin = self.proc.stdin
+            if self.input_closed:  # the caller half-closed before the process was started
+                self._stdin.close()
             tasks = [
                 asyncio.create_task(self._read_replies(self.proc.stdout)),
                 asyncio.create_task(self._pump(Stream.STDERR, self.proc.stderr)),
