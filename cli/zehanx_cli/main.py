@@ -15,10 +15,10 @@ from rich.table import Table
 from rich.text import Text
 from zehanx_gateway.edge.settings import EdgeSettings
 
-from zehanx_cli import account, channel, doctor, e2b, health, jobs, keys, sandbox, web_account
+from zehanx_cli import account, channel, doctor, e2b, health, jobs, keys, ray_local, sandbox, web_account
 from zehanx_cli.errors import LaunchError
 from zehanx_cli.settings import LauncherSettings
-from zehanx_cli.suite import POSTGRES, Health, Suite
+from zehanx_cli.suite import POSTGRES, Health, State, Suite
 
 app = typer.Typer(
     help="Zehanx turns a prompt into a trained PyTorch model. zx runs its services on this machine.",
@@ -87,12 +87,31 @@ def up(
     detach: bool = typer.Option(
         False, "--detach", "-d", help="Return once every service is SERVING and leave the suite running."
     ),
+    ray: bool = typer.Option(
+        False,
+        "--ray",
+        help="Also start a single-node Ray head here (token auth, every port set: ZX_RAY_PORT and the ten "
+        "after it, ZX_RAY_WORKER_PORTS; --memory from ZX_RAY_MEMORY_BYTES) and run the executor's runs on it.",
+    ),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="Run the executor's runs on the existing Ray cluster whose head's GCS is HOST:PORT (its token: "
+        "ZX_EXECUTOR_RAY_AUTH_TOKEN_FILE); a node with no resources joins it here for the executor.",
+    ),
 ) -> None:
     """Start PostgreSQL and every service as local processes and wait until all are SERVING."""
     settings = _settings()
-    suite = Suite(
-        settings, say=lambda text: console.print(text, highlight=False, soft_wrap=True, markup=False)
-    )
+    try:
+        suite = Suite(
+            settings,
+            say=lambda text: console.print(text, highlight=False, soft_wrap=True, markup=False),
+            ray=ray,
+            ray_address=ray_address,
+        )
+    except LaunchError as exc:
+        _fail(str(exc))
 
     def ready(rows: list[Health]) -> None:
         # The local user and its API key (ZX_HOME/api-key, 0600), so zx train works with no extra step.
@@ -112,6 +131,15 @@ def up(
             )
             console.print(
                 f"Dashboard (sign up in a browser; the API over Connect/HTTP on the same port): {where}",
+                highlight=False,
+            )
+        state = suite.read_state()
+        if state is not None and state.ray_address:
+            how = (
+                "a Ray head started here" if state.ray_mode == "head" else "the Ray cluster this node joined"
+            )
+            console.print(
+                f"Runs go to {how}: {state.ray_address} (token: {state.ray_token_file}); zx status shows its nodes",
                 highlight=False,
             )
         console.print(f"Logs: {settings.logs_dir}", highlight=False)
@@ -168,8 +196,10 @@ def status(
     suite = Suite(settings)
 
     def show() -> int:
-        rows = suite.health()
+        state = suite.read_state()
+        rows = suite.health(state)
         all_serving = bool(rows) and all(r.health == health.SERVING for r in rows)
+        cluster = _ray_cluster(state) if rows else None
         if as_json:
             print(
                 json.dumps(
@@ -177,6 +207,7 @@ def status(
                         "home": str(settings.home),
                         "running": bool(rows),
                         "services": [r.as_json() for r in rows],
+                        **({"ray": cluster} if cluster is not None else {}),
                     },
                     indent=2,
                 )
@@ -185,9 +216,47 @@ def status(
             console.print(f"Zehanx is not running (ZX_HOME={settings.home}). Start it with: zx up")
         else:
             console.print(_table(rows, suite))
-        return 0 if all_serving else 1
+            if cluster is not None:
+                _print_cluster(cluster)
+        return 0 if all_serving and not (cluster or {}).get("error") else 1
 
     _run(show)
+
+
+def _ray_cluster(state: State | None) -> dict[str, object] | None:
+    """The Ray cluster the suite's executor runs on (its nodes and free resources), None without Ray."""
+    if state is None or not state.ray_address or not state.ray_token_file:
+        return None
+    found = ray_local.cluster_status(state.ray_address, Path(state.ray_token_file))
+    return {"address": state.ray_address, "mode": state.ray_mode, **found}
+
+
+def _amount(name: str, value: float) -> str:
+    if name in ("memory", "object_store_memory"):
+        return f"{value / 2**30:.1f} GiB"
+    return f"{value:g}"
+
+
+def _print_cluster(cluster: dict[str, object]) -> None:
+    console.print(Text(f"Ray cluster at {cluster['address']} ({cluster['mode']}):"))
+    if "error" in cluster:
+        console.print(Text(f"  {cluster['error']}", style="red"))
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("NODE", "ADDRESS", "ALIVE", "RESOURCES"):
+        table.add_column(column)
+    for node in cluster["nodes"]:  # type: ignore[attr-defined]
+        resources = ", ".join(f"{k} {_amount(k, v)}" for k, v in sorted(node["resources"].items()))
+        table.add_row(
+            node["node_id"][:12], node["address"], Text("yes" if node["alive"] else "no"), Text(resources)
+        )
+    console.print(table)
+    free, total = cluster["free"], cluster["total"]
+    text = ", ".join(
+        f"{k} {_amount(k, free.get(k, 0.0))} of {_amount(k, v)}"  # type: ignore[attr-defined]
+        for k, v in sorted(total.items())  # type: ignore[attr-defined]
+    )
+    console.print(Text(f"Free: {text}"))
 
 
 @app.command("doctor")

@@ -77,6 +77,35 @@ class LauncherSettings(BaseSettings):
         description="Seconds zx down waits after SIGTERM before it SIGKILLs a service's process group.",
     )
 
+    # zx up --ray / --ray-address: the Ray node zx runs next to the suite (see ray_local.py).
+    ray_port: int = Field(
+        47130,
+        ge=1,
+        le=65525,
+        description="zx up --ray: the Ray head's GCS port (the executor's ZX_EXECUTOR_RAY_ADDRESS); the "
+        "node's other ports are the ten after it (raylet, object manager, metrics, dashboard agent x2, "
+        "runtime-env agent, client server, dashboard and autoscaler metrics, dashboard). With "
+        "--ray-address, the joining node uses the same ones but the GCS port.",
+    )
+    ray_worker_ports: str = Field(
+        "47150-47199",
+        pattern=r"^[0-9]+-[0-9]+$",
+        description="zx up --ray / --ray-address: the port range of the node's Ray workers (one port each, "
+        "drivers included), as LOW-HIGH.",
+    )
+    ray_memory_bytes: int = Field(
+        0,
+        ge=0,
+        description="zx up --ray: memory (bytes) the head offers runs together (its --memory); 0: half of "
+        "this machine's memory.",
+    )
+    ray_cpus: int = Field(0, ge=0, le=4096, description="zx up --ray: CPUs the head offers runs; 0: all.")
+    ray_object_store_bytes: int = Field(
+        500_000_000,
+        ge=78_643_200,
+        description="zx up --ray / --ray-address: the node's Ray object store (shared memory).",
+    )
+
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
@@ -93,7 +122,28 @@ class LauncherSettings(BaseSettings):
                     "every service needs its own port"
                 )
             seen[port] = name
+        low, high = self.ray_worker_port_range()
+        if not 1024 <= low <= high <= 65535:
+            raise ValueError(
+                f"ZX_RAY_WORKER_PORTS {self.ray_worker_ports!r} is not a range LOW-HIGH of ports"
+            )
         return self
+
+    def ray_port_clashes(self) -> list[str]:
+        """The suite's ports that are also the Ray node's (checked by zx up --ray / --ray-address only)."""
+        low, high = self.ray_worker_port_range()
+        ray_ports = range(self.ray_port, self.ray_port + 11)
+        metrics = {f"{name}_metrics": port for name, port in self.metrics_ports().items() if port}
+        return [
+            f"{_port_variable(name)} ({port}) is one of the Ray node's ports (ZX_RAY_PORT {self.ray_port} and "
+            f"the ten after it, ZX_RAY_WORKER_PORTS {self.ray_worker_ports}): move one of them"
+            for name, port in {**self.ports(), **metrics}.items()
+            if port in ray_ports or low <= port <= high
+        ]
+
+    def ray_worker_port_range(self) -> tuple[int, int]:
+        low, high = (int(part) for part in self.ray_worker_ports.split("-"))
+        return low, high
 
     def ports(self) -> dict[str, int]:
         """Port of every part of the suite, PostgreSQL included, by name."""

@@ -27,13 +27,14 @@ from pathlib import Path
 import grpc
 import psycopg
 
-from zehanx_cli import channel, health, procs
+from zehanx_cli import channel, health, procs, ray_local
 from zehanx_cli.errors import LaunchError
 from zehanx_cli.postgres import EmbeddedPostgres, _port_taken_message
 from zehanx_cli.settings import SERVICES, LauncherSettings
 
 STATE_VERSION = 1
 POSTGRES = "postgres"
+RAY = ray_local.RAY
 
 #: Cloud credentials in zx's environment and the only services that get them (first match wins; a
 #: trailing "_" matches a prefix). The crawler, which parses untrusted pages, files and archives, sees
@@ -94,6 +95,11 @@ class State:
     launcher_started: int | None
     external_database: bool
     records: list[Record] = field(default_factory=list)
+    #: With zx up --ray / --ray-address: the Ray cluster's GCS address, how the node was started
+    #: ("head" or "join") and the token file the node and the executor read.
+    ray_address: str | None = None
+    ray_mode: str | None = None
+    ray_token_file: str | None = None
 
     def record(self, name: str) -> Record | None:
         return next((r for r in self.records if r.name == name), None)
@@ -134,8 +140,20 @@ def _tail(path: Path, lines: int = 20) -> str:
 class Suite:
     """The suite that belongs to one ZX_HOME."""
 
-    def __init__(self, settings: LauncherSettings, *, say: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        settings: LauncherSettings,
+        *,
+        say: Callable[[str], None] = print,
+        ray: bool = False,
+        ray_address: str | None = None,
+    ) -> None:
+        if ray and ray_address:
+            raise LaunchError("--ray starts a Ray head, --ray-address joins a cluster: give one of them")
         self.settings = settings
+        #: None (the executor's own backend), "head" (zx up --ray) or "join" (zx up --ray-address).
+        self.ray_mode = "head" if ray else "join" if ray_address else None
+        self.ray_join = ray_address
         self.home = settings.home
         self.say = say
         self.postgres = EmbeddedPostgres(
@@ -202,6 +220,8 @@ class Suite:
                 value = health.EXITED
             elif record.name == POSTGRES:
                 value = health.SERVING if self.postgres.ready() else health.UNREACHABLE
+            elif record.name == RAY:  # the cluster's GCS answers (zx status --json shows its nodes)
+                value = health.SERVING if ray_local.reachable(record.address) else health.UNREACHABLE
             else:
                 value = health.check(record.address, credentials=self._credentials(record.name))
             found.append(Health(record.name, record.address, value, record.pid, record.metrics_address))
@@ -266,7 +286,13 @@ class Suite:
         return token
 
     def _child_env(
-        self, name: str, token: str, database_url: str | None, *, metrics_port: int | None = None
+        self,
+        name: str,
+        token: str,
+        database_url: str | None,
+        *,
+        metrics_port: int | None = None,
+        ray: tuple[str, str] | None = None,
     ) -> dict[str, str]:
         env = passed_environment(name, os.environ)
         prefix = f"ZX_{name.upper()}_"
@@ -294,6 +320,18 @@ class Suite:
             if not env.get("ZX_GATEWAY_SECRETS_KEY"):
                 # Seals the users' own provider keys (ZX_HOME/secrets-key, mode 0600 like jwt-secret).
                 env["ZX_GATEWAY_SECRETS_KEY"] = self._token(self.home / "secrets-key")
+        if name == "executor" and ray is not None:
+            # The executor drives the Ray cluster; the token goes by file, only to it (never to a sandbox).
+            address, token_file = ray
+            env.pop("ZX_EXECUTOR_RAY_AUTH_TOKEN", None)
+            env.update(
+                {
+                    "ZX_EXECUTOR_BACKEND": "ray",
+                    "ZX_EXECUTOR_RAY_ADDRESS": address,
+                    "ZX_EXECUTOR_RAY_AUTH_TOKEN_FILE": token_file,
+                    "RAY_USAGE_STATS_ENABLED": "0",
+                }
+            )
         if name == "trainer":
             env["ZX_TRAINER_EXECUTOR_ADDRESS"] = self.settings.address("executor")
             # The trainer reads the crawler's datasets from the crawler (ReadDatasetFile), not its folder.
@@ -341,6 +379,12 @@ class Suite:
                 state = self.read_state()
                 if state is not None:
                     if all(r.alive() for r in state.records) and state.records:
+                        if self.ray_mode is not None and state.ray_mode != self.ray_mode:
+                            raise LaunchError(
+                                f"Zehanx is already up in {self.home} "
+                                f"{'with Ray (' + str(state.ray_mode) + ')' if state.ray_mode else 'without Ray'}"
+                                "; run zx down first to start it with the Ray option you gave"
+                            )
                         self.say(f"Zehanx is already up (ZX_HOME={self.home}).")
                         on_ready(self.health(state))
                         return 0
@@ -386,6 +430,17 @@ class Suite:
         external = settings.gateway_database_url is not None
         names = [*SERVICES] if external else [POSTGRES, *SERVICES]
         self._check_ports(names)
+        ray_token: Path | None = None
+        if self.ray_mode is not None:
+            # Everything about Ray is checked before anything starts.
+            problems = settings.ray_port_clashes() + ray_local.taken_ports(settings)
+            if problems:
+                raise LaunchError("\n".join(problems))
+            ray_token = self._ray_token_file()
+            if self.ray_join is not None and not ray_local.reachable(self.ray_join):
+                raise LaunchError(
+                    f"nothing answers at --ray-address {self.ray_join} (the Ray head's GCS host:port)"
+                )
         token = self._token()
         state = State(
             home=str(self.home),
@@ -416,10 +471,17 @@ class Suite:
                 )
                 self._write_state(state)
                 database_url = self.postgres.url()
+            if ray_token is not None:
+                children.append(self._start_ray(state, ray_token))
+            ray = (
+                (state.ray_address, state.ray_token_file)
+                if state.ray_address and state.ray_token_file
+                else None
+            )
             for name in SERVICES:
                 metrics_port = settings.metrics_ports()[name] or procs.free_port(settings.host)
                 proc = self._spawn(
-                    name, self._child_env(name, token, database_url, metrics_port=metrics_port)
+                    name, self._child_env(name, token, database_url, metrics_port=metrics_port, ray=ray)
                 )
                 children.append(proc)
                 state.records.append(
@@ -443,6 +505,72 @@ class Suite:
             raise
         return state
 
+    def _ray_token_file(self) -> Path:
+        """The token file the Ray node and the executor read (0600): made for a head of our own; for a
+        cluster we join, the one ZX_EXECUTOR_RAY_AUTH_TOKEN_FILE names (or the token in
+        ZX_EXECUTOR_RAY_AUTH_TOKEN, written to ZX_HOME/ray-token)."""
+        path = self.home / "ray-token"
+        if self.ray_mode == "join":
+            named = os.environ.get("ZX_EXECUTOR_RAY_AUTH_TOKEN_FILE", "")
+            given = os.environ.get("ZX_EXECUTOR_RAY_AUTH_TOKEN", "").strip()
+            if named:
+                if not Path(named).is_file() or not Path(named).read_text().strip():
+                    raise LaunchError(f"ZX_EXECUTOR_RAY_AUTH_TOKEN_FILE={named} is not a non-empty file")
+                return Path(named).absolute()
+            if not given:
+                raise LaunchError(
+                    f"--ray-address {self.ray_join} needs the cluster's token (every node runs with "
+                    "RAY_AUTH_MODE=token): set ZX_EXECUTOR_RAY_AUTH_TOKEN_FILE to a file holding it"
+                )
+            self._write_secret(path, given)
+            return path
+        if not path.exists() or not path.read_text().strip():
+            self._write_secret(path, secrets.token_hex(32))
+        return path
+
+    @staticmethod
+    def _write_secret(path: Path, value: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(value + "\n")
+        os.chmod(path, 0o600)
+
+    def _start_ray(self, state: State, token_file: Path) -> subprocess.Popen:
+        """Start the Ray node (a head, or a node joining --ray-address) and wait until it runs."""
+        settings = self.settings
+        join = self.ray_join if self.ray_mode == "join" else None
+        address = join or f"{settings.connect_host}:{settings.ray_port}"
+        env = passed_environment(RAY, os.environ)  # no service's settings, no cloud key
+        for variable in [k for k in env if k.startswith("RAY_")]:
+            del env[variable]  # RAY_AUTH_TOKEN would win over the token file
+        env.update(ray_local.node_env(settings, token_file))
+        env.update({procs.SUITE_MARKER: str(self.home), "PYTHONUNBUFFERED": "1"})
+        log_path = settings.logs_dir / "ray.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = ray_local.node_command(settings, join=join)
+        with open(log_path, "ab") as log:
+            log.write(f"\n--- zx up {datetime.now(UTC).isoformat()}: {' '.join(command[1:])} ---\n".encode())
+            log.flush()
+            offset = log.tell()
+            proc = subprocess.Popen(
+                command,
+                env=env,
+                cwd=self.home,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        state.records.append(Record(RAY, proc.pid, procs.start_time(proc.pid), address, str(log_path)))
+        state.ray_address, state.ray_mode, state.ray_token_file = address, self.ray_mode, str(token_file)
+        self._write_state(state)
+        what = f"joining the Ray cluster at {join}" if join else f"a Ray head at {address}"
+        self.say(f"Starting {what} (token auth on; log {log_path})...")
+        ray_local.wait_started(proc, log_path, offset, min(120.0, settings.startup_timeout))
+        return proc
+
     def _revivable(self, state: State) -> bool:
         """A detached suite whose database still runs but some services exited (killed, crashed)."""
         launcher = state.launcher_pid is not None and procs.is_alive(
@@ -451,7 +579,8 @@ class Suite:
         pg = state.record(POSTGRES)
         database_up = state.external_database or (pg is not None and pg.alive())
         dead = [r for r in state.records if r.name != POSTGRES and not r.alive()]
-        return not launcher and database_up and bool(dead)
+        ray_lost = any(r.name == RAY for r in dead)  # the services' Ray node is not restarted alone
+        return not launcher and database_up and bool(dead) and not ray_lost
 
     def _revive(self, state: State, stop_requested: _StopFlag) -> None:
         """Start again the services of ``state`` that exited; the others reconnect to them by themselves."""
@@ -462,13 +591,17 @@ class Suite:
             database_url = self.postgres.url()
         token = self._token()
         revived = []
+        ray = (
+            (state.ray_address, state.ray_token_file) if state.ray_address and state.ray_token_file else None
+        )
         for index, record in enumerate(state.records):
-            if record.name == POSTGRES or record.alive():
+            if record.name in (POSTGRES, RAY) or record.alive():
                 continue
             self.say(f"{record.name} (pid {record.pid}) is gone; starting it again.")
             metrics_port = int(record.metrics_address.rsplit(":", 1)[1]) if record.metrics_address else None
             proc = self._spawn(
-                record.name, self._child_env(record.name, token, database_url, metrics_port=metrics_port)
+                record.name,
+                self._child_env(record.name, token, database_url, metrics_port=metrics_port, ray=ray),
             )
             state.records[index] = Record(
                 record.name,
@@ -484,7 +617,11 @@ class Suite:
 
     def _wait_serving(self, state: State, stop_requested: _StopFlag, *, only: set[str] | None = None) -> None:
         deadline = time.monotonic() + self.settings.startup_timeout
-        pending = {r.name for r in state.records if r.name != POSTGRES and (only is None or r.name in only)}
+        pending = {
+            r.name
+            for r in state.records
+            if r.name not in (POSTGRES, RAY) and (only is None or r.name in only)
+        }
         while pending:
             if stop_requested.is_set():
                 raise KeyboardInterrupt

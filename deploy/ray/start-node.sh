@@ -14,6 +14,7 @@
 #   base+2 object manager                                              base+7 Ray client server (head)
 #   base+3 metrics export                                              base+8 dashboard metrics (env)
 #   base+4 dashboard agent HTTP                                        base+9 autoscaler metrics (env)
+#   base+10 the minimal dashboard process Ray starts even with --include-dashboard false (127.0.0.1)
 #   ZX_RAY_WORKER_PORTS (default 20000-20199): one per Ray worker process (and per driver).
 # A head that runs no sandboxes: ZX_RAY_SANDBOX=0 (it then does not declare zx_sandbox).
 # ZX_RAY_BLOCK=1 keeps it in the foreground (systemd, a container's entrypoint).
@@ -40,7 +41,7 @@ args=(
   --memory "$memory" --resources "$resources" --include-dashboard false --disable-usage-stats
   --node-manager-port $((base + 1)) --object-manager-port $((base + 2)) --metrics-export-port $((base + 3))
   --dashboard-agent-listen-port $((base + 4)) --dashboard-agent-grpc-port $((base + 5))
-  --runtime-env-agent-port $((base + 6))
+  --runtime-env-agent-port $((base + 6)) --dashboard-port $((base + 10))
   --min-worker-port "${workers%-*}" --max-worker-port "${workers#*-}"
 )
 [[ -n ${ZX_RAY_CPUS:-} ]] && args+=(--num-cpus "$ZX_RAY_CPUS")
