@@ -52,7 +52,20 @@ def configure_tracing(service_name: str) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": f"zehanx-{service_name}"}))
+    class HashedOnce(Resource):
+        """The process's resource, its hash computed once: the OTLP encoder groups every exported span
+        by its resource, and a Resource hashes by dumping its attributes to JSON each time (a third of
+        a span's encoding). It is immutable, so the hash never changes."""
+
+        def __init__(self, base: Resource) -> None:
+            super().__init__(base.attributes, base.schema_url)
+            self._hash = super().__hash__()
+
+        def __hash__(self) -> int:
+            return self._hash
+
+    resource = HashedOnce(Resource.create({"service.name": f"zehanx-{service_name}"}))
+    provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     _configured = True

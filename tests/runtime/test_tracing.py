@@ -2,11 +2,17 @@
 OpenTelemetry SDK recording spans in memory: a call continues the caller's W3C trace context from its
 metadata, its span is current in the handler (its trace id in the log context, and in the traceparent
 sent on outbound calls), a call without one starts a trace, a server-side failure marks its span, and
-health checks make no span."""
+health checks make no span. And a process that configures tracing from the standard OTEL_* variables
+exports its spans with OTLP to the endpoint they name."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
+from concurrent import futures
 from typing import Any
 
 import grpc
@@ -121,3 +127,52 @@ async def test_a_call_continues_the_callers_trace_and_carries_it_on(spans: InMem
     assert format(stream_span.context.trace_id, "032x") == TRACE_ID
     assert stream_span.status.status_code is StatusCode.ERROR
     assert stream_span.attributes["rpc.grpc.status_code"] == "UNAVAILABLE"
+
+
+class _Collector:
+    """A stand-in OTLP/gRPC collector (opentelemetry-proto's TraceService): (service.name, span name)."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+    def Export(self, request: Any, context: Any) -> Any:
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        with self.lock:
+            for resource_spans in request.resource_spans:
+                attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                for scope in resource_spans.scope_spans:
+                    self.got += [(attributes["service.name"], span.name) for span in scope.spans]
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def test_a_process_with_the_otlp_variables_exports_its_spans_to_that_endpoint() -> None:
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    collector = _Collector()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    program = (
+        "from zehanx_runtime import tracing\n"
+        "tracing.configure_tracing('crawler')\n"
+        "for name in ('first', 'second'):\n"
+        "    with tracing.span(name):\n"
+        "        pass\n"
+        "tracing.shutdown_tracing()\n"
+    )
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=60
+        )
+    finally:
+        server.stop(None)
+    assert done.returncode == 0, done.stderr
+    assert collector.got == [("zehanx-crawler", "first"), ("zehanx-crawler", "second")]
