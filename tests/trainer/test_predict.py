@@ -70,6 +70,8 @@ async def test_predict_answers_from_the_stored_model_and_reuses_the_staged_model
     assert all(abs(sum(p.probabilities.values()) - 1.0) < 1e-4 for p in first.predictions)
     assert first.predict_duration.seconds > 0 or first.predict_duration.nanos > 0
     assert (app.predictor.loads, app.predictor.cache_hits) == (1, 0)
+    # The reference program offers load/predict: the first call started its resident predictor.
+    assert (first.mode, first.warm) == (pb.PREDICT_MODE_RESIDENT, False)
 
     # A bare value works too when the model reads one column.
     bare = struct_pb2.Value()
@@ -78,6 +80,11 @@ async def test_predict_answers_from_the_stored_model_and_reuses_the_staged_model
         pb.PredictRequest(artifact_id=artifact_id, instances=[bare]), metadata=METADATA, timeout=180
     )
     assert second.predictions[0].output.string_value == labels[0]
+    assert second.warm
+    # One row alone vs in a batch of 40: the CNN's float sums may differ in the last digits, no more.
+    assert second.predictions[0].probabilities == pytest.approx(
+        dict(first.predictions[0].probabilities), abs=1e-6
+    )
     # The second call reused the verified, staged model: the store was not read again.
     assert (app.predictor.loads, app.predictor.cache_hits) == (1, 1)
 

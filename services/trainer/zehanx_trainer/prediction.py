@@ -60,6 +60,9 @@ log = get_logger("zehanx.trainer.predict")
 #: Artifact files that predict.py never needs.
 _NOT_STAGED = frozenset({"metrics.json", "MODEL_CARD.md"})
 MAX_OUTPUT_BYTES = 64 * 1024 * 1024
+#: Answers this small are converted and checked on the event loop (microseconds), larger ones in a thread.
+_INLINE_ROWS = 64
+_INLINE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,11 @@ class Predictor:
             else:
                 # The same parser as a one-shot run's file: a warm answer passes the same checks.
                 try:
-                    lines = await asyncio.to_thread(_as_lines, served.predictions)
+                    lines = (
+                        _as_lines(served.predictions)
+                        if len(rows) <= _INLINE_ROWS
+                        else await asyncio.to_thread(_as_lines, served.predictions)
+                    )
                 except (ValueError, TypeError, RecursionError, OverflowError) as exc:
                     raise FailedPrecondition(
                         f"predict.py returned unusable predictions: {type(exc).__name__}: {exc!s:.200}",
@@ -251,11 +258,15 @@ class Predictor:
             return self.pool.unsupported_reason
         if model.artifact_id not in self._capable:
             source = next((f.content for f in model.files if f.path == model.predict_entry_point), b"")
+            if len(self._capable) >= 4096:
+                self._capable.clear()
             self._capable[model.artifact_id] = resident_capable(source)
         return self._capable[model.artifact_id]
 
     async def _check(self, content: bytes, rows: int) -> list[tuple[Any, dict[str, float]]]:
         try:
+            if len(content) <= _INLINE_BYTES:  # a few rows: a thread hop would cost more than the parse
+                return parse_predictions(content, rows, None)
             # A program's output, up to 64 MiB: parsed in a thread, off the event loop.
             return await asyncio.to_thread(parse_predictions, content, rows, None)
         except ValueError as exc:
