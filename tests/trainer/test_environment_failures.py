@@ -10,10 +10,12 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from zehanx_trainer.domain import ProgramSpec, Stage
 from zehanx_trainer.executor_port import ExecFile, ExecResult, ExecUsage, ExitReason
 from zehanx_trainer.failures import StructuredError, build_error, is_repairable
+from zehanx_trainer.program_output import ProgramRun
 from zehanx_trainer.records import ErrorRecord
-from zehanx_trainer.training import ProgramRun, ProgramSpec, Stage, _Run
+from zehanx_trainer.training import _Run
 
 # What CPython prints for `import torch` where torch is not installed.
 NO_TORCH = (
@@ -89,8 +91,8 @@ async def test_the_smoke_run_reports_a_missing_module_as_not_repairable() -> Non
     # The contract carries it, so the gateway can tell the operator's problem from the program's.
     from datetime import UTC, datetime
 
+    from zehanx_trainer.domain import Sequenced
     from zehanx_trainer.servicer import to_response
-    from zehanx_trainer.training import Sequenced
 
     message = to_response(Sequenced(1, datetime.now(UTC), failure))
     assert message.program_failure.environment and not message.program_failure.repairable

@@ -25,6 +25,7 @@ from zehanx.common.v1 import log_pb2, task_family_pb2
 from zehanx_runtime.errors import FailedPrecondition
 from zehanx_trainer import training
 from zehanx_trainer.artifacts import ArtifactStore, LocalBlobBackend
+from zehanx_trainer.domain import LogLine, ProgramFailed, RunSucceeded, TrainerConfig, TrainEvent
 from zehanx_trainer.evaluation import TaskKind, parse_predictions
 from zehanx_trainer.executor_port import (
     ExecEvent,
@@ -37,7 +38,7 @@ from zehanx_trainer.executor_port import (
 )
 from zehanx_trainer.prediction import Predictor, PredictorConfig
 from zehanx_trainer.servicer import to_spec
-from zehanx_trainer.training import LogLine, ProgramFailed, RunSucceeded, Trainer, TrainerConfig
+from zehanx_trainer.training import Trainer
 from zehanx_trainer.weights import MAX_HEADER_BYTES, WeightsError, inspect_safetensors
 
 TABULAR = task_family_pb2.TASK_FAMILY_TABULAR_CLASSIFICATION
@@ -156,9 +157,7 @@ class ScriptedExecutor:
         yield done
 
 
-async def _run(
-    executor: ScriptedExecutor, tiny: Dataset, tmp_path: Path, **config: Any
-) -> list[training.TrainEvent]:
+async def _run(executor: ScriptedExecutor, tiny: Dataset, tmp_path: Path, **config: Any) -> list[TrainEvent]:
     trainer = Trainer(
         executor,
         ArtifactStore(LocalBlobBackend(tmp_path)),

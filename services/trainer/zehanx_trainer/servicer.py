@@ -30,9 +30,7 @@ from zehanx_runtime.durations import to_duration, to_seconds
 from zehanx_trainer import archive, executor_client
 from zehanx_trainer.artifacts import ArtifactStore
 from zehanx_trainer.datasets import DatasetSpec
-from zehanx_trainer.executor_port import ExecFile, ExecUsage, ExitReason
-from zehanx_trainer.prediction import Predictor
-from zehanx_trainer.training import (
+from zehanx_trainer.domain import (
     CheckpointSaved,
     LogLine,
     MetricsReported,
@@ -45,10 +43,12 @@ from zehanx_trainer.training import (
     Sequenced,
     Stage,
     StageChanged,
-    Trainer,
     TrainOutcome,
     TrainSpec,
 )
+from zehanx_trainer.executor_port import ExecFile, ExecUsage, ExitReason
+from zehanx_trainer.prediction import Predictor
+from zehanx_trainer.training import Trainer
 
 SERVICE_NAME = "zehanx.trainer.v1.TrainerService"
 

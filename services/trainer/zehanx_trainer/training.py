@@ -1,7 +1,9 @@
 """A training run: staging, smoke run, full run, held-out evaluation, publishing.
 
 This is the trainer's domain: no grpc. The servicer turns a ``TrainRequest`` into a :class:`TrainSpec`,
-iterates :meth:`Trainer.train` and turns each :class:`Sequenced` event into a ``TrainResponse``.
+iterates :meth:`Trainer.train` and turns each :class:`Sequenced` event into a ``TrainResponse``. The
+values are in ``domain.py``, the reading of a program's output in ``program_output.py``, the storing of
+the model in ``publishing.py``; :meth:`_Run.events` below is the run itself, read top to bottom.
 
 The order of a run, and what each stage guarantees:
 
@@ -26,10 +28,8 @@ import json
 import math
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from contextlib import aclosing
 from datetime import UTC, datetime
-from enum import Enum
-from pathlib import Path
 from typing import Any
 
 from zehanx_runtime.errors import (
@@ -41,319 +41,38 @@ from zehanx_runtime.errors import (
     Unavailable,
 )
 from zehanx_runtime.logging import get_logger
-from zehanx_runtime.program_output import RECORD_PREFIX
 
 from zehanx_trainer import datasets as ds
 from zehanx_trainer.artifacts import ArtifactStore
-from zehanx_trainer.evaluation import (
-    Evaluation,
-    EvaluationError,
-    TaskKind,
-    evaluate,
-    nests_deeper,
-    parse_predictions,
+from zehanx_trainer.domain import (
+    DATA_DIR,
+    OUTPUT_DIR,
+    TASK_KINDS,
+    LogLine,
+    ProgramFailed,
+    RunSucceeded,
+    Sequenced,
+    Stage,
+    StageChanged,
+    TrainerConfig,
+    TrainEvent,
+    TrainOutcome,
+    TrainSpec,
 )
-from zehanx_trainer.executor_port import (
-    ExecFile,
-    ExecLimits,
-    ExecMetric,
-    ExecOutput,
-    ExecProducedFile,
-    ExecRequest,
-    ExecResult,
-    ExecUsage,
-    Executor,
-    ExitReason,
-)
-from zehanx_trainer.failures import StructuredError, build_error, failure_error, is_repairable
-from zehanx_trainer.model_card import CardInput, CurveSummary, render
-from zehanx_trainer.records import (
-    CheckpointRecord,
-    ErrorRecord,
-    FinalRecord,
-    LogRecord,
-    MetricRecord,
-    ModelRecord,
-    PhaseRecord,
-    RecordError,
-    parse_record,
-)
+from zehanx_trainer.evaluation import EvaluationError, TaskKind, evaluate, nests_deeper, parse_predictions
+from zehanx_trainer.executor_port import ExecFile, ExecLimits, ExecRequest, Executor, ExitReason
+from zehanx_trainer.failures import build_error, failure_error, is_repairable
+from zehanx_trainer.program_output import ProgramRun, read_output
+from zehanx_trainer.publishing import Trained, publish
 from zehanx_trainer.runtime_helper import ZXRT_VERSION, zxrt_source
-from zehanx_trainer.weights import MAX_HEADER_BYTES, WeightsError, WeightsSummary, inspect_safetensors
+from zehanx_trainer.weights import WeightsError, inspect_safetensors
 
 log = get_logger("zehanx.trainer")
 
-#: Where things are in the sandbox's working folder (relative paths work on every backend).
-DATA_DIR = "data"
-OUTPUT_DIR = "output"
-MAX_LOG_LINE_BYTES = 16 * 1024
-STDERR_TAIL_BYTES = 32 * 1024
 MAX_PREDICTIONS_BYTES = 64 * 1024 * 1024
 #: ``output/model_config.json``: sizes, class names, a vocabulary; the model card quotes it.
 MAX_MODEL_CONFIG_BYTES = 4 * 1024 * 1024
 MAX_MODEL_CONFIG_DEPTH = 64
-#: Task families (``schema.json`` / ``TaskFamily`` names) and how the trainer scores them.
-TASK_KINDS = {
-    "text_classification": TaskKind.CLASSIFICATION,
-    "tabular_classification": TaskKind.CLASSIFICATION,
-    "image_classification": TaskKind.CLASSIFICATION,
-    "tabular_regression": TaskKind.REGRESSION,
-    "time_series_forecasting": TaskKind.FORECASTING,
-    "time_series_classification": TaskKind.CLASSIFICATION,
-}
-
-
-# -- what a run is given ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProgramSpec:
-    files: tuple[ExecFile, ...]
-    train_entry_point: str = "train.py"
-    predict_entry_point: str = "predict.py"
-    runtime_version: str = "1"
-
-    @property
-    def paths(self) -> set[str]:
-        return {f.path for f in self.files}
-
-
-@dataclass(frozen=True)
-class PlanSpec:
-    task_family: str
-    target_column: str
-    input_columns: tuple[str, ...] = ()
-    metric_name: str = ""
-    model_family: str = ""
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-    rationale: str = ""
-
-
-@dataclass(frozen=True)
-class ResourceSpec:
-    device: str = "unspecified"  # "unspecified" | "cpu" | "gpu"
-    gpu_count: int = 0
-    cpu_count: int = 0
-    memory_bytes: int = 0
-    training_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class ModelMeta:
-    title: str = ""
-    prompt: str = ""
-    dataset_name: str = ""
-    dataset_explanation: str = ""
-    profile: dict[str, Any] = field(default_factory=dict)
-    provenance: tuple[dict[str, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class TrainSpec:
-    run_id: str
-    program: ProgramSpec
-    dataset: ds.DatasetSpec
-    plan: PlanSpec
-    resources: ResourceSpec = ResourceSpec()
-    smoke_only: bool = False
-    meta: ModelMeta = ModelMeta()
-    job_id: str = ""
-
-
-@dataclass(frozen=True)
-class TrainerConfig:
-    """The trainer's limits and defaults, built once from the settings."""
-
-    dataset_roots: tuple[Path, ...]
-    max_dataset_bytes: int = 48 * 1024 * 1024
-    smoke_timeout_s: float = 120.0
-    smoke_predict_rows: int = 8
-    default_training_s: float = 1800.0
-    max_training_s: float = 86400.0
-    training_grace_s: float = 60.0
-    eval_timeout_s: float = 600.0
-    memory_bytes: int = 4 * 1024**3
-    max_memory_bytes: int = 16 * 1024**3
-    max_processes: int = 512
-    disk_bytes: int = 2 * 1024**3
-    output_bytes: int = 64 * 1024**2
-    max_model_bytes: int = 1024**3
-    gpus: int = 0
-    seed: int = 42
-    max_concurrent_runs: int = 2
-    log_lines_per_s: float = 50.0
-    log_burst: int = 200
-    executor_margin_s: float = 30.0
-    max_weights_header_bytes: int = MAX_HEADER_BYTES
-
-
-# -- what a run reports -------------------------------------------------------------------------------
-
-
-class Stage(Enum):
-    STAGING = "staging"
-    SMOKE_RUN = "smoke_run"
-    TRAINING = "training"
-    EVALUATING = "evaluating"
-    PUBLISHING = "publishing"
-
-
-@dataclass(frozen=True)
-class StageChanged:
-    stage: Stage
-    message: str
-
-
-@dataclass(frozen=True)
-class MetricsReported:
-    record: MetricRecord
-    smoke: bool
-
-
-@dataclass(frozen=True)
-class LogLine:
-    source: str  # "program" | "platform"
-    stream: str  # "stdout" | "stderr" | ""
-    text: str
-    truncated: bool = False
-
-
-@dataclass(frozen=True)
-class CheckpointSaved:
-    step: int
-    epoch: int
-    path: str
-    sha256: str
-    size_bytes: int
-
-
-@dataclass(frozen=True)
-class ProgramFailed:
-    stage: Stage
-    error: StructuredError
-    exit_reason: ExitReason
-    exit_code: int
-    repairable: bool
-
-
-@dataclass(frozen=True)
-class TrainOutcome:
-    run_id: str
-    smoke_only: bool
-    artifact_id: str = ""
-    artifact_uri: str = ""
-    weights_sha256: str = ""
-    artifact_size_bytes: int = 0
-    metric_name: str = ""
-    held_out_metrics: dict[str, float] = field(default_factory=dict)
-    claimed_metrics: dict[str, float] = field(default_factory=dict)
-    baseline_name: str = ""
-    baseline_metrics: dict[str, float] = field(default_factory=dict)
-    test_row_count: int = 0
-    model_card_uri: str = ""
-    usage: ExecUsage | None = None
-
-
-@dataclass(frozen=True)
-class RunSucceeded:
-    outcome: TrainOutcome
-
-
-TrainEvent = StageChanged | MetricsReported | LogLine | CheckpointSaved | ProgramFailed | RunSucceeded
-
-
-@dataclass(frozen=True)
-class Sequenced:
-    """An event with its place in the stream (from 1, no gaps) and its time."""
-
-    sequence: int
-    time: datetime
-    event: TrainEvent
-
-
-# -- one sandboxed program run ------------------------------------------------------------------------
-
-
-@dataclass
-class ProgramRun:
-    """What one execution of train.py or predict.py left behind."""
-
-    result: ExecResult | None = None
-    files: dict[str, ExecProducedFile] = field(default_factory=dict)
-    stderr_tail: bytearray = field(default_factory=bytearray)
-    error: ErrorRecord | None = None
-    phase: str = ""
-    final: FinalRecord | None = None
-    model: ModelRecord | None = None
-    curve: CurveSummary = field(default_factory=CurveSummary)
-    invalid_records: int = 0
-    dropped_lines: int = 0
-    #: What ``_train_failure`` found in a valid model (set only when it returned None).
-    weights: WeightsSummary | None = None
-    model_config: dict[str, Any] | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.result is not None and self.result.succeeded
-
-    def stderr_text(self) -> str:
-        return bytes(self.stderr_tail).decode("utf-8", "replace")
-
-
-@dataclass(frozen=True)
-class _Done:
-    run: ProgramRun
-
-
-class _LineSplitter:
-    """Chunks of one stream into lines; a line longer than MAX_LOG_LINE_BYTES is cut and flagged."""
-
-    def __init__(self) -> None:
-        self.buffer = bytearray()
-        self.skipping = False
-
-    def feed(self, data: bytes) -> list[tuple[bytes, bool]]:
-        self.buffer += data
-        lines: list[tuple[bytes, bool]] = []
-        while True:
-            end = self.buffer.find(b"\n")
-            if end < 0:
-                if len(self.buffer) > MAX_LOG_LINE_BYTES:
-                    if not self.skipping:
-                        lines.append((bytes(self.buffer[:MAX_LOG_LINE_BYTES]), True))
-                    self.skipping = True
-                    self.buffer.clear()
-                return lines
-            line = bytes(self.buffer[:end])
-            del self.buffer[: end + 1]
-            if self.skipping:
-                self.skipping = False
-                continue
-            if len(line) > MAX_LOG_LINE_BYTES:
-                lines.append((line[:MAX_LOG_LINE_BYTES], True))
-            else:
-                lines.append((line, False))
-
-    def flush(self) -> list[tuple[bytes, bool]]:
-        rest, self.buffer = bytes(self.buffer), bytearray()
-        if rest and not self.skipping:
-            return [(rest[:MAX_LOG_LINE_BYTES], len(rest) > MAX_LOG_LINE_BYTES)]
-        return []
-
-
-class _TokenBucket:
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, float(burst)
-        self.tokens, self.last = float(burst), time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
 
 
 # -- the trainer --------------------------------------------------------------------------------------
@@ -537,13 +256,10 @@ class _Run:
             )
         )
         smoke = ProgramRun()
-        async for item in self._run_train(
-            base_files + data_files, device, gpus, smoke=True, budget_s=cfg.smoke_timeout_s
+        async for event in self._run_train(
+            smoke, base_files + data_files, device, gpus, smoke=True, budget_s=cfg.smoke_timeout_s
         ):
-            if isinstance(item, _Done):
-                smoke = item.run
-            else:
-                yield item
+            yield event
         failure = await self._train_failure(smoke, Stage.SMOKE_RUN, "train.py (smoke run)", repairable=True)
         if failure is not None:
             yield self._emit(failure)
@@ -551,13 +267,15 @@ class _Run:
         smoke_rows = validation_rows[: cfg.smoke_predict_rows] or train_rows[: cfg.smoke_predict_rows]
         model_files = self._model_files(smoke)
         predict_run = ProgramRun()
-        async for item in self._run_predict(
-            base_files, model_files, ds.inputs_jsonl(smoke_rows, columns), device, cfg.smoke_timeout_s
+        async for event in self._run_predict(
+            predict_run,
+            base_files,
+            model_files,
+            ds.inputs_jsonl(smoke_rows, columns),
+            device,
+            cfg.smoke_timeout_s,
         ):
-            if isinstance(item, _Done):
-                predict_run = item.run
-            else:
-                yield item
+            yield event
         predictions, failure = await self._predictions(
             predict_run, len(smoke_rows), task, Stage.SMOKE_RUN, repairable=True
         )
@@ -584,13 +302,10 @@ class _Run:
             )
         )
         full = ProgramRun()
-        async for item in self._run_train(
-            base_files + data_files, device, gpus, smoke=False, budget_s=budget
+        async for event in self._run_train(
+            full, base_files + data_files, device, gpus, smoke=False, budget_s=budget
         ):
-            if isinstance(item, _Done):
-                full = item.run
-            else:
-                yield item
+            yield event
         failure = await self._train_failure(full, Stage.TRAINING, "train.py", repairable=None)
         if failure is not None:
             yield self._emit(failure)
@@ -614,13 +329,10 @@ class _Run:
             )
         )
         eval_run = ProgramRun()
-        async for item in self._run_predict(
-            base_files, model_files, ds.inputs_jsonl(test_rows, columns), device, cfg.eval_timeout_s
+        async for event in self._run_predict(
+            eval_run, base_files, model_files, ds.inputs_jsonl(test_rows, columns), device, cfg.eval_timeout_s
         ):
-            if isinstance(item, _Done):
-                eval_run = item.run
-            else:
-                yield item
+            yield event
         predictions, failure = await self._predictions(
             eval_run, len(test_rows), task, Stage.EVALUATING, repairable=None
         )
@@ -656,7 +368,7 @@ class _Run:
 
         # PUBLISHING: all or nothing.
         yield self._emit(StageChanged(Stage.PUBLISHING, "storing weights, program, metrics and model card"))
-        outcome = await self._publish(
+        trained = Trained(
             task=task,
             columns=columns,
             device=device if gpus <= 1 else f"{device} x{gpus}",
@@ -668,7 +380,7 @@ class _Run:
             claimed=claimed,
             split_rows={"train": len(train_rows), "validation": len(validation_rows), "test": len(test_rows)},
         )
-        yield self._emit(RunSucceeded(outcome))
+        yield self._emit(RunSucceeded(await publish(self.trainer.store, spec, trained, self.log)))
 
     # -- running programs ------------------------------------------------------------------------
 
@@ -700,8 +412,9 @@ class _Run:
         )
 
     async def _run_train(
-        self, files: list[ExecFile], device: str, gpus: int, *, smoke: bool, budget_s: float
-    ) -> AsyncIterator[Any]:
+        self, run: ProgramRun, files: list[ExecFile], device: str, gpus: int, *, smoke: bool, budget_s: float
+    ) -> AsyncIterator[Sequenced]:
+        """Run train.py; its events as they come, and ``run`` filled with what it left behind."""
         entry = self.spec.program.train_entry_point
         if gpus > 1:
             argv = (
@@ -724,17 +437,20 @@ class _Run:
             collect_max_bytes=self.config.max_model_bytes,
             job_id=self.spec.job_id,
         )
-        async for item in self._execute(request, wall, smoke=smoke, default_phase=""):
-            yield item
+        async with aclosing(self._execute(run, request, wall, smoke=smoke)) as events:
+            async for event in events:
+                yield event
 
     async def _run_predict(
         self,
+        run: ProgramRun,
         base_files: list[ExecFile],
         model_files: dict[str, bytes],
         inputs: bytes,
         device: str,
         wall_s: float,
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncIterator[Sequenced]:
+        """Run predict.py on ``inputs``; its events, and ``run`` filled (``predictions.jsonl``)."""
         files = [
             *base_files,
             *(ExecFile(path, data) for path, data in sorted(model_files.items())),
@@ -755,105 +471,35 @@ class _Run:
             collect_max_bytes=MAX_PREDICTIONS_BYTES,
             job_id=self.spec.job_id,
         )
-        async for item in self._execute(
-            request, wall_s, smoke=False, default_phase="prediction", metrics=False
-        ):
-            yield item
+        run.phase = "prediction"
+        async with aclosing(self._execute(run, request, wall_s, smoke=False, metrics=False)) as events:
+            async for event in events:
+                yield event
 
     async def _execute(
-        self, request: ExecRequest, wall_s: float, *, smoke: bool, default_phase: str, metrics: bool = True
-    ) -> AsyncIterator[Any]:
-        """Run one request; yield its events as they come, then a :class:`_Done` with the outcome."""
-        run = ProgramRun(phase=default_phase)
-        splitters = {"stdout": _LineSplitter(), "stderr": _LineSplitter()}
-        bucket = _TokenBucket(self.config.log_lines_per_s, self.config.log_burst)
-        warned_invalid = 0
-        warned_nan = False
-        last_epoch = 0
+        self, run: ProgramRun, request: ExecRequest, wall_s: float, *, smoke: bool, metrics: bool = True
+    ) -> AsyncIterator[Sequenced]:
+        """Run one request and yield its events in order; an executor-side failure raises.
 
-        def lines_of(stream: str, pieces: list[tuple[bytes, bool]]) -> list[Sequenced]:
-            out = []
-            for raw, truncated in pieces:
-                if stream == "stdout" and raw.startswith(RECORD_PREFIX):
-                    continue
-                if bucket.take():
-                    out.append(
-                        self._emit(
-                            LogLine("program", stream, raw.decode("utf-8", "replace").rstrip("\r"), truncated)
-                        )
-                    )
-                else:
-                    run.dropped_lines += 1
-            return out
-
-        async for event in self.trainer.executor.execute(request, timeout_s=self._timeout(wall_s)):
-            if isinstance(event, ExecOutput):
-                if event.stream == "stderr":
-                    run.stderr_tail += event.data
-                    del run.stderr_tail[:-STDERR_TAIL_BYTES]
-                for item in lines_of(event.stream, splitters[event.stream].feed(event.data)):
-                    yield item
-            elif isinstance(event, ExecMetric):
-                try:
-                    record = parse_record(event.payload)
-                except RecordError as exc:
-                    run.invalid_records += 1
-                    if warned_invalid < 3:
-                        warned_invalid += 1
-                        yield self._platform(
-                            f"ignored a zxrt record that breaks the contract ({exc.reason}): {exc}"
-                        )
-                    continue
-                if isinstance(record, MetricRecord):
-                    if record.epoch is not None:
-                        last_epoch = record.epoch
-                    run.curve.add(record)
-                    if record.loss is not None and math.isnan(record.loss) and not warned_nan:
-                        warned_nan = True
-                        yield self._platform(f"warning: the training loss is not finite (step {record.step})")
-                    if metrics:
-                        yield self._emit(MetricsReported(record, smoke))
-                elif isinstance(record, CheckpointRecord):
-                    yield self._emit(
-                        CheckpointSaved(
-                            record.step, last_epoch, record.path, record.sha256, record.size_bytes
-                        )
-                    )
-                elif isinstance(record, LogRecord):
-                    # Under the same bucket as stdout and stderr lines: the metric channel's own cap
-                    # (200/s) would otherwise store ~17 M log events in a 24 h run.
-                    if bucket.take():
-                        yield self._emit(LogLine("program", "stdout", f"[{record.level}] {record.message}"))
-                    else:
-                        run.dropped_lines += 1
-                elif isinstance(record, PhaseRecord):
-                    run.phase = record.phase
-                elif isinstance(record, ErrorRecord):
-                    run.error = record
-                elif isinstance(record, FinalRecord):
-                    run.final = record
-                elif isinstance(record, ModelRecord):
-                    run.model = record
-            elif isinstance(event, ExecProducedFile):
-                run.files[event.path] = event
-            elif isinstance(event, ExecResult):
-                run.result = event
-        for stream, splitter in splitters.items():
-            for item in lines_of(stream, splitter.flush()):
-                yield item
-        if run.dropped_lines:
-            yield self._platform(
-                f"{run.dropped_lines} output lines and zxrt log records were not forwarded "
-                f"(over {self.config.log_lines_per_s:.0f} lines/s)"
-            )
-        if run.invalid_records > warned_invalid:
-            yield self._platform(
-                f"{run.invalid_records} zxrt records in all broke the contract and were ignored"
-            )
-        if run.result is not None and run.result.dropped_metrics:
-            yield self._platform(
-                f"the executor dropped {run.result.dropped_metrics} metric lines (malformed or over its rate)"
-            )
+        Closing this generator (the caller cancelled) closes the executor's stream at once, which kills
+        the sandbox; nothing waits for the garbage collector to do it.
+        """
+        cfg = self.config
+        async with (
+            aclosing(self.trainer.executor.execute(request, timeout_s=self._timeout(wall_s))) as stream,
+            aclosing(
+                read_output(
+                    stream,
+                    run,
+                    smoke=smoke,
+                    metrics=metrics,
+                    lines_per_s=cfg.log_lines_per_s,
+                    burst=cfg.log_burst,
+                )
+            ) as output,
+        ):
+            async for event in output:
+                yield self._emit(event)
         if run.result is None:
             raise FailedPrecondition(
                 "the executor ended the stream without a result", reason="EXECUTOR_PROTOCOL"
@@ -868,7 +514,6 @@ class _Run:
             raise Unavailable(
                 f"the executor cancelled the run: {run.result.message}", reason="EXECUTOR_CANCELLED"
             )
-        yield _Done(run)
 
     # -- judging outcomes ------------------------------------------------------------------------
 
@@ -972,115 +617,6 @@ class _Run:
             error = failure_error(f"predict.py wrote unusable predictions: {exc}", phase="prediction")
             return [], ProgramFailed(stage, error, ExitReason.COMPLETED, 0, fixable)
 
-    # -- publishing ------------------------------------------------------------------------------
-
-    async def _publish(
-        self,
-        *,
-        task: ds.TaskSpec,
-        columns: list[str],
-        device: str,
-        base_files: list[ExecFile],
-        model_files: dict[str, bytes],
-        weights: WeightsSummary,
-        full: ProgramRun,
-        evaluation: Evaluation,
-        claimed: dict[str, float],
-        split_rows: dict[str, int],
-    ) -> TrainOutcome:
-        spec = self.spec
-        assert full.result is not None
-        weights_sha = full.files[f"{OUTPUT_DIR}/model.safetensors"].sha256
-        created = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        metric_name = (
-            task.metric_name if task.metric_name in evaluation.metrics else evaluation.primary_metric
-        )
-        metrics_doc = {
-            "run_id": spec.run_id,
-            "task_family": task.family,
-            "metric_name": metric_name,
-            "test_rows": evaluation.rows,
-            "held_out": evaluation.metrics,
-            "baseline": {"name": evaluation.baseline_name, "metrics": evaluation.baseline_metrics},
-            "claimed": claimed,
-            "beats_baseline": evaluation.beats_baseline,
-            "training": {
-                "wall_s": round(full.result.usage.wall_s, 3),
-                "last_step": full.curve.last_step,
-                "last_epoch": full.curve.last_epoch,
-                "first_loss": full.curve.first_loss,
-                "last_loss": full.curve.last_loss,
-                "min_loss": full.curve.min_loss,
-            },
-        }
-        card = render(
-            CardInput(
-                run_id=spec.run_id,
-                title=spec.meta.title or f"{task.family.replace('_', ' ').capitalize()} model",
-                prompt=spec.meta.prompt,
-                task_family=task.family,
-                target_column=task.target_column,
-                input_columns=columns,
-                metric_name=metric_name,
-                dataset_name=spec.meta.dataset_name,
-                dataset_id=spec.dataset.dataset_id,
-                dataset_explanation=spec.meta.dataset_explanation,
-                profile=spec.meta.profile,
-                provenance=list(spec.meta.provenance),
-                split_rows=split_rows,
-                model_family=spec.plan.model_family or "PyTorch",
-                hyperparameters=spec.plan.hyperparameters,
-                rationale=spec.plan.rationale,
-                model_config=full.model_config or {},
-                weights=weights,
-                weights_sha256=weights_sha,
-                curve=full.curve,
-                evaluation=evaluation,
-                claimed_metrics=claimed,
-                device=device,
-                training_wall_s=full.result.usage.wall_s,
-                created_time=created,
-            )
-        )
-        files: dict[str, bytes] = {f.path: f.content for f in base_files}
-        files.update(model_files)
-        files[f"{DATA_DIR}/schema.json"] = spec.dataset.schema_json.encode("utf-8")
-        files["metrics.json"] = (
-            json.dumps(metrics_doc, indent=2, sort_keys=True, default=_json_default) + "\n"
-        ).encode()
-        files["MODEL_CARD.md"] = card.encode("utf-8")
-        metadata = {
-            "run_id": spec.run_id,
-            "job_id": spec.job_id,
-            "dataset_id": spec.dataset.dataset_id,
-            "task_family": task.family,
-            "target_column": task.target_column,
-            "input_columns": json.dumps(columns),
-            "metric_name": metric_name,
-            "weights_sha256": weights_sha,
-            "zxrt_version": str(ZXRT_VERSION),
-            "train_entry_point": spec.program.train_entry_point,
-            "predict_entry_point": spec.program.predict_entry_point,
-        }
-        manifest = await self.trainer.store.publish(files, metadata)
-        self.log.info("published", artifact_id=manifest.artifact_id, bytes=manifest.total_bytes)
-        return TrainOutcome(
-            run_id=spec.run_id,
-            smoke_only=False,
-            artifact_id=manifest.artifact_id,
-            artifact_uri=self.trainer.store.uri(manifest.artifact_id),
-            weights_sha256=weights_sha,
-            artifact_size_bytes=manifest.total_bytes,
-            metric_name=metric_name,
-            held_out_metrics=evaluation.metrics,
-            claimed_metrics=claimed,
-            baseline_name=evaluation.baseline_name,
-            baseline_metrics=evaluation.baseline_metrics,
-            test_row_count=evaluation.rows,
-            model_card_uri=self.trainer.store.file_uri(manifest, "MODEL_CARD.md"),
-            usage=full.result.usage,
-        )
-
 
 # -- helpers ------------------------------------------------------------------------------------------
 
@@ -1112,9 +648,3 @@ def _seed(hyperparameters: dict[str, Any], default: int) -> int:
     if isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer():
         return int(value) % 2**31
     return default
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
