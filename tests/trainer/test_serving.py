@@ -189,6 +189,11 @@ async def test_the_first_call_starts_the_predictor_and_later_calls_are_warm_with
         assert answers(second) == answers(first) == [(value, probs) for value, probs in cold.predictions]
         assert [a[0] for a in answers(second)] == ["neg", "neg", "pos", "pos", "pos"]
 
+        # Calls at once to one model queue for its one process, each gets its own answer.
+        together = await asyncio.gather(*(predict(stub, models.honest, rows(x)) for x in (-3.0, 3.0) * 3))
+        assert [r.predictions[0].output.string_value for r in together] == ["neg", "pos"] * 3
+        assert all(r.warm for r in together) and app.predictor.pool.starts == 1
+
 
 # -- failures ------------------------------------------------------------------------------------------
 
