@@ -272,3 +272,14 @@ async def test_a_half_close_right_after_start_ends_the_session_completed(server:
     assert ended.reason == pb.EXIT_REASON_COMPLETED, ended
     assert time.monotonic() - t0 < 10  # not the 300 s idle timeout
     assert client.messages[0].WhichOneof("event") == "ready"
+
+
+async def test_more_than_64_unanswered_calls_end_the_session_with_failed_precondition(server: Server) -> None:
+    client = open_session(server, start("import time\ntime.sleep(600)\n"))  # never reads its stdin
+    await client.ready()
+    for n in range(65):
+        client.send(n, b"x")
+    err = await rpc_error(client)
+    assert err.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info_of(err).reason == "TOO_MANY_PENDING_CALLS"  # type: ignore[union-attr]
+    await wait_until(lambda: session_pids() == [], "the session's process is gone")

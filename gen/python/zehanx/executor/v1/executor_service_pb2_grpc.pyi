@@ -58,7 +58,8 @@ class ExecutorServiceStub:
     (payload + "\\n"); the process answers each call with one line on stdout, in order. Lines the
     process writes to stdout while no call is waiting, and all of stderr, come back as `output`.
     Calls may be sent before earlier ones are answered: they queue in the process's stdin and are
-    answered in order (at most 64 unanswered; more answers FAILED_PRECONDITION). The session runs
+    answered in order (at most 64 unanswered; one more ends the call with FAILED_PRECONDITION,
+    reason TOO_MANY_PENDING_CALLS). The session runs
     with the same isolation and limits as Execute: the wall-clock and CPU-time limits cover its
     whole life, the output limit covers stderr and stray stdout (not replies). It ends when the
     caller half-closes (stdin is closed and the process exits: COMPLETED on status 0), after
@@ -106,7 +107,8 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     (payload + "\\n"); the process answers each call with one line on stdout, in order. Lines the
     process writes to stdout while no call is waiting, and all of stderr, come back as `output`.
     Calls may be sent before earlier ones are answered: they queue in the process's stdin and are
-    answered in order (at most 64 unanswered; more answers FAILED_PRECONDITION). The session runs
+    answered in order (at most 64 unanswered; one more ends the call with FAILED_PRECONDITION,
+    reason TOO_MANY_PENDING_CALLS). The session runs
     with the same isolation and limits as Execute: the wall-clock and CPU-time limits cover its
     whole life, the output limit covers stderr and stray stdout (not replies). It ends when the
     caller half-closes (stdin is closed and the process exits: COMPLETED on status 0), after
@@ -163,7 +165,8 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         (payload + "\\n"); the process answers each call with one line on stdout, in order. Lines the
         process writes to stdout while no call is waiting, and all of stderr, come back as `output`.
         Calls may be sent before earlier ones are answered: they queue in the process's stdin and are
-        answered in order (at most 64 unanswered; more answers FAILED_PRECONDITION). The session runs
+        answered in order (at most 64 unanswered; one more ends the call with FAILED_PRECONDITION,
+        reason TOO_MANY_PENDING_CALLS). The session runs
         with the same isolation and limits as Execute: the wall-clock and CPU-time limits cover its
         whole life, the output limit covers stderr and stray stdout (not replies). It ends when the
         caller half-closes (stdin is closed and the process exits: COMPLETED on status 0), after
