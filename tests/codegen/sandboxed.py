@@ -12,8 +12,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from running import ZXRT
+from support.sandbox import require_local_sandbox
 from zehanx_codegen.domain import Program
 from zehanx_executor.sandbox.local import LocalSandbox, LocalSandboxConfig
 from zehanx_executor.sandbox.model import (
@@ -29,7 +29,6 @@ from zehanx_executor.sandbox.model import (
     Output,
     Stream,
 )
-from zehanx_executor.sandbox.probe import probe
 
 #: Distinct from a development executor (60600), the trainer (66000), e2e (60000, 67000) and the
 #: executor tests (100000+), outside systemd's dynamic-user range: sandbox uids 68500..68501, probe 68502.
@@ -53,9 +52,7 @@ class SandboxRun:
 
 
 def local_sandbox() -> LocalSandbox:
-    caps = probe(work_dir=WORK_DIR, probe_uid=UID_BASE + SLOTS)
-    if not caps.ok:
-        pytest.skip("this host cannot run the executor's local sandbox: " + "; ".join(caps.missing))
+    caps = require_local_sandbox(WORK_DIR, UID_BASE, SLOTS)
     config = LocalSandboxConfig(
         work_dir=WORK_DIR,
         uid_base=UID_BASE,

@@ -20,9 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
 from zehanx.codegen.v1 import codegen_service_pb2 as codegen_pb
 from zehanx.common.v1 import dataset_pb2, plan_pb2, program_pb2, task_family_pb2
 from zehanx.crawler.v1 import crawler_service_pb2 as crawler_pb
@@ -45,6 +43,7 @@ for extra in (
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
+from support.sandbox import local_executor_env, require_local_sandbox  # noqa: E402
 from svc_harness import ServiceProcess, free_port, start_service  # noqa: E402
 
 TOKEN = "e2e-test-token"
@@ -121,22 +120,13 @@ def sandbox_pids(uid_base: int, *, live_only: bool = False) -> list[int]:
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    from zehanx_executor.sandbox.probe import probe
-
-    caps = probe(work_dir=Path(EXECUTOR_WORK_DIR), probe_uid=EXECUTOR_UID_BASE + EXECUTOR_SLOTS)
-    if not caps.ok:
-        pytest.skip("this host cannot run the executor's local sandbox: " + "; ".join(caps.missing))
+    require_local_sandbox(EXECUTOR_WORK_DIR, EXECUTOR_UID_BASE, EXECUTOR_SLOTS)
     tmp = tmp_path_factory.mktemp("e2e-sandbox")
     executor = start_service(
         "executor",
         tmp,
         token=TOKEN,
-        extra_env={
-            "ZX_EXECUTOR_BACKEND": "local",
-            "ZX_EXECUTOR_WORK_DIR": EXECUTOR_WORK_DIR,
-            "ZX_EXECUTOR_UID_BASE": str(EXECUTOR_UID_BASE),
-            "ZX_EXECUTOR_MAX_CONCURRENT": str(EXECUTOR_SLOTS),
-        },
+        extra_env=local_executor_env(EXECUTOR_WORK_DIR, EXECUTOR_UID_BASE, EXECUTOR_SLOTS),
     )
     box = None
     try:
@@ -318,24 +308,6 @@ class ScriptedCodegen:
 # -- the gateway with its workers ------------------------------------------------------------------------
 
 
-def _with_database(url: str, name: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = name
-    return psycopg.conninfo.make_conninfo("", **params)
-
-
-@pytest.fixture
-def database_url(postgres_url: str) -> Iterator[str]:
-    name = f"e2e_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    try:
-        yield _with_database(postgres_url, name)
-    finally:
-        with psycopg.connect(postgres_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
-
-
 @dataclass
 class Harness:
     gateway: Gateway
@@ -496,11 +468,7 @@ def suite(
     tmp_path_factory: pytest.TempPathFactory, otlp_collector: tuple[OtlpCollector, int]
 ) -> Iterator[dict[str, str]]:
     """``zx up --detach`` with a temporary ZX_HOME and free ports; the environment to run zx with."""
-    from zehanx_executor.sandbox.probe import probe
-
-    caps = probe(work_dir=Path(SUITE_WORK_DIR), probe_uid=SUITE_UID_BASE + EXECUTOR_SLOTS)
-    if not caps.ok:
-        pytest.skip("this host cannot run the executor's local sandbox: " + "; ".join(caps.missing))
+    require_local_sandbox(SUITE_WORK_DIR, SUITE_UID_BASE, EXECUTOR_SLOTS)
     home = tmp_path_factory.mktemp("zx-home")
     # Each service its own data folder, none inside another's or ZX_HOME: nothing is shared but
     # PostgreSQL (uploads, datasets and models cross as gRPC streams).

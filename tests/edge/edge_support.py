@@ -10,7 +10,7 @@ import json
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,8 @@ from typing import Any
 import grpc
 import httpx
 import jwt
-import psycopg
 import pytest
 from google.rpc import error_details_pb2
-from psycopg import sql
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
 from zehanx_cli.procs import free_port
 from zehanx_gateway.app import Gateway
@@ -34,21 +32,6 @@ from zehanx_runtime.server import RunningServer, start_server
 JWT_SECRET = "edge-test-secret-for-hs256-tokens-0123456789"
 JWT_ISSUER = "https://test.supabase.co/auth/v1"
 SERVICE = "/zehanx.gateway.v1.GatewayService"
-
-
-@pytest.fixture
-def database_url(postgres_url: str) -> Iterator[str]:
-    """A new, empty database for one test (dropped after it)."""
-    name = f"edge_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    params = psycopg.conninfo.conninfo_to_dict(postgres_url)
-    params["dbname"] = name
-    try:
-        yield psycopg.conninfo.make_conninfo("", **params)
-    finally:
-        with psycopg.connect(postgres_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
 def gateway_settings(database_url: str, tmp_path: Path) -> GatewaySettings:

@@ -4,7 +4,6 @@ browser sends): datasets, uploads, API keys, provider keys and settings, each wi
 PostgreSQL."""
 
 # Fixtures come from edge_support; pytest sees them by import.
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ from edge_support import (  # noqa: F401
     ConnectError,
     Edge,
     _quiet_logs,
-    database_url,
     jwt_for,
     serve,
     stop,

@@ -27,7 +27,6 @@ from edge_support import (  # noqa: F401
     ConnectError,
     Edge,
     _quiet_logs,
-    database_url,
     edge,
     gateway_settings,
     jwt_for,

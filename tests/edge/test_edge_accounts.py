@@ -11,7 +11,7 @@ import httpx
 import jwt
 import psycopg
 import pytest
-from edge_support import JWT_SECRET, ConnectError, Edge, _quiet_logs, database_url, edge  # noqa: F401
+from edge_support import JWT_SECRET, ConnectError, Edge, _quiet_logs, edge  # noqa: F401
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
 from zehanx_gateway.auth import SESSION_AUDIENCE, SESSION_ISSUER
 from zehanx_gateway.edge.auth_routes import AuthRoutes

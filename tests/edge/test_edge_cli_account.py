@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edge_support import Edge, _quiet_logs, database_url, edge  # noqa: F401
+from edge_support import Edge, _quiet_logs, edge  # noqa: F401
 
 PASSWORD = "correct horse battery staple"
 

@@ -19,7 +19,6 @@ from edge_support import (  # noqa: F401
     ConnectError,
     Edge,
     _quiet_logs,
-    database_url,
     edge,
     envelope,
     jwt_for,

@@ -8,7 +8,6 @@ bench/bench_serving.py.
 """
 
 # Fixtures come from edge_support; pytest sees them by import.
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ from typing import Any
 
 import grpc
 import pytest
-from edge_support import Edge, _quiet_logs, database_url, serve, stop  # noqa: F401
+from edge_support import Edge, _quiet_logs, serve, stop  # noqa: F401
 from google.protobuf import duration_pb2, struct_pb2
 from zehanx.common.v1 import prediction_pb2
 from zehanx.gateway.v1 import model_pb2

@@ -2,7 +2,6 @@
 as they are written, and a clean stop on SIGTERM."""
 
 # Fixtures come from edge_support; pytest sees them by import.
-# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from edge_support import JWT_SECRET, _quiet_logs, database_url, edge, jwt_for  # noqa: F401
+from edge_support import JWT_SECRET, _quiet_logs, edge, jwt_for  # noqa: F401
 from zehanx_cli.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

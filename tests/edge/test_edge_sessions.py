@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from edge_support import Edge, _quiet_logs, database_url, edge, serve, stop  # noqa: F401
+from edge_support import Edge, _quiet_logs, edge, serve, stop  # noqa: F401
 from zehanx_gateway.edge.auth_routes import REFRESH_COOKIE, client_address
 from zehanx_gateway.edge.settings import EdgeSettings
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from edge_support import Edge, _quiet_logs, database_url, edge  # noqa: F401
+from edge_support import Edge, _quiet_logs, edge  # noqa: F401
 
 CHROMIUM = "/usr/bin/chromium"
 

@@ -4,14 +4,12 @@ real gateway (the same object graph ``zx-gateway`` serves) on port 0 with a real
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import psycopg
 import pytest
-from psycopg import sql
 from zehanx.common.v1 import metrics_pb2, task_family_pb2
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
 from zehanx.gateway.v1 import model_pb2
@@ -24,25 +22,6 @@ from zehanx_runtime.logging import configure_logging
 from zehanx_runtime.server import RunningServer, start_server
 
 JWT_SECRET = "test-secret-for-hs256-tokens-0123456789abcdef"
-
-
-def _with_database(url: str, name: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = name
-    return psycopg.conninfo.make_conninfo("", **params)
-
-
-@pytest.fixture
-def database_url(postgres_url: str) -> Iterator[str]:
-    """A new, empty database for one test (dropped after it)."""
-    name = f"gw_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    try:
-        yield _with_database(postgres_url, name)
-    finally:
-        with psycopg.connect(postgres_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
 def gateway_settings(database_url: str, tmp_path: Path, **overrides: object) -> GatewaySettings:

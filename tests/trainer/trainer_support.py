@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "services"))
 sys.path.insert(0, str(REPO / "examples" / "reference_digits"))
 
+from support.sandbox import local_executor_env, require_local_sandbox  # noqa: E402
 from svc_harness import ServiceProcess, start_service  # noqa: E402
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
@@ -131,22 +132,13 @@ def tiny(dataset_root: Path) -> Dataset:
 
 @pytest.fixture(scope="session")
 def suite(tmp_path_factory: pytest.TempPathFactory, dataset_root: Path) -> Iterator[Suite]:
-    from zehanx_executor.sandbox.probe import probe
-
-    caps = probe(work_dir=Path(EXECUTOR_WORK_DIR), probe_uid=EXECUTOR_UID_BASE + EXECUTOR_SLOTS)
-    if not caps.ok:
-        pytest.skip("this host cannot run the executor's local sandbox: " + "; ".join(caps.missing))
+    require_local_sandbox(EXECUTOR_WORK_DIR, EXECUTOR_UID_BASE, EXECUTOR_SLOTS)
     tmp = tmp_path_factory.mktemp("suite")
     executor = start_service(
         "executor",
         tmp,
         token=TOKEN,
-        extra_env={
-            "ZX_EXECUTOR_BACKEND": "local",
-            "ZX_EXECUTOR_WORK_DIR": EXECUTOR_WORK_DIR,
-            "ZX_EXECUTOR_UID_BASE": str(EXECUTOR_UID_BASE),
-            "ZX_EXECUTOR_MAX_CONCURRENT": str(EXECUTOR_SLOTS),
-        },
+        extra_env=local_executor_env(EXECUTOR_WORK_DIR, EXECUTOR_UID_BASE, EXECUTOR_SLOTS),
     )
     trainer = None
     try:

@@ -30,6 +30,7 @@ for extra in (REPO / "tests" / "e2e", REPO / "tests" / "services"):
         sys.path.insert(0, str(extra))
 
 from e2e_support import EXECUTOR_SLOTS, zx  # noqa: E402
+from support.sandbox import require_local_sandbox  # noqa: E402
 from svc_harness import free_port  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -105,13 +106,9 @@ class WebSuite:
 @pytest.fixture(scope="session")
 def web_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebSuite]:
     """``zx up --detach`` with a temporary ZX_HOME, free ports and the edge on a known one."""
-    from zehanx_executor.sandbox.probe import probe
-
     if not (REPO / "web" / "dist" / "index.html").is_file():
         pytest.fail("web/dist is not built: run make setup (scripts/build_web.sh)")
-    caps = probe(work_dir=Path(WORK_DIR), probe_uid=UID_BASE + EXECUTOR_SLOTS)
-    if not caps.ok:
-        pytest.skip("this host cannot run the executor's local sandbox: " + "; ".join(caps.missing))
+    require_local_sandbox(WORK_DIR, UID_BASE, EXECUTOR_SLOTS)
     home = tmp_path_factory.mktemp("zx-web-home")
     edge_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZX_")}
