@@ -92,9 +92,11 @@ class TrainerServiceServicer:
         the call runs `predict.py` once from its file entry point (cold, `mode` ONE_SHOT).
 
         NOT_FOUND when the artifact does not exist; INVALID_ARGUMENT when the inputs do not fit the
-        model (with the program's error in the message); ABORTED (reason PREDICTOR_CRASHED) when the
-        model's predictor died during this call (the next call starts a new one);
-        RESOURCE_EXHAUSTED when predict.py hit a limit or no sandbox is free.
+        model (with the program's error in the message); FAILED_PRECONDITION (reason
+        PREDICT_LOAD_FAILED) when the model's `load()` fails; ABORTED (reason PREDICTOR_CRASHED) when
+        the model's predictor died during this call (the next call starts a new one);
+        RESOURCE_EXHAUSTED when predict.py hit a limit (PREDICT_LIMIT) or no sandbox is free
+        (SESSION_CAPACITY, PREDICTORS_BUSY).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -58,9 +58,11 @@ class TrainerServiceStub:
     the call runs `predict.py` once from its file entry point (cold, `mode` ONE_SHOT).
 
     NOT_FOUND when the artifact does not exist; INVALID_ARGUMENT when the inputs do not fit the
-    model (with the program's error in the message); ABORTED (reason PREDICTOR_CRASHED) when the
-    model's predictor died during this call (the next call starts a new one);
-    RESOURCE_EXHAUSTED when predict.py hit a limit or no sandbox is free.
+    model (with the program's error in the message); FAILED_PRECONDITION (reason
+    PREDICT_LOAD_FAILED) when the model's `load()` fails; ABORTED (reason PREDICTOR_CRASHED) when
+    the model's predictor died during this call (the next call starts a new one);
+    RESOURCE_EXHAUSTED when predict.py hit a limit (PREDICT_LIMIT) or no sandbox is free
+    (SESSION_CAPACITY, PREDICTORS_BUSY).
     """
     ReleasePredictor: _grpc.UnaryUnaryMultiCallable[_trainer_service_pb2.ReleasePredictorRequest, _trainer_service_pb2.ReleasePredictorResponse]
     """Ends the resident predictor of a model, if there is one (the gateway calls it when the model is
@@ -107,9 +109,11 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     the call runs `predict.py` once from its file entry point (cold, `mode` ONE_SHOT).
 
     NOT_FOUND when the artifact does not exist; INVALID_ARGUMENT when the inputs do not fit the
-    model (with the program's error in the message); ABORTED (reason PREDICTOR_CRASHED) when the
-    model's predictor died during this call (the next call starts a new one);
-    RESOURCE_EXHAUSTED when predict.py hit a limit or no sandbox is free.
+    model (with the program's error in the message); FAILED_PRECONDITION (reason
+    PREDICT_LOAD_FAILED) when the model's `load()` fails; ABORTED (reason PREDICTOR_CRASHED) when
+    the model's predictor died during this call (the next call starts a new one);
+    RESOURCE_EXHAUSTED when predict.py hit a limit (PREDICT_LIMIT) or no sandbox is free
+    (SESSION_CAPACITY, PREDICTORS_BUSY).
     """
     ReleasePredictor: _aio.UnaryUnaryMultiCallable[_trainer_service_pb2.ReleasePredictorRequest, _trainer_service_pb2.ReleasePredictorResponse]  # type: ignore[assignment]
     """Ends the resident predictor of a model, if there is one (the gateway calls it when the model is
@@ -165,9 +169,11 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         the call runs `predict.py` once from its file entry point (cold, `mode` ONE_SHOT).
 
         NOT_FOUND when the artifact does not exist; INVALID_ARGUMENT when the inputs do not fit the
-        model (with the program's error in the message); ABORTED (reason PREDICTOR_CRASHED) when the
-        model's predictor died during this call (the next call starts a new one);
-        RESOURCE_EXHAUSTED when predict.py hit a limit or no sandbox is free.
+        model (with the program's error in the message); FAILED_PRECONDITION (reason
+        PREDICT_LOAD_FAILED) when the model's `load()` fails; ABORTED (reason PREDICTOR_CRASHED) when
+        the model's predictor died during this call (the next call starts a new one);
+        RESOURCE_EXHAUSTED when predict.py hit a limit (PREDICT_LIMIT) or no sandbox is free
+        (SESSION_CAPACITY, PREDICTORS_BUSY).
         """
 
     @_abc_1.abstractmethod
