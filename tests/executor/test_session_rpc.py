@@ -23,6 +23,7 @@ from session_helpers import (
     SESSION_MEMORY,
     SESSION_SLOTS,
     SESSION_UIDS,
+    Client,
     Server,
     open_session,
     rpc_error,
@@ -209,9 +210,7 @@ async def test_bad_messages_are_invalid_argument(server: Server) -> None:
     assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "call.payload" in dict(field_violations_of(err))
     # A call first, and a second start.
-    first_call = open_session(server, start())
-    first_call.first = pb.SessionRequest(call=pb.SessionCall(call_id=1, payload=b"x"))
-    first_call.__post_init__()
+    first_call = Client(server, pb.SessionRequest(call=pb.SessionCall(call_id=1, payload=b"x")))
     err = await rpc_error(first_call)
     assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and "start" in dict(field_violations_of(err))
     again = open_session(server, start())
