@@ -231,6 +231,13 @@ class PredictorPool:
                 if resident.failure is not None:
                     raise resident.failure
                 async with resident.lock:
+                    ended = resident.session.ended if resident.session is not None else None
+                    if ended is not None:
+                        # It ended between calls (a crash, a limit, the executor's idle timeout):
+                        # not this call's failure; the next round starts a new one.
+                        if ended.reason not in (ExitReason.COMPLETED, ExitReason.TIMEOUT):
+                            self._died.add(resident.artifact_id)
+                        await self._end(resident, "ended", count=False)
                     if resident.closed:
                         # Its process died (or was released) while this call waited its turn: the
                         # next round starts a new one.
