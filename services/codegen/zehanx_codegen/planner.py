@@ -852,7 +852,7 @@ class Planner:
             "about 0.88 accuracy where 1-nearest-neighbour reaches 0.80.",
             (
                 "Training: ridge regression on the class codes; its strength is chosen from "
-                f"{len(hp['alphas'])} values (1e-3 to 1e3) by leave-one-out on the training rows and checked on "
+                f"{len(SERIES.values('alphas')['alphas'])} values (1e-3 to 1e3) by leave-one-out on the training rows and checked on "
                 "the validation rows, then chosen again and refit on train + validation together."
                 if classifier == "ridge"
                 else f"Training: softmax regression on mini-batches (AdamW), the epoch picked on the validation "

@@ -478,7 +478,7 @@ class _FileFlow:
     @staticmethod
     def _scope_nodes(body: Iterable[ast.stmt]) -> Iterator[ast.AST]:
         nested = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda
-        stack = [node for node in body if not isinstance(node, nested)]
+        stack: list[ast.AST] = [node for node in body if not isinstance(node, nested)]
         while stack:
             node = stack.pop()
             yield node
@@ -593,15 +593,15 @@ class _Scope:
                 return _Verdict(Trust.PIECE)
             return _Verdict(Trust.BAD, why=f"{resolved or node.attr!r} has no known origin")
         if isinstance(node, ast.Subscript):
-            base = self.module.resolve(node.value)
+            indexed = self.module.resolve(node.value)
             key = node.slice
             if (
-                base == "os.environ"
+                indexed == "os.environ"
                 and isinstance(key, ast.Constant)
                 and key.value in ("ZX_DATA", "ZX_OUTPUT")
             ):
                 return _Verdict(Trust.ROOT)
-            if base == "sys.argv":
+            if indexed == "sys.argv":
                 if self.is_predict:
                     return _Verdict(Trust.ROOT)
                 return _Verdict(Trust.BAD, why="command-line paths are only for predict.py")
@@ -614,7 +614,7 @@ class _Scope:
                         return _Verdict(Trust.BAD, why=f"{value.value!r}")
                     if i == 0 and str(value.value).startswith("/"):
                         return _Verdict(Trust.BAD, why="an absolute path")
-                else:
+                elif isinstance(value, ast.FormattedValue):
                     inner = self.trust(value.value, seen)
                     parts.append(inner if i == 0 else _as_piece(inner))
             if node.values and not isinstance(node.values[0], ast.Constant) and parts:
@@ -687,7 +687,7 @@ class _Scope:
         return None
 
     def _bind_args(self, fn: _Function, node: ast.Call) -> list[tuple[str, ast.AST]]:
-        bound = list(zip(fn.params, node.args, strict=False))
+        bound: list[tuple[str, ast.AST]] = list(zip(fn.params, node.args, strict=False))
         bound += [(k.arg, k.value) for k in node.keywords if k.arg in fn.params]
         return bound
 

@@ -321,7 +321,7 @@ def progress_response(sequence: int, when: datetime, event: Progress) -> pb.Buil
         sequence=sequence,
         event_time=timestamp(when),
         progress=pb.BuildProgress(
-            phase=PHASES[event.phase],  # type: ignore[arg-type]
+            phase=PHASES[event.phase],
             message=event.message,
             source=event.source,
             bytes_done=event.bytes_done,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ def _round(x: float) -> float:
     return float(f"{x:.6g}")
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
     if not sorted_values:
         return 0.0
     k = (len(sorted_values) - 1) * q

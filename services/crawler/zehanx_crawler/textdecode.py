@@ -70,27 +70,25 @@ def decode_text(data: bytes, declared: str | None = None, *, name: str = "", htm
                 return Decoded(text, encoding)
     notes: list[str] = []
     if declared:
-        encoding = _normalise_label(declared)
-        if encoding is None:
+        label = _normalise_label(declared)
+        if label is None:
             notes.append(f"{name}: unknown declared charset {declared!r} ignored")
         else:
-            text = _try(data, encoding)
+            text = _try(data, label)
             if text is not None:
-                return Decoded(text, encoding, notes)
+                return Decoded(text, label, notes)
             notes.append(
                 f"{name}: declared charset {declared} does not fit the bytes; detecting the encoding"
             )
     if html:
         match = _META_CHARSET.search(data[:4096])
         if match:
-            encoding = _normalise_label(match.group(1).decode("ascii", "replace"))
-            if encoding:
-                text = _try(data, encoding)
+            meta = _normalise_label(match.group(1).decode("ascii", "replace"))
+            if meta:
+                text = _try(data, meta)
                 if text is not None:
-                    return Decoded(text, encoding, notes)
-                notes.append(
-                    f"{name}: <meta charset={encoding}> does not fit the bytes; detecting the encoding"
-                )
+                    return Decoded(text, meta, notes)
+                notes.append(f"{name}: <meta charset={meta}> does not fit the bytes; detecting the encoding")
     text = _try(data, "utf-8")
     if text is not None:
         return Decoded(text, "utf-8", notes)

@@ -20,7 +20,7 @@ import tarfile
 import zipfile
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Protocol
 
 from zehanx_runtime.errors import FailedPrecondition, ResourceExhausted
 
@@ -47,6 +47,12 @@ def _human(n: int) -> str:
     return str(n)
 
 
+class _Readable(Protocol):
+    """A file-like source of bytes: a zip or tar member, a gzip/bz2/xz stream."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class _Budget:
     def __init__(self, archive: str, limits: ArchiveLimits, compressed: int) -> None:
         self.archive = archive
@@ -54,7 +60,7 @@ class _Budget:
         self.compressed = max(1, compressed)
         self.used = 0
 
-    def read(self, stream: BinaryIO, member: str, member_compressed: int | None) -> bytes:
+    def read(self, stream: _Readable, member: str, member_compressed: int | None) -> bytes:
         out = io.BytesIO()
         while True:
             chunk = stream.read(_CHUNK)
