@@ -1,4 +1,4 @@
-"""The trainer's values: what a run is given, what it reports, and the task families. No grpc.
+"""The trainer's values: what a run is given and what it reports. No grpc.
 
 The servicer converts ``TrainRequest`` into a :class:`TrainSpec` and each :class:`Sequenced` event
 into a ``TrainResponse``; ``training.py`` runs the spec.
@@ -6,7 +6,6 @@ into a ``TrainResponse``; ``training.py`` runs the spec.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -25,25 +24,15 @@ DATA_DIR = "data"
 OUTPUT_DIR = "output"
 
 
-class TaskFamily(enum.StrEnum):
-    """Named as in ``schema.json`` and ``zehanx.common.v1.TaskFamily`` (the crawler decides it)."""
-
-    TEXT_CLASSIFICATION = "text_classification"
-    TABULAR_CLASSIFICATION = "tabular_classification"
-    TABULAR_REGRESSION = "tabular_regression"
-    IMAGE_CLASSIFICATION = "image_classification"
-    TIME_SERIES_FORECASTING = "time_series_forecasting"
-    TIME_SERIES_CLASSIFICATION = "time_series_classification"
-
-
-#: How the trainer scores each task family.
+#: How the trainer scores each task family (``schema.json``'s names of ``zehanx.common.v1.TaskFamily``;
+#: the crawler decides the family, codegen's plan carries it here).
 TASK_KINDS: dict[str, TaskKind] = {
-    TaskFamily.TEXT_CLASSIFICATION: TaskKind.CLASSIFICATION,
-    TaskFamily.TABULAR_CLASSIFICATION: TaskKind.CLASSIFICATION,
-    TaskFamily.IMAGE_CLASSIFICATION: TaskKind.CLASSIFICATION,
-    TaskFamily.TABULAR_REGRESSION: TaskKind.REGRESSION,
-    TaskFamily.TIME_SERIES_FORECASTING: TaskKind.FORECASTING,
-    TaskFamily.TIME_SERIES_CLASSIFICATION: TaskKind.CLASSIFICATION,
+    "text_classification": TaskKind.CLASSIFICATION,
+    "tabular_classification": TaskKind.CLASSIFICATION,
+    "image_classification": TaskKind.CLASSIFICATION,
+    "tabular_regression": TaskKind.REGRESSION,
+    "time_series_forecasting": TaskKind.FORECASTING,
+    "time_series_classification": TaskKind.CLASSIFICATION,
 }
 
 
