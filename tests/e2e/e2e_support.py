@@ -43,6 +43,7 @@ for extra in (
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
+from support.datasets import TINY_SCHEMA, tiny_rows  # noqa: E402
 from support.sandbox import local_executor_env, require_local_sandbox  # noqa: E402
 from svc_harness import ServiceProcess, free_port, start_service  # noqa: E402
 
@@ -208,22 +209,13 @@ def digits_dataset(root: Path) -> crawler_dataset_pb2.Dataset:
 
 
 def tiny_dataset(root: Path) -> crawler_dataset_pb2.Dataset:
-    def split(n: int, offset: int) -> list[dict]:
-        return [
-            {"x": ((i * 37 + offset) % 41) - 20.5, "label": "pos" if ((i * 37 + offset) % 41) > 20 else "neg"}
-            for i in range(n)
-        ]
-
-    schema = {
-        "format": "zehanx.dataset",
-        "format_version": 1,
-        "task": "tabular_classification",
-        "target": "label",
-        "inputs": ["x"],
-        "classes": ["neg", "pos"],
-    }
-    rows = {"train": split(60, 0), "validation": split(20, 7), "test": split(30, 13)}
-    return _dataset(root / "tiny", "tiny", rows, schema, task_family_pb2.TASK_FAMILY_TABULAR_CLASSIFICATION)
+    return _dataset(
+        root / "tiny",
+        "tiny",
+        tiny_rows(),
+        dict(TINY_SCHEMA),
+        task_family_pb2.TASK_FAMILY_TABULAR_CLASSIFICATION,
+    )
 
 
 def digits_program() -> program_pb2.Program:

@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "services"))
 sys.path.insert(0, str(REPO / "examples" / "reference_digits"))
 
+from support.datasets import TINY_SCHEMA, tiny_rows  # noqa: E402
 from support.sandbox import local_executor_env, require_local_sandbox  # noqa: E402
 from svc_harness import ServiceProcess, start_service  # noqa: E402
 
@@ -109,25 +110,7 @@ def digits(dataset_root: Path) -> Dataset:
 def tiny(dataset_root: Path) -> Dataset:
     """A tiny two-class tabular dataset: label = x > 0 (the cheap programs use it)."""
 
-    def split(n: int, offset: int) -> list[dict]:
-        return [
-            {"x": ((i * 37 + offset) % 41) - 20.5, "label": "pos" if ((i * 37 + offset) % 41) > 20 else "neg"}
-            for i in range(n)
-        ]
-
-    schema = {
-        "format": "zehanx.dataset",
-        "format_version": 1,
-        "task": "tabular_classification",
-        "target": "label",
-        "inputs": ["x"],
-        "classes": ["neg", "pos"],
-    }
-    return _write_dataset(
-        dataset_root / "tiny",
-        {"train": split(60, 0), "validation": split(20, 7), "test": split(30, 13)},
-        schema,
-    )
+    return _write_dataset(dataset_root / "tiny", tiny_rows(), dict(TINY_SCHEMA))
 
 
 @pytest.fixture(scope="session")
