@@ -261,39 +261,38 @@ class Planner:
 
     def _target(self, profile: DatasetProfile, options: PlanOptions) -> ColumnProfile:
         """The crawler's target (``schema.json``), or the caller's hint; checked, never guessed."""
-        names = profile.names
+
+        def refused(message: str, field: str, problem: str, reason: str) -> InvalidArgument:
+            columns = "; columns: " + ", ".join(profile.names[:50])
+            return InvalidArgument(
+                message + columns, violations=[FieldViolation(field, problem, reason)], reason=reason
+            )
+
         if options.target_hint:
             found = profile.column(options.target_hint)
             if found is None:
-                raise InvalidArgument(
-                    f"target_column_hint {options.target_hint!r} is not a column of the dataset; columns: "
-                    + ", ".join(names[:50]),
-                    violations=[
-                        FieldViolation("target_column_hint", "not a column of the dataset", "UNKNOWN_COLUMN")
-                    ],
-                    reason="UNKNOWN_COLUMN",
+                raise refused(
+                    f"target_column_hint {options.target_hint!r} is not a column of the dataset",
+                    "target_column_hint",
+                    "not a column of the dataset",
+                    "UNKNOWN_COLUMN",
                 )
             return found
         if not profile.schema_target:
-            raise InvalidArgument(
+            raise refused(
                 "no target column: the dataset's schema.json names none (the crawler decides it when it "
-                "builds the dataset) and no target_column_hint was given; columns: " + ", ".join(names[:50]),
-                violations=[
-                    FieldViolation(
-                        "target_column_hint", "needed when schema.json names no target", "NO_TARGET_COLUMN"
-                    )
-                ],
-                reason="NO_TARGET_COLUMN",
+                "builds the dataset) and no target_column_hint was given",
+                "target_column_hint",
+                "needed when schema.json names no target",
+                "NO_TARGET_COLUMN",
             )
         found = profile.column(profile.schema_target)
         if found is None:
-            raise InvalidArgument(
-                f"schema.json's target {profile.schema_target!r} is not a column of the profile; columns: "
-                + ", ".join(names[:50]),
-                violations=[
-                    FieldViolation("schema_json", "target is not a column of the profile", "UNKNOWN_COLUMN")
-                ],
-                reason="UNKNOWN_COLUMN",
+            raise refused(
+                f"schema.json's target {profile.schema_target!r} is not a column of the profile",
+                "schema_json",
+                "target is not a column of the profile",
+                "UNKNOWN_COLUMN",
             )
         return found
 
