@@ -139,6 +139,14 @@ def test_train_watch_live_reload_download_predict_and_delete(
     page.get_by_role("button", name="Predict").click()
     page.locator("#prediction").wait_for(timeout=120_000)
     assert page.locator("#prediction").text_content().strip() not in ("", "null")
+    first = page.locator("#predict-latency")
+    assert first.get_attribute("data-warm") in ("true", "false") and "at the trainer" in first.text_content()
+    answer = page.locator("#prediction").text_content()
+    # The second call is answered by the model's loaded predictor: warm, the same answer.
+    page.get_by_role("button", name="Predict").click()
+    page.locator("#predict-latency[data-warm='true']").wait_for(timeout=30_000)
+    assert page.locator("#predict-latency").text_content().startswith("Warm")
+    assert page.locator("#prediction").text_content() == answer
     shot(page, "model")
 
     # Datasets: what the job built.
