@@ -21,11 +21,12 @@ from typing import Any
 
 import pytest
 from sandbox_helpers import UID_BASE, RunResult, require_isolation, sandbox_uid_pids, spec
+from support.ray_cluster import ray_cluster as start_ray_cluster
 from zehanx_executor.app import SandboxUnavailableError, build_executor
 from zehanx_executor.sandbox.local import LocalSandbox, LocalSandboxConfig
 from zehanx_executor.sandbox.model import ExitReason, Finished, Output, Started, Stream
 from zehanx_executor.sandbox.probe import Capabilities
-from zehanx_executor.sandbox.raycluster import RayConfig, RaySandbox, refresh_ray_auth
+from zehanx_executor.sandbox.raycluster import RayConfig, RaySandbox
 from zehanx_executor.sandbox.raynode import NodeConfig
 from zehanx_executor.service import ExecuteInput, LimitRequest
 from zehanx_executor.settings import ExecutorSettings
@@ -43,20 +44,6 @@ TOKEN = secrets.token_hex(16)
 GCS_PORT = 6610
 
 
-def _ports(base: int, workers: int) -> dict[str, int]:
-    return {
-        "node_manager_port": base + 1,
-        "object_manager_port": base + 2,
-        "metrics_export_port": base + 3,
-        "dashboard_agent_listen_port": base + 4,
-        "metrics_agent_port": base + 5,
-        "runtime_env_agent_port": base + 6,
-        "min_worker_port": workers,
-        "max_worker_port": workers + 49,
-        "object_store_memory": 100_000_000,
-    }
-
-
 @dataclass
 class RayCluster:
     cluster: Any
@@ -65,63 +52,18 @@ class RayCluster:
     pids: list[int]
 
 
-def _node_pids(node: Any) -> list[int]:
-    return [p.process.pid for procs in node.all_processes.values() for p in procs if p.process]
-
-
 @pytest.fixture(scope="module")
 def ray_cluster(caps: Capabilities) -> Iterator[RayCluster]:
-    from ray.cluster_utils import Cluster
-
-    env = pytest.MonkeyPatch()
-    env.setenv("RAY_AUTH_MODE", "token")
-    env.setenv("RAY_AUTH_TOKEN", TOKEN)
-    env.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    env.setenv("DASHBOARD_METRIC_PORT", str(GCS_PORT + 90))
-    env.setenv("AUTOSCALER_METRIC_PORT", str(GCS_PORT + 91))
-    refresh_ray_auth()  # this process starts the head: it must speak token auth too
-    started = time.monotonic()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 0,
-            "memory": GiB // 2,
-            "include_dashboard": False,
-            "gcs_server_port": GCS_PORT,
-            "ray_client_server_port": GCS_PORT + 8,
-            **_ports(GCS_PORT, 21500),
-        },
-    )
-    try:
-        node_b = cluster.add_node(
-            num_cpus=1,
-            memory=3 * GiB,
-            resources={"zx_sandbox": 1, "node_b": 1},
-            **_ports(GCS_PORT + 10, 21550),
-        )
-        node_c = cluster.add_node(
-            num_cpus=2,
-            memory=1 * GiB,
-            resources={"zx_sandbox": 1, "node_c": 1},
-            **_ports(GCS_PORT + 20, 21600),
-        )
-        cluster.wait_for_nodes()
-        print(f"\nray cluster of 3 nodes up in {time.monotonic() - started:.1f} s")
-        pids = [pid for node in cluster.list_all_nodes() for pid in _node_pids(node)]
-        yield RayCluster(cluster, node_b, node_c, pids)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()  # kills the processes it started, by pid (never `ray stop`)
-        env.undo()
-        refresh_ray_auth()
-    deadline = time.monotonic() + 10
-    while (alive := [p for p in pids if os.path.exists(f"/proc/{p}")]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not alive, f"Ray processes outlived the cluster: {alive}"
+    workers = [
+        {"num_cpus": 1, "memory": 3 * GiB, "resources": {"zx_sandbox": 1, "node_b": 1}},
+        {"num_cpus": 2, "memory": 1 * GiB, "resources": {"zx_sandbox": 1, "node_c": 1}},
+    ]
+    with start_ray_cluster(GCS_PORT, 21500, workers, token=TOKEN) as up:
+        yield RayCluster(up.cluster, up.workers[0], up.workers[1], up.pids)
     # The nodes' workers died with the cluster, each with its (empty) instance folder and cgroups: the
     # next sandbox built on the host removes what dead instances left, as after a crashed executor.
-    workers = [int(d.name.split("-")[0]) for d in (WORK_DIR / "jobs").iterdir()]
-    assert not _wait_gone(workers, 15.0), "Ray workers outlived their raylets"
+    workers_left = [int(d.name.split("-")[0]) for d in (WORK_DIR / "jobs").iterdir()]
+    assert not _wait_gone(workers_left, 15.0), "Ray workers outlived their raylets"
     sweeper = LocalSandbox(LocalSandboxConfig(work_dir=WORK_DIR, uid_base=RAY_UID_BASE), caps)
     asyncio.run(sweeper.close())
     assert not list((WORK_DIR / "jobs").iterdir())

@@ -9,6 +9,9 @@ The executor service is the cluster's driver (``ray.init(address=...)``). Per ru
 2. the task is submitted with ``max_retries=0``: Ray's retry re-runs a task and splices the second run's
    output into the first one's stream with no marker (ray.md §6), so a lost node ends the run with a
    message that starts with ``NODE_LOST`` and the caller (the trainer) decides whether to run it again;
+   until the cluster itself marks that node dead (its health checks fail: ~15 s with Ray's defaults),
+   Ray still places runs there, where they wait for the node's end; so a node this driver saw lose a
+   run is avoided (runs go to another fitting node, :meth:`RaySandbox.placement`) until then;
 3. the first item (the task's :class:`Placed` marker) must come within ``first_event_timeout_s``;
    otherwise the task is cancelled and the call fails with DEADLINE_EXCEEDED (the cluster is full);
 4. events stream back as the node produces them (a Ray streaming generator, batched on the node);
@@ -51,6 +54,8 @@ log = get_logger("zehanx.executor.ray")
 
 #: A sliver of the node resource per run, so many runs share a node (Ray's precision is 0.0001).
 NODE_RESOURCE_SHARE = 0.001
+#: How long at most a node that lost a run is avoided while the cluster still lists it alive.
+LOST_NODE_AVOID_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -168,6 +173,36 @@ class RaySandbox:
         self.config, self.node = config, node
         self._task = ray.remote(raynode.run_on_node)
         self._sweep = ray.remote(raynode.sweep_node)
+        #: Nodes this driver saw lose a run, while the cluster still lists them alive (node id -> when).
+        self.lost_nodes: dict[str, float] = {}
+
+    def placement(self, need: Mapping[str, float]) -> Any | None:
+        """A scheduling strategy that keeps a run off nodes that just lost one, or None (Ray decides).
+
+        After a node dies, the cluster lists it alive until its health checks have failed (Ray's
+        defaults: 5 checks 3 s apart); Ray's scheduler may lease the next run there and that run waits
+        until then. While such a node is listed alive, the run is pinned (softly: Ray may still spill it
+        elsewhere when that node is busy) to the fitting node with the most free CPUs among the others.
+        """
+        if not self.lost_nodes:
+            return None
+        from ray._private.state import available_resources_per_node
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        now = time.monotonic()
+        nodes = cluster_nodes()
+        alive = {n["node_id"] for n in nodes}
+        for node_id, when in list(self.lost_nodes.items()):
+            if node_id not in alive or now - when > LOST_NODE_AVOID_S:
+                del self.lost_nodes[node_id]  # marked dead (Ray's scheduler skips it now) or long ago
+        if not self.lost_nodes:
+            return None
+        free = available_resources_per_node()
+        candidates = [n for n in nodes if n["node_id"] not in self.lost_nodes and fits(n["resources"], need)]
+        if not candidates:
+            return None
+        best = max(candidates, key=lambda n: free.get(n["node_id"], {}).get("CPU", 0.0))
+        return NodeAffinitySchedulingStrategy(best["node_id"], soft=True, _spill_on_unavailable=True)
 
     def check(self, spec: JobSpec) -> None:
         need = resources_for(spec.limits, self.config.node_resource)
@@ -227,6 +262,9 @@ class _RayRun:
             "retry_exceptions": False,
             "name": f"zx-run-{spec.execution_id}",
         }
+        strategy = self.box.placement(need)
+        if strategy is not None:
+            options["scheduling_strategy"] = strategy
         if self.cancelled:  # aborted before it was submitted
             self.ended = True
             yield _cancelled()
@@ -306,6 +344,8 @@ class _RayRun:
         reason = ExitReason.NODE_LOST
         if isinstance(exc, rex.NodeDiedError):
             message = f"NODE_LOST: the Ray node {where} running the run was lost; the run did not finish"
+            if self.placed is not None:
+                self.box.lost_nodes[self.placed.node_id] = time.monotonic()
         elif isinstance(exc, rex.WorkerCrashedError):
             message = f"NODE_LOST: the Ray worker on {where} running the sandbox died"
         else:
