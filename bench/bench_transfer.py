@@ -66,7 +66,7 @@ async def _datasets(tmp: Path, mb: int, reps: int) -> tuple[list[float], list[fl
     from zehanx_crawler.servicer import SERVICE_NAME
     from zehanx_crawler.settings import CrawlerSettings
     from zehanx_runtime.server import ServiceBinding, start_server
-    from zehanx_trainer.crawler_client import GrpcCrawlerFiles
+    from zehanx_trainer.clients.crawler import GrpcCrawlerFiles
     from zehanx_trainer.datasets import LocalDatasetFiles
 
     datasets = tmp / "crawler" / "datasets"

@@ -289,7 +289,7 @@ def trainer(online: bool) -> Check:
     elif kind == "unknown":
         check.warnings.append("the Supabase key is neither sb_secret_… nor a JWT")
     if online and not check.problems:
-        from zehanx_trainer.supabase_store import storage_headers
+        from zehanx_trainer.clients.supabase import storage_headers
 
         # storage3 get_bucket(id): GET <url>/storage/v1/bucket/<id> (storage3/_sync/bucket.py:72).
         url = f"{s.supabase_url.rstrip('/')}/storage/v1/bucket/{s.supabase_bucket}"

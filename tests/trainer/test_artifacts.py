@@ -12,7 +12,7 @@ import httpx
 import pytest
 from zehanx_runtime.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, Unavailable
 from zehanx_trainer.artifacts import ArtifactStore, LocalBlobBackend, object_key, sha256_hex
-from zehanx_trainer.supabase_store import SupabaseBlobBackend
+from zehanx_trainer.clients.supabase import SupabaseBlobBackend
 
 FILES = {
     "train.py": b"print('train')\n",

@@ -91,8 +91,8 @@ async def test_the_smoke_run_reports_a_missing_module_as_not_repairable() -> Non
     # The contract carries it, so the gateway can tell the operator's problem from the program's.
     from datetime import UTC, datetime
 
+    from zehanx_trainer.convert import to_response
     from zehanx_trainer.domain import Sequenced
-    from zehanx_trainer.servicer import to_response
 
     message = to_response(Sequenced(1, datetime.now(UTC), failure))
     assert message.program_failure.environment and not message.program_failure.repairable

@@ -12,9 +12,9 @@ from zehanx.common.v1 import resources_pb2
 from zehanx.trainer.v1 import trainer_service_pb2 as pb
 from zehanx_runtime.errors import FailedPrecondition
 from zehanx_trainer.artifacts import ArtifactStore, LocalBlobBackend
+from zehanx_trainer.convert import to_spec
 from zehanx_trainer.domain import ProgramFailed, TrainerConfig
 from zehanx_trainer.executor_port import ExecEvent, ExecRequest, ExecResult, ExecUsage, ExitReason
-from zehanx_trainer.servicer import to_spec
 from zehanx_trainer.training import Trainer
 
 HAS_GPU = bool(glob.glob("/dev/nvidia[0-9]*"))

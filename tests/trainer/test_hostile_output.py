@@ -25,6 +25,7 @@ from zehanx.common.v1 import log_pb2, task_family_pb2
 from zehanx_runtime.errors import FailedPrecondition
 from zehanx_trainer import training
 from zehanx_trainer.artifacts import ArtifactStore, LocalBlobBackend
+from zehanx_trainer.convert import to_spec
 from zehanx_trainer.domain import LogLine, ProgramFailed, RunSucceeded, TrainerConfig, TrainEvent
 from zehanx_trainer.evaluation import TaskKind, parse_predictions
 from zehanx_trainer.executor_port import (
@@ -37,7 +38,6 @@ from zehanx_trainer.executor_port import (
     ExitReason,
 )
 from zehanx_trainer.prediction import Predictor, PredictorConfig
-from zehanx_trainer.servicer import to_spec
 from zehanx_trainer.training import Trainer
 from zehanx_trainer.weights import MAX_HEADER_BYTES, WeightsError, inspect_safetensors
 

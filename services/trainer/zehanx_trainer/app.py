@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zehanx_trainer.artifacts import ArtifactStore, LocalBlobBackend
-from zehanx_trainer.crawler_client import GrpcCrawlerFiles
+from zehanx_trainer.clients.crawler import GrpcCrawlerFiles
+from zehanx_trainer.clients.executor import GrpcExecutor
 from zehanx_trainer.datasets import DatasetFileRouter, DatasetFiles, LocalDatasetFiles
-from zehanx_trainer.executor_client import GrpcExecutor
 from zehanx_trainer.executor_port import Executor
 from zehanx_trainer.prediction import Predictor, PredictorConfig
 from zehanx_trainer.servicer import TrainerServicer
@@ -61,7 +61,7 @@ def trainer_config(settings: TrainerSettings) -> TrainerConfig:
 
 def build_store(settings: TrainerSettings) -> tuple[ArtifactStore, str]:
     if settings.use_supabase:
-        from zehanx_trainer.supabase_store import SupabaseBlobBackend
+        from zehanx_trainer.clients.supabase import SupabaseBlobBackend
 
         assert settings.supabase_url and settings.supabase_service_key
         backend = SupabaseBlobBackend.connect(

@@ -12,7 +12,7 @@ it created, so an artifact either exists whole or not at all. Every read recompu
 refuses bytes that do not match.
 
 Backends are :class:`BlobBackend` ports: :class:`LocalBlobBackend` (a folder, the default) and
-``SupabaseBlobBackend`` (Supabase Storage, in :mod:`zehanx_trainer.supabase_store`).
+``SupabaseBlobBackend`` (Supabase Storage, in :mod:`zehanx_trainer.clients.supabase`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The trainer reads the three split files itself, through a :class:`DatasetFiles` port chosen by the
 URI's scheme: ``zx-crawler:`` files come from the crawler over ``CrawlerService.ReadDatasetFile``
-(:mod:`zehanx_trainer.crawler_client`; the crawler's folder is never opened here), and ``file://``
+(:mod:`zehanx_trainer.clients.crawler`; the crawler's folder is never opened here), and ``file://``
 URIs (a caller's own files) only from folders the operator listed in ``ZX_TRAINER_DATASET_ROOTS``. Train and validation go into the sandbox verbatim
 (``data/train.<ext>``, ``data/validation.<ext>``, ``data/schema.json``); the test split never does:
 only its input columns are written, as ``test_inputs.jsonl``, into the evaluation sandbox, and its

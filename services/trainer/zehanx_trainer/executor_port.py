@@ -1,6 +1,6 @@
 """The trainer's port to the sandbox: what it asks of an executor and the events it gets back.
 
-Plain dataclasses and a ``typing.Protocol``; the gRPC adapter (:mod:`zehanx_trainer.executor_client`)
+Plain dataclasses and a ``typing.Protocol``; the gRPC adapter (:mod:`zehanx_trainer.clients.executor`)
 implements it over ``ExecutorService.Execute``, tests may implement it in memory.
 """
 

@@ -12,7 +12,7 @@ import asyncio
 import contextvars
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 from google.protobuf import json_format
@@ -26,6 +26,7 @@ from zehanx_runtime.errors import DomainError, Internal
 
 from zehanx_trainer.executor_port import (
     ExecEvent,
+    ExecFile,
     ExecLimits,
     ExecMetric,
     ExecOutput,
@@ -80,12 +81,14 @@ def _limits(limits: ExecLimits) -> pb.Limits:
     )
 
 
+def _files(files: Iterable[ExecFile]) -> list[pb.ExecutionFile]:
+    return [pb.ExecutionFile(path=f.path, content=f.content, executable=f.executable) for f in files]
+
+
 def to_request(request: ExecRequest) -> pb.ExecuteRequest:
     return pb.ExecuteRequest(
         job_id=request.job_id,
-        files=[
-            pb.ExecutionFile(path=f.path, content=f.content, executable=f.executable) for f in request.files
-        ],
+        files=_files(request.files),
         argv=list(request.argv),
         env=dict(request.env),
         limits=_limits(request.limits),
@@ -98,9 +101,7 @@ def to_session_start(spec: SessionSpec) -> pb.SessionRequest:
     return pb.SessionRequest(
         start=pb.SessionStart(
             job_id=spec.job_id,
-            files=[
-                pb.ExecutionFile(path=f.path, content=f.content, executable=f.executable) for f in spec.files
-            ],
+            files=_files(spec.files),
             argv=list(spec.argv),
             env=dict(spec.env),
             limits=_limits(spec.limits),
