@@ -85,7 +85,7 @@ async def bare_first_output(folder: Path) -> float:
 
 
 def job(code: str, n: int, cpus: float):  # type: ignore[no-untyped-def]
-    from zehanx_executor.sandbox.model import JobFile, JobSpec, Limits
+    from zehanx_executor.domain import JobFile, JobSpec, Limits
 
     return JobSpec(
         execution_id=f"bench{n}",
@@ -97,7 +97,7 @@ def job(code: str, n: int, cpus: float):  # type: ignore[no-untyped-def]
 
 
 async def sandbox_first_output(box, n: int, cpus: float) -> float:  # type: ignore[no-untyped-def]
-    from zehanx_executor.sandbox.model import Finished, Output
+    from zehanx_executor.domain import Finished, Output
 
     t0 = time.perf_counter()
     elapsed = None
@@ -118,7 +118,7 @@ async def sandbox_first_output(box, n: int, cpus: float) -> float:  # type: igno
 async def abort_to_empty(
     box, code: str, n: int, cpus: float, *, lift: bool = True, settle_s: float = 0.0
 ) -> float:  # type: ignore[no-untyped-def]
-    from zehanx_executor.sandbox.model import Finished, Output
+    from zehanx_executor.domain import Finished, Output
 
     run = box.start(job(code, n, cpus), 1)
     if not lift:  # the kill as it was before the quota existed: cgroup.kill alone

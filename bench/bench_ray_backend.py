@@ -58,7 +58,7 @@ def ms(seconds: float) -> str:
 
 
 def spec(code: str, n: int, **limits: object):  # type: ignore[no-untyped-def]
-    from zehanx_executor.sandbox.model import JobFile, JobSpec, Limits
+    from zehanx_executor.domain import JobFile, JobSpec, Limits
 
     return JobSpec(
         execution_id=f"bench{n}",
@@ -69,7 +69,7 @@ def spec(code: str, n: int, **limits: object):  # type: ignore[no-untyped-def]
 
 
 async def hello(box, n: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    from zehanx_executor.sandbox.model import Finished, Output
+    from zehanx_executor.domain import Finished, Output
 
     t0 = time.perf_counter()
     first = end = 0.0
@@ -85,7 +85,7 @@ async def hello(box, n: int) -> tuple[float, float]:  # type: ignore[no-untyped-
 
 
 async def latency(box, n: int) -> list[float]:  # type: ignore[no-untyped-def]
-    from zehanx_executor.sandbox.model import Output
+    from zehanx_executor.domain import Output
 
     code = "import time\nfor i in range(40):\n    print(time.time(), flush=True)\n    time.sleep(0.02)\n"
     lags: list[float] = []
@@ -99,7 +99,7 @@ async def latency(box, n: int) -> list[float]:  # type: ignore[no-untyped-def]
 
 
 async def throughput(box, n: int, lines: int = 200_000) -> float:  # type: ignore[no-untyped-def]
-    from zehanx_executor.sandbox.model import Output
+    from zehanx_executor.domain import Output
 
     code = f"import sys\nw = sys.stdout.write\nfor i in range({lines}):\n    w('line %d\\n' % i)\n"
     got = 0
@@ -136,7 +136,7 @@ def start_head(token_file: Path, log: Path) -> subprocess.Popen[bytes]:
 
 def digits_spec(n: int, folder: Path):  # type: ignore[no-untyped-def]
     """The reference digits program as the trainer stages it: program files, zxrt, two data splits."""
-    from zehanx_executor.sandbox.model import JobFile, JobSpec, Limits
+    from zehanx_executor.domain import JobFile, JobSpec, Limits
     from zehanx_trainer.runtime_helper import zxrt_source
 
     program = ROOT / "examples" / "reference_digits"
@@ -167,7 +167,7 @@ def digits_spec(n: int, folder: Path):  # type: ignore[no-untyped-def]
 
 
 async def digits(box, n: int, folder: Path) -> float:  # type: ignore[no-untyped-def]
-    from zehanx_executor.sandbox.model import FileChunk, Finished
+    from zehanx_executor.domain import FileChunk, Finished
 
     t0 = time.perf_counter()
     files: set[str] = set()

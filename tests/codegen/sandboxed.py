@@ -15,8 +15,7 @@ from pathlib import Path
 from running import ZXRT
 from support.sandbox import require_local_sandbox
 from zehanx_codegen.domain import Program
-from zehanx_executor.sandbox.local import LocalSandbox, LocalSandboxConfig
-from zehanx_executor.sandbox.model import (
+from zehanx_executor.domain import (
     ExitReason,
     FileChunk,
     Finished,
@@ -29,6 +28,7 @@ from zehanx_executor.sandbox.model import (
     Output,
     Stream,
 )
+from zehanx_executor.sandbox.local import LocalSandbox, LocalSandboxConfig
 
 #: Distinct from a development executor (60600), the trainer (66000), e2e (60000, 67000) and the
 #: executor tests (100000+), outside systemd's dynamic-user range: sandbox uids 68500..68501, probe 68502.

@@ -6,8 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 import pytest
-from zehanx_executor.sandbox.local import LocalSandbox
-from zehanx_executor.sandbox.model import (
+from zehanx_executor.domain import (
     Event,
     FileChunk,
     Finished,
@@ -19,6 +18,7 @@ from zehanx_executor.sandbox.model import (
     Started,
     Stream,
 )
+from zehanx_executor.sandbox.local import LocalSandbox
 from zehanx_executor.sandbox.probe import ISOLATION_PROBE, isolation_problems
 
 WORK_DIR = "/var/tmp/zx-executor-tests"

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 from sandbox_helpers import assert_still_serving, require_isolation, run, sandbox_uid_pids
+from zehanx_executor.domain import ExitReason, Metric, Output
 from zehanx_executor.sandbox.local import LocalSandbox
-from zehanx_executor.sandbox.model import ExitReason, Metric, Output
 
 SECRET = "zx-test-secret-7f3a9c"
 

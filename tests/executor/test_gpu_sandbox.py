@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 from sandbox_helpers import run
+from zehanx_executor.domain import ExitReason
 from zehanx_executor.sandbox.local import LocalSandbox
-from zehanx_executor.sandbox.model import ExitReason
 from zehanx_executor.sandbox.probe import gpu_device_nodes
 
 pytestmark = [

@@ -9,8 +9,8 @@ import time
 
 import pytest
 from sandbox_helpers import assert_still_serving, run, sandbox_uid_pids, spec
+from zehanx_executor.domain import ExitReason, Finished, Output, Started, Stream
 from zehanx_executor.sandbox.local import LocalSandbox
-from zehanx_executor.sandbox.model import ExitReason, Finished, Output, Started, Stream
 from zehanx_executor.sandbox.probe import ISOLATION_PROBE, isolation_problems
 
 

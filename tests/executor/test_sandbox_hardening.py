@@ -19,8 +19,8 @@ from pathlib import Path
 import pydantic
 import pytest
 from sandbox_helpers import assert_still_serving, limits, require_isolation, run, spec
+from zehanx_executor.domain import ExitReason, Finished, Output
 from zehanx_executor.sandbox.local import LocalSandbox
-from zehanx_executor.sandbox.model import ExitReason, Finished, Output
 from zehanx_executor.sandbox.seccomp import NEWEST_REVIEWED, build_filter_bpf
 from zehanx_executor.service import EnvPolicy, ExecuteInput, Executor, LimitPolicy, LimitRequest, SlotPool
 from zehanx_executor.settings import ExecutorSettings
@@ -244,7 +244,7 @@ def _executor(box: LocalSandbox, slots: SlotPool) -> Executor:
 
 
 def _input(code: str, memory_bytes: int) -> ExecuteInput:
-    from zehanx_executor.sandbox.model import JobFile
+    from zehanx_executor.domain import JobFile
 
     return ExecuteInput(
         execution_id=f"mem{memory_bytes >> 20}",

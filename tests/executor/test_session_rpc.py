@@ -31,7 +31,7 @@ from session_helpers import (
     start,
 )
 from zehanx.executor.v1 import executor_service_pb2 as pb
-from zehanx_executor.sandbox.model import Limits
+from zehanx_executor.domain import Limits
 from zehanx_executor.sandbox.probe import Capabilities
 from zehanx_executor.sandbox.unsafe import UnsafeDevRunner
 from zehanx_executor.service import EnvPolicy, Executor, LimitPolicy, SessionInput, SlotPool

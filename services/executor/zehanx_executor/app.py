@@ -14,6 +14,7 @@ import uuid
 from zehanx_runtime.errors import DomainError
 from zehanx_runtime.logging import get_logger
 
+from zehanx_executor.domain import ExitReason, Finished, JobFile, JobSpec, Limits, Output, Stream
 from zehanx_executor.sandbox.e2b import (
     E2BConfig,
     E2BFactory,
@@ -22,7 +23,6 @@ from zehanx_executor.sandbox.e2b import (
     check_template,
 )
 from zehanx_executor.sandbox.local import LocalSandbox, LocalSandboxConfig
-from zehanx_executor.sandbox.model import ExitReason, Finished, JobFile, JobSpec, Limits, Output, Stream
 from zehanx_executor.sandbox.probe import ISOLATION_PROBE, isolation_problems, probe
 from zehanx_executor.sandbox.unsafe import WARNING, UnsafeDevRunner
 from zehanx_executor.service import EnvPolicy, Executor, LimitPolicy, SessionPolicy, SessionPool, SlotPool

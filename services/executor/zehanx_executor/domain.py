@@ -1,7 +1,7 @@
 """What a sandbox run is given and what it reports: limits, the job, and the events of a run.
 
 Plain dataclasses shared by every backend (local, E2B, the development runner), converted to and from
-protobuf only in the servicer. They mirror ``zehanx.executor.v1`` (ExecuteRequest / ExecuteResponse).
+protobuf only in :mod:`zehanx_executor.convert`. They mirror ``zehanx.executor.v1`` (ExecuteRequest / ExecuteResponse).
 """
 
 from __future__ import annotations

@@ -23,8 +23,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from zehanx_runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, ResourceExhausted
 from zehanx_runtime.logging import get_logger
 
-from zehanx_executor.sandbox.base import SandboxBackend, SandboxRun, SandboxSession, SessionBackend
-from zehanx_executor.sandbox.model import (
+from zehanx_executor.domain import (
     Event,
     Finished,
     JobFile,
@@ -34,6 +33,7 @@ from zehanx_executor.sandbox.model import (
     SessionEvent,
     Started,
 )
+from zehanx_executor.sandbox.base import SandboxBackend, SandboxRun, SandboxSession, SessionBackend
 
 log = get_logger("zehanx.executor")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from zehanx_executor.sandbox.model import Event, JobSpec, SessionEvent
+from zehanx_executor.domain import Event, JobSpec, SessionEvent
 
 
 class SandboxRun(Protocol):

@@ -36,10 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
-from zehanx_executor.sandbox.e2b_template import BUILD_COMMAND, PROBE_IMPORTS, TEMPLATE_SETTING
-from zehanx_executor.sandbox.globs import compile_globs
-from zehanx_executor.sandbox.metrics import MetricGate
-from zehanx_executor.sandbox.model import (
+from zehanx_executor.domain import (
     Event,
     ExitReason,
     FileChunk,
@@ -51,6 +48,9 @@ from zehanx_executor.sandbox.model import (
     Started,
     Stream,
 )
+from zehanx_executor.sandbox.e2b_template import BUILD_COMMAND, PROBE_IMPORTS, TEMPLATE_SETTING
+from zehanx_executor.sandbox.globs import compile_globs
+from zehanx_executor.sandbox.metrics import MetricGate
 from zehanx_executor.sandbox.output import OutputBudget, OutputParser
 from zehanx_runtime.errors import (
     DomainError,

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from zehanx_executor.sandbox.model import JobFile
+from zehanx_executor.domain import JobFile
 from zehanx_runtime.errors import ResourceExhausted
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

@@ -49,12 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from zehanx_executor.sandbox import jobdir as jobdir_mod
-from zehanx_executor.sandbox.cgroups import CgroupLayout, JobCgroup, remove_stale
-from zehanx_executor.sandbox.globs import compile_globs
-from zehanx_executor.sandbox.jobdir import FoundFile, JobDir
-from zehanx_executor.sandbox.metrics import MetricGate
-from zehanx_executor.sandbox.model import (
+from zehanx_executor.domain import (
     SANDBOX_OWN_PROCESSES,
     Event,
     ExitReason,
@@ -67,6 +62,11 @@ from zehanx_executor.sandbox.model import (
     Started,
     Stream,
 )
+from zehanx_executor.sandbox import jobdir as jobdir_mod
+from zehanx_executor.sandbox.cgroups import CgroupLayout, JobCgroup, remove_stale
+from zehanx_executor.sandbox.globs import compile_globs
+from zehanx_executor.sandbox.jobdir import FoundFile, JobDir
+from zehanx_executor.sandbox.metrics import MetricGate
 from zehanx_executor.sandbox.output import CHUNK_BYTES, OutputBudget, OutputParser
 from zehanx_executor.sandbox.probe import Capabilities, lib_links, world_traversable
 from zehanx_executor.sandbox.seccomp import build_filter_bpf, filter_fd

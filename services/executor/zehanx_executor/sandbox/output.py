@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from zehanx_executor.domain import Event, Metric, Output, Stream
 from zehanx_executor.sandbox.metrics import MAX_LINE_BYTES, PREFIX, MetricGate
-from zehanx_executor.sandbox.model import Event, Metric, Output, Stream
 
 CHUNK_BYTES = 64 * 1024
 

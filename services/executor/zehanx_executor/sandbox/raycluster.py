@@ -36,8 +36,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from zehanx_executor.sandbox import raynode
-from zehanx_executor.sandbox.model import (
+from zehanx_executor.domain import (
     Event,
     ExitReason,
     Finished,
@@ -46,6 +45,7 @@ from zehanx_executor.sandbox.model import (
     ResourceUsage,
     Started,
 )
+from zehanx_executor.sandbox import raynode
 from zehanx_executor.sandbox.raynode import NodeConfig, Placed
 from zehanx_runtime.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from zehanx_runtime.logging import get_logger

@@ -35,8 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from zehanx_executor.sandbox.local import LocalSandbox, LocalSandboxConfig, become_subreaper
-from zehanx_executor.sandbox.model import (
+from zehanx_executor.domain import (
     Event,
     ExitReason,
     FileChunk,
@@ -45,6 +44,7 @@ from zehanx_executor.sandbox.model import (
     Output,
     ResourceUsage,
 )
+from zehanx_executor.sandbox.local import LocalSandbox, LocalSandboxConfig, become_subreaper
 from zehanx_executor.sandbox.probe import probe
 from zehanx_runtime.errors import DomainError
 

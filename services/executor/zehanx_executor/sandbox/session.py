@@ -25,8 +25,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 
-from zehanx_executor.sandbox.local import LocalSandbox, _finish_even_if_cancelled, _LocalRun, _read_status
-from zehanx_executor.sandbox.model import (
+from zehanx_executor.domain import (
     SANDBOX_OWN_PROCESSES,
     ExitReason,
     Finished,
@@ -38,6 +37,7 @@ from zehanx_executor.sandbox.model import (
     Started,
     Stream,
 )
+from zehanx_executor.sandbox.local import LocalSandbox, _finish_even_if_cancelled, _LocalRun, _read_status
 from zehanx_executor.sandbox.output import CHUNK_BYTES
 from zehanx_runtime.errors import FailedPrecondition
 

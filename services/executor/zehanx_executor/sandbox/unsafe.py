@@ -19,10 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from zehanx_executor.sandbox.globs import compile_globs
-from zehanx_executor.sandbox.jobdir import JobDir
-from zehanx_executor.sandbox.metrics import MetricGate
-from zehanx_executor.sandbox.model import (
+from zehanx_executor.domain import (
     Event,
     ExitReason,
     FileChunk,
@@ -32,6 +29,9 @@ from zehanx_executor.sandbox.model import (
     Started,
     Stream,
 )
+from zehanx_executor.sandbox.globs import compile_globs
+from zehanx_executor.sandbox.jobdir import JobDir
+from zehanx_executor.sandbox.metrics import MetricGate
 from zehanx_executor.sandbox.output import CHUNK_BYTES, OutputBudget, OutputParser
 
 WARNING = "UNSAFE: no sandbox (ZX_EXECUTOR_UNSAFE_DEV_NO_SANDBOX=1): the program runs as a plain process"
