@@ -24,6 +24,7 @@ import grpc
 import pytest
 from edge_support import Edge, _quiet_logs, serve, stop  # noqa: F401
 from google.protobuf import duration_pb2, struct_pb2
+from support.stand_in_trainer import serve_trainer
 from zehanx.common.v1 import prediction_pb2
 from zehanx.gateway.v1 import model_pb2
 from zehanx.trainer.v1 import trainer_service_pb2 as tpb
@@ -62,16 +63,12 @@ class IrisTrainer(trpc.TrainerServiceServicer):
 
 @pytest.fixture
 async def served(database_url: str, tmp_path: Path) -> AsyncIterator[Edge]:
-    server = grpc.aio.server()
-    trpc.add_TrainerServiceServicer_to_server(IrisTrainer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    edge = await serve(database_url, tmp_path, trainer_address=f"127.0.0.1:{port}")
-    try:
-        yield edge
-    finally:
-        await stop(edge)
-        await server.stop(0)
+    async with serve_trainer(IrisTrainer()) as address:
+        edge = await serve(database_url, tmp_path, trainer_address=address)
+        try:
+            yield edge
+        finally:
+            await stop(edge)
 
 
 def readme_block(marker: str, language: str) -> str:

@@ -8,34 +8,13 @@ the OpenTelemetry SDK recording spans in memory."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from edge_support import ConnectError, Edge, _quiet_logs, edge, stream_error  # noqa: F401
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from support.tracing import CALLER_SPAN, TRACE_ID, spans  # noqa: F401
 
-TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-CALLER_SPAN = "00f067aa0ba902b7"
 CREATE = "zehanx.gateway.v1.GatewayService/CreateJob"
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """An SDK tracer provider for this test only (the global one put back after it, as OpenTelemetry's
-    own test utilities reset it: a provider can otherwise be installed once per process)."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    before = trace._TRACER_PROVIDER  # type: ignore[attr-defined]
-    trace._TRACER_PROVIDER = provider  # type: ignore[attr-defined]
-    try:
-        yield exporter
-    finally:
-        trace._TRACER_PROVIDER = before  # type: ignore[attr-defined]
-        provider.shutdown()
 
 
 def _edge_spans(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:

@@ -15,11 +15,9 @@ import asyncio
 import hashlib
 import inspect
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -28,9 +26,9 @@ from e2b.sandbox_async.commands.command import Commands
 from e2b.sandbox_async.commands.command_handle import AsyncCommandHandle
 from e2b.sandbox_async.filesystem.filesystem import Filesystem
 from e2b_code_interpreter import AsyncSandbox
+from support.http_stand_in import QuietHandler, serve_http
 from zehanx_executor.app import SandboxUnavailableError, build_executor
-from zehanx_executor.sandbox.e2b import E2BConfig, E2BSandbox
-from zehanx_executor.sandbox.model import (
+from zehanx_executor.domain import (
     Event,
     ExitReason,
     FileChunk,
@@ -43,6 +41,7 @@ from zehanx_executor.sandbox.model import (
     Started,
     Stream,
 )
+from zehanx_executor.sandbox.e2b import E2BConfig, E2BSandbox
 from zehanx_executor.settings import ExecutorSettings
 from zehanx_runtime.errors import FailedPrecondition, ResourceExhausted, Unavailable
 
@@ -92,7 +91,7 @@ ERRORS = {
 def api() -> Iterator[Api]:
     state = Api(port=0)
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def _record(self) -> None:
             n = int(self.headers.get("content-length") or 0)
             state.seen.append((self.command, self.path, dict(self.headers), self.rfile.read(n) if n else b""))
@@ -116,18 +115,9 @@ def api() -> Iterator[Api]:
             self.send_header("content-length", "0")
             self.end_headers()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.port = server.server_port
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serve_http(Handler) as port:
+        state.port = port
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # -- the data plane: fakes of envd checked against the SDK's signatures ------------------------------

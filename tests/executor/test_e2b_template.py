@@ -28,16 +28,15 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 from e2b.exceptions import AuthenticationException, BuildException
+from support.http_stand_in import QuietHandler, serve_http
 from typer.testing import CliRunner
 from zehanx_cli.main import app as zx
 from zehanx_executor.sandbox import e2b_template
@@ -72,7 +71,7 @@ LOG_ENTRY = {"timestamp": "2026-12-03T17:40:00Z", "level": "info", "message": "S
 def build_api() -> Iterator[BuildApi]:
     state = BuildApi()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def _body(self) -> bytes:
             if "chunked" in (self.headers.get("transfer-encoding") or ""):  # the SDK's client streams
                 out = b""
@@ -147,18 +146,9 @@ def build_api() -> Iterator[BuildApi]:
                 doc["reason"] = {"message": "Step 1/4 failed: pip install exited with 1", "step": "1"}
             self._json(200, doc)  # SDK get_templates_template_id_builds_build_id_status.py:48
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.port = server.server_port
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serve_http(Handler) as port:
+        state.port = port
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _pins() -> dict[str, str]:

@@ -3,13 +3,18 @@ real gateway (the same object graph ``zx-gateway`` serves) on port 0 with a real
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from zehanx.common.v1 import metrics_pb2, task_family_pb2
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
 from zehanx.gateway.v1 import model_pb2
@@ -69,6 +74,18 @@ class Served:
         return await self.gateway.registry.user_by_name(user)
 
 
+def es256_jwk(key: ec.EllipticCurvePrivateKey, kid: str) -> dict[str, Any]:
+    """``key``'s public half as a JWKS entry (ES256, for signing), like Supabase's keys."""
+    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    public.update({"kid": kid, "alg": "ES256", "use": "sig"})
+    return dict(public)
+
+
+def jwks_address(port: int) -> str:
+    """Where Supabase serves its JWKS, on a loopback stand-in at ``port``."""
+    return f"http://127.0.0.1:{port}/auth/v1/.well-known/jwks.json"
+
+
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
@@ -120,6 +137,20 @@ async def publish_model(
         user_id, convert.new_model(record, trainer_artifact_id=trainer_artifact_id)
     )
     return convert.model_to_proto(model)
+
+
+@asynccontextmanager
+async def gateway_with_trainer(
+    database_url: str, tmp_path: Path, trainer_address: str, trainer_token: str
+) -> AsyncIterator[Served]:
+    """A gateway whose trainer is the stand-in at ``trainer_address`` (``support.stand_in_trainer``)."""
+    running = await serve_gateway(
+        gateway_settings(database_url, tmp_path, trainer_address=trainer_address, trainer_token=trainer_token)
+    )
+    try:
+        yield running
+    finally:
+        await stop_gateway(running)
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,7 +14,17 @@ import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from gateway_support import JWT_SECRET, Served, bearer, gateway_settings, serve_gateway, stop_gateway
+from gateway_support import (
+    JWT_SECRET,
+    Served,
+    bearer,
+    es256_jwk,
+    gateway_settings,
+    jwks_address,
+    serve_gateway,
+    stop_gateway,
+)
+from support.http_stand_in import QuietHandler, serve_http
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
 from zehanx.gateway.v1 import job_pb2
 from zehanx_runtime.status import error_info_of
@@ -152,7 +160,7 @@ async def test_bad_jwts_are_unauthenticated(served: Served, reason: str, make: A
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-class _Jwks(http.server.BaseHTTPRequestHandler):
+class _Jwks(QuietHandler):
     document = b"{}"
     hits = 0
 
@@ -163,25 +171,14 @@ class _Jwks(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(self.document)
 
-    def log_message(self, *args: object) -> None:
-        pass
-
 
 @pytest.fixture
 def jwks_server() -> Iterator[tuple[str, ec.EllipticCurvePrivateKey]]:
     """A loopback JWKS endpoint, like Supabase's /auth/v1/.well-known/jwks.json, with one ES256 key."""
     key = ec.generate_private_key(ec.SECP256R1())
-    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
-    public.update({"kid": "key-1", "alg": "ES256", "use": "sig"})
-    _Jwks.document = json.dumps({"keys": [public]}).encode()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Jwks)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/auth/v1/.well-known/jwks.json", key
-    finally:
-        server.shutdown()
-        server.server_close()
+    _Jwks.document = json.dumps({"keys": [es256_jwk(key, "key-1")]}).encode()
+    with serve_http(_Jwks) as port:
+        yield jwks_address(port), key
 
 
 @pytest.fixture

@@ -6,9 +6,7 @@ needs a recent sign-in (M2)."""
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +17,8 @@ import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from gateway_support import JWT_SECRET, Served, bearer, gateway_settings
+from gateway_support import JWT_SECRET, Served, bearer, es256_jwk, gateway_settings, jwks_address
+from support.http_stand_in import QuietHandler, serve_http
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
 from zehanx_gateway.app import Gateway
 from zehanx_gateway.auth import SESSION_AUDIENCE, SESSION_ISSUER, JwtConfig, JwtVerifier
@@ -64,7 +63,7 @@ async def test_l4_the_gateway_refuses_to_start_with_a_short_jwt_secret(
 # -- L4: a key removed from the JWKS stops verifying ------------------------------------------------------
 
 
-class _RotatingJwks(http.server.BaseHTTPRequestHandler):
+class _RotatingJwks(QuietHandler):
     document = b"{}"
 
     def do_GET(self) -> None:
@@ -77,27 +76,15 @@ class _RotatingJwks(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _jwk(key: ec.EllipticCurvePrivateKey, kid: str) -> dict[str, Any]:
-    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
-    public.update({"kid": kid, "alg": "ES256", "use": "sig"})
-    return public
-
-
 @pytest.fixture
 def jwks_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RotatingJwks)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/auth/v1/.well-known/jwks.json"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_http(_RotatingJwks) as port:
+        yield jwks_address(port)
 
 
 async def test_l4_a_key_removed_from_the_jwks_stops_verifying(jwks_url: str) -> None:
     old, new = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    _RotatingJwks.document = json.dumps({"keys": [_jwk(old, "old")]}).encode()
+    _RotatingJwks.document = json.dumps({"keys": [es256_jwk(old, "old")]}).encode()
     verifier = JwtVerifier(JwtConfig(jwks_url=jwks_url, audience="authenticated", jwks_cache_seconds=0.5))
     now = int(time.time())
     claims = {"sub": str(uuid.uuid4()), "aud": "authenticated", "exp": now + 3600}
@@ -107,7 +94,7 @@ async def test_l4_a_key_removed_from_the_jwks_stops_verifying(jwks_url: str) -> 
 
     # The provider rotates its keys and drops the old one (say it leaked): after the cache's lifetime the
     # old key's tokens are refused, though they have an hour left.
-    _RotatingJwks.document = json.dumps({"keys": [_jwk(new, "new")]}).encode()
+    _RotatingJwks.document = json.dumps({"keys": [es256_jwk(new, "new")]}).encode()
     await asyncio.sleep(1.2)
     with pytest.raises(errors.Unauthenticated) as caught:
         await verifier.verify(token)

@@ -23,8 +23,17 @@ from typing import Any
 
 import grpc
 import pytest
-from gateway_support import Served, bearer, gateway_settings, publish_model, serve_gateway, stop_gateway
+from gateway_support import (
+    Served,
+    bearer,
+    gateway_settings,
+    gateway_with_trainer,
+    publish_model,
+    serve_gateway,
+    stop_gateway,
+)
 from google.protobuf import duration_pb2, struct_pb2
+from support.stand_in_trainer import serve_trainer
 from zehanx.common.v1 import prediction_pb2, resources_pb2
 from zehanx.gateway.v1 import account_pb2, job_pb2
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
@@ -190,26 +199,19 @@ class GatedTrainer(trpc.TrainerServiceServicer):
 @pytest.fixture
 async def trainer() -> AsyncIterator[tuple[GatedTrainer, str]]:
     servicer = GatedTrainer()
-    server = grpc.aio.server()
-    trpc.add_TrainerServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield servicer, f"127.0.0.1:{port}"
-    finally:
-        servicer.gate.set()
-        await server.stop(0)
+    async with serve_trainer(servicer) as address:
+        try:
+            yield servicer, address
+        finally:
+            servicer.gate.set()
 
 
 @pytest.fixture
 async def served_with_trainer(
     database_url: str, tmp_path: Path, trainer: tuple[GatedTrainer, str]
 ) -> AsyncIterator[Served]:
-    running = await _served(database_url, tmp_path, trainer_address=trainer[1], trainer_token="t" * 16)
-    try:
+    async with gateway_with_trainer(database_url, tmp_path, trainer[1], "t" * 16) as running:
         yield running
-    finally:
-        await stop_gateway(running)
 
 
 def text(value: str) -> struct_pb2.Value:

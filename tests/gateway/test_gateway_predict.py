@@ -15,9 +15,15 @@ from typing import Any
 
 import grpc
 import pytest
-from gateway_support import Served, bearer, gateway_settings, publish_model, serve_gateway, stop_gateway
+from gateway_support import (
+    Served,
+    bearer,
+    gateway_with_trainer,
+    publish_model,
+)
 from google.protobuf import any_pb2, duration_pb2, struct_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from support.stand_in_trainer import serve_trainer
 from zehanx.common.v1 import prediction_pb2
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
 from zehanx.trainer.v1 import trainer_service_pb2 as tpb
@@ -71,27 +77,16 @@ class RecordingTrainer(trpc.TrainerServiceServicer):
 @pytest.fixture
 async def trainer() -> AsyncIterator[tuple[RecordingTrainer, str]]:
     servicer = RecordingTrainer()
-    server = grpc.aio.server()
-    trpc.add_TrainerServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield servicer, f"127.0.0.1:{port}"
-    finally:
-        await server.stop(0)
+    async with serve_trainer(servicer) as address:
+        yield servicer, address
 
 
 @pytest.fixture
 async def served_with_trainer(
     database_url: str, tmp_path: Path, trainer: tuple[RecordingTrainer, str]
 ) -> AsyncIterator[Served]:
-    running = await serve_gateway(
-        gateway_settings(database_url, tmp_path, trainer_address=trainer[1], trainer_token=TOKEN)
-    )
-    try:
+    async with gateway_with_trainer(database_url, tmp_path, trainer[1], TOKEN) as running:
         yield running
-    finally:
-        await stop_gateway(running)
 
 
 def text(value: str) -> struct_pb2.Value:

@@ -19,9 +19,7 @@ where PostgreSQL shows it (pg_prepared_statements, pg_stat_activity, the stateme
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,9 +30,18 @@ import jwt
 import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from gateway_support import JWT_SECRET, bearer, gateway_settings, serve_gateway, stop_gateway
+from gateway_support import (
+    JWT_SECRET,
+    bearer,
+    es256_jwk,
+    gateway_settings,
+    jwks_address,
+    serve_gateway,
+    stop_gateway,
+)
 from psycopg.pq import TransactionStatus
 from structlog.testing import capture_logs
+from support.http_stand_in import QuietHandler, serve_http
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
 from zehanx_gateway import db
 from zehanx_gateway.auth import JWKS_USER_AGENT, JwtConfig, JwtVerifier
@@ -212,7 +219,7 @@ async def test_a_token_issued_a_moment_ahead_is_accepted_one_a_minute_ahead_is_n
     assert info.value.reason == "TOKEN_INVALID" and "ImmatureSignatureError" in str(info.value)
 
 
-class _RecordingJwks(http.server.BaseHTTPRequestHandler):
+class _RecordingJwks(QuietHandler):
     """Supabase's /auth/v1/.well-known/jwks.json: 200 with {"keys": [...]}, recording what it was sent."""
 
     document = b"{}"
@@ -225,25 +232,14 @@ class _RecordingJwks(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(self.document)
 
-    def log_message(self, *args: object) -> None:
-        pass
-
 
 @pytest.fixture
 def recording_jwks() -> Iterator[tuple[str, ec.EllipticCurvePrivateKey]]:
     key = ec.generate_private_key(ec.SECP256R1())
-    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
-    public.update({"kid": "key-1", "alg": "ES256", "use": "sig"})
-    _RecordingJwks.document = json.dumps({"keys": [public]}).encode()
+    _RecordingJwks.document = json.dumps({"keys": [es256_jwk(key, "key-1")]}).encode()
     _RecordingJwks.headers_seen = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RecordingJwks)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/auth/v1/.well-known/jwks.json", key
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_http(_RecordingJwks) as port:
+        yield jwks_address(port), key
 
 
 async def test_the_jwks_is_fetched_with_the_gateways_user_agent(

@@ -5,13 +5,15 @@ sent on outbound calls), a call without one starts a trace, a server-side failur
 health checks make no span. And a process that configures tracing from the standard OTEL_* variables
 exports its spans with OTLP to the endpoint they name."""
 
+# The spans fixture comes from support.tracing; pytest sees it by import.
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
@@ -19,11 +21,9 @@ import grpc
 import pytest
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from support.tracing import CALLER_SPAN, TRACE_ID, spans  # noqa: F401
 from zehanx.crawler.v1 import crawler_service_pb2 as pb
 from zehanx.crawler.v1 import crawler_service_pb2_grpc as pb_grpc
 from zehanx_runtime import errors, tracing
@@ -32,8 +32,6 @@ from zehanx_runtime.settings import ServiceSettings
 
 NAME = "zehanx.crawler.v1.CrawlerService"
 TOKEN = "tracing-token"
-TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-CALLER_SPAN = "00f067aa0ba902b7"
 
 
 class Seen(pb_grpc.CrawlerServiceServicer):
@@ -57,22 +55,6 @@ class Seen(pb_grpc.CrawlerServiceServicer):
     async def BuildDataset(self, request: Any, context: Any) -> Any:
         yield pb.BuildDatasetResponse(sequence=1)
         raise errors.Unavailable("the store went away", reason="STORE_UNAVAILABLE")
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """An SDK tracer provider for this test only (the global one put back after it, as OpenTelemetry's
-    own test utilities reset it: a provider can otherwise be installed once per process)."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    before = trace._TRACER_PROVIDER  # type: ignore[attr-defined]
-    trace._TRACER_PROVIDER = provider  # type: ignore[attr-defined]
-    try:
-        yield exporter
-    finally:
-        trace._TRACER_PROVIDER = before  # type: ignore[attr-defined]
-        provider.shutdown()
 
 
 async def test_a_call_continues_the_callers_trace_and_carries_it_on(spans: InMemorySpanExporter) -> None:
