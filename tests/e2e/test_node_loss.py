@@ -111,6 +111,11 @@ def ray_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayStack]:
     # cluster the machine takes them with it): the next sandbox built on the host removes them.
     from zehanx_executor.sandbox.local import LocalSandbox, LocalSandboxConfig
 
+    workers = [int(d.name.split("-")[0]) for d in (WORK_DIR / "jobs").iterdir()]
+    deadline = time.monotonic() + 15
+    while (alive := [p for p in workers if os.path.exists(f"/proc/{p}")]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive, f"Ray workers outlived their raylets: {alive}"
     asyncio.run(LocalSandbox(LocalSandboxConfig(work_dir=WORK_DIR, uid_base=UID_BASE), caps).close())
     deadline = time.monotonic() + 10
     while sandbox_pids(UID_BASE) and time.monotonic() < deadline:
