@@ -23,8 +23,8 @@ import pytest
 from sandbox_helpers import UID_BASE, RunResult, require_isolation, sandbox_uid_pids, spec
 from support.ray_cluster import ray_cluster as start_ray_cluster
 from zehanx_executor.app import SandboxUnavailableError, build_executor
+from zehanx_executor.domain import ExitReason, Finished, Output, Started, Stream
 from zehanx_executor.sandbox.local import LocalSandbox, LocalSandboxConfig
-from zehanx_executor.sandbox.model import ExitReason, Finished, Output, Started, Stream
 from zehanx_executor.sandbox.probe import Capabilities
 from zehanx_executor.sandbox.raycluster import RayConfig, RaySandbox
 from zehanx_executor.sandbox.raynode import NodeConfig
