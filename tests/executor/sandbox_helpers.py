@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -162,3 +164,11 @@ def sandbox_uid_pids(uid_low: int = UID_BASE, uid_high: int = UID_BASE + SLOTS) 
         if uid_low <= uid <= uid_high:
             pids.append(int(name))
     return pids
+
+
+async def wait_until(condition, what: str, limit_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``condition`` until true; fail naming ``what`` after a generous bound (not a timing test)."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {limit_s:g} s: {what}"
+        await asyncio.sleep(0.01)

@@ -10,15 +10,10 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import duration_pb2
-from sandbox_helpers import SLOTS, UID_BASE
+from rpc_helpers import Server, local_settings, serve_executor
+from sandbox_helpers import SLOTS, UID_BASE, sandbox_uid_pids
 from zehanx.common.v1 import log_pb2
 from zehanx.executor.v1 import executor_service_pb2 as pb
-from zehanx.executor.v1 import executor_service_pb2_grpc as rpc
-from zehanx_executor.app import build_executor
-from zehanx_executor.service import Executor
-from zehanx_executor.servicer import SERVICE_NAME, ExecutorServicer
-from zehanx_executor.settings import ExecutorSettings
-from zehanx_runtime.server import ServiceBinding, start_server
 
 TOKEN = "session-test-token"
 META = (("x-zx-service-token", TOKEN),)
@@ -52,41 +47,17 @@ for line in sys.stdin:
 """
 
 
-@dataclass
-class Server:
-    executor: Executor
-    channel: grpc.aio.Channel
-    stub: rpc.ExecutorServiceStub
-
-
 @contextlib.asynccontextmanager
 async def serving(work_dir: str, runtime_dir: Path | None = None) -> AsyncIterator[Server]:
-    settings = ExecutorSettings(
-        host="127.0.0.1",
-        port=0,
-        service_token=TOKEN,
-        backend="local",
-        work_dir=Path(work_dir),
-        uid_base=UID_BASE,
-        max_concurrent=SLOTS,
+    settings = local_settings(
+        TOKEN,
+        work_dir,
         session_slots=SESSION_SLOTS,
         session_memory_bytes=SESSION_MEMORY,
         runtime_dir=runtime_dir,
-        log_json=True,
     )
-    executor = await build_executor(settings)
-    running = await start_server(
-        settings,
-        [ServiceBinding(rpc.add_ExecutorServiceServicer_to_server, ExecutorServicer(executor), SERVICE_NAME)],
-        service_name="executor",
-    )
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-    try:
-        yield Server(executor, channel, rpc.ExecutorServiceStub(channel))
-    finally:
-        await channel.close()
-        await running.stop(1.0)
-        await executor.close()
+    async with serve_executor(settings) as served:
+        yield served
 
 
 def start(
@@ -181,3 +152,8 @@ async def rpc_error(client: Client) -> grpc.aio.AioRpcError:
             client.messages.append(msg)
     except grpc.aio.AioRpcError as err:
         return err
+
+
+def session_pids() -> list[int]:
+    """The live processes of the session slots' sandbox uids."""
+    return sandbox_uid_pids(*SESSION_UIDS)

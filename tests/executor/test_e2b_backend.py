@@ -96,18 +96,10 @@ def api() -> Iterator[Api]:
             n = int(self.headers.get("content-length") or 0)
             state.seen.append((self.command, self.path, dict(self.headers), self.rfile.read(n) if n else b""))
 
-        def _json(self, status: int, doc: object) -> None:
-            body = json.dumps(doc).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
         def do_POST(self) -> None:
             self._record()
             status = state.create_status
-            self._json(status, CREATED if status == 201 else ERRORS[status])
+            self.reply_json(status, CREATED if status == 201 else ERRORS[status])
 
         def do_DELETE(self) -> None:
             self._record()

@@ -88,25 +88,16 @@ def build_api() -> Iterator[BuildApi]:
             headers = {k.lower(): v for k, v in self.headers.items()}
             state.seen.append((self.command, self.path, headers, json.loads(body) if body else None))
 
-        def _json(self, status: int, doc: object | None) -> None:
-            body = json.dumps(doc).encode() if doc is not None else b""
-            self.send_response(status)
-            if doc is not None:
-                self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
         def do_POST(self) -> None:
             self._record()
             path = urlparse(self.path).path
             if path == "/v3/templates":
                 if state.request_status == 401:
                     # openapi: 401 Error {code, message}; SDK api/__init__.py:165 -> AuthenticationException
-                    self._json(401, {"code": 401, "message": "Invalid API key"})
+                    self.reply_json(401, {"code": 401, "message": "Invalid API key"})
                     return
                 # SDK post_v3_templates.py:36 parses 202 as TemplateRequestResponseV3
-                self._json(
+                self.reply_json(
                     202,
                     {
                         "templateID": TEMPLATE_ID,
@@ -118,17 +109,17 @@ def build_api() -> Iterator[BuildApi]:
                     },
                 )
             elif path == f"/v2/templates/{TEMPLATE_ID}/builds/{BUILD_ID}":
-                self._json(
+                self.reply_json(
                     202, None
                 )  # SDK post_v_2_templates_template_id_builds_build_id.py:37: 202, no body
             else:
-                self._json(404, {"code": 404, "message": f"not found: {path}"})
+                self.reply_json(404, {"code": 404, "message": f"not found: {path}"})
 
         def do_GET(self) -> None:
             self._record()
             url = urlparse(self.path)
             if url.path != f"/templates/{TEMPLATE_ID}/builds/{BUILD_ID}/status":
-                self._json(404, {"code": 404, "message": f"not found: {url.path}"})
+                self.reply_json(404, {"code": 404, "message": f"not found: {url.path}"})
                 return
             offset = int(parse_qs(url.query).get("logsOffset", ["0"])[0])
             polls = len([1 for m, p, _, _ in state.seen if m == "GET"])
@@ -144,7 +135,7 @@ def build_api() -> Iterator[BuildApi]:
             }
             if status == "error":
                 doc["reason"] = {"message": "Step 1/4 failed: pip install exited with 1", "step": "1"}
-            self._json(200, doc)  # SDK get_templates_template_id_builds_build_id_status.py:48
+            self.reply_json(200, doc)  # SDK get_templates_template_id_builds_build_id_status.py:48
 
     with serve_http(Handler) as port:
         state.port = port

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +22,13 @@ import grpc
 import pytest
 import pytest_asyncio
 from google.protobuf import duration_pb2, json_format
-from sandbox_helpers import SLOTS, UID_BASE, sandbox_uid_pids
+from rpc_helpers import local_settings, serve_executor
+from sandbox_helpers import SLOTS, sandbox_uid_pids, wait_until
 from zehanx.common.v1 import log_pb2
 from zehanx.executor.v1 import executor_service_pb2 as pb
 from zehanx.executor.v1 import executor_service_pb2_grpc as rpc
-from zehanx_executor.app import build_executor
 from zehanx_executor.sandbox.probe import Capabilities
 from zehanx_executor.service import Executor
-from zehanx_executor.servicer import SERVICE_NAME, ExecutorServicer
-from zehanx_executor.settings import ExecutorSettings
-from zehanx_runtime.server import ServiceBinding, start_server
 from zehanx_runtime.status import error_info_of, field_violations_of
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -57,32 +53,9 @@ class Server:
 async def server(caps: Capabilities, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:
     gate = tmp_path_factory.mktemp("gate")
     gate.chmod(0o755)
-    settings = ExecutorSettings(
-        host="127.0.0.1",
-        port=0,
-        service_token=TOKEN,
-        backend="local",
-        work_dir=Path(WORK_DIR),
-        uid_base=UID_BASE,
-        max_concurrent=SLOTS,
-        max_queue=1,
-        queue_timeout_s=CALL_TIMEOUT,
-        runtime_dir=gate,
-        log_json=True,
-    )
-    executor = await build_executor(settings)
-    running = await start_server(
-        settings,
-        [ServiceBinding(rpc.add_ExecutorServiceServicer_to_server, ExecutorServicer(executor), SERVICE_NAME)],
-        service_name="executor",
-    )
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-    try:
-        yield Server(executor, channel, rpc.ExecutorServiceStub(channel), gate)
-    finally:
-        await channel.close()
-        await running.stop(1.0)
-        await executor.close()
+    settings = local_settings(TOKEN, WORK_DIR, max_queue=1, queue_timeout_s=CALL_TIMEOUT, runtime_dir=gate)
+    async with serve_executor(settings) as served:
+        yield Server(served.executor, served.channel, served.stub, gate)
 
 
 def request(code: str, *, limits: pb.Limits | None = None, **kw: object) -> pb.ExecuteRequest:
@@ -133,14 +106,6 @@ async def rpc_error(server: Server, req: pb.ExecuteRequest, metadata: tuple = ME
         async for _ in call:
             pass
     return caught.value
-
-
-async def wait_until(condition, what: str, limit_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    """Poll ``condition`` until true; fail naming ``what`` after a generous bound (not a timing test)."""
-    deadline = time.monotonic() + limit_s
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {limit_s:g} s: {what}"
-        await asyncio.sleep(0.01)
 
 
 # -- the stream ------------------------------------------------------------------------------------

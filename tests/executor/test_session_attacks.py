@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from sandbox_helpers import sandbox_uid_pids
-from session_helpers import SESSION_UIDS, Client, Server, open_session, serving, start
+from session_helpers import Client, Server, open_session, serving, session_pids, start
 from zehanx.executor.v1 import executor_service_pb2 as pb
 from zehanx_executor.sandbox.probe import ISOLATION_PROBE, Capabilities, isolation_problems
 
@@ -52,10 +51,6 @@ for line in sys.stdin:
 async def server(caps: Capabilities) -> AsyncIterator[Server]:
     async with serving(WORK_DIR) as s:
         yield s
-
-
-def session_pids() -> list[int]:
-    return sandbox_uid_pids(*SESSION_UIDS)
 
 
 class Attacker:

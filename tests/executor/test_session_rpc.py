@@ -9,7 +9,6 @@ reply, bad messages, cancellation (the process is gone), and a backend without s
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -17,17 +16,17 @@ import grpc
 import pytest
 import pytest_asyncio
 from prometheus_client import REGISTRY
-from sandbox_helpers import sandbox_uid_pids
+from sandbox_helpers import wait_until
 from session_helpers import (
     SERVE,
     SESSION_MEMORY,
     SESSION_SLOTS,
-    SESSION_UIDS,
     Client,
     Server,
     open_session,
     rpc_error,
     serving,
+    session_pids,
     start,
 )
 from zehanx.executor.v1 import executor_service_pb2 as pb
@@ -47,17 +46,6 @@ WORK_DIR = "/var/tmp/zx-executor-session-tests"
 async def server(caps: Capabilities) -> AsyncIterator[Server]:
     async with serving(WORK_DIR) as s:
         yield s
-
-
-def session_pids() -> list[int]:
-    return sandbox_uid_pids(*SESSION_UIDS)
-
-
-async def wait_until(condition, what: str, limit_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + limit_s
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {limit_s:g} s: {what}"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_session_answers_calls_in_order_from_one_process(server: Server) -> None:

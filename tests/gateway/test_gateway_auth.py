@@ -166,10 +166,7 @@ class _Jwks(QuietHandler):
 
     def do_GET(self) -> None:
         type(self).hits += 1
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.end_headers()
-        self.wfile.write(self.document)
+        self.reply_json(200, self.document)
 
 
 @pytest.fixture

@@ -67,13 +67,7 @@ class _RotatingJwks(QuietHandler):
     document = b"{}"
 
     def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.end_headers()
-        self.wfile.write(type(self).document)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.reply_json(200, type(self).document)
 
 
 @pytest.fixture

@@ -227,10 +227,7 @@ class _RecordingJwks(QuietHandler):
 
     def do_GET(self) -> None:
         type(self).headers_seen.append(dict(self.headers.items()))
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.end_headers()
-        self.wfile.write(self.document)
+        self.reply_json(200, self.document)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ The handler class is the test's own; this serves it on a thread and stops it on 
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,10 +13,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class QuietHandler(BaseHTTPRequestHandler):
-    """A request handler that writes no access log to stderr."""
+    """A request handler that writes no access log to stderr, and answers JSON."""
 
     def log_message(self, *args: object) -> None:
         pass
+
+    def reply_json(self, status: int, doc: object = None) -> None:
+        """Answer ``status`` with ``doc`` as JSON (bytes go as they are; ``None``: an empty body)."""
+        body = doc if isinstance(doc, bytes) else b"" if doc is None else json.dumps(doc).encode()
+        self.send_response(status)
+        if doc is not None:
+            self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
 
 @contextmanager

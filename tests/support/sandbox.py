@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
+    from svc_harness import ServiceProcess
     from zehanx_executor.sandbox.probe import Capabilities
 
 
@@ -29,3 +32,22 @@ def local_executor_env(work_dir: str | Path, uid_base: int, slots: int) -> dict[
         "ZX_EXECUTOR_UID_BASE": str(uid_base),
         "ZX_EXECUTOR_MAX_CONCURRENT": str(slots),
     }
+
+
+@contextmanager
+def local_executor(
+    tmp: Path, token: str, work_dir: str | Path, uid_base: int, slots: int
+) -> Iterator[ServiceProcess]:
+    """The executor as a process (``zx-executor``) on the local sandbox, serving; stopped on exit. Skips
+    where the host cannot run the local sandbox."""
+    from svc_harness import start_service  # tests/services: on sys.path in the suites that use this
+
+    require_local_sandbox(work_dir, uid_base, slots)
+    executor = start_service(
+        "executor", tmp, token=token, extra_env=local_executor_env(work_dir, uid_base, slots)
+    )
+    try:
+        executor.wait_serving(90)
+        yield executor
+    finally:
+        executor.stop()

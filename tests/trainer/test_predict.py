@@ -8,12 +8,10 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
-from trainer_support import TOKEN, Dataset, Run, Suite
+from trainer_support import TOKEN, Dataset, Run, Suite, serve_trainer_app
 from zehanx.trainer.v1 import trainer_service_pb2 as pb
 from zehanx.trainer.v1 import trainer_service_pb2_grpc as rpc
-from zehanx_runtime.server import ServiceBinding, start_server
-from zehanx_trainer.app import TrainerApp, build
-from zehanx_trainer.servicer import SERVICE_NAME
+from zehanx_trainer.app import TrainerApp
 from zehanx_trainer.settings import TrainerSettings
 
 METADATA = (("x-zx-service-token", TOKEN),)
@@ -31,19 +29,8 @@ async def trainer(suite: Suite) -> AsyncIterator[tuple[TrainerApp, rpc.TrainerSe
         memory_bytes=2 * 1024**3,
         disk_bytes=256 * 1024**2,
     )
-    app = build(settings)
-    server = await start_server(
-        settings,
-        [ServiceBinding(rpc.add_TrainerServiceServicer_to_server, app.servicer, SERVICE_NAME)],
-        service_name="trainer",
-    )
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    try:
-        yield app, rpc.TrainerServiceStub(channel)
-    finally:
-        await channel.close()
-        await server.stop(None)
-        await app.close()
+    async with serve_trainer_app(settings) as served:
+        yield served
 
 
 def _instances(rows: list[dict]) -> list[struct_pb2.Value]:

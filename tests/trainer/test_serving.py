@@ -13,7 +13,6 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,17 +21,14 @@ import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
 from programs import tiny_program
-from trainer_support import TOKEN, Dataset, Run, Suite, request_for
+from trainer_support import TOKEN, Dataset, Run, Suite, request_for, serve_trainer_app
 from zehanx.common.v1 import task_family_pb2
 from zehanx.trainer.v1 import trainer_service_pb2 as pb
 from zehanx.trainer.v1 import trainer_service_pb2_grpc as rpc
 from zehanx_runtime.errors import FailedPrecondition
-from zehanx_runtime.server import ServiceBinding, start_server
-from zehanx_trainer.app import TrainerApp, build
 from zehanx_trainer.artifacts import ArtifactStore, LocalBlobBackend
 from zehanx_trainer.executor_port import ExecEvent, ExecRequest, SessionSpec
 from zehanx_trainer.prediction import Predictor, PredictorConfig
-from zehanx_trainer.servicer import SERVICE_NAME
 from zehanx_trainer.serving import EVICTIONS, PredictorPool, ServingConfig, resident_capable
 from zehanx_trainer.settings import TrainerSettings
 
@@ -102,23 +98,6 @@ def settings_for(suite: Suite, **overrides: Any) -> TrainerSettings:
     return TrainerSettings(**values)
 
 
-@asynccontextmanager
-async def trainer(settings: TrainerSettings) -> AsyncIterator[tuple[TrainerApp, rpc.TrainerServiceStub]]:
-    app = build(settings)
-    server = await start_server(
-        settings,
-        [ServiceBinding(rpc.add_TrainerServiceServicer_to_server, app.servicer, SERVICE_NAME)],
-        service_name="trainer",
-    )
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    try:
-        yield app, rpc.TrainerServiceStub(channel)
-    finally:
-        await channel.close()
-        await server.stop(None)
-        await app.close()
-
-
 def rows(*xs: float, **marks: bool) -> list[struct_pb2.Value]:
     out = []
     for x in xs:
@@ -168,7 +147,7 @@ async def test_the_first_call_starts_the_predictor_and_later_calls_are_warm_with
     suite: Suite, models: Models
 ) -> None:
     xs = (-7.5, -0.5, 0.25, 3.0, 12.5)
-    async with trainer(settings_for(suite)) as (app, stub):
+    async with serve_trainer_app(settings_for(suite)) as (app, stub):
         first = await predict(stub, models.honest, rows(*xs))
         assert (first.mode, first.warm, first.restarted) == (pb.PREDICT_MODE_RESIDENT, False, False)
         resident = app.predictor.pool.resident(models.honest)
@@ -201,7 +180,7 @@ async def test_the_first_call_starts_the_predictor_and_later_calls_are_warm_with
 async def test_an_exception_answers_that_call_and_a_crash_is_reported_then_restarted(
     suite: Suite, models: Models
 ) -> None:
-    async with trainer(settings_for(suite)) as (app, stub):
+    async with serve_trainer_app(settings_for(suite)) as (app, stub):
         pool = app.predictor.pool
         assert (await predict(stub, models.fragile, rows(1.0))).predictions[0].output.string_value == "pos"
         before = pool.resident(models.fragile)
@@ -237,7 +216,7 @@ async def test_an_exception_answers_that_call_and_a_crash_is_reported_then_resta
 
 
 async def test_two_models_never_share_a_process_and_release_ends_it(suite: Suite, models: Models) -> None:
-    async with trainer(settings_for(suite)) as (app, stub):
+    async with serve_trainer_app(settings_for(suite)) as (app, stub):
         pool = app.predictor.pool
         await asyncio.gather(predict(stub, models.honest, rows(1.0)), predict(stub, models.copy, rows(1.0)))
         a, b = pool.resident(models.honest), pool.resident(models.copy)
@@ -271,7 +250,7 @@ async def test_two_models_never_share_a_process_and_release_ends_it(suite: Suite
 async def test_the_pool_bound_ends_the_least_recently_used_predictor(
     suite: Suite, models: Models, bound: str, overrides: dict[str, Any]
 ) -> None:
-    async with trainer(settings_for(suite, **overrides)) as (app, stub):
+    async with serve_trainer_app(settings_for(suite, **overrides)) as (app, stub):
         pool = app.predictor.pool
         await predict(stub, models.honest, rows(1.0))
         await predict(stub, models.copy, rows(1.0))
@@ -295,7 +274,7 @@ async def test_when_the_executor_has_no_room_the_least_recently_used_predictor_m
     # The suite's executor holds 8 GiB of session memory limits: two 3 GiB predictors fit, a third does
     # not (the trainer's own bounds would allow it), so the executor answers SESSION_CAPACITY.
     gib = 1024 * MiB
-    async with trainer(
+    async with serve_trainer_app(
         settings_for(suite, predictor_memory_bytes=3 * gib, predictors_memory_bytes=64 * gib)
     ) as (app, stub):
         pool = app.predictor.pool
@@ -312,7 +291,7 @@ async def test_when_the_executor_has_no_room_the_least_recently_used_predictor_m
 
 
 async def test_an_idle_predictor_is_ended(suite: Suite, models: Models) -> None:
-    async with trainer(settings_for(suite, predictor_idle_s=0.5)) as (app, stub):
+    async with serve_trainer_app(settings_for(suite, predictor_idle_s=0.5)) as (app, stub):
         await predict(stub, models.honest, rows(1.0))
         resident = app.predictor.pool.resident(models.honest)
         assert resident is not None
@@ -340,7 +319,7 @@ class NoSessions:
 
 
 async def test_without_sessions_predict_runs_one_shot_and_says_so(suite: Suite, models: Models) -> None:
-    async with trainer(settings_for(suite)) as (app, _):
+    async with serve_trainer_app(settings_for(suite)) as (app, _):
         fake = NoSessions(app.executor)
         predictor = Predictor(
             fake,

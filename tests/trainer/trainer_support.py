@@ -11,7 +11,8 @@ import hashlib
 import json
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +28,12 @@ sys.path.insert(0, str(REPO / "tests" / "services"))
 sys.path.insert(0, str(REPO / "examples" / "reference_digits"))
 
 from support.datasets import TINY_SCHEMA, tiny_rows  # noqa: E402
-from support.sandbox import local_executor_env, require_local_sandbox  # noqa: E402
+from support.sandbox import local_executor  # noqa: E402
 from svc_harness import ServiceProcess, start_service  # noqa: E402
+from zehanx_runtime.server import ServiceBinding, start_server  # noqa: E402
+from zehanx_trainer.app import TrainerApp, build  # noqa: E402
+from zehanx_trainer.servicer import SERVICE_NAME  # noqa: E402
+from zehanx_trainer.settings import TrainerSettings  # noqa: E402
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 DIGITS_PROGRAM = REPO / "examples" / "reference_digits"
@@ -115,17 +120,8 @@ def tiny(dataset_root: Path) -> Dataset:
 
 @pytest.fixture(scope="session")
 def suite(tmp_path_factory: pytest.TempPathFactory, dataset_root: Path) -> Iterator[Suite]:
-    require_local_sandbox(EXECUTOR_WORK_DIR, EXECUTOR_UID_BASE, EXECUTOR_SLOTS)
     tmp = tmp_path_factory.mktemp("suite")
-    executor = start_service(
-        "executor",
-        tmp,
-        token=TOKEN,
-        extra_env=local_executor_env(EXECUTOR_WORK_DIR, EXECUTOR_UID_BASE, EXECUTOR_SLOTS),
-    )
-    trainer = None
-    try:
-        executor.wait_serving(90)
+    with local_executor(tmp, TOKEN, EXECUTOR_WORK_DIR, EXECUTOR_UID_BASE, EXECUTOR_SLOTS) as executor:
         artifact_dir = tmp / "artifacts"
         trainer = start_service(
             "trainer",
@@ -143,15 +139,14 @@ def suite(tmp_path_factory: pytest.TempPathFactory, dataset_root: Path) -> Itera
                 "ZX_TRAINER_TRAINING_GRACE_S": "30",
             },
         )
-        trainer.wait_serving(60)
-        with grpc.insecure_channel(
-            trainer.address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        ) as channel:
-            yield Suite(executor, trainer, artifact_dir, dataset_root, channel)
-    finally:
-        if trainer is not None:
+        try:
+            trainer.wait_serving(60)
+            with grpc.insecure_channel(
+                trainer.address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+            ) as channel:
+                yield Suite(executor, trainer, artifact_dir, dataset_root, channel)
+        finally:
             trainer.stop()
-        executor.stop()
 
 
 def program_of(folder: Path, *, exclude: tuple[str, ...] = ("make_dataset.py",)) -> program_pb2.Program:
@@ -241,3 +236,24 @@ def digits_run(suite: Suite, digits: Dataset) -> Run:
 def manifests(artifact_dir: Path) -> set[str]:
     folder = artifact_dir / "manifests"
     return {p.name for p in folder.glob("*.json")} if folder.is_dir() else set()
+
+
+@asynccontextmanager
+async def serve_trainer_app(
+    settings: TrainerSettings,
+) -> AsyncIterator[tuple[TrainerApp, rpc.TrainerServiceStub]]:
+    """The trainer built in-process exactly as ``zx-trainer`` builds it (``build``), served on port 0 by the
+    shared runtime; yields the app (so a test can look at its predictor) and a stub on it."""
+    app = build(settings)
+    server = await start_server(
+        settings,
+        [ServiceBinding(rpc.add_TrainerServiceServicer_to_server, app.servicer, SERVICE_NAME)],
+        service_name="trainer",
+    )
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    try:
+        yield app, rpc.TrainerServiceStub(channel)
+    finally:
+        await channel.close()
+        await server.stop(None)
+        await app.close()
