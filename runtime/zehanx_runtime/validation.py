@@ -14,7 +14,10 @@ _validator = protovalidate.Validator()
 def field_path(violation: Any) -> str:
     """Render a protovalidate field path as ``sources[0].url`` / ``env["KEY"]``."""
     parts: list[str] = []
-    for element in violation.proto.field.elements:
+    field = violation.proto.field
+    if field is None:  # a message-level rule (CEL on the message) names no field
+        return ""
+    for element in field.elements:
         name = element.field_name
         subscript = ""
         kind = element.subscript

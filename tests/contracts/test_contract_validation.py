@@ -167,15 +167,20 @@ def test_job_ids_must_be_uuids(request_type: type[Message]) -> None:
     assert violations(request_type(job_id=str(uuid.uuid4()))) == {}
 
 
-def test_predict_needs_one_to_a_thousand_instances() -> None:
+def test_predict_needs_one_to_a_thousand_instances_in_one_form() -> None:
     model_id = str(uuid.uuid4())
     assert violations(gateway_service_pb2.PredictRequest(model_id=model_id)) == {
-        "instances": {"repeated.min_items"}
+        "": {"predict_request.some_instances"}
     }
     instances = [struct_pb2.Value(string_value="great film")] * 1001
     assert violations(gateway_service_pb2.PredictRequest(model_id=model_id, instances=instances)) == {
         "instances": {"repeated.max_items"}
     }
+    both = gateway_service_pb2.PredictRequest(
+        model_id=model_id, instances=instances[:1], instances_jsonl=b'"great film"\n'
+    )
+    assert violations(both) == {"": {"predict_request.one_form"}}
+    assert violations(gateway_service_pb2.PredictRequest(model_id=model_id, instances_jsonl=b'"a"\n')) == {}
 
 
 def test_download_chunk_size_is_bounded_unless_zero() -> None:

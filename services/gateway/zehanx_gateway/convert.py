@@ -24,6 +24,7 @@ from zehanx_gateway.domain import (
     STATE_CHANGE,
     ApiKey,
     DatasetRecord,
+    InstancesJsonl,
     Job,
     JobEvent,
     JobState,
@@ -39,6 +40,8 @@ from zehanx_gateway.domain import (
 )
 
 ERROR_DOMAIN = "gateway.zehanx"
+#: Instances in one Predict (as the proto's max_items on ``instances`` says).
+MAX_INSTANCES = 1000
 
 #: Event kinds a producer may publish: the names of the JobEvent ``event`` oneof, less the two the
 #: registry writes itself (``snapshot`` is never stored; ``state_change`` comes from transitions).
@@ -224,6 +227,26 @@ def check_hyperparameters(options: job_pb2.JobOptions, field: str) -> None:
 def check_instances_size(instances: Iterable[struct_pb2.Value], max_bytes: int) -> int:
     """The encoded size of Predict's instances together (returned); INVALID_ARGUMENT beyond ``max_bytes``."""
     return check_values_size("instances", instances, max_bytes)
+
+
+def instances_jsonl(data: bytes, max_bytes: int) -> InstancesJsonl:
+    """Predict's ``instances_jsonl`` bounded (size, 1 to 1000 lines, UTF-8, no empty line) without
+    parsing it: the trainer parses it once and names a line that is not JSON."""
+    if len(data) > max_bytes:
+        raise _too_large("instances_jsonl", len(data), max_bytes)
+    body = data[:-1] if data.endswith(b"\n") else data
+    count = body.count(b"\n") + 1
+    if count > MAX_INSTANCES:
+        raise invalid(
+            "instances_jsonl", f"holds {count} lines; at most {MAX_INSTANCES} instances are accepted"
+        )
+    if b"\n\n" in body or body.startswith(b"\n") or not body.strip():
+        raise invalid("instances_jsonl", "holds an empty line: give one JSON instance on every line")
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise invalid("instances_jsonl", f"is not UTF-8 (byte {exc.start})") from None
+    return InstancesJsonl(body + b"\n", count)
 
 
 def check_instances_depth(instances: Iterable[struct_pb2.Value]) -> None:

@@ -223,6 +223,25 @@ class PredictResult:
     duration_s: float
     warm: bool = False
     restarted: bool = False
+    #: The predictions as JSON lines, when the instances came as :class:`InstancesJsonl`
+    #: (``predictions`` is then empty).
+    predictions_jsonl: bytes = b""
+
+    @property
+    def count(self) -> int:
+        return self.predictions_jsonl.count(b"\n") if self.predictions_jsonl else len(self.predictions)
+
+
+@dataclass(frozen=True, slots=True)
+class InstancesJsonl:
+    """A batch of instances as UTF-8 JSON lines, one instance a line, passed on to the model as it
+    came (the trainer parses it once; no conversion per value on the way)."""
+
+    data: bytes
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
 
 
 @dataclass(frozen=True, slots=True)

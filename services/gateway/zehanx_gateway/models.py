@@ -23,7 +23,16 @@ from zehanx_runtime.logging import get_logger
 
 from zehanx_gateway import metrics, paging
 from zehanx_gateway.artifacts import ArtifactStore
-from zehanx_gateway.domain import DataLoss, Model, NewModel, OutOfRange, Page, PredictResult, Principal
+from zehanx_gateway.domain import (
+    DataLoss,
+    InstancesJsonl,
+    Model,
+    NewModel,
+    OutOfRange,
+    Page,
+    PredictResult,
+    Principal,
+)
 
 DEFAULT_CHUNK = 1024 * 1024
 #: Longest DeleteModel waits for the trainer to end the model's predictor; the deletion goes on
@@ -57,7 +66,12 @@ class Predictor(Protocol):
     """Runs a stored model on instances (the trainer's ``Predict``)."""
 
     async def predict(
-        self, artifact_id: str, instances: Sequence[Any], *, job_id: uuid.UUID | None, timeout_s: float
+        self,
+        artifact_id: str,
+        instances: Sequence[Any] | InstancesJsonl,
+        *,
+        job_id: uuid.UUID | None,
+        timeout_s: float,
     ) -> PredictResult: ...
 
     async def release(self, artifact_id: str, *, timeout_s: float) -> bool:
@@ -177,7 +191,7 @@ class ModelService:
         self,
         principal: Principal,
         model_id: uuid.UUID,
-        instances: Sequence[Any],
+        instances: Sequence[Any] | InstancesJsonl,
         *,
         timeout_s: float | None = None,
     ) -> PredictResult:
@@ -292,15 +306,17 @@ class ModelService:
             )
         return model
 
-    async def _call(self, model: Model, instances: Sequence[Any], budget: float) -> PredictResult:
+    async def _call(
+        self, model: Model, instances: Sequence[Any] | InstancesJsonl, budget: float
+    ) -> PredictResult:
         if self._predictor is None or not model.trainer_artifact_id:  # _runnable checked both
             raise errors.Internal(f"model {model.id} cannot run here", reason="MODEL_NOT_RUNNABLE")
         result = await self._predictor.predict(
             model.trainer_artifact_id, instances, job_id=model.job_id, timeout_s=budget
         )
-        if len(result.predictions) != len(instances):
+        if result.count != len(instances):
             raise errors.Internal(
-                f"the trainer returned {len(result.predictions)} predictions for {len(instances)} instances",
+                f"the trainer returned {result.count} predictions for {len(instances)} instances",
                 reason="PREDICTION_COUNT_MISMATCH",
             )
         return result

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2
@@ -23,7 +23,7 @@ from zehanx_gateway import convert
 from zehanx_gateway.api_keys import ApiKeyService
 from zehanx_gateway.auth import current_principal
 from zehanx_gateway.datasets import DatasetService
-from zehanx_gateway.domain import Job, JobEvent
+from zehanx_gateway.domain import InstancesJsonl, Job, JobEvent
 from zehanx_gateway.jobs import JobService
 from zehanx_gateway.models import ModelService
 from zehanx_gateway.provider_keys import ProviderKeyService
@@ -171,7 +171,11 @@ class GatewayServicer(rpc.GatewayServiceServicer):
 
     async def Predict(self, request: pb.PredictRequest, context: Any) -> pb.PredictResponse:
         model_id = convert.parse_id(request.model_id, "model_id")
-        instances = await self._checked_instances(request.instances)
+        instances: Sequence[Any] | InstancesJsonl
+        if request.instances_jsonl:
+            instances = convert.instances_jsonl(request.instances_jsonl, self._predict_max_bytes)
+        else:
+            instances = await self._checked_instances(request.instances)
         remaining = context.time_remaining() if context is not None else None
         result = await self._models.predict(current_principal(), model_id, instances, timeout_s=remaining)
         return pb.PredictResponse(
@@ -179,6 +183,7 @@ class GatewayServicer(rpc.GatewayServiceServicer):
             predict_duration=_duration(result.duration_s),
             warm=result.warm,
             restarted=result.restarted,
+            predictions_jsonl=result.predictions_jsonl,
         )
 
     async def PredictStream(

@@ -23,7 +23,7 @@ from zehanx_runtime import errors
 from zehanx_runtime.client import Wording, call_metadata, internal_channel, to_domain_error
 from zehanx_runtime.durations import to_seconds
 
-from zehanx_gateway.domain import Prediction, PredictResult
+from zehanx_gateway.domain import InstancesJsonl, Prediction, PredictResult
 
 _CODE = grpc.StatusCode
 #: How a Predict's failures read to the gateway's caller; the rest is ``to_domain_error``'s policy.
@@ -61,13 +61,18 @@ class GrpcTrainerPredictor:
         self._stub = rpc.TrainerServiceStub(self._channel)
 
     async def predict(
-        self, artifact_id: str, instances: Sequence[Any], *, job_id: uuid.UUID | None, timeout_s: float
+        self,
+        artifact_id: str,
+        instances: Sequence[Any] | InstancesJsonl,
+        *,
+        job_id: uuid.UUID | None,
+        timeout_s: float,
     ) -> PredictResult:
-        request = pb.PredictRequest(
-            artifact_id=artifact_id,
-            instances=[_value(v) for v in instances],
-            job_id=str(job_id) if job_id else "",
-        )
+        request = pb.PredictRequest(artifact_id=artifact_id, job_id=str(job_id) if job_id else "")
+        if isinstance(instances, InstancesJsonl):
+            request.instances_jsonl = instances.data
+        else:
+            request.instances.extend(_value(v) for v in instances)
         try:
             response = await self._stub.Predict(
                 request,
@@ -81,6 +86,7 @@ class GrpcTrainerPredictor:
             to_seconds(response.predict_duration),
             warm=response.warm,
             restarted=response.restarted,
+            predictions_jsonl=response.predictions_jsonl,
         )
 
     async def release(self, artifact_id: str, *, timeout_s: float) -> bool:

@@ -37,7 +37,7 @@ from zehanx_trainer.domain import (
     TrainSpec,
 )
 from zehanx_trainer.executor_port import ExecFile, ExecUsage, ExitReason
-from zehanx_trainer.prediction import PredictOutcome
+from zehanx_trainer.prediction import PredictOutcome, predictions_jsonl
 
 _FORMATS = {
     dataset_pb2.DATASET_FILE_FORMAT_CSV: "csv",
@@ -282,18 +282,56 @@ def to_response(item: Sequenced) -> pb.TrainResponse:
     return out
 
 
-def predict_instances(request: pb.PredictRequest) -> list[Any]:
-    return [json_format.MessageToDict(v) for v in request.instances]
+def predict_instances(request: pb.PredictRequest) -> list[Any] | bytes:
+    """The instances as JSON values, or as the JSON lines they came as (parsed by the predictor)."""
+    if request.instances_jsonl:
+        return request.instances_jsonl
+    return [value_to_python(v) for v in request.instances]
+
+
+def value_to_python(value: struct_pb2.Value) -> Any:
+    """A Value as JSON data, as ``json_format.MessageToDict`` gives it (numbers as floats), in about
+    half its time: a 1000-row batch of 64 numeric columns took 106 ms through MessageToDict."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return value.number_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "struct_value":
+        return {key: value_to_python(v) for key, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [value_to_python(v) for v in value.list_value.values]
+    if kind == "bool_value":
+        return value.bool_value
+    return None
+
+
+def _output(value: Any) -> struct_pb2.Value:
+    # The common outputs (a label, a number) without ParseDict's generic walk.
+    if isinstance(value, str):
+        return struct_pb2.Value(string_value=value)
+    if isinstance(value, bool):
+        return struct_pb2.Value(bool_value=value)
+    if isinstance(value, int | float):
+        return struct_pb2.Value(number_value=value)
+    output = struct_pb2.Value()
+    json_format.ParseDict(value, output)
+    return output
 
 
 def predict_response(outcome: PredictOutcome) -> pb.PredictResponse:
-    predictions = []
-    for value, probabilities in outcome.predictions:
-        output = struct_pb2.Value()
-        json_format.ParseDict(value, output)
-        predictions.append(prediction_pb2.Prediction(output=output, probabilities=probabilities))
+    if outcome.as_jsonl:
+        predictions = []
+        jsonl = predictions_jsonl(outcome.predictions)
+    else:
+        jsonl = b""
+        predictions = [
+            prediction_pb2.Prediction(output=_output(value), probabilities=probabilities)
+            for value, probabilities in outcome.predictions
+        ]
     return pb.PredictResponse(
         predictions=predictions,
+        predictions_jsonl=jsonl,
         predict_duration=to_duration(outcome.duration_s),
         warm=outcome.warm,
         restarted=outcome.restarted,

@@ -327,25 +327,69 @@ def _parse_predictions(data: bytes, rows: int, kind: TaskKind | None) -> list[tu
             raise ValueError(f"line {number} nests deeper than {MAX_PREDICTION_DEPTH} levels") from None
         if nests_deeper(obj, MAX_PREDICTION_DEPTH + 1):  # the line's own object is one level
             raise ValueError(f"line {number} nests deeper than {MAX_PREDICTION_DEPTH} levels")
-        if not isinstance(obj, dict) or "prediction" not in obj:
-            raise ValueError(f'line {number} must be an object with a "prediction" key')
-        value = obj["prediction"]
-        if kind is TaskKind.CLASSIFICATION:
-            try:
-                label_key(value)
-            except EvaluationError as exc:
-                raise ValueError(f"line {number}: {exc}") from None
-        elif kind is not None and (
-            isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
-        ):
-            raise ValueError(f"line {number}: the prediction must be a finite number, got {value!r:.40}")
-        probabilities = obj.get("probabilities") or {}
-        if not isinstance(probabilities, dict) or not all(
-            isinstance(k, str) and isinstance(p, int | float) and not isinstance(p, bool) and math.isfinite(p)
-            for k, p in probabilities.items()
-        ):
-            raise ValueError(f"line {number}: probabilities must map labels to finite numbers")
-        out.append((value, {k: float(p) for k, p in probabilities.items()}))
+        out.append(_checked_prediction(obj, f"line {number}", kind))
     if len(out) != rows:
         raise ValueError(f"expected {rows} predictions (one per input line), got {len(out)}")
     return out
+
+
+def check_predictions(
+    answers: list[Any], rows: int, kind: TaskKind | None
+) -> list[tuple[Any, dict[str, float]]]:
+    """The checks of :func:`parse_predictions` on predictions already parsed from JSON (a resident
+    predictor's answer, read with plain ``json.loads``): the same shape and limits, and every number
+    a finite double (which ``parse_predictions`` checks while parsing). Raises ValueError naming the
+    first bad one."""
+    if len(answers) != rows:
+        raise ValueError(f"expected {rows} predictions (one per input row), got {len(answers)}")
+    out = []
+    for number, obj in enumerate(answers, start=1):
+        where = f"prediction {number}"
+        bad = _non_double(obj, MAX_PREDICTION_DEPTH + 1)
+        if bad:
+            raise ValueError(f"{where}: {bad}")
+        out.append(_checked_prediction(obj, where, kind))
+    return out
+
+
+def _non_double(value: Any, depth_limit: int) -> str:
+    """Why ``value`` is not JSON of finite doubles nested at most ``depth_limit`` deep, or ""."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > depth_limit:  # the prediction's own object is one level
+                return f"nests deeper than {depth_limit - 1} levels"
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return f"the number {item} is not finite"
+        elif isinstance(item, int) and not isinstance(item, bool):
+            try:
+                float(item)
+            except OverflowError:
+                return "an integer does not fit a double"
+    return ""
+
+
+def _checked_prediction(obj: Any, where: str, kind: TaskKind | None) -> tuple[Any, dict[str, float]]:
+    """One prediction's shape (its depth checked already)."""
+    if not isinstance(obj, dict) or "prediction" not in obj:
+        raise ValueError(f'{where} must be an object with a "prediction" key')
+    value = obj["prediction"]
+    if kind is TaskKind.CLASSIFICATION:
+        try:
+            label_key(value)
+        except EvaluationError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    elif kind is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+    ):
+        raise ValueError(f"{where}: the prediction must be a finite number, got {value!r:.40}")
+    probabilities = obj.get("probabilities") or {}
+    if not isinstance(probabilities, dict) or not all(
+        isinstance(k, str) and isinstance(p, int | float) and not isinstance(p, bool) and math.isfinite(p)
+        for k, p in probabilities.items()
+    ):
+        raise ValueError(f"{where}: probabilities must map labels to finite numbers")
+    return value, {k: float(p) for k, p in probabilities.items()}

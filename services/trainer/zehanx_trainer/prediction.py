@@ -31,7 +31,7 @@ from zehanx_runtime.errors import (
 from zehanx_runtime.logging import get_logger
 
 from zehanx_trainer.artifacts import ArtifactStore, check_artifact_id
-from zehanx_trainer.evaluation import parse_predictions
+from zehanx_trainer.evaluation import check_predictions, parse_predictions
 from zehanx_trainer.executor_port import (
     ExecFile,
     ExecLimits,
@@ -90,6 +90,8 @@ class PredictOutcome:
     mode: str = "one_shot"
     #: Why the call was one-shot ("" when resident).
     one_shot_reason: str = ""
+    #: The instances came as JSON lines: answer with JSON lines too.
+    as_jsonl: bool = False
 
 
 @dataclass(frozen=True)
@@ -198,34 +200,42 @@ class Predictor:
         return rows
 
     async def predict(
-        self, artifact_id: str, instances: list[Any], *, job_id: str = "", deadline: float | None = None
+        self,
+        artifact_id: str,
+        instances: list[Any] | bytes,
+        *,
+        job_id: str = "",
+        deadline: float | None = None,
     ) -> PredictOutcome:
+        """``instances`` as JSON values, or as UTF-8 JSON lines (bytes): then parsed once here and, when
+        every line is an object of columns, passed on to the predictor as they came."""
         started = time.monotonic()
         model, cached = await self.staged(artifact_id)
-        rows = self.rows_of(model, instances)
+        payload: bytes | None = None
+        as_jsonl = isinstance(instances, bytes)
+        if isinstance(instances, bytes):
+            lines = instances.rstrip(b"\n").split(b"\n")
+            instances = await _parse_jsonl_instances(lines)
+            rows = self.rows_of(model, instances)
+            if all(isinstance(i, dict) for i in instances):
+                payload = b'{"rows":[' + b",".join(lines) + b"]}"
+        else:
+            rows = self.rows_of(model, instances)
         reason = self._one_shot_reason(model)
         if not reason:
             assert self.pool is not None
             try:
                 served = await self.pool.predict(
-                    ModelFiles(model.artifact_id, model.files, model.predict_entry_point), rows, job_id=job_id
+                    ModelFiles(model.artifact_id, model.files, model.predict_entry_point),
+                    rows,
+                    job_id=job_id,
+                    payload=payload,
                 )
             except SessionsUnsupported as exc:
                 reason = exc.reason
             else:
-                # The same parser as a one-shot run's file: a warm answer passes the same checks.
-                try:
-                    lines = (
-                        _as_lines(served.predictions)
-                        if len(rows) <= _INLINE_ROWS
-                        else await asyncio.to_thread(_as_lines, served.predictions)
-                    )
-                except (ValueError, TypeError, RecursionError, OverflowError) as exc:
-                    raise FailedPrecondition(
-                        f"predict.py returned unusable predictions: {type(exc).__name__}: {exc!s:.200}",
-                        reason="PREDICT_BAD_OUTPUT",
-                    ) from None
-                predictions = await self._check(lines, len(rows))
+                # The checks of a one-shot run's file (parse_predictions) on the parsed answer.
+                predictions = await self._check_served(served.predictions, len(rows))
                 return self._done(
                     artifact_id,
                     rows,
@@ -236,6 +246,7 @@ class Predictor:
                     restarted=served.restarted,
                     mode="resident",
                     reason="",
+                    as_jsonl=as_jsonl,
                 )
         predictions = await self._one_shot(model, rows, job_id=job_id, deadline=deadline)
         return self._done(
@@ -248,6 +259,7 @@ class Predictor:
             restarted=False,
             mode="one_shot",
             reason=reason,
+            as_jsonl=as_jsonl,
         )
 
     def _one_shot_reason(self, model: StagedModel) -> str:
@@ -262,6 +274,16 @@ class Predictor:
                 self._capable.clear()
             self._capable[model.artifact_id] = resident_capable(source)
         return self._capable[model.artifact_id]
+
+    async def _check_served(self, answers: list[Any], rows: int) -> list[tuple[Any, dict[str, float]]]:
+        try:
+            if rows <= _INLINE_ROWS:  # a few rows: a thread hop would cost more than the checks
+                return check_predictions(answers, rows, None)
+            return await asyncio.to_thread(check_predictions, answers, rows, None)
+        except ValueError as exc:
+            raise FailedPrecondition(
+                f"predict.py returned unusable predictions: {exc}", reason="PREDICT_BAD_OUTPUT"
+            ) from None
 
     async def _check(self, content: bytes, rows: int) -> list[tuple[Any, dict[str, float]]]:
         try:
@@ -286,6 +308,7 @@ class Predictor:
         restarted: bool,
         mode: str,
         reason: str,
+        as_jsonl: bool = False,
     ) -> PredictOutcome:
         duration = time.monotonic() - started
         PREDICT_SECONDS.labels("warm" if warm else "cold").observe(duration)
@@ -309,6 +332,7 @@ class Predictor:
             restarted=restarted,
             mode=mode,
             one_shot_reason=reason,
+            as_jsonl=as_jsonl,
         )
 
     async def release(self, artifact_id: str) -> bool:
@@ -388,7 +412,54 @@ class Predictor:
         return await self._check(output.content, len(rows))
 
 
-def _as_lines(predictions: list[Any]) -> bytes:
-    return "".join(json.dumps(p, ensure_ascii=False, allow_nan=False) + "\n" for p in predictions).encode(
-        "utf-8"
+def predictions_jsonl(predictions: list[tuple[Any, dict[str, float]]]) -> bytes:
+    """Checked predictions as JSON lines, ``{"prediction": ..., "probabilities": {...}}`` each."""
+    return "".join(
+        json.dumps(
+            {"prediction": value, "probabilities": probabilities} if probabilities else {"prediction": value},
+            ensure_ascii=False,
+            allow_nan=False,
+        )
+        + "\n"
+        for value, probabilities in predictions
+    ).encode("utf-8")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _parse_jsonl(lines: list[bytes]) -> list[Any]:
+    try:
+        values = json.loads(b"[" + b",".join(lines) + b"]", parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        pass
+    else:
+        if len(values) == len(lines):  # else a line held more than one value ("1, 2")
+            return values  # type: ignore[no-any-return]
+    # Which line: each alone (only on this error path).
+    for number, line in enumerate(lines, start=1):
+        try:
+            json.loads(line, parse_constant=_refuse_constant)
+        except RecursionError:
+            raise InvalidArgument(
+                f"instances_jsonl line {number} nests too deep",
+                violations=[FieldViolation("instances_jsonl", f"line {number} nests too deep")],
+                reason="BAD_INSTANCES",
+            ) from None
+        except ValueError as exc:
+            raise InvalidArgument(
+                f"instances_jsonl line {number} is not one JSON value: {exc}",
+                violations=[FieldViolation("instances_jsonl", f"line {number} is not one JSON value")],
+                reason="BAD_INSTANCES",
+            ) from None
+    raise InvalidArgument(  # each line parses alone but not together: cannot happen for JSON values
+        "instances_jsonl is not JSON lines", reason="BAD_INSTANCES"
     )
+
+
+async def _parse_jsonl_instances(lines: list[bytes]) -> list[Any]:
+    """JSON lines as values (C-speed ``json.loads``; in a thread when large); a bad line named."""
+    if sum(len(line) for line in lines) <= _INLINE_BYTES:
+        return _parse_jsonl(lines)
+    return await asyncio.to_thread(_parse_jsonl, lines)

@@ -211,7 +211,11 @@ class PredictorPool:
 
     # -- serving ---------------------------------------------------------------------------------------
 
-    async def predict(self, model: ModelFiles, rows: list[dict[str, Any]], *, job_id: str = "") -> Served:
+    async def predict(
+        self, model: ModelFiles, rows: list[dict[str, Any]], *, job_id: str = "", payload: bytes | None = None
+    ) -> Served:
+        """``rows`` answered by the model's predictor. ``payload``, when given, is the call's line
+        already encoded (``{"rows": [...]}`` of exactly these rows, no newline)."""
         if self.unsupported_reason:
             raise SessionsUnsupported(self.unsupported_reason)
         self._start_reaper()
@@ -242,7 +246,7 @@ class PredictorPool:
                         # Its process died (or was released) while this call waited its turn: the
                         # next round starts a new one.
                         continue
-                    return await self._call(resident, model, rows, warm=warm)
+                    return await self._call(resident, model, rows, warm=warm, payload=payload)
             finally:
                 resident.users -= 1
                 resident.last_used = self._clock()
@@ -391,12 +395,17 @@ class PredictorPool:
                 # The executor frees the ended predictor's place once its sandbox is cleaned up.
                 await asyncio.sleep(0.05)
 
-    async def _call(self, resident: _Resident, model: ModelFiles, rows: list[Any], *, warm: bool) -> Served:
+    async def _call(
+        self, resident: _Resident, model: ModelFiles, rows: list[Any], *, warm: bool, payload: bytes | None
+    ) -> Served:
         session = resident.session
         assert session is not None
-        payload = json.dumps({"rows": rows}, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        if payload is None:
+            payload = json.dumps(
+                {"rows": rows}, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+            ).encode("utf-8")
         try:
-            raw = await session.call(payload.encode("utf-8"), timeout_s=self.config.call_timeout_s)
+            raw = await session.call(payload, timeout_s=self.config.call_timeout_s)
         except TimeoutError:
             self._died.add(resident.artifact_id)
             await self._end(resident, "timeout", kill=True)

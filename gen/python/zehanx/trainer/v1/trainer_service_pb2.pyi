@@ -244,14 +244,21 @@ class PredictRequest(_message.Message):
     ARTIFACT_ID_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
+    INSTANCES_JSONL_FIELD_NUMBER: _builtins.int
     artifact_id: _builtins.str
     """Id of the stored model artifact, as returned in `TrainResult.artifact_id`."""
     job_id: _builtins.str
     """Id of the job on whose behalf the prediction runs (a UUID), for logs."""
+    instances_jsonl: _builtins.bytes
+    """The same instances as UTF-8 JSON lines, one instance per line (1 to 1000 lines), instead of
+    `instances`: they reach the model without a conversion per value, which for a batch of
+    numeric rows costs more than the model. The answer then comes as `predictions_jsonl`.
+    """
     @_builtins.property
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Value]:
         """Input instances, in the shape the model's `predict.py` takes (the model card shows it): for
         example a string for text classification or an object of column values for tabular tasks.
+        Either these or `instances_jsonl`.
         """
 
     def __init__(
@@ -260,10 +267,11 @@ class PredictRequest(_message.Message):
         artifact_id: _builtins.str = ...,
         instances: _abc.Iterable[_struct_pb2.Value] | None = ...,
         job_id: _builtins.str = ...,
+        instances_jsonl: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "instances", b"instances", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "instances", b"instances", "instances_jsonl", b"instances_jsonl", "job_id", b"job_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -335,6 +343,7 @@ class PredictResponse(_message.Message):
     RESTARTED_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     ONE_SHOT_REASON_FIELD_NUMBER: _builtins.int
+    PREDICTIONS_JSONL_FIELD_NUMBER: _builtins.int
     warm: _builtins.bool
     """True only when a resident predictor that had already loaded the model answered: no process
     start and no model loading in this call.
@@ -348,6 +357,11 @@ class PredictResponse(_message.Message):
     one_shot_reason: _builtins.str
     """Why the call ran `predict.py` once instead of in a resident predictor (mode ONE_SHOT): for
     example "the executor's backend has no sessions". Empty otherwise.
+    """
+    predictions_jsonl: _builtins.bytes
+    """When the request gave `instances_jsonl`: the predictions as UTF-8 JSON lines, one per instance
+    in order, each `{"prediction": ..., "probabilities": {...}}` (checked like `predictions`,
+    which is then empty).
     """
     @_builtins.property
     def predictions(self) -> _containers.RepeatedCompositeFieldContainer[_prediction_pb2.Prediction]:
@@ -368,10 +382,11 @@ class PredictResponse(_message.Message):
         restarted: _builtins.bool = ...,
         mode: Global___PredictMode.ValueType = ...,
         one_shot_reason: _builtins.str = ...,
+        predictions_jsonl: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["predict_duration", b"predict_duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "one_shot_reason", b"one_shot_reason", "predict_duration", b"predict_duration", "predictions", b"predictions", "restarted", b"restarted", "warm", b"warm"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "one_shot_reason", b"one_shot_reason", "predict_duration", b"predict_duration", "predictions", b"predictions", "predictions_jsonl", b"predictions_jsonl", "restarted", b"restarted", "warm", b"warm"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
