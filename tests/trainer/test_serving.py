@@ -10,6 +10,7 @@ as a model uploaded twice would be: every artifact is a real trained model in th
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -342,3 +343,54 @@ def test_a_predict_py_without_load_and_predict_is_served_one_shot() -> None:
     assert resident_capable(b"def load(d):\n    pass\n\n\ndef predict(s, rows):\n    return []\n") == ""
     assert "defines no load() and predict()" in resident_capable(b"import sys\nprint(sys.argv)\n")
     assert resident_capable(b"def load(:\n") == "predict.py does not parse"
+
+
+# -- instances as JSON lines ---------------------------------------------------------------------------
+
+
+async def test_instances_as_json_lines_are_answered_as_json_lines_with_the_same_predictions(
+    suite: Suite, models: Models
+) -> None:
+    xs = (-7.5, -0.5, 0.25, 3.0, 12.5)
+    async with serve_trainer_app(settings_for(suite)) as (_app, stub):
+        values = await predict(stub, models.honest, rows(*xs))
+        lines = "".join(json.dumps({"x": x}) + "\n" for x in xs).encode()
+        reply = await stub.Predict(
+            pb.PredictRequest(artifact_id=models.honest, instances_jsonl=lines),
+            metadata=METADATA,
+            timeout=120,
+        )
+        assert not reply.predictions and reply.warm
+        got = [json.loads(line) for line in reply.predictions_jsonl.decode().splitlines()]
+        assert [(g["prediction"], g.get("probabilities", {})) for g in got] == answers(values)
+        # A bare value is the model's one input column, as with Values.
+        bare = await stub.Predict(
+            pb.PredictRequest(artifact_id=models.honest, instances_jsonl=b"-3\n3"),
+            metadata=METADATA,
+            timeout=120,
+        )
+        assert [json.loads(line)["prediction"] for line in bare.predictions_jsonl.splitlines()] == [
+            "neg",
+            "pos",
+        ]
+
+        for bad, says in (
+            (b'{"x": 1}\n{"x": \n', "line 2 is not one JSON value"),
+            (b'{"x": 1}\n{"x": NaN}\n', "line 2 is not one JSON value"),
+            (b'{"x": 1}, {"x": 2}\n', "line 1 is not one JSON value"),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Predict(
+                    pb.PredictRequest(artifact_id=models.honest, instances_jsonl=bad), metadata=METADATA
+                )
+            assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert says in (caught.value.details() or ""), caught.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Predict(
+                pb.PredictRequest(
+                    artifact_id=models.honest, instances=rows(1.0), instances_jsonl=b'{"x": 1}'
+                ),
+                metadata=METADATA,
+            )
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "not both" in (caught.value.details() or "")
