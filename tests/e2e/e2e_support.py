@@ -44,7 +44,7 @@ for extra in (
         sys.path.insert(0, str(extra))
 
 from support.datasets import TINY_SCHEMA, tiny_rows  # noqa: E402
-from support.sandbox import local_executor_env, require_local_sandbox  # noqa: E402
+from support.sandbox import local_executor, require_local_sandbox  # noqa: E402
 from svc_harness import ServiceProcess, free_port, start_service  # noqa: E402
 
 TOKEN = "e2e-test-token"
@@ -121,25 +121,16 @@ def sandbox_pids(uid_base: int, *, live_only: bool = False) -> list[int]:
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    require_local_sandbox(EXECUTOR_WORK_DIR, EXECUTOR_UID_BASE, EXECUTOR_SLOTS)
     tmp = tmp_path_factory.mktemp("e2e-sandbox")
-    executor = start_service(
-        "executor",
-        tmp,
-        token=TOKEN,
-        extra_env=local_executor_env(EXECUTOR_WORK_DIR, EXECUTOR_UID_BASE, EXECUTOR_SLOTS),
-    )
-    box = None
-    try:
-        executor.wait_serving(90)
+    with local_executor(tmp, TOKEN, EXECUTOR_WORK_DIR, EXECUTOR_UID_BASE, EXECUTOR_SLOTS) as executor:
         box = Sandbox(tmp, executor, None, tmp / "datasets", tmp / "artifacts", free_port())  # type: ignore[arg-type]
-        box.dataset_root.mkdir()
-        box.start_trainer()
-        yield box
-    finally:
-        if box is not None and box.trainer is not None:
-            box.trainer.stop()
-        executor.stop()
+        try:
+            box.dataset_root.mkdir()
+            box.start_trainer()
+            yield box
+        finally:
+            if box.trainer is not None:
+                box.trainer.stop()
 
 
 # -- datasets and programs --------------------------------------------------------------------------------

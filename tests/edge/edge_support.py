@@ -20,6 +20,7 @@ import httpx
 import jwt
 import pytest
 from google.rpc import error_details_pb2
+from support.gateway import open_gateway
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
 from zehanx_cli.procs import free_port
 from zehanx_gateway.app import Gateway
@@ -27,7 +28,7 @@ from zehanx_gateway.auth import new_api_key
 from zehanx_gateway.edge import EdgeSettings, RunningEdge, serve_edge
 from zehanx_gateway.settings import GatewaySettings
 from zehanx_runtime.logging import configure_logging
-from zehanx_runtime.server import RunningServer, start_server
+from zehanx_runtime.server import RunningServer
 
 JWT_SECRET = "edge-test-secret-for-hs256-tokens-0123456789"
 JWT_ISSUER = "https://test.supabase.co/auth/v1"
@@ -193,14 +194,7 @@ async def serve(
     """A gateway with its gRPC server and its edge (``edge_settings``: a free port by default);
     ``overrides`` replace gateway settings (for example ``trainer_address``)."""
     settings = gateway_settings(database_url, tmp_path).model_copy(update=overrides)
-    gateway = await Gateway.open(settings)
-    server = await start_server(
-        settings,
-        [gateway.binding()],
-        service_name="gateway",
-        internal=False,
-        extra_check=gateway.authenticator.check,
-    )
+    gateway, server = await open_gateway(settings)
     edge = await serve_edge(gateway, edge_settings or EdgeSettings(edge_port=0))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     http = httpx.AsyncClient(base_url=edge.url, timeout=60)

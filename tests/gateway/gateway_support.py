@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from support.gateway import open_gateway
 from zehanx.common.v1 import metrics_pb2, task_family_pb2
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
 from zehanx.gateway.v1 import model_pb2
@@ -24,9 +24,10 @@ from zehanx_gateway.app import Gateway
 from zehanx_gateway.auth import new_api_key
 from zehanx_gateway.settings import GatewaySettings
 from zehanx_runtime.logging import configure_logging
-from zehanx_runtime.server import RunningServer, start_server
+from zehanx_runtime.server import RunningServer
 
 JWT_SECRET = "test-secret-for-hs256-tokens-0123456789abcdef"
+TRAINER_TOKEN = "trainer-token-for-the-test"
 
 
 def gateway_settings(database_url: str, tmp_path: Path, **overrides: object) -> GatewaySettings:
@@ -91,14 +92,7 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 
 async def serve_gateway(settings: GatewaySettings) -> Served:
-    gateway = await Gateway.open(settings)
-    server = await start_server(
-        settings,
-        [gateway.binding()],
-        service_name="gateway",
-        internal=False,
-        extra_check=gateway.authenticator.check,
-    )
+    gateway, server = await open_gateway(settings)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     return Served(gateway, server, channel, rpc.GatewayServiceStub(channel))
 
@@ -139,13 +133,14 @@ async def publish_model(
     return convert.model_to_proto(model)
 
 
-@asynccontextmanager
-async def gateway_with_trainer(
-    database_url: str, tmp_path: Path, trainer_address: str, trainer_token: str
+@pytest.fixture
+async def served_with_trainer(
+    database_url: str, tmp_path: Path, trainer: tuple[Any, str]
 ) -> AsyncIterator[Served]:
-    """A gateway whose trainer is the stand-in at ``trainer_address`` (``support.stand_in_trainer``)."""
+    """A gateway whose trainer is the test module's ``trainer`` fixture: (a stand-in servicer, its address)
+    from ``support.stand_in_trainer``; the gateway calls it with ``TRAINER_TOKEN``."""
     running = await serve_gateway(
-        gateway_settings(database_url, tmp_path, trainer_address=trainer_address, trainer_token=trainer_token)
+        gateway_settings(database_url, tmp_path, trainer_address=trainer[1], trainer_token=TRAINER_TOKEN)
     )
     try:
         yield running

@@ -27,7 +27,6 @@ from gateway_support import (
     Served,
     bearer,
     gateway_settings,
-    gateway_with_trainer,
     publish_model,
     serve_gateway,
     stop_gateway,
@@ -204,14 +203,6 @@ async def trainer() -> AsyncIterator[tuple[GatedTrainer, str]]:
             yield servicer, address
         finally:
             servicer.gate.set()
-
-
-@pytest.fixture
-async def served_with_trainer(
-    database_url: str, tmp_path: Path, trainer: tuple[GatedTrainer, str]
-) -> AsyncIterator[Served]:
-    async with gateway_with_trainer(database_url, tmp_path, trainer[1], "t" * 16) as running:
-        yield running
 
 
 def text(value: str) -> struct_pb2.Value:

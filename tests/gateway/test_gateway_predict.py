@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from gateway_support import (
+    TRAINER_TOKEN,
     Served,
     bearer,
-    gateway_with_trainer,
     publish_model,
 )
 from google.protobuf import any_pb2, duration_pb2, struct_pb2
@@ -31,7 +30,6 @@ from zehanx.trainer.v1 import trainer_service_pb2_grpc as trpc
 from zehanx_runtime.status import error_info_of, field_violations_of
 
 ARTIFACT_ID = "a" * 64
-TOKEN = "trainer-token-for-the-test"
 
 
 @dataclass
@@ -81,14 +79,6 @@ async def trainer() -> AsyncIterator[tuple[RecordingTrainer, str]]:
         yield servicer, address
 
 
-@pytest.fixture
-async def served_with_trainer(
-    database_url: str, tmp_path: Path, trainer: tuple[RecordingTrainer, str]
-) -> AsyncIterator[Served]:
-    async with gateway_with_trainer(database_url, tmp_path, trainer[1], TOKEN) as running:
-        yield running
-
-
 def text(value: str) -> struct_pb2.Value:
     return struct_pb2.Value(string_value=value)
 
@@ -108,7 +98,7 @@ async def test_predict_forwards_to_the_trainer_and_returns_its_predictions_in_or
     [(request, metadata)] = trainer[0].received
     assert request.artifact_id == ARTIFACT_ID
     assert [v.string_value for v in request.instances] == ["a great movie", "dull"]
-    assert metadata.get("x-zx-service-token") == TOKEN
+    assert metadata.get("x-zx-service-token") == TRAINER_TOKEN
 
 
 async def test_instances_the_model_refuses_are_invalid_argument_with_the_trainers_fields(

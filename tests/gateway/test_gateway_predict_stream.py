@@ -24,7 +24,6 @@ import pytest
 from gateway_support import (
     Served,
     bearer,
-    gateway_with_trainer,
     publish_model,
 )
 from google.protobuf import duration_pb2, struct_pb2
@@ -36,7 +35,6 @@ from zehanx.trainer.v1 import trainer_service_pb2_grpc as trpc
 from zehanx_runtime.status import error_info_of, field_violations_of
 
 ARTIFACT_ID = "b" * 64
-TOKEN = "trainer-token-for-the-test"
 
 
 @dataclass
@@ -90,14 +88,6 @@ async def trainer() -> AsyncIterator[tuple[ResidentTrainer, str]]:
     servicer = ResidentTrainer()
     async with serve_trainer(servicer) as address:
         yield servicer, address
-
-
-@pytest.fixture
-async def served_with_trainer(
-    database_url: str, tmp_path: Path, trainer: tuple[ResidentTrainer, str]
-) -> AsyncIterator[Served]:
-    async with gateway_with_trainer(database_url, tmp_path, trainer[1], TOKEN) as running:
-        yield running
 
 
 def numbers(start: int, count: int) -> list[struct_pb2.Value]:

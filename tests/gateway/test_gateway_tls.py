@@ -33,6 +33,7 @@ from cryptography.x509.oid import NameOID
 from gateway_support import bearer, gateway_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
+from support.gateway import open_gateway
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
 from zehanx_cli import health
@@ -42,7 +43,7 @@ from zehanx_gateway.app import Gateway, server_credentials
 from zehanx_gateway.auth import new_api_key
 from zehanx_gateway.edge import EdgeSettings, RunningEdge, serve_edge
 from zehanx_gateway.settings import GatewaySettings
-from zehanx_runtime.server import RunningServer, start_server
+from zehanx_runtime.server import RunningServer
 
 
 def self_signed(folder: Path, name: str = "tls") -> tuple[Path, Path]:
@@ -95,15 +96,7 @@ class Secured:
 async def serve_tls(database_url: str, tmp_path: Path, cert: Path, key: Path) -> AsyncIterator[Secured]:
     """A real gateway (gRPC and edge) serving TLS with ``cert`` and ``key``, and an API key of alice."""
     settings = gateway_settings(database_url, tmp_path, tls_cert_file=cert, tls_key_file=key)
-    gateway = await Gateway.open(settings)
-    server = await start_server(
-        settings,
-        [gateway.binding()],
-        service_name="gateway",
-        internal=False,
-        extra_check=gateway.authenticator.check,
-        credentials=server_credentials(settings),
-    )
+    gateway, server = await open_gateway(settings, credentials=server_credentials(settings))
     edge = await serve_edge(gateway, EdgeSettings(edge_port=0))
     user_id = await gateway.registry.user_by_name("alice", create=True)
     api_key = new_api_key()

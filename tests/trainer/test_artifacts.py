@@ -108,6 +108,9 @@ SERVICE_KEY = "service-role-key-never-logged"
 # status in the body's ``statusCode`` and the legacy ``error`` string, e.g. ERRORS.NoSuchBucket is
 # ``{error: 'Bucket not found', httpStatusCode: 404, message: 'Bucket not found'}`` and
 # ERRORS.AccessDenied is ``{error: 'Unauthorized', httpStatusCode: 403}``.
+# Storage's answer to creating a bucket or an object that exists (ERRORS.BucketAlreadyExists and
+# ERRORS.ResourceAlreadyExists: HTTP 400 with the 409 in the body).
+DUPLICATE = {"statusCode": "409", "error": "Duplicate", "message": "The resource already exists"}
 BUCKET_NOT_FOUND = {"statusCode": "404", "error": "Bucket not found", "message": "Bucket not found"}
 RLS_DENIED = {
     "statusCode": "403",
@@ -155,14 +158,7 @@ class RecordedStorage:
             if self.deny_bucket_create:
                 return httpx.Response(400, json=RLS_DENIED)
             if body["id"] in self.buckets:
-                return httpx.Response(
-                    400,
-                    json={
-                        "statusCode": "409",
-                        "error": "Duplicate",
-                        "message": "The resource already exists",
-                    },
-                )
+                return httpx.Response(400, json=DUPLICATE)
             self.buckets.add(body["id"])
             return httpx.Response(200, json={"name": body["name"]})
         prefix = "/storage/v1/object/"
@@ -174,14 +170,7 @@ class RecordedStorage:
             bucket, key = rest.split("/", 1)
             assert request.headers["x-upsert"] == "false"
             if key in self.objects:
-                return httpx.Response(
-                    400,
-                    json={
-                        "statusCode": "409",
-                        "error": "Duplicate",
-                        "message": "The resource already exists",
-                    },
-                )
+                return httpx.Response(400, json=DUPLICATE)
             body = request.content
             boundary = request.headers["content-type"].split("boundary=")[1].encode()
             parts = [p for p in body.split(b"--" + boundary) if b'name="file"' in p or b"filename=" in p]
