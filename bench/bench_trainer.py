@@ -26,6 +26,8 @@ import time
 import uuid
 from pathlib import Path
 
+from harness import trainer_over_executor
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "services"))
 sys.path.insert(0, str(REPO / "examples" / "reference_digits"))
@@ -155,7 +157,6 @@ def main() -> None:
 
     import grpc
     from make_dataset import write_digits
-    from svc_harness import start_service
     from zehanx.common.v1 import dataset_pb2
     from zehanx.trainer.v1 import trainer_service_pb2_grpc as rpc
 
@@ -174,43 +175,15 @@ def main() -> None:
         test_uri=(dataset / "test.jsonl").as_uri(),
         test_sha256=files["test"]["sha256"],
     )
-    executor = start_service(
-        "executor",
-        work,
-        token=TOKEN,
-        extra_env={
-            "ZX_EXECUTOR_BACKEND": "local",
-            "ZX_EXECUTOR_WORK_DIR": "/var/tmp/zx-trainer-bench",
-            "ZX_EXECUTOR_UID_BASE": "64100",
-            "ZX_EXECUTOR_MAX_CONCURRENT": "2",
-        },
-    )
-    trainer = None
-    try:
-        executor.wait_serving(120)
-        trainer = start_service(
-            "trainer",
-            work,
-            token=TOKEN,
-            extra_env={
-                "ZX_TRAINER_EXECUTOR_ADDRESS": executor.address,
-                "ZX_TRAINER_DATASET_ROOTS": json.dumps([str(work / "datasets")]),
-                "ZX_TRAINER_ARTIFACT_DIR": str(work / "artifacts"),
-                "ZX_TRAINER_GPUS": "0",
-            },
-        )
-        trainer.wait_serving(60)
-        bare, platform = [], []
-        with grpc.insecure_channel(trainer.address) as channel:
+    bare, platform = [], []
+    with trainer_over_executor(
+        work, TOKEN, sandbox_dir="/var/tmp/zx-trainer-bench", uid_base=64100
+    ) as address:
+        with grpc.insecure_channel(address) as channel:
             stub = rpc.TrainerServiceStub(channel)
             for _ in range(args.reps):  # alternate, so both see the same machine load
                 bare.append(bare_run(dataset, work))
                 platform.append(platform_run(stub, ref))
-    finally:
-        if trainer is not None:
-            trainer.stop()
-        executor.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
     b = statistics.median(bare)
     total = statistics.median(p[0] for p in platform)

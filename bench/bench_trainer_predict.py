@@ -22,13 +22,14 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from harness import trainer_over_executor
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "services"))
@@ -72,7 +73,6 @@ def main() -> None:
     import grpc
     import realdata
     from google.protobuf import duration_pb2, json_format, struct_pb2
-    from svc_harness import start_service
     from zehanx.common.v1 import resources_pb2
     from zehanx.trainer.v1 import trainer_service_pb2 as pb
     from zehanx.trainer.v1 import trainer_service_pb2_grpc as rpc
@@ -89,33 +89,10 @@ def main() -> None:
     ref = _ref(data.folder, data.test_rows, data.schema_json)
     inputs = [{k: v for k, v in r.items() if k != data.target} for r in data.test_rows]
 
-    executor = start_service(
-        "executor",
-        work,
-        token=TOKEN,
-        extra_env={
-            "ZX_EXECUTOR_BACKEND": "local",
-            "ZX_EXECUTOR_WORK_DIR": "/var/tmp/zx-predict-bench",
-            "ZX_EXECUTOR_UID_BASE": "67000",
-            "ZX_EXECUTOR_MAX_CONCURRENT": "2",
-        },
-    )
-    trainer = None
-    try:
-        executor.wait_serving(120)
-        trainer = start_service(
-            "trainer",
-            work,
-            token=TOKEN,
-            extra_env={
-                "ZX_TRAINER_EXECUTOR_ADDRESS": executor.address,
-                "ZX_TRAINER_DATASET_ROOTS": json.dumps([str(work / "datasets")]),
-                "ZX_TRAINER_ARTIFACT_DIR": str(work / "artifacts"),
-                "ZX_TRAINER_GPUS": "0",
-            },
-        )
-        trainer.wait_serving(60)
-        with grpc.insecure_channel(trainer.address) as channel:
+    with trainer_over_executor(
+        work, TOKEN, sandbox_dir="/var/tmp/zx-predict-bench", uid_base=67000
+    ) as address:
+        with grpc.insecure_channel(address) as channel:
             stub = rpc.TrainerServiceStub(channel)
             events = list(
                 stub.Train(
@@ -198,11 +175,6 @@ def main() -> None:
                 started = time.perf_counter()
                 module.predict(state, inputs[:100])
                 local_batch.append(time.perf_counter() - started)
-    finally:
-        if trainer is not None:
-            trainer.stop()
-        executor.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
     print(
         f"Predict on the penguins MLP (tabular template, torch), {os.cpu_count()} cores, held-out "

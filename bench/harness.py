@@ -4,6 +4,9 @@ Used by the quality benchmark and the codegen tests. It writes the dataset folde
 validation.jsonl, schema.json), runs ``train.py`` in a child process with the ZX_* variables and
 the trainer's ``zxrt`` on PYTHONPATH, then ``predict.py`` on the test inputs, and scores the
 predictions. Only our own template programs are run this way; LLM-written code runs in the sandbox.
+
+``trainer_over_executor`` starts the other way the trainer benchmarks run programs: a real executor and
+trainer as processes, called over gRPC.
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,3 +231,45 @@ def mcc_binary(truth: list, predicted: list, positive: str) -> float:
 
 def mape(truth: list[float], predicted: list[float]) -> float:
     return statistics.fmean(abs(t - p) / abs(t) for t, p in zip(truth, predicted, strict=True))
+
+
+@contextmanager
+def trainer_over_executor(work: Path, token: str, *, sandbox_dir: str, uid_base: int) -> Iterator[str]:
+    """A real executor (local sandbox, two slots, its jobs under ``sandbox_dir``, uids from ``uid_base``) and
+    a real trainer on it, as processes (``tests/services/svc_harness.py``); the trainer reads datasets from
+    ``work/datasets`` and writes artifacts to ``work/artifacts``. Yields the trainer's address; stops both
+    and deletes ``work`` on exit."""
+    from svc_harness import start_service  # tests/services, on sys.path in the bench scripts that use this
+
+    executor = start_service(
+        "executor",
+        work,
+        token=token,
+        extra_env={
+            "ZX_EXECUTOR_BACKEND": "local",
+            "ZX_EXECUTOR_WORK_DIR": sandbox_dir,
+            "ZX_EXECUTOR_UID_BASE": str(uid_base),
+            "ZX_EXECUTOR_MAX_CONCURRENT": "2",
+        },
+    )
+    trainer = None
+    try:
+        executor.wait_serving(120)
+        trainer = start_service(
+            "trainer",
+            work,
+            token=token,
+            extra_env={
+                "ZX_TRAINER_EXECUTOR_ADDRESS": executor.address,
+                "ZX_TRAINER_DATASET_ROOTS": json.dumps([str(work / "datasets")]),
+                "ZX_TRAINER_ARTIFACT_DIR": str(work / "artifacts"),
+                "ZX_TRAINER_GPUS": "0",
+            },
+        )
+        trainer.wait_serving(60)
+        yield trainer.address
+    finally:
+        if trainer is not None:
+            trainer.stop()
+        executor.stop()
+        shutil.rmtree(work, ignore_errors=True)
