@@ -19,10 +19,11 @@ from zehanx.common.v1 import metrics_pb2, task_family_pb2
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
 from zehanx.gateway.v1 import model_pb2
 from zehanx_cli.procs import free_port
-from zehanx_gateway import convert
+from zehanx_gateway import convert, db
 from zehanx_gateway.app import Gateway
 from zehanx_gateway.auth import new_api_key
 from zehanx_gateway.settings import GatewaySettings
+from zehanx_gateway.store import PostgresRegistry
 from zehanx_runtime.logging import configure_logging
 from zehanx_runtime.server import RunningServer
 
@@ -146,6 +147,17 @@ async def served_with_trainer(
         yield running
     finally:
         await stop_gateway(running)
+
+
+@pytest.fixture
+async def registry(database_url: str) -> AsyncIterator[PostgresRegistry]:
+    """The registry on a migrated fresh database, without a gateway around it."""
+    await db.migrate(database_url)
+    pool = await db.open_pool(database_url, max_size=12)
+    try:
+        yield PostgresRegistry(pool)
+    finally:
+        await pool.close()
 
 
 @pytest.fixture

@@ -4,24 +4,12 @@ age of the oldest queued job, as /metrics reports them."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import pytest
 from prometheus_client import REGISTRY
-from zehanx_gateway import db, metrics
+from zehanx_gateway import metrics
 from zehanx_gateway.domain import JobStage, JobState, NewJob
 from zehanx_gateway.store import PostgresRegistry
-
-
-@pytest.fixture
-async def registry(database_url: str) -> AsyncIterator[PostgresRegistry]:
-    await db.migrate(database_url)
-    pool = await db.open_pool(database_url, max_size=2)
-    try:
-        yield PostgresRegistry(pool)
-    finally:
-        await pool.close()
 
 
 def _running() -> dict[str, float]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import psycopg
@@ -15,16 +14,6 @@ from zehanx_gateway import db
 from zehanx_gateway.domain import TRANSITIONS, JobError, JobStage, JobState, NewJob, NewModel, PendingEvent
 from zehanx_gateway.store import PostgresRegistry
 from zehanx_runtime import errors
-
-
-@pytest.fixture
-async def registry(database_url: str) -> AsyncIterator[PostgresRegistry]:
-    await db.migrate(database_url)
-    pool = await db.open_pool(database_url, max_size=12)
-    try:
-        yield PostgresRegistry(pool)
-    finally:
-        await pool.close()
 
 
 def new_job(prompt: str = "make a model", request_id: uuid.UUID | None = None) -> NewJob:
