@@ -26,6 +26,7 @@ from zehanx_gateway.settings import GatewaySettings
 from zehanx_gateway.store import PostgresRegistry
 from zehanx_runtime.logging import configure_logging
 from zehanx_runtime.server import RunningServer
+from zehanx_runtime.status import error_info_of
 
 JWT_SECRET = "test-secret-for-hs256-tokens-0123456789abcdef"
 TRAINER_TOKEN = "trainer-token-for-the-test"
@@ -86,6 +87,22 @@ def es256_jwk(key: ec.EllipticCurvePrivateKey, kid: str) -> dict[str, Any]:
 def jwks_address(port: int) -> str:
     """Where Supabase serves its JWKS, on a loopback stand-in at ``port``."""
     return f"http://127.0.0.1:{port}/auth/v1/.well-known/jwks.json"
+
+
+async def rpc_error(call: Any) -> grpc.aio.AioRpcError:
+    """The error a call (unary, or a stream read to its end) fails with; the test fails if it succeeds."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        if hasattr(call, "__aiter__"):
+            _ = [m async for m in call]
+        else:
+            await call
+    return caught.value
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of ``error``; "" when it carries none."""
+    info = error_info_of(error)
+    return info.reason if info is not None else ""
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

@@ -12,7 +12,15 @@ from pathlib import Path
 import grpc
 import psycopg
 import pytest
-from gateway_support import Served, bearer, gateway_settings, serve_gateway, stop_gateway
+from gateway_support import (
+    Served,
+    bearer,
+    gateway_settings,
+    reason_of,
+    rpc_error,
+    serve_gateway,
+    stop_gateway,
+)
 from google.protobuf import json_format, struct_pb2
 from zehanx.common.v1 import dataset_pb2, task_family_pb2
 from zehanx.gateway.v1 import account_pb2, job_event_pb2, job_pb2
@@ -21,7 +29,7 @@ from zehanx_gateway import convert
 from zehanx_gateway.domain import PendingEvent, Provider
 from zehanx_gateway.orchestrator.clients import GrpcCodegen, GrpcCrawler, GrpcTrainer, caller_keys
 from zehanx_runtime import errors, provider_keys
-from zehanx_runtime.status import error_info_of, field_violations_of
+from zehanx_runtime.status import field_violations_of
 
 SECRETS_KEY = "test-secrets-key-0123456789abcdef-0123456789"
 REPO = Path(__file__).resolve().parents[2]
@@ -36,17 +44,6 @@ async def keyed(database_url: str, tmp_path: Path) -> Served:
         yield running
     finally:
         await stop_gateway(running)
-
-
-async def _error(call) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call
-    return info.value
-
-
-def _reason(error: grpc.aio.AioRpcError) -> str:
-    info = error_info_of(error)
-    return info.reason if info is not None else ""
 
 
 def dataset_built(rows: int, name: str) -> job_event_pb2.DatasetBuilt:
@@ -115,18 +112,18 @@ async def test_datasets_are_the_jobs_dataset_built_events_newest_first_and_only_
     assert record.create_time.seconds > 0
     assert b"secret-resume-data" not in record.SerializeToString()
 
-    none_yet = await _error(served.stub.GetDataset(pb.GetDatasetRequest(job_id=jobs[3]), metadata=alice))
+    none_yet = await rpc_error(served.stub.GetDataset(pb.GetDatasetRequest(job_id=jobs[3]), metadata=alice))
     assert none_yet.code() == grpc.StatusCode.NOT_FOUND
-    assert _reason(none_yet) == "DATASET_NOT_FOUND"
+    assert reason_of(none_yet) == "DATASET_NOT_FOUND"
 
     # Bob sees none of it: his list is empty and Alice's job is simply not found.
     assert not (await served.stub.ListDatasets(pb.ListDatasetsRequest(), metadata=bob)).datasets
-    theirs = await _error(served.stub.GetDataset(pb.GetDatasetRequest(job_id=jobs[1]), metadata=bob))
+    theirs = await rpc_error(served.stub.GetDataset(pb.GetDatasetRequest(job_id=jobs[1]), metadata=bob))
     assert theirs.code() == grpc.StatusCode.NOT_FOUND
-    assert _reason(theirs) == "JOB_NOT_FOUND"
+    assert reason_of(theirs) == "JOB_NOT_FOUND"
     # A page token of another list is refused with the field named.
     jobs_page = await served.stub.ListJobs(pb.ListJobsRequest(page_size=1), metadata=alice)
-    bad = await _error(
+    bad = await rpc_error(
         served.stub.ListDatasets(pb.ListDatasetsRequest(page_token=jobs_page.next_page_token), metadata=alice)
     )
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -164,10 +161,10 @@ async def test_an_upload_is_stored_and_only_its_owner_may_name_it_as_a_job_sourc
         request = pb.CreateJobRequest(
             job=job_pb2.Job(prompt="penguin species", sources=[dataset_pb2.DataSource(upload_id=upload_id)])
         )
-        refused = await _error(served.stub.CreateJob(request, metadata=who))
+        refused = await rpc_error(served.stub.CreateJob(request, metadata=who))
         assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert [f for f, _ in field_violations_of(refused)] == ["job.sources[0].upload_id"]
-        assert _reason(refused) == "UPLOAD_NOT_FOUND"
+        assert reason_of(refused) == "UPLOAD_NOT_FOUND"
     with pytest.raises(errors.NotFound):
         await served.gateway.uploads.resolve(await served.user_id("bob"), uploaded.upload_id)
 
@@ -181,12 +178,12 @@ async def test_an_upload_is_stored_and_only_its_owner_may_name_it_as_a_job_sourc
         request = pb.CreateJobRequest(
             job=job_pb2.Job(prompt="penguin species", sources=[dataset_pb2.DataSource(local_path=str(path))])
         )
-        refused = await _error(served.stub.CreateJob(request, metadata=bob))
+        refused = await rpc_error(served.stub.CreateJob(request, metadata=bob))
         assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert _reason(refused) == "LOCAL_PATH_IN_UPLOADS"
+        assert reason_of(refused) == "LOCAL_PATH_IN_UPLOADS"
 
     # A name with folders is refused before anything is written.
-    bad = await _error(
+    bad = await rpc_error(
         served.stub.UploadFile(pb.UploadFileRequest(filename="../x.csv", content=b"a,b\n"), metadata=bob)
     )
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -216,7 +213,7 @@ async def test_api_keys_over_the_api_secret_once_revoke_at_once_and_only_ones_ow
     assert row is not None and row.secret_sha256 == hashlib.sha256(secret.encode()).digest()
     assert secret.encode() not in row.secret_sha256
 
-    theirs = await _error(
+    theirs = await rpc_error(
         served.stub.RevokeApiKey(pb.RevokeApiKeyRequest(key_id=created.api_key.key_id), metadata=bob)
     )
     assert theirs.code() == grpc.StatusCode.NOT_FOUND
@@ -226,15 +223,15 @@ async def test_api_keys_over_the_api_secret_once_revoke_at_once_and_only_ones_ow
         pb.RevokeApiKeyRequest(key_id=created.api_key.key_id), metadata=alice
     )
     assert revoked.HasField("revoke_time")
-    gone = await _error(served.stub.ListJobs(pb.ListJobsRequest(), metadata=new))
+    gone = await rpc_error(served.stub.ListJobs(pb.ListJobsRequest(), metadata=new))
     assert gone.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert _reason(gone) == "API_KEY_REVOKED"
+    assert reason_of(gone) == "API_KEY_REVOKED"
     again = await served.stub.RevokeApiKey(
         pb.RevokeApiKeyRequest(key_id=created.api_key.key_id), metadata=alice
     )
     assert again.revoke_time == revoked.revoke_time  # revoking a revoked key leaves it as it was
 
-    malformed = await _error(
+    malformed = await rpc_error(
         served.stub.RevokeApiKey(pb.RevokeApiKeyRequest(key_id="NOT-A-KEY"), metadata=alice)
     )
     assert malformed.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -270,7 +267,7 @@ async def test_provider_keys_are_sealed_shown_as_hints_and_never_logged(
         assert not (
             await keyed.stub.ListProviderKeys(pb.ListProviderKeysRequest(), metadata=bob)
         ).provider_keys
-        bad = await _error(
+        bad = await rpc_error(
             keyed.stub.SetProviderKey(
                 pb.SetProviderKeyRequest(
                     provider=account_pb2.PROVIDER_FIRECRAWL, secret="has a space " + secret
@@ -313,7 +310,7 @@ async def test_provider_keys_are_sealed_shown_as_hints_and_never_logged(
             pb.DeleteProviderKeyRequest(provider=account_pb2.PROVIDER_GROQ), metadata=alice
         )  # deleting what is not there succeeds
         assert await keyed.gateway.provider_keys.keys_for(alice_id) == {Provider.E2B: "e2b_short1"}
-        unspecified = await _error(
+        unspecified = await rpc_error(
             keyed.stub.DeleteProviderKey(pb.DeleteProviderKeyRequest(), metadata=alice)
         )
         assert [f for f, _ in field_violations_of(unspecified)] == ["provider"]
@@ -333,7 +330,7 @@ async def test_without_a_secrets_key_set_provider_key_names_the_setting(
     served = await serve_gateway(gateway_settings(database_url, tmp_path))
     try:
         alice = bearer(await served.api_key("alice"))
-        refused = await _error(
+        refused = await rpc_error(
             served.stub.SetProviderKey(
                 pb.SetProviderKeyRequest(provider=account_pb2.PROVIDER_GROQ, secret="gsk_0123456789abcdef"),
                 metadata=alice,
@@ -341,7 +338,7 @@ async def test_without_a_secrets_key_set_provider_key_names_the_setting(
         )
         assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "ZX_GATEWAY_SECRETS_KEY" in (refused.details() or "")
-        assert _reason(refused) == "SECRETS_KEY_UNSET"
+        assert reason_of(refused) == "SECRETS_KEY_UNSET"
         assert not (
             await served.stub.ListProviderKeys(pb.ListProviderKeysRequest(), metadata=alice)
         ).provider_keys
@@ -408,14 +405,14 @@ async def test_user_settings_default_replace_and_stay_per_user(served: Served) -
     )
 
     bad = account_pb2.UserSettings(default_job_options=job_pb2.JobOptions(max_repair_attempts=9))
-    refused = await _error(
+    refused = await rpc_error(
         served.stub.UpdateUserSettings(pb.UpdateUserSettingsRequest(settings=bad), metadata=alice)
     )
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [f for f, _ in field_violations_of(refused)] == [
         "settings.default_job_options.max_repair_attempts"
     ]
-    missing = await _error(served.stub.UpdateUserSettings(pb.UpdateUserSettingsRequest(), metadata=alice))
+    missing = await rpc_error(served.stub.UpdateUserSettings(pb.UpdateUserSettingsRequest(), metadata=alice))
     assert [f for f, _ in field_violations_of(missing)] == ["settings"]
 
 
@@ -427,11 +424,11 @@ async def test_uploads_beyond_the_users_quota_are_refused(database_url: str, tmp
         await served.stub.UploadFile(
             pb.UploadFileRequest(filename="a.csv", content=b"x" * 60), metadata=alice
         )
-        refused = await _error(
+        refused = await rpc_error(
             served.stub.UploadFile(pb.UploadFileRequest(filename="b.csv", content=b"y" * 41), metadata=alice)
         )
         assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert _reason(refused) == "UPLOAD_QUOTA_EXCEEDED"
+        assert reason_of(refused) == "UPLOAD_QUOTA_EXCEEDED"
         await served.stub.UploadFile(
             pb.UploadFileRequest(filename="b.csv", content=b"y" * 40), metadata=alice
         )

@@ -21,6 +21,7 @@ from gateway_support import (
     es256_jwk,
     gateway_settings,
     jwks_address,
+    rpc_error,
     serve_gateway,
     stop_gateway,
 )
@@ -52,13 +53,6 @@ def token(
     return jwt.encode(claims, key, algorithm=algorithm, headers=headers)
 
 
-async def refused(call: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        result = await call if not hasattr(call, "__aiter__") else [m async for m in call]
-        del result
-    return caught.value
-
-
 async def test_calls_without_or_with_garbage_credentials_are_unauthenticated(served: Served) -> None:
     stub = served.stub
     cases = {
@@ -68,20 +62,20 @@ async def test_calls_without_or_with_garbage_credentials_are_unauthenticated(ser
         "API_KEY_INVALID": (("authorization", "Bearer zx_abcdefghij012345_" + "A" * 43),),
     }
     for reason, metadata in cases.items():
-        error = await refused(stub.ListJobs(pb.ListJobsRequest(), metadata=metadata))
+        error = await rpc_error(stub.ListJobs(pb.ListJobsRequest(), metadata=metadata))
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED, reason
         assert error_info_of(error).reason == reason
     # Streaming calls are checked the same way, before anything is sent.
-    error = await refused(stub.WatchJob(pb.WatchJobRequest(job_id=str(uuid.uuid4()))))
+    error = await rpc_error(stub.WatchJob(pb.WatchJobRequest(job_id=str(uuid.uuid4()))))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
-    error = await refused(stub.DownloadModel(pb.DownloadModelRequest(model_id=str(uuid.uuid4()))))
+    error = await rpc_error(stub.DownloadModel(pb.DownloadModelRequest(model_id=str(uuid.uuid4()))))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_a_key_with_the_right_id_and_a_wrong_secret_is_refused(served: Served) -> None:
     key = await served.api_key("alice")
     forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
-    error = await refused(served.stub.ListJobs(pb.ListJobsRequest(), metadata=bearer(forged)))
+    error = await rpc_error(served.stub.ListJobs(pb.ListJobsRequest(), metadata=bearer(forged)))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error_info_of(error).reason == "API_KEY_INVALID"
     # The x-api-key header works as well as a bearer.
@@ -102,7 +96,7 @@ async def test_a_revoked_key_stops_working_at_once_on_every_replica(
                 await replica.stub.ListJobs(pb.ListJobsRequest(), metadata=auth)
         await served.gateway.registry.revoke_api_key(key.split("_")[1])
         for replica in (served, other):
-            error = await refused(replica.stub.ListJobs(pb.ListJobsRequest(), metadata=auth))
+            error = await rpc_error(replica.stub.ListJobs(pb.ListJobsRequest(), metadata=auth))
             assert error.code() == grpc.StatusCode.UNAUTHENTICATED
             assert error_info_of(error).reason == "API_KEY_REVOKED"
     finally:
@@ -116,7 +110,7 @@ async def test_a_valid_hs256_jwt_is_a_user_of_its_own(served: Served) -> None:
     got = await served.stub.GetJob(pb.GetJobRequest(job_id=job.id), metadata=bearer(token(sub=user)))
     assert got.id == job.id
     stranger = bearer(token())
-    error = await refused(served.stub.GetJob(pb.GetJobRequest(job_id=job.id), metadata=stranger))
+    error = await rpc_error(served.stub.GetJob(pb.GetJobRequest(job_id=job.id), metadata=stranger))
     assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -130,7 +124,7 @@ async def test_a_reused_jwt_stops_working_when_it_expires(database_url: str, tmp
             await served.stub.ListJobs(pb.ListJobsRequest(), metadata=auth)
         claims_exp = jwt.decode(auth[0][1].split()[1], options={"verify_signature": False})["exp"]
         await asyncio.sleep(max(0.0, claims_exp - time.time()) + 1.1)
-        error = await refused(served.stub.ListJobs(pb.ListJobsRequest(), metadata=auth))
+        error = await rpc_error(served.stub.ListJobs(pb.ListJobsRequest(), metadata=auth))
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
         assert error_info_of(error).reason == "TOKEN_EXPIRED"
     finally:
@@ -150,11 +144,11 @@ async def test_a_reused_jwt_stops_working_when_it_expires(database_url: str, tmp
     ],
 )
 async def test_bad_jwts_are_unauthenticated(served: Served, reason: str, make: Any) -> None:
-    error = await refused(served.stub.ListJobs(pb.ListJobsRequest(), metadata=bearer(make())))
+    error = await rpc_error(served.stub.ListJobs(pb.ListJobsRequest(), metadata=bearer(make())))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error_info_of(error).reason == reason
     # ...on a stream too.
-    error = await refused(
+    error = await rpc_error(
         served.stub.WatchJob(pb.WatchJobRequest(job_id=str(uuid.uuid4())), metadata=bearer(make()))
     )
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -208,7 +202,7 @@ async def test_asymmetric_jwts_verify_against_the_jwks(
         "TOKEN_ALGORITHM": token(),
     }
     for reason, credential in cases.items():
-        error = await refused(stub.ListJobs(pb.ListJobsRequest(), metadata=bearer(credential)))
+        error = await rpc_error(stub.ListJobs(pb.ListJobsRequest(), metadata=bearer(credential)))
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED, reason
         assert error_info_of(error).reason == reason, reason
     # Keys are cached: many calls, few fetches.

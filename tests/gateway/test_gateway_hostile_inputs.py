@@ -16,7 +16,7 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ from gateway_support import (
     bearer,
     gateway_settings,
     publish_model,
+    reason_of,
+    rpc_error,
     serve_gateway,
     stop_gateway,
 )
@@ -44,17 +46,6 @@ from zehanx_runtime.status import error_info_of, field_violations_of
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 ARTIFACT_ID = "b" * 64
-
-
-async def _error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
-
-
-def _reason(error: grpc.aio.AioRpcError) -> str:
-    info = error_info_of(error)
-    return info.reason if info is not None else ""
 
 
 def _fields(error: grpc.aio.AioRpcError) -> list[str]:
@@ -114,10 +105,10 @@ async def test_m5_a_10_mib_hyperparameter_is_refused_naming_the_field_before_any
     auth = bearer(await served.api_key("alice"))
     request = _job(big=_big_list(10 * MiB))
     assert request.ByteSize() > 10 * MiB
-    refused = await _error(served.stub.CreateJob(request, metadata=auth))
+    refused = await rpc_error(served.stub.CreateJob(request, metadata=auth))
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _fields(refused) == ["job.options.hyperparameters"]
-    assert _reason(refused) == "VALUE_TOO_LARGE"
+    assert reason_of(refused) == "VALUE_TOO_LARGE"
     assert conversions == []  # refused before MessageToDict ever saw it
     listed = await served.stub.ListJobs(pb.ListJobsRequest(), metadata=auth)
     assert list(listed.jobs) == []
@@ -132,14 +123,14 @@ async def test_m5_deeply_nested_hyperparameters_are_refused_naming_the_entry(
 ) -> None:
     auth = bearer(await served.api_key("alice"))
     limit = convert.HYPERPARAMETERS_MAX_DEPTH
-    refused = await _error(
+    refused = await rpc_error(
         served.stub.CreateJob(
             _job(epochs=struct_pb2.Value(number_value=3), deep=_nested(limit + 1)), metadata=auth
         )
     )
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _fields(refused) == ['job.options.hyperparameters["deep"]']
-    assert _reason(refused) == "VALUE_TOO_DEEP"
+    assert reason_of(refused) == "VALUE_TOO_DEEP"
     assert conversions == []
     job = await served.stub.CreateJob(_job(deep=_nested(limit)), metadata=auth)
     assert convert.value_depth(job.options.hyperparameters["deep"], 100) == limit
@@ -151,7 +142,7 @@ async def test_m5_user_settings_default_hyperparameters_are_bounded_the_same_way
     auth = bearer(await served.api_key("alice"))
     big = account_pb2.UserSettings()
     big.default_job_options.hyperparameters["big"].CopyFrom(_big_list(10 * MiB))
-    refused = await _error(
+    refused = await rpc_error(
         served.stub.UpdateUserSettings(pb.UpdateUserSettingsRequest(settings=big), metadata=auth)
     )
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -160,7 +151,7 @@ async def test_m5_user_settings_default_hyperparameters_are_bounded_the_same_way
     deep.default_job_options.hyperparameters["layers"].CopyFrom(
         _nested(convert.HYPERPARAMETERS_MAX_DEPTH + 1)
     )
-    refused = await _error(
+    refused = await rpc_error(
         served.stub.UpdateUserSettings(pb.UpdateUserSettingsRequest(settings=deep), metadata=auth)
     )
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -219,18 +210,18 @@ async def test_m5_predict_instances_are_bounded_in_size_and_depth_before_reachin
     conversions.clear()  # (publishing converted the model record)
 
     too_big = pb.PredictRequest(model_id=model.id, instances=[text("a"), _big_list(limit)])
-    refused = await _error(served.stub.Predict(too_big, metadata=auth))
+    refused = await rpc_error(served.stub.Predict(too_big, metadata=auth))
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _fields(refused) == ["instances"]
-    assert _reason(refused) == "VALUE_TOO_LARGE"
+    assert reason_of(refused) == "VALUE_TOO_LARGE"
 
     too_deep = pb.PredictRequest(
         model_id=model.id, instances=[text("a"), text("b"), _nested(convert.INSTANCE_MAX_DEPTH + 1)]
     )
-    refused = await _error(served.stub.Predict(too_deep, metadata=auth))
+    refused = await rpc_error(served.stub.Predict(too_deep, metadata=auth))
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _fields(refused) == ["instances[2]"]
-    assert _reason(refused) == "VALUE_TOO_DEEP"
+    assert reason_of(refused) == "VALUE_TOO_DEEP"
 
     # Large enough to be walked in a worker thread: still refused, naming the deep one.
     large_and_deep = pb.PredictRequest(
@@ -240,7 +231,7 @@ async def test_m5_predict_instances_are_bounded_in_size_and_depth_before_reachin
             _nested(convert.INSTANCE_MAX_DEPTH + 1),
         ],
     )
-    refused = await _error(served.stub.Predict(large_and_deep, metadata=auth))
+    refused = await rpc_error(served.stub.Predict(large_and_deep, metadata=auth))
     assert _fields(refused) == ["instances[1]"]
     assert fake.received == []  # none of them reached the trainer
     assert conversions == []  # nor was any converted
@@ -275,9 +266,9 @@ async def test_m7_create_and_cancel_in_a_loop_stops_at_the_per_user_rate(
         for _ in range(3):
             job = await served.stub.CreateJob(_job(), metadata=alice)
             await served.stub.CancelJob(pb.CancelJobRequest(job_id=job.id), metadata=alice)
-        refused = await _error(served.stub.CreateJob(_job(), metadata=alice))
+        refused = await rpc_error(served.stub.CreateJob(_job(), metadata=alice))
         assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert _reason(refused) == "JOB_CREATE_RATE_EXCEEDED"
+        assert reason_of(refused) == "JOB_CREATE_RATE_EXCEEDED"
         assert "minute" in (refused.details() or "")
         assert await _user_jobs(served, "alice") == 3
         # Concurrent creates cannot pass the limit together (one lock per user), and bob has his own.
@@ -303,7 +294,7 @@ async def test_m7_the_daily_job_limit_counts_cancelled_jobs(database_url: str, t
         for _ in range(4):
             job = await served.stub.CreateJob(_job(), metadata=alice)
             await served.stub.CancelJob(pb.CancelJobRequest(job_id=job.id), metadata=alice)
-        refused = await _error(served.stub.CreateJob(_job(), metadata=alice))
+        refused = await rpc_error(served.stub.CreateJob(_job(), metadata=alice))
         assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert error_info_of(refused).metadata["window"] == "day"
         # Jobs older than a day no longer count.
@@ -328,7 +319,7 @@ async def test_m7_a_job_asking_for_more_memory_than_the_cap_is_invalid_argument(
         alice = bearer(await served.api_key("alice"))
         greedy = _job()
         greedy.job.options.resources.CopyFrom(resources_pb2.Resources(max_memory_bytes=16 * GiB))
-        refused = await _error(served.stub.CreateJob(greedy, metadata=alice))
+        refused = await rpc_error(served.stub.CreateJob(greedy, metadata=alice))
         assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert _fields(refused) == ["job.options.resources.max_memory_bytes"]
         assert "ZX_GATEWAY_MAX_JOB_MEMORY_BYTES" in (refused.details() or "")
@@ -385,7 +376,7 @@ async def test_m7_parallel_uploads_cannot_exceed_the_quota_together(
         stored = [r for r in results if not isinstance(r, Exception)]
         refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
         assert len(stored) == quota // size == 3
-        assert {_reason(r) for r in refused} == {"UPLOAD_QUOTA_EXCEEDED"}
+        assert {reason_of(r) for r in refused} == {"UPLOAD_QUOTA_EXCEEDED"}
         rows = await _upload_rows(served, "alice")
         assert sum(s for s, _ in rows) <= quota and not any(pending for _, pending in rows)
         assert _bytes_on_disk(tmp_path / "uploads" / str(await served.user_id("alice"))) == 3 * size <= quota
@@ -422,13 +413,13 @@ async def test_m7_uploads_in_progress_per_user_are_limited_and_others_are_not_he
             if len(await _upload_rows(served, "alice")) == 2:
                 break
             await asyncio.sleep(0.01)
-        refused = await _error(
+        refused = await rpc_error(
             served.stub.UploadFile(
                 pb.UploadFileRequest(filename="third.csv", content=b"a,b\n"), metadata=alice
             )
         )
         assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert _reason(refused) == "TOO_MANY_UPLOADS"
+        assert reason_of(refused) == "TOO_MANY_UPLOADS"
         await served.stub.UploadFile(pb.UploadFileRequest(filename="bob.csv", content=b"a,b\n"), metadata=bob)
         release.set()
         done = await asyncio.gather(*first)
@@ -449,7 +440,7 @@ async def test_m7_a_failed_upload_gives_its_reserved_bytes_back(
     try:
         alice = bearer(await served.api_key("alice"))
         monkeypatch.setattr(uploads, "_write", full_disk)
-        failed = await _error(
+        failed = await rpc_error(
             served.stub.UploadFile(
                 pb.UploadFileRequest(filename="a.csv", content=b"x" * 1000), metadata=alice
             )
@@ -524,11 +515,11 @@ async def test_m7_a_third_concurrent_predict_of_one_user_is_refused_while_anothe
             break
         await asyncio.sleep(0.01)
     assert fake.waiting == 2
-    refused = await _error(
+    refused = await rpc_error(
         served.stub.Predict(pb.PredictRequest(model_id=mine.id, instances=[text("now")]), metadata=alice)
     )
     assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert _reason(refused) == "TOO_MANY_PREDICTS"
+    assert reason_of(refused) == "TOO_MANY_PREDICTS"
     assert len(fake.received) == 2  # the third never reached the trainer
     answer = await served.stub.Predict(
         pb.PredictRequest(model_id=his.id, instances=[text("now")]), metadata=bob
@@ -581,6 +572,6 @@ async def test_m7_download_at_the_end_or_resumed_does_not_hash_the_archive_again
     swapped = path.with_name("swap")
     swapped.write_bytes(os.urandom(len(data)))
     os.replace(swapped, path)
-    corrupt = await _error(_download(served, auth, model.id, offset=MiB))
+    corrupt = await rpc_error(_download(served, auth, model.id, offset=MiB))
     assert corrupt.code() == grpc.StatusCode.DATA_LOSS
     assert len(hashed) == 2

@@ -25,6 +25,7 @@ from gateway_support import (
     Served,
     bearer,
     publish_model,
+    rpc_error,
 )
 from google.protobuf import duration_pb2, struct_pb2
 from support.stand_in_trainer import serve_trainer
@@ -204,12 +205,12 @@ async def test_a_stream_takes_its_places_from_the_users_predict_limit(
     assert fake.running == 2  # the Predict and one chunk, not three chunks
 
     # Alice has no place left: a Predict and another stream are refused; Bob is not affected.
-    refused = await _error(
+    refused = await rpc_error(
         served.stub.Predict(pb.PredictRequest(model_id=mine.id, instances=numbers(0, 1)), metadata=alice)
     )
     assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_info_of(refused).reason == "TOO_MANY_PREDICTS"
-    refused_stream = await _error(
+    refused_stream = await rpc_error(
         _collect(served.stub.PredictStream(iter(stream_of(mine.id, [1])), metadata=alice))
     )
     assert refused_stream.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -253,12 +254,6 @@ async def test_a_model_is_deleted_even_when_the_trainer_is_down(served: Served) 
 
 async def _collect(call: Any) -> list[pb.PredictStreamResponse]:
     return [answer async for answer in call]
-
-
-async def _error(awaitable: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as failed:
-        await awaitable
-    return failed.value
 
 
 # -- zx predict ------------------------------------------------------------------------------------------
