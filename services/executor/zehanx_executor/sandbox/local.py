@@ -351,6 +351,10 @@ class LocalSandbox:
         return [*prefix, self.tools["sh"], "-c", script]
 
 
+#: How much of the end of a run's stderr its Finished message may quote.
+STDERR_TAIL_BYTES = 2048
+
+
 class _LocalRun:
     """State of one run; :meth:`events` is the async generator the caller iterates."""
 
@@ -475,45 +479,59 @@ class _LocalRun:
                 os.close(status_w)
         return proc, status_r
 
+    async def _stage(self) -> None:
+        """Write the job's files into its folder and create its cgroup with the run's limits."""
+        limits = self.spec.limits
+        await _finish_even_if_cancelled(asyncio.to_thread(self.jobdir.prepare, self.spec.files))
+        self.cgroup.create(limits.memory_bytes, limits.max_processes + SANDBOX_OWN_PROCESSES, limits.cpus)
+
+    def _arm_wall_clock(self, scope: str) -> tuple[float, asyncio.TimerHandle]:
+        """Right after the spawn: when the program started, and the timer that kills it at its wall-clock
+        limit (``scope`` ends the message). A run aborted while it was being spawned is killed now."""
+        limit_s = self.spec.limits.wall_time_s
+        started_at = time.monotonic()
+        if self.killed_at is not None:
+            self.kill()
+        handle = asyncio.get_running_loop().call_later(
+            limit_s, self.kill, ExitReason.TIMEOUT, f"wall-clock limit of {limit_s:g} s reached{scope}"
+        )
+        return started_at, handle
+
+    async def _relay(self, stderr_tail: bytearray) -> AsyncIterator[Event]:
+        """The pumps' output until both streams closed; the end of stderr is kept in ``stderr_tail``."""
+        open_streams = 2
+        while open_streams:
+            item = await self.queue.get()
+            if item is None:
+                open_streams -= 1
+                continue
+            if isinstance(item, Output) and item.stream is Stream.STDERR:
+                stderr_tail += item.data
+                del stderr_tail[:-STDERR_TAIL_BYTES]
+            yield item
+
     async def events(self) -> AsyncIterator[Event]:
         spec, limits = self.spec, self.spec.limits
-        loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = []
         deadline_handle: asyncio.TimerHandle | None = None
         status_r = -1
         try:
-            await _finish_even_if_cancelled(asyncio.to_thread(self.jobdir.prepare, spec.files))
-            self.cgroup.create(limits.memory_bytes, limits.max_processes + SANDBOX_OWN_PROCESSES, limits.cpus)
+            await self._stage()
             yield Started(spec.execution_id, self.box.name, self.box.description(limits), limits)
             if self.reason is not None:  # aborted before the program started
                 self.finished = True
                 yield Finished(self.reason, -1, 0, ResourceUsage(), self.reason_message)
                 return
             self.proc, status_r = await self._spawn()
-            started_at = time.monotonic()
-            if self.killed_at is not None:  # aborted while it was being spawned
-                self.kill()
-            deadline_handle = loop.call_later(
-                limits.wall_time_s,
-                self.kill,
-                ExitReason.TIMEOUT,
-                f"wall-clock limit of {limits.wall_time_s:g} s reached",
-            )
+            started_at, deadline_handle = self._arm_wall_clock("")
             assert self.proc.stdout is not None and self.proc.stderr is not None
             tasks = [
                 asyncio.create_task(self._pump(Stream.STDOUT, self.proc.stdout)),
                 asyncio.create_task(self._pump(Stream.STDERR, self.proc.stderr)),
                 asyncio.create_task(self._watch()),
             ]
-            open_streams = 2
             stderr_tail = bytearray()
-            while open_streams:
-                item = await self.queue.get()
-                if item is None:
-                    open_streams -= 1
-                    continue
-                if isinstance(item, Output) and item.stream is Stream.STDERR:
-                    stderr_tail = (stderr_tail + item.data)[-2048:]
+            async for item in self._relay(stderr_tail):
                 yield item
             rc = await self.proc.wait()
             wall = time.monotonic() - started_at

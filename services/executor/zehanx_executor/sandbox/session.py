@@ -26,7 +26,6 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 from zehanx_executor.domain import (
-    SANDBOX_OWN_PROCESSES,
     ExitReason,
     Finished,
     JobSpec,
@@ -37,7 +36,7 @@ from zehanx_executor.domain import (
     Started,
     Stream,
 )
-from zehanx_executor.sandbox.local import LocalSandbox, _finish_even_if_cancelled, _LocalRun, _read_status
+from zehanx_executor.sandbox.local import LocalSandbox, _LocalRun, _read_status
 from zehanx_executor.sandbox.output import CHUNK_BYTES
 from zehanx_runtime.errors import FailedPrecondition
 
@@ -46,7 +45,6 @@ MiB = 1024 * 1024
 REPLY_MAX_BYTES = 32 * MiB
 #: Calls written to the process and not answered yet, at most.
 MAX_PENDING_CALLS = 64
-STDERR_TAIL_BYTES = 2048
 
 
 class LocalSession(_LocalRun):
@@ -163,27 +161,17 @@ class LocalSession(_LocalRun):
 
     async def events(self) -> AsyncIterator[SessionEvent]:  # type: ignore[override]
         spec, limits = self.spec, self.spec.limits
-        loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = []
         deadline_handle: asyncio.TimerHandle | None = None
         status_r = -1
         try:
-            await _finish_even_if_cancelled(asyncio.to_thread(self.jobdir.prepare, spec.files))
-            self.cgroup.create(limits.memory_bytes, limits.max_processes + SANDBOX_OWN_PROCESSES, limits.cpus)
+            await self._stage()
             if self.reason is not None:  # aborted before the process started
                 self.finished = True
                 yield Finished(self.reason, -1, 0, ResourceUsage(), self.reason_message)
                 return
             self.proc, status_r = await self._spawn(interactive=True, line_limit=REPLY_MAX_BYTES + 1)
-            started_at = time.monotonic()
-            if self.killed_at is not None:  # aborted while it was being spawned
-                self.kill()
-            deadline_handle = loop.call_later(
-                limits.wall_time_s,
-                self.kill,
-                ExitReason.TIMEOUT,
-                f"wall-clock limit of {limits.wall_time_s:g} s reached (a session's whole life)",
-            )
+            started_at, deadline_handle = self._arm_wall_clock(" (a session's whole life)")
             assert self.proc.stdin is not None and self.proc.stdout is not None
             assert self.proc.stderr is not None
             self._stdin = self.proc.stdin
@@ -197,15 +185,8 @@ class LocalSession(_LocalRun):
             self._arm_idle()
             self._spawned.set()
             yield Started(spec.execution_id, self.box.name, self.box.description(limits), limits)
-            open_streams = 2
             stderr_tail = bytearray()
-            while open_streams:
-                item = await self.queue.get()
-                if item is None:
-                    open_streams -= 1
-                    continue
-                if isinstance(item, Output) and item.stream is Stream.STDERR:
-                    stderr_tail = (stderr_tail + item.data)[-STDERR_TAIL_BYTES:]
+            async for item in self._relay(stderr_tail):
                 yield item  # type: ignore[misc]
             rc = await self.proc.wait()
             wall = time.monotonic() - started_at
