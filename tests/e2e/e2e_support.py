@@ -10,7 +10,6 @@ services themselves are exercised by the process-level tests in test_suite.py).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import subprocess
@@ -43,7 +42,7 @@ for extra in (
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-from support.datasets import TINY_SCHEMA, tiny_rows  # noqa: E402
+from support.datasets import TINY_SCHEMA, tiny_rows, write_dataset  # noqa: E402
 from support.sandbox import local_executor, require_local_sandbox  # noqa: E402
 from svc_harness import ServiceProcess, free_port, start_service  # noqa: E402
 
@@ -139,34 +138,17 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 def _dataset(
     root: Path, name: str, rows: dict[str, list[dict]], schema: dict, family: int
 ) -> crawler_dataset_pb2.Dataset:
-    root.mkdir(parents=True, exist_ok=True)
-    shas = {}
-    for split, split_rows in rows.items():
-        data = "".join(json.dumps(r) + "\n" for r in split_rows).encode()
-        (root / f"{split}.jsonl").write_bytes(data)
-        shas[split] = hashlib.sha256(data).hexdigest()
-    schema_json = json.dumps(schema)
-    dataset_id = str(uuid.uuid4())
+    ref = write_dataset(root, rows, schema)
     target = schema["target"]
     labels = [str(r[target]) for split in rows.values() for r in split]
     classes = sorted(set(labels))
     return crawler_dataset_pb2.Dataset(
-        id=dataset_id,
+        id=ref.dataset_id,
         name=name,
         task_family=family,
         target_column=target,
         explanation="test data written by the test",
-        ref=dataset_pb2.DatasetRef(
-            dataset_id=dataset_id,
-            train_uri=(root / "train.jsonl").as_uri(),
-            validation_uri=(root / "validation.jsonl").as_uri(),
-            test_uri=(root / "test.jsonl").as_uri(),
-            format=dataset_pb2.DATASET_FILE_FORMAT_JSONL,
-            schema_json=schema_json,
-            train_sha256=shas["train"],
-            validation_sha256=shas["validation"],
-            test_sha256=shas["test"],
-        ),
+        ref=ref,
         profile=dataset_pb2.DatasetProfile(
             row_count=len(labels),
             classes=[

@@ -7,7 +7,6 @@ training. When the host cannot sandbox, the tests that need it skip with the pro
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import sys
 import uuid
@@ -27,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "services"))
 sys.path.insert(0, str(REPO / "examples" / "reference_digits"))
 
-from support.datasets import TINY_SCHEMA, tiny_rows  # noqa: E402
+from support.datasets import TINY_SCHEMA, tiny_rows, write_dataset  # noqa: E402
 from support.sandbox import local_executor  # noqa: E402
 from svc_harness import ServiceProcess, start_service  # noqa: E402
 from zehanx_runtime.server import ServiceBinding, start_server  # noqa: E402
@@ -70,25 +69,7 @@ class Suite:
 
 
 def _write_dataset(root: Path, rows: dict[str, list[dict]], schema: dict) -> Dataset:
-    root.mkdir(parents=True, exist_ok=True)
-    shas = {}
-    for split, split_rows in rows.items():
-        data = "".join(json.dumps(r) + "\n" for r in split_rows).encode()
-        (root / f"{split}.jsonl").write_bytes(data)
-        shas[split] = hashlib.sha256(data).hexdigest()
-    schema_json = json.dumps(schema)
-    (root / "schema.json").write_text(schema_json)
-    ref = dataset_pb2.DatasetRef(
-        dataset_id=str(uuid.uuid4()),
-        train_uri=(root / "train.jsonl").as_uri(),
-        validation_uri=(root / "validation.jsonl").as_uri(),
-        test_uri=(root / "test.jsonl").as_uri(),
-        format=dataset_pb2.DATASET_FILE_FORMAT_JSONL,
-        schema_json=schema_json,
-        train_sha256=shas["train"],
-        validation_sha256=shas["validation"],
-        test_sha256=shas["test"],
-    )
+    ref = write_dataset(root, rows, schema)
     return Dataset(root, ref, rows, schema)
 
 
