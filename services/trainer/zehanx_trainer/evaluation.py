@@ -354,6 +354,23 @@ def check_predictions(
 
 def _non_double(value: Any, depth_limit: int) -> str:
     """Why ``value`` is not JSON of finite doubles nested at most ``depth_limit`` deep, or ""."""
+    if type(value) is dict and depth_limit >= 2:
+        # The usual answer, {"prediction": label or number, "probabilities": {label: float}}, at once.
+        flat = True
+        for item in value.values():
+            if type(item) is dict:
+                if not all(type(p) is float and math.isfinite(p) for p in item.values()):
+                    flat = False
+                    break
+            elif type(item) is float:
+                if not math.isfinite(item):
+                    flat = False
+                    break
+            elif type(item) is not str and item is not None and type(item) is not bool:
+                flat = False
+                break
+        if flat:
+            return ""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()

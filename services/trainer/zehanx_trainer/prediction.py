@@ -412,13 +412,16 @@ class Predictor:
         return await self._check(output.content, len(rows))
 
 
+#: One encoder for every line (json.dumps with options builds a new one per call: half the cost).
+_LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+
+
 def predictions_jsonl(predictions: list[tuple[Any, dict[str, float]]]) -> bytes:
     """Checked predictions as JSON lines, ``{"prediction": ..., "probabilities": {...}}`` each."""
+    encode = _LINE_ENCODER.encode
     return "".join(
-        json.dumps(
-            {"prediction": value, "probabilities": probabilities} if probabilities else {"prediction": value},
-            ensure_ascii=False,
-            allow_nan=False,
+        encode(
+            {"prediction": value, "probabilities": probabilities} if probabilities else {"prediction": value}
         )
         + "\n"
         for value, probabilities in predictions
