@@ -81,6 +81,7 @@ test("the gateway contract loads from .proto files alone", () => {
     "ListModels",
     "ListProviderKeys",
     "Predict",
+    "PredictStream",
     "RevokeApiKey",
     "SetProviderKey",
     "UpdateUserSettings",
