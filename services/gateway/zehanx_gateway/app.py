@@ -20,6 +20,7 @@ from zehanx_gateway import db
 from zehanx_gateway.api_keys import ApiKeyService
 from zehanx_gateway.artifacts import ArtifactStore, LocalArtifactStore
 from zehanx_gateway.auth import SESSION_AUDIENCE, SESSION_ISSUER, Authenticator, JwtConfig, JwtVerifier
+from zehanx_gateway.clients.trainer import GrpcTrainerPredictor
 from zehanx_gateway.datasets import DatasetService
 from zehanx_gateway.fanout import EventHub
 from zehanx_gateway.jobs import JobService
@@ -29,7 +30,6 @@ from zehanx_gateway.servicer import SERVICE_NAME, GatewayServicer
 from zehanx_gateway.settings import GatewaySettings
 from zehanx_gateway.store import PostgresRegistry
 from zehanx_gateway.store.accounts import session_key
-from zehanx_gateway.trainer_client import GrpcTrainerPredictor
 from zehanx_gateway.uploads import UploadService
 from zehanx_gateway.user_settings import UserSettingsService
 
