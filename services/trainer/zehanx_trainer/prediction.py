@@ -6,8 +6,10 @@ most recently used models. A call is then served by the model's resident predict
 on the model's first call (cold) and answering later calls warm. When the executor's backend has no
 sessions, or the model's ``predict.py`` predates ``load`` / ``predict``, the call runs ``predict.py
 INPUT.jsonl OUTPUT.jsonl`` once in a fresh sandbox (one-shot, always cold), and the response says so.
-Both paths check the program's answers with the same parser, so a warm call's predictions are the
-ones a cold call gives.
+Both paths check the program's answers by the same rules (``parse_predictions`` on a one-shot run's
+file, ``check_predictions`` on a warm answer already parsed), so a warm call's predictions are the
+ones a cold call gives. Instances may come as JSON lines (``instances_jsonl``): parsed once here and
+passed on to the predictor as they came; the answer then goes back as JSON lines.
 """
 
 from __future__ import annotations
