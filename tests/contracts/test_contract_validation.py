@@ -169,9 +169,8 @@ def test_job_ids_must_be_uuids(request_type: type[Message]) -> None:
 
 def test_predict_needs_one_to_a_thousand_instances_in_one_form() -> None:
     model_id = str(uuid.uuid4())
-    assert violations(gateway_service_pb2.PredictRequest(model_id=model_id)) == {
-        "": {"predict_request.some_instances"}
-    }
+    # Neither form: the gateway's servicer names `instances` (a message rule would name no field).
+    assert violations(gateway_service_pb2.PredictRequest(model_id=model_id)) == {}
     instances = [struct_pb2.Value(string_value="great film")] * 1001
     assert violations(gateway_service_pb2.PredictRequest(model_id=model_id, instances=instances)) == {
         "instances": {"repeated.max_items"}

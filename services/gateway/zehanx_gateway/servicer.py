@@ -174,6 +174,11 @@ class GatewayServicer(rpc.GatewayServiceServicer):
         instances: Sequence[Any] | InstancesJsonl
         if request.instances_jsonl:
             instances = convert.instances_jsonl(request.instances_jsonl, self._predict_max_bytes)
+        elif not request.instances:
+            # A field-level answer (a message-level rule would name no field): what a client fixes.
+            raise convert.invalid(
+                "instances", "give 1 to 1000 instances (or instances_jsonl)", "repeated.min_items"
+            )
         else:
             instances = await self._checked_instances(request.instances)
         remaining = context.time_remaining() if context is not None else None
