@@ -10,6 +10,7 @@ the two run together in bench/bench_serving.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -49,16 +50,22 @@ class ResidentTrainer(trpc.TrainerServiceServicer):
     running: int = 0
     most_running: int = 0
     gate: asyncio.Event | None = None
+    overlapped: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def Predict(self, request: tpb.PredictRequest, context: Any) -> tpb.PredictResponse:
         self.calls.append(len(request.instances))
         self.running += 1
         self.most_running = max(self.most_running, self.running)
+        if self.running >= 2:
+            self.overlapped.set()
         try:
             if self.gate is not None:
                 await self.gate.wait()
             else:
-                await asyncio.sleep(0.01)  # long enough for the next chunk to arrive meanwhile
+                # Held until a second call has run beside one (the next chunk arrived), or 0.5 s: a
+                # fixed 10 ms was too short on a loaded machine for the overlap the stream test counts on.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.overlapped.wait(), 0.5)
             if any(v.WhichOneof("kind") != "number_value" for v in request.instances):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an instance is not a number")
             warm = request.artifact_id in self.resident
