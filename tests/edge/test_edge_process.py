@@ -12,7 +12,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from edge_support import JWT_SECRET, _quiet_logs, edge, jwt_for  # noqa: F401
-from zehanx_cli.procs import free_port
+from support.services import ServiceProcess, free_port, start_service, zx_api_key
 
 ROOT = Path(__file__).resolve().parents[2]
 GETJOB = "/zehanx.gateway.v1.GatewayService/GetJob"
@@ -32,46 +31,39 @@ pytestmark = pytest.mark.skipif(not Path("/usr/bin/curl").exists(), reason="the 
 
 @dataclass
 class GatewayProcess:
-    proc: subprocess.Popen[bytes]
+    service: ServiceProcess
     edge_url: str
-    log: Path
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.service.proc
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
+        return self.service.log.read_text(errors="replace")[-4000:]
 
 
 @pytest.fixture
 def gateway_process(database_url: str, tmp_path: Path) -> Iterator[GatewayProcess]:
     edge_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZX_", "SUPABASE_"))}
-    env.update(
-        {
-            "ZX_HOME": str(tmp_path / "zxhome"),
-            "ZX_GATEWAY_HOST": "127.0.0.1",
-            "ZX_GATEWAY_PORT": str(free_port()),
+    service = start_service(
+        "gateway",
+        tmp_path,
+        grace=2,
+        extra_env={
             "ZX_GATEWAY_EDGE_PORT": str(edge_port),
             "ZX_GATEWAY_DATABASE_URL": database_url,
             "ZX_GATEWAY_JWT_SECRET": JWT_SECRET,
             "ZX_GATEWAY_JWT_ISSUER": "https://test.supabase.co/auth/v1",
             "ZX_GATEWAY_WORKERS": "0",  # the API alone: jobs stay QUEUED until cancelled
-            "ZX_GATEWAY_GRACE_SECONDS": "2",
-            "ZX_GATEWAY_LOG_JSON": "true",
-        }
+        },
     )
-    log = tmp_path / "gateway.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "zehanx_gateway"],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    running = GatewayProcess(proc, f"http://127.0.0.1:{edge_port}", log)
+    running = GatewayProcess(service, f"http://127.0.0.1:{edge_port}")
     try:
         deadline = time.monotonic() + 90
         while True:
-            assert proc.poll() is None, f"the gateway exited {proc.returncode}: {running.output()}"
+            assert running.proc.poll() is None, (
+                f"the gateway exited {running.proc.returncode}: {running.output()}"
+            )
             try:
                 # Any Connect answer (here: unauthenticated) means the edge serves.
                 if httpx.post(running.edge_url + GETJOB, json={}, timeout=5).status_code == 401:
@@ -82,24 +74,7 @@ def gateway_process(database_url: str, tmp_path: Path) -> Iterator[GatewayProces
             time.sleep(0.2)
         yield running
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
-def api_key(database_url: str) -> str:
-    """A real key, made the way a user makes one (``zx keys create``)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZX_")}
-    env["ZX_GATEWAY_DATABASE_URL"] = database_url
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("zx")), "keys", "create", "--user", "readme", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)["key"]
+        service.stop()
 
 
 def readme_examples() -> str:
@@ -112,7 +87,7 @@ def readme_examples() -> str:
 def test_the_readme_curl_examples_run_against_a_gateway_process(
     gateway_process: GatewayProcess, database_url: str, tmp_path: Path
 ) -> None:
-    key = api_key(database_url)
+    key = zx_api_key(database_url, "readme")
     env = {**os.environ, "EDGE": gateway_process.edge_url, "KEY": key}
     done = subprocess.run(
         ["bash", "-c", "set -euo pipefail\n" + readme_examples()],

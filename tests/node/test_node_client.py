@@ -9,20 +9,16 @@ contract, auth included, works from another language.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.services import start_service, zx_api_key
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = shutil.which("node")
@@ -32,69 +28,24 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def gateway(postgres_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(address, API key) of a real gateway process; stopped with SIGTERM afterwards."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZX_")}
-    env.update(
-        {
-            "ZX_HOME": str(tmp_path / "zx-home"),
-            "ZX_GATEWAY_HOST": "127.0.0.1",
-            "ZX_GATEWAY_PORT": str(port),
+    """(address, API key) of a real gateway process; stopped afterwards."""
+    process = start_service(
+        "gateway",
+        tmp_path,
+        token="node-test-token",
+        extra_env={
             "ZX_GATEWAY_DATABASE_URL": postgres_url,
-            "ZX_GATEWAY_SERVICE_TOKEN": "node-test-token",
             "ZX_GATEWAY_WORKERS": "0",  # no job runs here: only the API is under test
             "ZX_GATEWAY_EDGE_ENABLED": "false",
-        }
+        },
     )
-    log = tmp_path / "gateway.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "zehanx_gateway"],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    address = f"127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        with grpc.insecure_channel(address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                assert proc.poll() is None, f"gateway exited {proc.returncode}: {log.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, f"gateway not SERVING: {log.read_text()[-3000:]}"
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        break
-                except grpc.RpcError:
-                    time.sleep(0.2)
-        keys_env = {k: v for k, v in os.environ.items() if not k.startswith("ZX_")}
-        keys_env["ZX_GATEWAY_DATABASE_URL"] = postgres_url
-        made = subprocess.run(
-            [str(Path(sys.executable).with_name("zx")), "keys", "create", "--user", "node-client", "--json"],
-            env=keys_env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert made.returncode == 0, made.stderr
-        yield address, json.loads(made.stdout)["key"]
+        process.wait_serving(timeout=60)
+        yield process.address, zx_api_key(postgres_url, "node-client")
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        process.stop()
 
 
 def _render_proto_imports() -> None:

@@ -1,96 +1,31 @@
-"""Run real service processes (``python -m zehanx_<service>``) for cross-process tests."""
+"""The ``service_factory`` fixture: real service processes, stopped after the test.
+
+The process helpers themselves live in ``tests/support/services.py``; they are re-exported here for the
+bench scripts and suites that put only ``tests/services`` on ``sys.path``.
+"""
 # Imported by tests as ``svc_harness`` (pytest puts this folder on sys.path).
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-REPO = Path(__file__).resolve().parents[2]
+_TESTS = str(Path(__file__).resolve().parents[1])
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
 
+from support.services import (  # noqa: E402
+    ServiceProcess,
+    descendants,
+    free_port,
+    start_service,
+    zx_api_key,
+)
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class ServiceProcess:
-    name: str
-    proc: subprocess.Popen[bytes]
-    address: str
-    token: str
-    log: Path
-    api_key: str = ""
-
-    def wait_serving(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise AssertionError(
-                        f"{self.name} exited {self.proc.returncode}: {self.log.read_text()[-3000:]}"
-                    )
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.1)
-        raise AssertionError(f"{self.name} not SERVING after {timeout}s: {self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-
-def start_service(
-    name: str,
-    tmp: Path,
-    *,
-    token: str = "test-token",
-    extra_env: dict[str, str] | None = None,
-    grace: float = 3.0,
-) -> ServiceProcess:
-    port = free_port()
-    prefix = f"ZX_{name.upper()}_"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZX_")}
-    env.update(
-        {
-            f"{prefix}PORT": str(port),
-            f"{prefix}HOST": "127.0.0.1",
-            f"{prefix}SERVICE_TOKEN": token,
-            f"{prefix}GRACE_SECONDS": str(grace),
-            f"{prefix}LOG_JSON": "true",
-            "ZX_HOME": str(tmp / "zxhome"),
-        }
-    )
-    env.update(extra_env or {})
-    log = tmp / f"{name}.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", f"zehanx_{name}"],
-        cwd=REPO,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return ServiceProcess(name, proc, f"127.0.0.1:{port}", token, log)
+__all__ = ["ServiceProcess", "descendants", "free_port", "service_factory", "start_service", "zx_api_key"]
 
 
 @pytest.fixture
@@ -110,22 +45,3 @@ def service_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator:
     yield factory
     for svc in started:
         svc.stop()
-
-
-def descendants(pid: int) -> list[int]:
-    """Pids whose parent chain reaches ``pid`` (read from /proc)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    found, frontier = [], [pid]
-    while frontier:
-        current = frontier.pop()
-        children = [p for p, pp in parents.items() if pp == current]
-        found += children
-        frontier += children
-    return found

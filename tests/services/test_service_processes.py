@@ -7,19 +7,15 @@ process left behind.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from svc_harness import ServiceProcess, descendants
+from support.services import ServiceProcess, descendants, zx_api_key
 from zehanx.codegen.v1 import codegen_service_pb2, codegen_service_pb2_grpc
 from zehanx.crawler.v1 import crawler_service_pb2, crawler_service_pb2_grpc
 from zehanx.executor.v1 import executor_service_pb2, executor_service_pb2_grpc
@@ -81,23 +77,8 @@ def running(request: pytest.FixtureRequest, service_factory: Any) -> ServiceProc
     svc = service_factory(request.param)
     svc.wait_serving(timeout=60)
     if svc.name == "gateway":
-        svc.api_key = _api_key(request.getfixturevalue("postgres_url"))
+        svc.api_key = zx_api_key(request.getfixturevalue("postgres_url"), "process-test")
     return svc
-
-
-def _api_key(database_url: str) -> str:
-    """A real gateway API key, made the way a user makes one (``zx keys create``)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZX_")}
-    env["ZX_GATEWAY_DATABASE_URL"] = database_url
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("zx")), "keys", "create", "--user", "process-test", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)["key"]
 
 
 def _token(svc: ServiceProcess) -> list[tuple[str, str]]:

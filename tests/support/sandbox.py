@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from svc_harness import ServiceProcess
     from zehanx_executor.sandbox.probe import Capabilities
+
+    from support.services import ServiceProcess
 
 
 def require_local_sandbox(work_dir: str | Path, uid_base: int, slots: int) -> Capabilities:
@@ -40,7 +41,7 @@ def local_executor(
 ) -> Iterator[ServiceProcess]:
     """The executor as a process (``zx-executor``) on the local sandbox, serving; stopped on exit. Skips
     where the host cannot run the local sandbox."""
-    from svc_harness import start_service  # tests/services: on sys.path in the suites that use this
+    from support.services import start_service
 
     require_local_sandbox(work_dir, uid_base, slots)
     executor = start_service(
