@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import http.server
 import io
+import ipaddress
 import os
 import threading
 import zipfile
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpcore
 import pytest
 from zehanx.common.v1 import dataset_pb2
 from zehanx.crawler.v1 import crawler_service_pb2 as pb
@@ -33,6 +35,35 @@ from zehanx_runtime.server import RunningServer, ServiceBinding, start_server
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "crawler-test-token"
+
+
+class Internet(httpcore.AsyncNetworkBackend):
+    """The network behind the crawler's egress guard: opens the sockets the guard asks for and logs every
+    address it was asked for. ``routes`` sends a (public) address to a local port; loopback goes where it
+    says; anything else is unreachable (there is no internet in tests)."""
+
+    def __init__(self, routes: dict[str, int] | None = None) -> None:
+        self.routes = routes or {}
+        self.connects: list[str] = []
+        self._real = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
+        *options: Any,
+    ) -> httpcore.AsyncNetworkStream:
+        """``options``: httpcore's ``local_address`` and ``socket_options``, passed on as they came."""
+        self.connects.append(host)
+        if host in self.routes:
+            return await self._real.connect_tcp("127.0.0.1", self.routes[host], timeout, *options)
+        if ipaddress.ip_address(host).is_loopback:
+            return await self._real.connect_tcp(host, port, timeout, *options)
+        raise httpcore.ConnectError(f"{host}: network unreachable (no internet in tests)")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._real.sleep(seconds)
 
 
 def shared_data_dir() -> Path:

@@ -17,13 +17,13 @@ import socket
 import ssl
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpcore
 import httpx
 import pytest
+from crawler_support import Internet
 from zehanx_crawler.egress import EgressGuard, denial
 from zehanx_crawler.fetcher import FetchPolicy, HttpFetcher
 from zehanx_runtime.errors import PermissionDenied, Unavailable
@@ -89,34 +89,6 @@ def public() -> Iterator[Site]:
     """The public web site the attacker's name first points to."""
     with _serve(PUBLIC_BODY) as site:
         yield site
-
-
-class Internet(httpcore.AsyncNetworkBackend):
-    """Opens the sockets the guard asks for, and logs the addresses: ``routes`` sends a public address to a
-    local port, loopback goes where it says, anything else is unreachable."""
-
-    def __init__(self, routes: dict[str, int] | None = None) -> None:
-        self.routes = routes or {}
-        self.connects: list[str] = []
-        self._real = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        self.connects.append(host)
-        if host in self.routes:
-            return await self._real.connect_tcp("127.0.0.1", self.routes[host], timeout)
-        if ipaddress.ip_address(host).is_loopback:
-            return await self._real.connect_tcp(host, port, timeout)
-        raise httpcore.ConnectError(f"{host}: network unreachable (no internet in tests)")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._real.sleep(seconds)
 
 
 class Dns:

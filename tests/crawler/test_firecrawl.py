@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import httpcore
 import pytest
-from crawler_support import crawler_settings, start_crawler, stop_crawler
+from crawler_support import Internet, crawler_settings, start_crawler, stop_crawler
 from zehanx.crawler.v1 import crawler_service_pb2 as pb
 from zehanx_crawler.app import fetch_policy
 from zehanx_crawler.builder import DatasetBuilder
@@ -613,32 +612,6 @@ def test_github_file_pages_become_raw_urls_and_nothing_else_changes(url: str, ra
 CATALOG_URL = "https://catalog.data.test/dataset/penguins"
 DATA_HOST = "data.agency.test"  # a public host of its own: resolved to a public address by the stand-in
 DATA_PUBLIC = "93.184.216.35"
-
-
-class Internet(httpcore.AsyncNetworkBackend):
-    """Opens the guard's sockets: ``routes`` sends a (public) address to a local port; anything else is
-    unreachable. Logs every address it was asked for."""
-
-    def __init__(self, routes: dict[str, int]) -> None:
-        self.routes = routes
-        self.connects: list[str] = []
-        self._real = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
-        local_address: str | None = None,
-        socket_options: Any = None,
-    ) -> httpcore.AsyncNetworkStream:
-        self.connects.append(host)
-        if host in self.routes:
-            return await self._real.connect_tcp("127.0.0.1", self.routes[host], timeout)
-        raise httpcore.ConnectError(f"{host}: network unreachable (no internet in tests)")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._real.sleep(seconds)
 
 
 @pytest.fixture
