@@ -26,14 +26,7 @@ from zehanx_codegen.domain import (
     ValidationReport,
 )
 
-FAMILIES = {
-    task_family_pb2.TASK_FAMILY_TEXT_CLASSIFICATION: TaskFamily.TEXT_CLASSIFICATION,
-    task_family_pb2.TASK_FAMILY_TABULAR_CLASSIFICATION: TaskFamily.TABULAR_CLASSIFICATION,
-    task_family_pb2.TASK_FAMILY_TABULAR_REGRESSION: TaskFamily.TABULAR_REGRESSION,
-    task_family_pb2.TASK_FAMILY_IMAGE_CLASSIFICATION: TaskFamily.IMAGE_CLASSIFICATION,
-    task_family_pb2.TASK_FAMILY_TIME_SERIES_FORECASTING: TaskFamily.TIME_SERIES_FORECASTING,
-    task_family_pb2.TASK_FAMILY_TIME_SERIES_CLASSIFICATION: TaskFamily.TIME_SERIES_CLASSIFICATION,
-}
+FAMILIES = {task_family_pb2.TaskFamily.Value(family.proto_name): family for family in TaskFamily}
 FAMILIES_PB = {v: k for k, v in FAMILIES.items()}
 _COLUMN_TYPES = {
     dataset_pb2.COLUMN_TYPE_UNSPECIFIED: ColumnType.UNSPECIFIED,

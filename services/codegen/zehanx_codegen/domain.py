@@ -10,30 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from zehanx_runtime.tasks import TaskFamily
+
 #: Version of the zxrt runtime helper the generated programs are written against.
 RUNTIME_VERSION = "1"
 TRAIN_ENTRY_POINT = "train.py"
 PREDICT_ENTRY_POINT = "predict.py"
-
-
-class TaskFamily(enum.StrEnum):
-    """Named as in ``schema.json`` and ``zehanx.common.v1.TaskFamily``."""
-
-    TEXT_CLASSIFICATION = "text_classification"
-    TABULAR_CLASSIFICATION = "tabular_classification"
-    TABULAR_REGRESSION = "tabular_regression"
-    IMAGE_CLASSIFICATION = "image_classification"
-    TIME_SERIES_FORECASTING = "time_series_forecasting"
-    TIME_SERIES_CLASSIFICATION = "time_series_classification"
-
-    @property
-    def is_classification(self) -> bool:
-        return self in (
-            TaskFamily.TEXT_CLASSIFICATION,
-            TaskFamily.TABULAR_CLASSIFICATION,
-            TaskFamily.IMAGE_CLASSIFICATION,
-            TaskFamily.TIME_SERIES_CLASSIFICATION,
-        )
 
 
 class ColumnType(enum.StrEnum):

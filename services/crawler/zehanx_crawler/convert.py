@@ -35,14 +35,7 @@ PREVIEW_TEXT_CHARS = 500
 #: A preview stops growing past this many bytes of JSON (a row of 10,000 columns is no preview).
 PREVIEW_MAX_BYTES = 256 * 1024
 
-TASK_FAMILIES = {
-    TaskFamily.TEXT_CLASSIFICATION: task_family_pb2.TASK_FAMILY_TEXT_CLASSIFICATION,
-    TaskFamily.TABULAR_CLASSIFICATION: task_family_pb2.TASK_FAMILY_TABULAR_CLASSIFICATION,
-    TaskFamily.TABULAR_REGRESSION: task_family_pb2.TASK_FAMILY_TABULAR_REGRESSION,
-    TaskFamily.IMAGE_CLASSIFICATION: task_family_pb2.TASK_FAMILY_IMAGE_CLASSIFICATION,
-    TaskFamily.TIME_SERIES_FORECASTING: task_family_pb2.TASK_FAMILY_TIME_SERIES_FORECASTING,
-    TaskFamily.TIME_SERIES_CLASSIFICATION: task_family_pb2.TASK_FAMILY_TIME_SERIES_CLASSIFICATION,
-}
+TASK_FAMILIES = {family: task_family_pb2.TaskFamily.Value(family.proto_name) for family in TaskFamily}
 TASK_FAMILIES_IN = {v: k for k, v in TASK_FAMILIES.items()}
 PHASES = {
     Phase.SEARCHING: pb.DATASET_BUILD_PHASE_SEARCHING,

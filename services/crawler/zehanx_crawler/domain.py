@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from zehanx_runtime.tasks import TaskFamily  # the crawler decides it (task.choose)
+
 
 class SourceKind(enum.Enum):
     URL = "url"
@@ -27,29 +29,6 @@ class Source:
 
     def __str__(self) -> str:
         return f"{self.kind.value}:{self.value}"
-
-
-class TaskFamily(enum.Enum):
-    """What a dataset is for, named as in ``schema.json`` and ``zehanx.common.v1.TaskFamily``.
-
-    The crawler decides it (``task.choose``); codegen's planner only checks that the data can serve it.
-    """
-
-    TEXT_CLASSIFICATION = "text_classification"
-    TABULAR_CLASSIFICATION = "tabular_classification"
-    TABULAR_REGRESSION = "tabular_regression"
-    IMAGE_CLASSIFICATION = "image_classification"
-    TIME_SERIES_FORECASTING = "time_series_forecasting"
-    TIME_SERIES_CLASSIFICATION = "time_series_classification"
-
-    @property
-    def is_classification(self) -> bool:
-        return self in (
-            TaskFamily.TEXT_CLASSIFICATION,
-            TaskFamily.TABULAR_CLASSIFICATION,
-            TaskFamily.IMAGE_CLASSIFICATION,
-            TaskFamily.TIME_SERIES_CLASSIFICATION,
-        )
 
 
 class Phase(enum.Enum):

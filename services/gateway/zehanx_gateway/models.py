@@ -321,6 +321,11 @@ class ModelService:
             )
         return result
 
+    async def of_job(self, user_id: uuid.UUID, job_id: uuid.UUID) -> Model | None:
+        """The model a job published, if it did (for the orchestrator: a rerun publishes once)."""
+        page = await self._store.list_models(user_id, page_size=1, page_token="", job_id=job_id)
+        return page.items[0] if page.items else None
+
     async def publish(self, user_id: uuid.UUID, new: NewModel) -> Model:
         """Record a model whose archive is already in the artifact store (for the orchestrator)."""
         size = await self._artifacts.size(new.archive_sha256)

@@ -614,7 +614,7 @@ class _JobRun:
         try:
             if self.control.stop_reason is not None:
                 raise asyncio.CancelledError
-            existing = await self._existing_model()
+            existing = await self.p._models.of_job(self.job.user_id, self.job.id)  # a rerun publishes once
             model = existing or await self._store_model(dataset, plan, result)
             await self._emit(
                 "model_published",
@@ -664,12 +664,6 @@ class _JobRun:
         return await self.p._models.publish(
             self.job.user_id, convert.new_model(record, trainer_artifact_id=result.artifact_id)
         )
-
-    async def _existing_model(self) -> Model | None:
-        page = await self.p._registry.list_models(
-            self.job.user_id, page_size=1, page_token="", job_id=self.job.id
-        )
-        return page.items[0] if page.items else None
 
     # -- endings --------------------------------------------------------------------------------------
 

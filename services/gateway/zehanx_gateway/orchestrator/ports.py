@@ -19,7 +19,7 @@ from zehanx.codegen.v1 import codegen_service_pb2 as codegen_pb
 from zehanx.crawler.v1 import crawler_service_pb2 as crawler_pb
 from zehanx.trainer.v1 import trainer_service_pb2 as trainer_pb
 
-from zehanx_gateway.domain import Job, JobEvent, Model, Page
+from zehanx_gateway.domain import Job, JobEvent
 
 
 class DatasetBuilder(Protocol):
@@ -73,16 +73,6 @@ class Registry(Protocol):
     async def list_events(
         self, job_id: uuid.UUID, *, after_sequence: int, limit: int, user_id: uuid.UUID | None = None
     ) -> list[JobEvent]: ...
-
-    async def list_models(
-        self,
-        user_id: uuid.UUID,
-        *,
-        page_size: int,
-        page_token: str,
-        task_family: str | None = None,
-        job_id: uuid.UUID | None = None,
-    ) -> Page[Model]: ...
 
     async def claim_next(self, owner: str, lease: timedelta) -> tuple[Job, JobEvent] | None: ...
 
