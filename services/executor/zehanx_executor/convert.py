@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 from zehanx.common.v1 import log_pb2
@@ -64,14 +65,21 @@ def to_limits(lim: pb.Limits) -> LimitRequest:
     )
 
 
+def _program(message: pb.ExecuteRequest | pb.SessionStart) -> dict[str, Any]:
+    """The fields an Execute request and a Session's start share (same numbers, same meaning)."""
+    return {
+        "execution_id": message.execution_id or str(uuid.uuid4()),
+        "job_id": message.job_id,
+        "argv": tuple(message.argv),
+        "files": _files(message.files),
+        "env": dict(message.env),
+        "limits": to_limits(message.limits),
+    }
+
+
 def to_input(request: pb.ExecuteRequest, *, sandbox_api_key: str | None = None) -> ExecuteInput:
     return ExecuteInput(
-        execution_id=request.execution_id or str(uuid.uuid4()),
-        job_id=request.job_id,
-        argv=tuple(request.argv),
-        files=_files(request.files),
-        env=dict(request.env),
-        limits=to_limits(request.limits),
+        **_program(request),
         collect=tuple(request.collect),
         collect_max_bytes=request.collect_max_bytes,
         sandbox_api_key=sandbox_api_key,
@@ -94,12 +102,7 @@ def limits_pb(limits: Limits) -> pb.Limits:
 
 def to_session_input(start: pb.SessionStart) -> SessionInput:
     return SessionInput(
-        execution_id=start.execution_id or str(uuid.uuid4()),
-        job_id=start.job_id,
-        argv=tuple(start.argv),
-        files=_files(start.files),
-        env=dict(start.env),
-        limits=to_limits(start.limits),
+        **_program(start),
         idle_s=to_seconds(start.max_idle_duration) if start.HasField("max_idle_duration") else None,
     )
 

@@ -13,6 +13,7 @@ import contextvars
 import hashlib
 import time
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -85,28 +86,26 @@ def _files(files: Iterable[ExecFile]) -> list[pb.ExecutionFile]:
     return [pb.ExecutionFile(path=f.path, content=f.content, executable=f.executable) for f in files]
 
 
+def _program(request: ExecRequest | SessionSpec) -> dict[str, Any]:
+    """The fields an Execute request and a Session's start share (same numbers, same meaning)."""
+    return {
+        "job_id": request.job_id,
+        "files": _files(request.files),
+        "argv": list(request.argv),
+        "env": dict(request.env),
+        "limits": _limits(request.limits),
+    }
+
+
 def to_request(request: ExecRequest) -> pb.ExecuteRequest:
     return pb.ExecuteRequest(
-        job_id=request.job_id,
-        files=_files(request.files),
-        argv=list(request.argv),
-        env=dict(request.env),
-        limits=_limits(request.limits),
-        collect=list(request.collect),
-        collect_max_bytes=request.collect_max_bytes,
+        **_program(request), collect=list(request.collect), collect_max_bytes=request.collect_max_bytes
     )
 
 
 def to_session_start(spec: SessionSpec) -> pb.SessionRequest:
     return pb.SessionRequest(
-        start=pb.SessionStart(
-            job_id=spec.job_id,
-            files=_files(spec.files),
-            argv=list(spec.argv),
-            env=dict(spec.env),
-            limits=_limits(spec.limits),
-            max_idle_duration=to_duration(spec.idle_timeout_s),
-        )
+        start=pb.SessionStart(**_program(spec), max_idle_duration=to_duration(spec.idle_timeout_s))
     )
 
 
