@@ -265,9 +265,8 @@ def _decoder() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="zx-edge-decode")
 
 
-class _Decoding(Codec[Any, Any]):
-    """A codec that leaves decoding to the handler (:class:`Undecoded`), whose undecodable input
-    answers INVALID_ARGUMENT (connectrpc would answer UNKNOWN)."""
+class _Wrapped(Codec[Any, Any]):
+    """``inner`` with its name and encoding; subclasses change how it decodes."""
 
     def __init__(self, inner: Codec[Any, Any]) -> None:
         self._inner = inner
@@ -277,22 +276,18 @@ class _Decoding(Codec[Any, Any]):
 
     def encode(self, message: Any) -> bytes:
         return self._inner.encode(message)
+
+
+class _Decoding(_Wrapped):
+    """A codec that leaves decoding to the handler (:class:`Undecoded`), whose undecodable input
+    answers INVALID_ARGUMENT (connectrpc would answer UNKNOWN)."""
 
     def decode(self, data: bytes | bytearray, message_class: type[Any]) -> Any:
         return Undecoded(data, message_class, _Strict(self._inner))
 
 
-class _Strict(Codec[Any, Any]):
+class _Strict(_Wrapped):
     """``inner``, its decoding failures turned into INVALID_ARGUMENT naming the message."""
-
-    def __init__(self, inner: Codec[Any, Any]) -> None:
-        self._inner = inner
-
-    def name(self) -> str:
-        return self._inner.name()
-
-    def encode(self, message: Any) -> bytes:
-        return self._inner.encode(message)
 
     def decode(self, data: bytes | bytearray, message_class: type[Any]) -> Any:
         try:
