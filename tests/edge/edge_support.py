@@ -27,7 +27,6 @@ from zehanx_gateway.app import Gateway
 from zehanx_gateway.auth import new_api_key
 from zehanx_gateway.edge import EdgeSettings, RunningEdge, serve_edge
 from zehanx_gateway.settings import GatewaySettings
-from zehanx_runtime.logging import configure_logging
 from zehanx_runtime.server import RunningServer
 
 JWT_SECRET = "edge-test-secret-for-hs256-tokens-0123456789"
@@ -218,6 +217,12 @@ async def edge(database_url: str, tmp_path: Path) -> AsyncIterator[Edge]:
         await stop(served)
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _quiet_logs() -> None:
-    configure_logging("warning", json=True)
+@pytest.fixture
+async def proxied(database_url: str, tmp_path: Path) -> AsyncIterator[Edge]:
+    """An edge behind a trusted proxy on loopback, so each request names its client in X-Forwarded-For."""
+    settings = EdgeSettings(edge_port=0, trusted_proxies=["127.0.0.0/8"], sign_up_max_per_client=2)
+    served = await serve(database_url, tmp_path, settings)
+    try:
+        yield served
+    finally:
+        await stop(served)

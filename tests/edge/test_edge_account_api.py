@@ -3,8 +3,6 @@ browser sends): datasets, uploads, API keys, provider keys and settings, each wi
 (invalid argument naming the fields, unauthenticated, not found), against a real gateway on a real
 PostgreSQL."""
 
-# Fixtures come from edge_support; pytest sees them by import.
-
 from __future__ import annotations
 
 import base64
@@ -14,14 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from edge_support import (  # noqa: F401
-    ConnectError,
-    Edge,
-    _quiet_logs,
-    jwt_for,
-    serve,
-    stop,
-)
+from edge_support import ConnectError, Edge, jwt_for, serve, stop
 from zehanx.gateway.v1 import job_event_pb2
 from zehanx_gateway import convert
 from zehanx_gateway.domain import PendingEvent

@@ -3,16 +3,12 @@ served gateway and edge: Supabase mode and token separation (H5), guessing limit
 per IPv6 /64 (M1), session lifetimes, refresh-token reuse and API keys from old sessions (M2), hostile
 email lengths (M6), and text/plain sign-ups (L4)."""
 
-# Fixtures come from edge_support; pytest sees them by import.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +17,7 @@ import httpx
 import jwt
 import psycopg
 import pytest
-from edge_support import (  # noqa: F401
-    JWT_ISSUER,
-    JWT_SECRET,
-    ConnectError,
-    Edge,
-    _quiet_logs,
-    edge,
-    gateway_settings,
-    jwt_for,
-    serve,
-    stop,
-)
+from edge_support import JWT_ISSUER, JWT_SECRET, ConnectError, Edge, gateway_settings, jwt_for, serve, stop
 from pydantic import SecretStr
 from zehanx_gateway import accounts
 from zehanx_gateway.accounts import set_password
@@ -80,17 +65,6 @@ async def sql(edge: Edge, query: str, *params: Any) -> list[tuple[Any, ...]]:
 
 def via(address: str) -> dict[str, str]:
     return {"x-forwarded-for": address}
-
-
-@pytest.fixture
-async def proxied(database_url: str, tmp_path: Path) -> AsyncIterator[Edge]:
-    """An edge behind a trusted proxy on loopback, so each request names its client in X-Forwarded-For."""
-    settings = EdgeSettings(edge_port=0, trusted_proxies=["127.0.0.0/8"], sign_up_max_per_client=2)
-    served = await serve(database_url, tmp_path, settings)
-    try:
-        yield served
-    finally:
-        await stop(served)
 
 
 # -- H5: Supabase mode, and local tokens that are never Supabase tokens ------------------------------------

@@ -2,16 +2,13 @@
 sessions they issue are the gateway's own JWTs (its generated key, issuer and audience), which its JWT
 path accepts on both doors."""
 
-# Fixtures come from edge_support; pytest sees them by import.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import httpx
 import jwt
 import psycopg
 import pytest
-from edge_support import JWT_SECRET, ConnectError, Edge, _quiet_logs, edge  # noqa: F401
+from edge_support import JWT_SECRET, ConnectError, Edge
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
 from zehanx_gateway.auth import SESSION_AUDIENCE, SESSION_ISSUER
 from zehanx_gateway.edge.auth_routes import AuthRoutes

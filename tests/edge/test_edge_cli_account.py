@@ -1,9 +1,6 @@
 """``zx account password``: the CLI's ``local`` user gets an email and password, and signing in with them
 over the edge shows that user's jobs (what ``make demo`` trained), not an empty new account."""
 
-# Fixtures come from edge_support; pytest sees them by import.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edge_support import Edge, _quiet_logs, edge  # noqa: F401
+from edge_support import Edge
 
 PASSWORD = "correct horse battery staple"
 

@@ -1,9 +1,6 @@
 """Every public RPC of the gateway through its Connect edge, with plain HTTP/1.1 (httpx), against a real
 gateway on a real PostgreSQL; the answers must be those the gRPC port gives for the same calls."""
 
-# Fixtures come from edge_support; pytest sees them by import.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import asyncio
@@ -14,21 +11,11 @@ import uuid
 
 import grpc
 import pytest
-from edge_support import (  # noqa: F401
-    SERVICE,
-    ConnectError,
-    Edge,
-    _quiet_logs,
-    edge,
-    envelope,
-    jwt_for,
-    stream_error,
-)
+from edge_support import SERVICE, ConnectError, Edge, envelope, jwt_for, stream_error
 from google.protobuf import json_format, struct_pb2
-from zehanx.common.v1 import metrics_pb2, task_family_pb2
+from support.gateway import publish_model
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
-from zehanx.gateway.v1 import job_pb2, model_pb2
-from zehanx_gateway import convert
+from zehanx.gateway.v1 import job_pb2
 
 PROMPT = "Create a sentiment analysis model"
 
@@ -37,31 +24,6 @@ async def create(edge: Edge, token: str, prompt: str = PROMPT, **extra: object) 
     job = await edge.call("CreateJob", {"job": {"prompt": prompt}, **extra}, token)
     assert not isinstance(job, ConnectError), job
     return job
-
-
-async def publish_model(
-    edge: Edge, user: str, data: bytes, trainer_artifact_id: str | None = None
-) -> model_pb2.Model:
-    """Store an archive and record a model for ``user``, as the orchestrator does at PUBLISHING."""
-    info = await edge.gateway.artifacts.put([data])
-    record = model_pb2.Model(
-        title="Sentiment",
-        prompt=PROMPT,
-        task_family=task_family_pb2.TASK_FAMILY_TEXT_CLASSIFICATION,
-        class_labels=["negative", "positive"],
-        metric_name="accuracy",
-        held_out_metrics=metrics_pb2.Metrics(values={"accuracy": 0.91}),
-        baseline_name="majority_class",
-        baseline_metrics=metrics_pb2.Metrics(values={"accuracy": 0.5}),
-        model_card="# Sentiment\n",
-        archive_sha256=info.sha256,
-        archive_size_bytes=info.size,
-    )
-    user_id = await edge.gateway.registry.user_by_name(user)
-    model = await edge.gateway.models.publish(
-        user_id, convert.new_model(record, trainer_artifact_id=trainer_artifact_id)
-    )
-    return convert.model_to_proto(model)
 
 
 # -- jobs ----------------------------------------------------------------------------------------
@@ -217,7 +179,7 @@ async def test_unknown_and_other_users_ids_are_not_found(edge: Edge) -> None:
     alice = await edge.api_key("alice")
     bob = await edge.api_key("bob")
     job = await create(edge, alice)
-    model = await publish_model(edge, "alice", b"weights")
+    model = await publish_model(edge.gateway, "alice", b"weights")
     for method, body in [
         ("GetJob", {"jobId": str(uuid.uuid4())}),
         ("GetJob", {"jobId": job["id"]}),
@@ -351,7 +313,7 @@ async def test_a_watcher_that_disconnects_is_unsubscribed_at_once(edge: Edge) ->
 async def test_models_list_get_download_and_delete_over_connect(edge: Edge) -> None:
     token = await edge.api_key("alice")
     archive = bytes(range(256)) * 40  # 10 KiB: three chunks of 4 KiB
-    model = await publish_model(edge, "alice", archive)
+    model = await publish_model(edge.gateway, "alice", archive)
 
     listed = await edge.call("ListModels", {}, token)
     assert [m["id"] for m in listed["models"]] == [model.id]
@@ -383,12 +345,12 @@ async def test_models_list_get_download_and_delete_over_connect(edge: Edge) -> N
 
 async def test_predict_reaches_the_same_trainer_path_as_grpc(edge: Edge) -> None:
     token = await edge.api_key("alice")
-    unrunnable = await publish_model(edge, "alice", b"old weights")
+    unrunnable = await publish_model(edge.gateway, "alice", b"old weights")
     refused = await edge.call("Predict", {"modelId": unrunnable.id, "instances": ["fine"]}, token)
     assert isinstance(refused, ConnectError)
     assert (refused.http_status, refused.code) == (400, "failed_precondition")
 
-    model = await publish_model(edge, "alice", b"weights", trainer_artifact_id="artifact-1")
+    model = await publish_model(edge.gateway, "alice", b"weights", trainer_artifact_id="artifact-1")
     answer = await edge.call("Predict", {"modelId": model.id, "instances": ["a great movie"]}, token)
     assert isinstance(answer, ConnectError)
     with pytest.raises(grpc.aio.AioRpcError) as over_grpc:

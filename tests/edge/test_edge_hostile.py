@@ -6,9 +6,6 @@ capped in size and in ratio; decoding happens in a thread, never on the gateway'
 Against a real gateway on a real PostgreSQL, over real HTTP/1.1 (httpx, or h11 on a raw socket where the
 test must send headers without the body)."""
 
-# Fixtures come from edge_support; pytest sees them by import.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import asyncio
@@ -25,16 +22,7 @@ import grpc
 import h11
 import pytest
 from connectrpc.compat import _codec as connect_codecs
-from edge_support import (  # noqa: F401
-    SERVICE,
-    ConnectError,
-    Edge,
-    _quiet_logs,
-    edge,
-    envelope,
-    serve,
-    stop,
-)
+from edge_support import SERVICE, ConnectError, Edge, envelope, serve, stop
 from zehanx.gateway.v1 import dataset_record_pb2, job_pb2
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
 from zehanx_gateway.edge import SERVICE as GATEWAY_SERVICE

@@ -7,8 +7,6 @@ instances without the four iris columns; the real pool is tested in tests/traine
 bench/bench_serving.py.
 """
 
-# Fixtures come from edge_support; pytest sees them by import.
-
 from __future__ import annotations
 
 import asyncio
@@ -22,7 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
-from edge_support import Edge, _quiet_logs, serve, stop  # noqa: F401
+from edge_support import Edge, serve, stop
 from google.protobuf import duration_pb2, struct_pb2
 from support.stand_in_trainer import serve_trainer
 from zehanx.common.v1 import prediction_pb2

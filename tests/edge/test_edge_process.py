@@ -1,8 +1,6 @@
 """The edge as ``zx-gateway`` serves it: a real gateway process, the README's curl examples run against it
 as they are written, and a clean stop on SIGTERM."""
 
-# Fixtures come from edge_support; pytest sees them by import.
-
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from edge_support import JWT_SECRET, _quiet_logs, edge, jwt_for  # noqa: F401
+from edge_support import JWT_SECRET, jwt_for
 from support.services import ServiceProcess, free_port, start_service, zx_api_key
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,18 +2,14 @@
 real PostgreSQL: the refresh token never reaches page scripts, the cookie is useless without the custom
 header, and per-client limits count the address a trusted proxy saw, not one a client claims."""
 
-# Fixtures come from edge_support; pytest sees them by import.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-from edge_support import Edge, _quiet_logs, edge, serve, stop  # noqa: F401
+from edge_support import Edge, serve, stop
 from zehanx_gateway.edge.auth_routes import REFRESH_COOKIE, client_address
 from zehanx_gateway.edge.settings import EdgeSettings
 
@@ -85,16 +81,6 @@ async def test_without_cookie_mode_sessions_stay_supabase_shaped(edge: Edge) -> 
     assert answer.status_code == 200
     assert answer.json()["refresh_token"], "API clients get the refresh token in the JSON, as from Supabase"
     assert answer.headers.get_list("set-cookie") == []
-
-
-@pytest.fixture
-async def proxied(database_url: str, tmp_path: Path) -> AsyncIterator[Edge]:
-    settings = EdgeSettings(edge_port=0, trusted_proxies=["127.0.0.0/8"], sign_up_max_per_client=2)
-    served = await serve(database_url, tmp_path, settings)
-    try:
-        yield served
-    finally:
-        await stop(served)
 
 
 async def test_sign_ups_are_limited_per_client_address_a_trusted_proxy_reports(proxied: Edge) -> None:

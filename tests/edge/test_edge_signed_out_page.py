@@ -2,16 +2,13 @@
 asks whether it has a session, learns it has none, and shows the sign-in form without a console error
 or a failed request (its first refresh used to answer 400, which the browser logs as an error)."""
 
-# Fixtures come from edge_support; pytest sees them by import.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
 import pytest
-from edge_support import Edge, _quiet_logs, edge  # noqa: F401
+from edge_support import Edge
 
 CHROMIUM = "/usr/bin/chromium"
 

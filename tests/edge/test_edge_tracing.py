@@ -3,12 +3,11 @@ header gets the edge's SERVER span in that trace, under the caller's span, and a
 the trace; a call without one starts its own trace. Against a real gateway and edge on PostgreSQL, with
 the OpenTelemetry SDK recording spans in memory."""
 
-# Fixtures come from edge_support; pytest sees them by import.
 # ruff: noqa: F811
 
 from __future__ import annotations
 
-from edge_support import ConnectError, Edge, _quiet_logs, edge, stream_error  # noqa: F401
+from edge_support import ConnectError, Edge, stream_error
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter

@@ -6,4 +6,4 @@ depends on the order pytest loaded them.
 """
 
 from gateway_support import *  # noqa: F403  (fixtures)
-from gateway_support import _quiet_logs  # noqa: F401  (an autouse fixture: * skips _names)
+from support.gateway import _quiet_logs  # noqa: F401  (an autouse fixture, shared with tests/edge)

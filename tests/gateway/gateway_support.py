@@ -14,17 +14,16 @@ import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from support import gateway as support_gateway
 from support.gateway import open_gateway
-from zehanx.common.v1 import metrics_pb2, task_family_pb2
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
 from zehanx.gateway.v1 import model_pb2
 from zehanx_cli.procs import free_port
-from zehanx_gateway import convert, db
+from zehanx_gateway import db
 from zehanx_gateway.app import Gateway
 from zehanx_gateway.auth import new_api_key
 from zehanx_gateway.settings import GatewaySettings
 from zehanx_gateway.store import PostgresRegistry
-from zehanx_runtime.logging import configure_logging
 from zehanx_runtime.server import RunningServer
 from zehanx_runtime.status import error_info_of
 
@@ -129,26 +128,10 @@ async def publish_model(
     title: str = "Sentiment",
     trainer_artifact_id: str | None = None,
 ) -> model_pb2.Model:
-    """Store an archive and record a model for ``user``, as the orchestrator will at PUBLISHING."""
-    info = await served.gateway.artifacts.put([data])
-    record = model_pb2.Model(
-        title=title,
-        prompt="Create a sentiment analysis model",
-        task_family=task_family_pb2.TASK_FAMILY_TEXT_CLASSIFICATION,
-        class_labels=["negative", "positive"],
-        metric_name="accuracy",
-        held_out_metrics=metrics_pb2.Metrics(values={"accuracy": 0.91}),
-        baseline_name="majority_class",
-        baseline_metrics=metrics_pb2.Metrics(values={"accuracy": 0.5}),
-        model_card="# Sentiment\n",
-        archive_sha256=info.sha256,
-        archive_size_bytes=info.size,
+    """``support.gateway.publish_model`` on ``served``'s gateway."""
+    return await support_gateway.publish_model(
+        served.gateway, user, data, title=title, trainer_artifact_id=trainer_artifact_id
     )
-    user_id = await served.user_id(user)
-    model = await served.gateway.models.publish(
-        user_id, convert.new_model(record, trainer_artifact_id=trainer_artifact_id)
-    )
-    return convert.model_to_proto(model)
 
 
 @pytest.fixture
@@ -184,9 +167,3 @@ async def served(database_url: str, tmp_path: Path) -> AsyncIterator[Served]:
         yield running
     finally:
         await stop_gateway(running)
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _quiet_logs() -> None:
-    """Warnings and errors only: one line per RPC of 200 watchers would drown the output."""
-    configure_logging("warning", json=True)
