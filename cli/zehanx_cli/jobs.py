@@ -325,6 +325,25 @@ def train(
     raise typer.Exit(_call(action))
 
 
+def _when(timestamp: Any) -> str:
+    return str(timestamp.ToDatetime().strftime("%Y-%m-%d %H:%M"))
+
+
+def _listing(
+    as_json: bool, records: list[dict[str, Any]], columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> None:
+    """A list of jobs or models: the records as JSON (--json), or a table of ``columns``."""
+    if as_json:
+        print(json.dumps(records, indent=2))
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 def jobs(
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000)] = 20,
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -333,21 +352,15 @@ def jobs(
 
     def action(gateway: Gateway) -> None:
         page = gateway.stub.ListJobs(pb.ListJobsRequest(page_size=limit), metadata=gateway.metadata)
-        if as_json:
-            print(json.dumps([json_format.MessageToDict(j) for j in page.jobs], indent=2))
-            return
-        table = Table(box=None, pad_edge=False)
-        for column in ("ID", "STATE", "STAGE", "CREATED", "PROMPT"):
-            table.add_column(column)
-        for j in page.jobs:
-            table.add_row(
-                j.id,
-                _state(j.state),
-                _stage(j.stage),
-                j.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M"),
-                Text(j.prompt[:60]),
-            )
-        console.print(table)
+        _listing(
+            as_json,
+            [json_format.MessageToDict(j) for j in page.jobs],
+            ("ID", "STATE", "STAGE", "CREATED", "PROMPT"),
+            [
+                (j.id, _state(j.state), _stage(j.stage), _when(j.create_time), Text(j.prompt[:60]))
+                for j in page.jobs
+            ],
+        )
 
     _call(action)
 
@@ -403,29 +416,27 @@ def models(
 ) -> None:
     """List your models, newest first."""
 
+    def row(m: Any) -> tuple[Any, ...]:
+        name = m.metric_name
+        return (
+            m.id,
+            Text(m.title[:40]),
+            Text(f"{name} {m.held_out_metrics.values.get(name, float('nan')):.4f}"),
+            f"{m.baseline_metrics.values.get(name, float('nan')):.4f}",
+            _when(m.create_time),
+        )
+
     def action(gateway: Gateway) -> None:
         page = gateway.stub.ListModels(pb.ListModelsRequest(page_size=limit), metadata=gateway.metadata)
-        if as_json:
-            rows = []
-            for m in page.models:
-                row = json_format.MessageToDict(m)
-                row.pop("modelCard", None)
-                rows.append(row)
-            print(json.dumps(rows, indent=2))
-            return
-        table = Table(box=None, pad_edge=False)
-        for column in ("ID", "TITLE", "HELD-OUT", "BASELINE", "CREATED"):
-            table.add_column(column)
-        for m in page.models:
-            name = m.metric_name
-            table.add_row(
-                m.id,
-                Text(m.title[:40]),
-                Text(f"{name} {m.held_out_metrics.values.get(name, float('nan')):.4f}"),
-                f"{m.baseline_metrics.values.get(name, float('nan')):.4f}",
-                m.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M"),
-            )
-        console.print(table)
+        records = [json_format.MessageToDict(m) for m in page.models]
+        for record in records:
+            record.pop("modelCard", None)  # long; it is in the downloaded archive
+        _listing(
+            as_json,
+            records,
+            ("ID", "TITLE", "HELD-OUT", "BASELINE", "CREATED"),
+            [row(m) for m in page.models],
+        )
 
     _call(action)
 
