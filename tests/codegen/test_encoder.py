@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import realdata
 import running
+from codegen_support import pyflakes
 from safetensors import safe_open
 from zehanx_codegen.app import build_codegen
 from zehanx_codegen.service import Codegen
@@ -46,13 +45,7 @@ def sample(data_root: Path) -> realdata.Prepared:
 def test_rendered_encoder_program_passes_pyflakes(with_encoder: Codegen, sample, tmp_path: Path) -> None:
     generated = with_encoder.generate(PROMPT, with_encoder.plan(PROMPT, sample.profile), sample.profile)
     assert "encoder.py" in generated.program.files
-    for path, text in generated.program.files.items():
-        (tmp_path / path).write_text(text)
-    ruff = Path(sys.executable).with_name("ruff")
-    proc = subprocess.run(
-        [str(ruff), "check", "--isolated", "--select", "F,E9", "--target-version", "py311", str(tmp_path)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    proc = pyflakes(generated.program.files, tmp_path)
     assert proc.returncode == 0, proc.stdout
 
 
