@@ -35,20 +35,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "executor"))
+
+from sandbox_helpers import TREE  # noqa: E402  (the tree the hardening tests kill)
+
 WORK_DIR = Path("/var/tmp/zx-executor-bench")
 UID_BASE = 68000  # distinct from the tests' ranges and a dev executor (60600); outside 61184-65535
 TOKEN = "bench-token"
 
 HELLO = "print('hello')\n"
 BUSY = "print('ready', flush=True)\nwhile True: pass\n"
-TREE = """
-import os, time
-for _ in range(3):
-    if os.fork() == 0:
-        while True: time.sleep(1)
-print('ready', flush=True)
-while True: pass
-"""
 BUSY_TREE = """
 import os
 for _ in range(3):

@@ -32,6 +32,16 @@ UID_BASE = 100_000 + (os.getpid() % 4000) * 32
 SLOTS = 8
 #: The executor process of test_executor_process.py (2 slots): uids UID_BASE + 16 .. + 18.
 CLI_UID_BASE = UID_BASE + 16
+#: A tree of four processes (three sleeping children, a busy parent) that prints "ready": what a kill
+#: must take down whole (the hardening tests, and bench/bench_executor.py's cancel-to-dead).
+TREE = """
+import os, time
+for _ in range(3):
+    if os.fork() == 0:
+        while True: time.sleep(1)
+print('ready', flush=True)
+while True: pass
+"""
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pydantic
 import pytest
-from sandbox_helpers import assert_still_serving, limits, require_isolation, run, spec
+from sandbox_helpers import TREE, assert_still_serving, limits, require_isolation, run, spec
 from zehanx_executor.domain import ExitReason, Finished, Output
 from zehanx_executor.sandbox.local import LocalSandbox
 from zehanx_executor.sandbox.seccomp import NEWEST_REVIEWED, build_filter_bpf
@@ -336,15 +336,6 @@ async def test_the_slot_gauges_read_the_pool_at_scrape_time() -> None:
 
 
 # -- kill ---------------------------------------------------------------------------------------------
-
-TREE = """
-import os, time
-for _ in range(3):
-    if os.fork() == 0:
-        while True: time.sleep(1)
-print('ready', flush=True)
-while True: pass
-"""
 
 
 def _alive(pid: int) -> bool:
