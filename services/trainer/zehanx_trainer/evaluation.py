@@ -344,12 +344,50 @@ def check_predictions(
         raise ValueError(f"expected {rows} predictions (one per input row), got {len(answers)}")
     out = []
     for number, obj in enumerate(answers, start=1):
+        if kind is None:
+            usual = _usual_prediction(obj)
+            if usual is not None:
+                out.append(usual)
+                continue
         where = f"prediction {number}"
         bad = _non_double(obj, MAX_PREDICTION_DEPTH + 1)
         if bad:
             raise ValueError(f"{where}: {bad}")
         out.append(_checked_prediction(obj, where, kind))
     return out
+
+
+#: Integers this small convert to a double (the checks below take larger ones the long way).
+_SMALL_INT = 2**1023
+
+
+def _usual_prediction(obj: Any) -> tuple[Any, dict[str, float]] | None:
+    """The usual answer, ``{"prediction": a label or a number, "probabilities": {label: float}}``,
+    checked in one pass: what :func:`_non_double` and :func:`_checked_prediction` with no kind give
+    for it, or None for anything else (which they then check, and may refuse, the long way)."""
+    if type(obj) is not dict or "prediction" not in obj:
+        return None
+    probabilities = obj.get("probabilities")
+    if len(obj) != (1 if probabilities is None and "probabilities" not in obj else 2):
+        return None
+    value = obj["prediction"]
+    kind = type(value)
+    if not (
+        kind is str
+        or value is None
+        or kind is bool
+        or (kind is float and value - value == 0.0)  # finite: inf - inf and NaN are NaN
+        or (kind is int and -_SMALL_INT < value < _SMALL_INT)
+    ):
+        return None
+    if not probabilities:  # None, {} (and the other empty values the long way maps to {} as well)
+        return value, {}
+    if type(probabilities) is not dict:
+        return None
+    for label, p in probabilities.items():
+        if type(label) is not str or type(p) is not float or p - p != 0.0:
+            return None
+    return value, dict(probabilities)
 
 
 def _non_double(value: Any, depth_limit: int) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 from collections import OrderedDict
@@ -47,6 +46,7 @@ from zehanx_runtime.errors import (
 )
 from zehanx_runtime.logging import get_logger
 
+from zehanx_trainer import fastjson
 from zehanx_trainer.executor_port import (
     ExecFile,
     ExecLimits,
@@ -146,6 +146,8 @@ class Served:
     restarted: bool
     execution_id: str
     instance: str
+    #: Size of the predictor's answer line (for where to check it: on the loop or in a thread).
+    answer_bytes: int = 0
 
 
 @dataclass
@@ -401,9 +403,7 @@ class PredictorPool:
         session = resident.session
         assert session is not None
         if payload is None:
-            payload = json.dumps(
-                {"rows": rows}, ensure_ascii=False, allow_nan=False, separators=(",", ":")
-            ).encode("utf-8")
+            payload = fastjson.dumps({"rows": rows})
         try:
             raw = await session.call(payload, timeout_s=self.config.call_timeout_s)
         except TimeoutError:
@@ -436,7 +436,7 @@ class PredictorPool:
                 artifact_id=resident.artifact_id,
                 execution_id=session.execution_id,
             )
-        return Served(predictions, warm, restarted, session.execution_id, resident.instance)
+        return Served(predictions, warm, restarted, session.execution_id, resident.instance, len(raw))
 
     def _ended_error(self, model: ModelFiles, ended: SessionEnded, *, during: str) -> DomainError:
         result: ExecResult = ended.result
@@ -534,7 +534,7 @@ class PredictorPool:
 def _answer(raw: bytes) -> dict[str, Any]:
     # The line comes from the sandbox (the program could write to the runner's descriptor): untrusted.
     try:
-        answer = json.loads(raw)
+        answer = fastjson.loads(raw)
     except (ValueError, RecursionError):
         answer = None
     if not isinstance(answer, dict):
