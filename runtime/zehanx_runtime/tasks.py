@@ -2,7 +2,7 @@
 
 One name in every service: the crawler decides a dataset's family (``zehanx_crawler.task``), codegen's
 planner checks that the data can serve it and fills that family's template. Each service maps it to and
-from the proto enum by name (:attr:`TaskFamily.proto_name`), so the two cannot drift apart.
+from the proto enum by name (``zehanx_runtime.enums.proto_numbers``), so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -28,8 +28,3 @@ class TaskFamily(enum.StrEnum):
             TaskFamily.IMAGE_CLASSIFICATION,
             TaskFamily.TIME_SERIES_CLASSIFICATION,
         )
-
-    @property
-    def proto_name(self) -> str:
-        """The name of this family's value in ``zehanx.common.v1.TaskFamily``."""
-        return f"TASK_FAMILY_{self.name}"

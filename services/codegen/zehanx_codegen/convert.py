@@ -8,6 +8,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 from zehanx.codegen.v1 import codegen_service_pb2 as pb
 from zehanx.common.v1 import dataset_pb2, plan_pb2, program_pb2, structured_error_pb2, task_family_pb2
+from zehanx_runtime.enums import from_proto, proto_numbers
 from zehanx_runtime.errors import FieldViolation, InvalidArgument
 
 from zehanx_codegen.domain import (
@@ -26,33 +27,12 @@ from zehanx_codegen.domain import (
     ValidationReport,
 )
 
-FAMILIES = {task_family_pb2.TaskFamily.Value(family.proto_name): family for family in TaskFamily}
-FAMILIES_PB = {v: k for k, v in FAMILIES.items()}
-_COLUMN_TYPES = {
-    dataset_pb2.COLUMN_TYPE_UNSPECIFIED: ColumnType.UNSPECIFIED,
-    dataset_pb2.COLUMN_TYPE_INTEGER: ColumnType.INTEGER,
-    dataset_pb2.COLUMN_TYPE_FLOAT: ColumnType.FLOAT,
-    dataset_pb2.COLUMN_TYPE_BOOLEAN: ColumnType.BOOLEAN,
-    dataset_pb2.COLUMN_TYPE_CATEGORICAL: ColumnType.CATEGORICAL,
-    dataset_pb2.COLUMN_TYPE_TEXT: ColumnType.TEXT,
-    dataset_pb2.COLUMN_TYPE_DATETIME: ColumnType.DATETIME,
-    dataset_pb2.COLUMN_TYPE_IMAGE: ColumnType.IMAGE,
-}
-_GOALS = {
-    task_family_pb2.METRIC_GOAL_MAXIMIZE: MetricGoal.MAXIMIZE,
-    task_family_pb2.METRIC_GOAL_MINIMIZE: MetricGoal.MINIMIZE,
-}
-_GOALS_PB = {v: k for k, v in _GOALS.items()}
-_PHASES = {
-    structured_error_pb2.PROGRAM_PHASE_UNSPECIFIED: ProgramPhase.UNSPECIFIED,
-    structured_error_pb2.PROGRAM_PHASE_SETUP: ProgramPhase.SETUP,
-    structured_error_pb2.PROGRAM_PHASE_DATA_LOADING: ProgramPhase.DATA_LOADING,
-    structured_error_pb2.PROGRAM_PHASE_MODEL_BUILDING: ProgramPhase.MODEL_BUILDING,
-    structured_error_pb2.PROGRAM_PHASE_TRAINING: ProgramPhase.TRAINING,
-    structured_error_pb2.PROGRAM_PHASE_VALIDATION: ProgramPhase.VALIDATION,
-    structured_error_pb2.PROGRAM_PHASE_SAVING: ProgramPhase.SAVING,
-    structured_error_pb2.PROGRAM_PHASE_PREDICTION: ProgramPhase.PREDICTION,
-}
+FAMILIES_PB = proto_numbers(TaskFamily, task_family_pb2.TaskFamily, "TASK_FAMILY_")
+FAMILIES = from_proto(FAMILIES_PB)
+_COLUMN_TYPES = from_proto(proto_numbers(ColumnType, dataset_pb2.ColumnType, "COLUMN_TYPE_"))
+_GOALS_PB = proto_numbers(MetricGoal, task_family_pb2.MetricGoal, "METRIC_GOAL_")
+_GOALS = from_proto(_GOALS_PB)
+_PHASES = from_proto(proto_numbers(ProgramPhase, structured_error_pb2.ProgramPhase, "PROGRAM_PHASE_"))
 
 
 def family(value: int) -> TaskFamily | None:

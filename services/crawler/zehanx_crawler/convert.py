@@ -15,6 +15,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from zehanx.common.v1 import dataset_pb2, task_family_pb2
 from zehanx.crawler.v1 import crawler_service_pb2 as pb
 from zehanx.crawler.v1 import dataset_pb2 as crawler_dataset_pb2
+from zehanx_runtime.enums import from_proto, proto_numbers
 from zehanx_runtime.errors import FieldViolation, InvalidArgument
 
 from zehanx_crawler.catalogue import CatalogueEntry
@@ -35,17 +36,9 @@ PREVIEW_TEXT_CHARS = 500
 #: A preview stops growing past this many bytes of JSON (a row of 10,000 columns is no preview).
 PREVIEW_MAX_BYTES = 256 * 1024
 
-TASK_FAMILIES = {family: task_family_pb2.TaskFamily.Value(family.proto_name) for family in TaskFamily}
-TASK_FAMILIES_IN = {v: k for k, v in TASK_FAMILIES.items()}
-PHASES = {
-    Phase.SEARCHING: pb.DATASET_BUILD_PHASE_SEARCHING,
-    Phase.FETCHING: pb.DATASET_BUILD_PHASE_FETCHING,
-    Phase.PARSING: pb.DATASET_BUILD_PHASE_PARSING,
-    Phase.CLEANING: pb.DATASET_BUILD_PHASE_CLEANING,
-    Phase.SPLITTING: pb.DATASET_BUILD_PHASE_SPLITTING,
-    Phase.PROFILING: pb.DATASET_BUILD_PHASE_PROFILING,
-    Phase.STORING: pb.DATASET_BUILD_PHASE_STORING,
-}
+TASK_FAMILIES = proto_numbers(TaskFamily, task_family_pb2.TaskFamily, "TASK_FAMILY_")
+TASK_FAMILIES_IN = from_proto(TASK_FAMILIES)
+PHASES = proto_numbers(Phase, pb.DatasetBuildPhase, "DATASET_BUILD_PHASE_")
 #: Column types of ``schema.json`` / the profile, as the contract's ColumnType.
 _COLUMN_TYPES = {
     "integer": dataset_pb2.COLUMN_TYPE_INTEGER,

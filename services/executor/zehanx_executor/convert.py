@@ -10,6 +10,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from zehanx.common.v1 import log_pb2
 from zehanx.executor.v1 import executor_service_pb2 as pb
 from zehanx_runtime.durations import to_duration, to_seconds
+from zehanx_runtime.enums import proto_numbers
 
 from zehanx_executor.domain import (
     Event,
@@ -27,17 +28,7 @@ from zehanx_executor.domain import (
 )
 from zehanx_executor.service import ExecuteInput, LimitRequest, Ready, SessionInput
 
-_REASONS = {
-    ExitReason.COMPLETED: pb.EXIT_REASON_COMPLETED,
-    ExitReason.FAILED: pb.EXIT_REASON_FAILED,
-    ExitReason.TIMEOUT: pb.EXIT_REASON_TIMEOUT,
-    ExitReason.MEMORY: pb.EXIT_REASON_MEMORY,
-    ExitReason.OUTPUT_LIMIT: pb.EXIT_REASON_OUTPUT_LIMIT,
-    ExitReason.DISK_LIMIT: pb.EXIT_REASON_DISK_LIMIT,
-    ExitReason.CANCELLED: pb.EXIT_REASON_CANCELLED,
-    ExitReason.SANDBOX_ERROR: pb.EXIT_REASON_SANDBOX_ERROR,
-    ExitReason.NODE_LOST: pb.EXIT_REASON_NODE_LOST,
-}
+_REASONS = proto_numbers(ExitReason, pb.ExitReason, "EXIT_REASON_")
 _STREAMS = {Stream.STDOUT: log_pb2.OUTPUT_STREAM_STDOUT, Stream.STDERR: log_pb2.OUTPUT_STREAM_STDERR}
 
 
