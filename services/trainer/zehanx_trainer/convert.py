@@ -18,6 +18,7 @@ from zehanx.common.v1 import (
 from zehanx.executor.v1 import executor_service_pb2 as executor_pb
 from zehanx.trainer.v1 import trainer_service_pb2 as pb
 from zehanx_runtime.durations import to_duration, to_seconds
+from zehanx_runtime.enums import proto_numbers
 
 from zehanx_trainer.datasets import DatasetSpec
 from zehanx_trainer.domain import (
@@ -49,13 +50,7 @@ _DEVICES = {
     resources_pb2.DEVICE_KIND_CPU: "cpu",
     resources_pb2.DEVICE_KIND_GPU: "gpu",
 }
-_STAGES = {
-    Stage.STAGING: pb.TRAIN_STAGE_STAGING,
-    Stage.SMOKE_RUN: pb.TRAIN_STAGE_SMOKE_RUN,
-    Stage.TRAINING: pb.TRAIN_STAGE_TRAINING,
-    Stage.EVALUATING: pb.TRAIN_STAGE_EVALUATING,
-    Stage.PUBLISHING: pb.TRAIN_STAGE_PUBLISHING,
-}
+_STAGES = proto_numbers(Stage, pb.TrainStage, "TRAIN_STAGE_")
 _PHASES = {
     "setup": structured_error_pb2.PROGRAM_PHASE_SETUP,
     "data_loading": structured_error_pb2.PROGRAM_PHASE_DATA_LOADING,
@@ -65,18 +60,7 @@ _PHASES = {
     "saving": structured_error_pb2.PROGRAM_PHASE_SAVING,
     "prediction": structured_error_pb2.PROGRAM_PHASE_PREDICTION,
 }
-_EXIT_REASONS = {
-    ExitReason.UNSPECIFIED: executor_pb.EXIT_REASON_UNSPECIFIED,
-    ExitReason.COMPLETED: executor_pb.EXIT_REASON_COMPLETED,
-    ExitReason.FAILED: executor_pb.EXIT_REASON_FAILED,
-    ExitReason.TIMEOUT: executor_pb.EXIT_REASON_TIMEOUT,
-    ExitReason.MEMORY: executor_pb.EXIT_REASON_MEMORY,
-    ExitReason.OUTPUT_LIMIT: executor_pb.EXIT_REASON_OUTPUT_LIMIT,
-    ExitReason.DISK_LIMIT: executor_pb.EXIT_REASON_DISK_LIMIT,
-    ExitReason.CANCELLED: executor_pb.EXIT_REASON_CANCELLED,
-    ExitReason.SANDBOX_ERROR: executor_pb.EXIT_REASON_SANDBOX_ERROR,
-    ExitReason.NODE_LOST: executor_pb.EXIT_REASON_NODE_LOST,
-}
+_EXIT_REASONS = proto_numbers(ExitReason, executor_pb.ExitReason, "EXIT_REASON_")
 _STREAMS = {"stdout": log_pb2.OUTPUT_STREAM_STDOUT, "stderr": log_pb2.OUTPUT_STREAM_STDERR}
 
 
