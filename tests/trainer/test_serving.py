@@ -394,3 +394,8 @@ async def test_instances_as_json_lines_are_answered_as_json_lines_with_the_same_
             )
         assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "not both" in (caught.value.details() or "")
+        # Neither form (the servicer checks both rules: no message-level CEL walks the Values).
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Predict(pb.PredictRequest(artifact_id=models.honest), metadata=METADATA)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "give 1 to 1000 instances" in (caught.value.details() or "")

@@ -19,6 +19,7 @@ from zehanx.executor.v1 import executor_service_pb2 as executor_pb
 from zehanx.trainer.v1 import trainer_service_pb2 as pb
 from zehanx_runtime.durations import to_duration, to_seconds
 from zehanx_runtime.enums import proto_numbers
+from zehanx_runtime.errors import FieldViolation, InvalidArgument
 
 from zehanx_trainer.datasets import DatasetSpec
 from zehanx_trainer.domain import (
@@ -267,9 +268,23 @@ def to_response(item: Sequenced) -> pb.TrainResponse:
 
 
 def predict_instances(request: pb.PredictRequest) -> list[Any] | bytes:
-    """The instances as JSON values, or as the JSON lines they came as (parsed by the predictor)."""
+    """The instances as JSON values, or as the JSON lines they came as (parsed by the predictor).
+    INVALID_ARGUMENT unless exactly one of the two forms is given (checked here rather than by a
+    message-level rule, whose evaluation would convert every Value for CEL)."""
+    if request.instances_jsonl and len(request.instances):
+        raise InvalidArgument(
+            "give the instances either as `instances` or as `instances_jsonl`, not both",
+            violations=[FieldViolation("instances_jsonl", "set together with instances: give one form")],
+            reason="INVALID_REQUEST",
+        )
     if request.instances_jsonl:
         return request.instances_jsonl
+    if not len(request.instances):
+        raise InvalidArgument(
+            "give 1 to 1000 instances, as `instances` or as `instances_jsonl`",
+            violations=[FieldViolation("instances", "give 1 to 1000 instances (or instances_jsonl)")],
+            reason="INVALID_REQUEST",
+        )
     return [value_to_python(v) for v in request.instances]
 
 

@@ -237,7 +237,11 @@ Global___TrainResponse: _TypeAlias = TrainResponse  # noqa: Y015
 
 @_typing.final
 class PredictRequest(_message.Message):
-    """The request of TrainerService.Predict."""
+    """The request of TrainerService.Predict. Exactly one of `instances` and `instances_jsonl` is given
+    (INVALID_ARGUMENT otherwise). The trainer's servicer checks that, not a message-level CEL rule:
+    evaluating one converts the whole message, every instance's Values included, for CEL (45 ms for
+    1000 rows of 4 numbers, longer than the model took).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -259,6 +263,8 @@ class PredictRequest(_message.Message):
         """Input instances, in the shape the model's `predict.py` takes (the model card shows it): for
         example a string for text classification or an object of column values for tabular tasks.
         Either these or `instances_jsonl`.
+        Values carry no rules of their own: the validator is told not to walk them (it took 12 ms for
+        1000 rows of 4 numbers); the trainer checks the instances' shape against the model.
         """
 
     def __init__(
