@@ -16,21 +16,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import struct
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import grpc
-import httpx
-from served_gateway import served_gateway, stored_job
-from zehanx.common.v1 import log_pb2
-from zehanx.gateway.v1 import gateway_service_pb2 as pb
-from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
-from zehanx.gateway.v1 import job_event_pb2
-from zehanx_gateway.auth import new_api_key
-from zehanx_runtime.logging import configure_logging
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the tests' support package: support.connect
+
+import grpc  # noqa: E402
+import httpx  # noqa: E402
+from served_gateway import bench_key, served_gateway, stored_job  # noqa: E402
+from support.connect import END_STREAM, envelope, frames  # noqa: E402
+from zehanx.common.v1 import log_pb2  # noqa: E402
+from zehanx.gateway.v1 import gateway_service_pb2 as pb  # noqa: E402
+from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc  # noqa: E402
+from zehanx.gateway.v1 import job_event_pb2  # noqa: E402
+from zehanx_runtime.logging import configure_logging  # noqa: E402
 
 SERVICE = "/zehanx.gateway.v1.GatewayService"
 
@@ -53,20 +56,13 @@ async def watch_edge(http: httpx.AsyncClient, job_id: str, key: str) -> tuple[in
     headers = {"content-type": "application/connect+json", "authorization": f"Bearer {key}"}
     started = time.perf_counter()
     count = 0
-    buffer = b""
     async with http.stream(
-        "POST", f"{SERVICE}/WatchJob", content=struct.pack(">BI", 0, len(body)) + body, headers=headers
+        "POST", f"{SERVICE}/WatchJob", content=envelope(body), headers=headers
     ) as response:
-        async for chunk in response.aiter_raw():
-            buffer += chunk
-            while len(buffer) >= 5:
-                flags, size = struct.unpack(">BI", buffer[:5])
-                if len(buffer) < 5 + size:
-                    break
-                json.loads(buffer[5 : 5 + size])  # a browser parses every message too
-                buffer = buffer[5 + size :]
-                if not flags & 0x02:
-                    count += 1
+        async for flags, data in frames(response.aiter_raw()):
+            json.loads(data)  # a browser parses every message too
+            if not flags & END_STREAM:
+                count += 1
     return count, time.perf_counter() - started
 
 
@@ -90,10 +86,8 @@ async def main(args: argparse.Namespace) -> None:
         async with served_gateway(Path(tmp), edge=True) as served:
             assert served.edge is not None
             gateway = served.gateway
-            user_id = await gateway.registry.user_by_name("bench", create=True)
-            key = new_api_key()
-            await gateway.registry.add_api_key(user_id, key.key_id, key.secret_sha256, "bench")
-            auth = (("authorization", f"Bearer {key.token}"),)
+            token = await bench_key(gateway)
+            auth = (("authorization", f"Bearer {token}"),)
             channel = grpc.aio.insecure_channel(f"127.0.0.1:{served.server.port}")
             stub = rpc.GatewayServiceStub(channel)
             limits = httpx.Limits(
@@ -108,7 +102,7 @@ async def main(args: argparse.Namespace) -> None:
                 rates: dict[str, float] = {}
                 for door, watch in (
                     ("grpc", lambda: watch_grpc(stub, job_id, auth)),
-                    ("edge", lambda: watch_edge(http, job_id, key.token)),
+                    ("edge", lambda: watch_edge(http, job_id, token)),
                 ):
                     best = 0.0
                     for _ in range(3):
@@ -123,7 +117,7 @@ async def main(args: argparse.Namespace) -> None:
                 )
 
                 get = pb.GetJobRequest(job_id=job_id)
-                headers = {"authorization": f"Bearer {key.token}"}
+                headers = {"authorization": f"Bearer {token}"}
 
                 async def over_edge() -> None:
                     response = await http.post(f"{SERVICE}/GetJob", json={"jobId": job_id}, headers=headers)

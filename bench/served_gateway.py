@@ -8,6 +8,7 @@ free port and (optionally) its web edge, all on this process's event loop; stopp
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,14 @@ from zehanx_cli import procs
 from zehanx_cli.postgres import EmbeddedPostgres
 from zehanx_gateway import convert
 from zehanx_gateway.app import Gateway
-from zehanx_gateway.auth import new_api_key
 from zehanx_gateway.domain import JobStage, JobState
 from zehanx_gateway.edge import EdgeSettings, RunningEdge, serve_edge
 from zehanx_gateway.settings import GatewaySettings
-from zehanx_runtime.server import start_server
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the tests' support package: the gateway as zx-gateway starts it
+
+from support.gateway import api_key, open_gateway  # noqa: E402
 
 
 @dataclass
@@ -33,12 +37,14 @@ class Served:
     edge: RunningEdge | None
 
 
+async def bench_key(gateway: Gateway) -> str:
+    """A new API key of the user "bench" (made on first use): the whole key, to send as a bearer."""
+    return await api_key(gateway, "bench", "bench")
+
+
 async def bench_auth(gateway: Gateway) -> tuple[tuple[str, str], ...]:
-    """Call metadata with a new API key of the user "bench" (made on first use)."""
-    user_id = await gateway.registry.user_by_name("bench", create=True)
-    key = new_api_key()
-    await gateway.registry.add_api_key(user_id, key.key_id, key.secret_sha256, "bench")
-    return (("authorization", f"Bearer {key.token}"),)
+    """Call metadata with a new API key of the user "bench"."""
+    return (("authorization", f"Bearer {await bench_key(gateway)}"),)
 
 
 @contextlib.asynccontextmanager
@@ -58,14 +64,7 @@ async def served_gateway(home: Path, *, edge: bool = False, **settings: Any) -> 
                 **settings,
             }
         )  # type: ignore[call-arg]
-        gateway = await Gateway.open(config)
-        server = await start_server(
-            config,
-            [gateway.binding()],
-            service_name="gateway",
-            internal=False,
-            extra_check=gateway.authenticator.check,
-        )
+        gateway, server = await open_gateway(config)
         running = await serve_edge(gateway, EdgeSettings(edge_port=0)) if edge else None
         try:
             yield Served(gateway, server, running)

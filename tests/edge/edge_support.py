@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,11 +19,12 @@ import httpx
 import jwt
 import pytest
 from google.rpc import error_details_pb2
+from support import gateway as support_gateway
+from support.connect import END_STREAM, envelope, frames
 from support.gateway import open_gateway
 from zehanx.gateway.v1 import gateway_service_pb2_grpc as rpc
 from zehanx_cli.procs import free_port
 from zehanx_gateway.app import Gateway
-from zehanx_gateway.auth import new_api_key
 from zehanx_gateway.edge import EdgeSettings, RunningEdge, serve_edge
 from zehanx_gateway.settings import GatewaySettings
 from zehanx_runtime.server import RunningServer
@@ -97,10 +97,6 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text + "=" * (-len(text) % 4))
 
 
-def envelope(payload: bytes, flags: int = 0) -> bytes:
-    return struct.pack(">BI", flags, len(payload)) + payload
-
-
 @dataclass
 class Edge:
     """A served gateway: the gateway object, its gRPC server and stub, its edge, and an HTTP client."""
@@ -117,12 +113,8 @@ class Edge:
         return self.edge.url
 
     async def api_key(self, user: str) -> str:
-        """A new API key of ``user`` (created on first use): the whole key, to send as a bearer."""
-        registry = self.gateway.registry
-        user_id = await registry.user_by_name(user, create=True)
-        key = new_api_key()
-        await registry.add_api_key(user_id, key.key_id, key.secret_sha256, "test")
-        return key.token
+        """``support.gateway.api_key`` on this gateway."""
+        return await support_gateway.api_key(self.gateway, user)
 
     async def call(self, method: str, body: dict[str, Any], token: str | None = None) -> Any:
         """A unary Connect call with JSON: the response JSON, or a :class:`ConnectError`."""
@@ -158,16 +150,8 @@ class Edge:
         ) as response:
             assert response.status_code == 200, response.status_code
             assert response.headers["content-type"] == "application/connect+json"
-            buffer = b""
-            async for chunk in response.aiter_raw():
-                buffer += chunk
-                while len(buffer) >= 5:
-                    flags, size = struct.unpack(">BI", buffer[:5])
-                    if len(buffer) < 5 + size:
-                        break
-                    data, buffer = buffer[5 : 5 + size], buffer[5 + size :]
-                    yield ("end" if flags & 0x02 else "message", json.loads(data))
-            assert buffer == b"", "a truncated frame"
+            async for flags, data in frames(response.aiter_raw()):
+                yield ("end" if flags & END_STREAM else "message", json.loads(data))
 
 
 def decode_unary(response: httpx.Response) -> Any:

@@ -21,7 +21,6 @@ from zehanx.gateway.v1 import model_pb2
 from zehanx_cli.procs import free_port
 from zehanx_gateway import db
 from zehanx_gateway.app import Gateway
-from zehanx_gateway.auth import new_api_key
 from zehanx_gateway.settings import GatewaySettings
 from zehanx_gateway.store import PostgresRegistry
 from zehanx_runtime.server import RunningServer
@@ -65,12 +64,8 @@ class Served:
         return f"127.0.0.1:{self.server.port}"
 
     async def api_key(self, user: str) -> str:
-        """A new API key of ``user`` (created on first use): the whole key, to send as a bearer."""
-        registry = self.gateway.registry
-        user_id = await registry.user_by_name(user, create=True)
-        key = new_api_key()
-        await registry.add_api_key(user_id, key.key_id, key.secret_sha256, "test")
-        return key.token
+        """``support.gateway.api_key`` on this gateway."""
+        return await support_gateway.api_key(self.gateway, user)
 
     async def user_id(self, user: str) -> uuid.UUID:
         return await self.gateway.registry.user_by_name(user)
@@ -120,18 +115,9 @@ async def stop_gateway(served: Served) -> None:
     await served.gateway.close()
 
 
-async def publish_model(
-    served: Served,
-    user: str,
-    data: bytes,
-    *,
-    title: str = "Sentiment",
-    trainer_artifact_id: str | None = None,
-) -> model_pb2.Model:
-    """``support.gateway.publish_model`` on ``served``'s gateway."""
-    return await support_gateway.publish_model(
-        served.gateway, user, data, title=title, trainer_artifact_id=trainer_artifact_id
-    )
+async def publish_model(served: Served, user: str, data: bytes, **options: Any) -> model_pb2.Model:
+    """``support.gateway.publish_model`` on ``served``'s gateway (``options``: its title, trainer artifact)."""
+    return await support_gateway.publish_model(served.gateway, user, data, **options)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The gateway as ``zx-gateway`` starts it: its object graph and its public gRPC server (the runtime's
-bootstrap, no service token, the authenticator's check) on the settings' port, a published model, and
-the quiet logs its tests run with. Used by the gateway, edge and TLS tests, each with its own settings
-and extras."""
+bootstrap, no service token, the authenticator's check) on the settings' port; API keys, a published
+model, and the quiet logs its tests run with. Used by the gateway, edge and TLS tests, each with its own
+settings and extras."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from zehanx.common.v1 import metrics_pb2, task_family_pb2
 from zehanx.gateway.v1 import model_pb2
 from zehanx_gateway import convert
 from zehanx_gateway.app import Gateway
+from zehanx_gateway.auth import new_api_key
 from zehanx_gateway.settings import GatewaySettings
 from zehanx_runtime.logging import configure_logging
 from zehanx_runtime.server import RunningServer, start_server
@@ -29,6 +30,14 @@ async def open_gateway(settings: GatewaySettings, **server_options: Any) -> tupl
         **server_options,
     )
     return gateway, server
+
+
+async def api_key(gateway: Gateway, user: str, name: str = "test") -> str:
+    """A new API key ``name`` of ``user`` (created on first use): the whole key, to send as a bearer."""
+    user_id = await gateway.registry.user_by_name(user, create=True)
+    key = new_api_key()
+    await gateway.registry.add_api_key(user_id, key.key_id, key.secret_sha256, name)
+    return key.token
 
 
 async def publish_model(
