@@ -12,6 +12,7 @@ and which answer with the SDK's own result types (``CommandExitException``, ``En
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -419,17 +420,7 @@ async def test_a_job_owners_own_key_creates_the_sandbox_and_never_enters_it(api:
     the configured key, and appears nowhere the program can see (environment, files, command)."""
     user_key = "e2b_user_" + "7" * 32
     h = harness(api, Program([("stdout", "ok\n", 0.0)]))
-    plain = job()
-    spec = JobSpec(
-        execution_id=plain.execution_id,
-        job_id=plain.job_id,
-        command=plain.command,
-        files=plain.files,
-        env=plain.env,
-        limits=plain.limits,
-        collect=plain.collect,
-        sandbox_api_key=user_key,
-    )
+    spec = dataclasses.replace(job(), sandbox_api_key=user_key)
     assert user_key not in repr(spec)
     events = await run_all(h.backend, spec)
     assert isinstance(events[-1], Finished) and events[-1].reason is ExitReason.COMPLETED
