@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import http.server
 import ipaddress
 import socket
 import ssl
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from crawler_support import Internet
+from support.http_stand_in import QuietHandler, serve_http
 from zehanx_crawler.egress import EgressGuard, denial
 from zehanx_crawler.fetcher import FetchPolicy, HttpFetcher
 from zehanx_runtime.errors import PermissionDenied, Unavailable
@@ -49,32 +48,17 @@ class Site:
 def _serve(body: bytes, tls: ssl.SSLContext | None = None) -> Iterator[Site]:
     site = Site(0)
 
-    class Handler(http.server.BaseHTTPRequestHandler):  # HTTP/1.0: one request per connection
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
+    class Handler(QuietHandler):  # HTTP/1.0: one request per connection
         def do_GET(self) -> None:
             site.requests.append((self.path, self.headers.get("Host", "")))
             status, data = (404, b"no robots") if self.path == "/robots.txt" else (200, body)
-            self.send_response(status)
-            self.send_header("Content-Type", "text/csv")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.reply(status, data, "text/csv")
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
     if tls is not None:
         tls.sni_callback = lambda _sock, name, _ctx: site.server_names.append(name)  # type: ignore[assignment]
-        server.socket = tls.wrap_socket(server.socket, server_side=True)
-    site.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_http(Handler, tls) as port:
+        site.port = port
         yield site
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
@@ -111,6 +95,17 @@ def _fetcher(guard: EgressGuard, *, robots: bool = False) -> HttpFetcher:
         retries=0, respect_robots=robots, per_host_rps=1000.0, connect_timeout_s=5.0, backoff_s=0.01
     )
     return HttpFetcher(policy, guard=guard)
+
+
+async def _refused(guard: EgressGuard, url: str) -> PermissionDenied:
+    """The refusal of a fetcher behind ``guard`` for ``url`` (it must raise PermissionDenied)."""
+    fetcher = _fetcher(guard)
+    try:
+        with pytest.raises(PermissionDenied) as info:
+            await fetcher.fetch(url)
+    finally:
+        await fetcher.aclose()
+    return info.value
 
 
 # -- H1: DNS rebinding --------------------------------------------------------------------------------
@@ -182,13 +177,11 @@ async def test_h1_alternating_answers_never_connect_to_the_private_address(
 
 async def test_h1_an_answer_mixing_public_and_private_addresses_is_refused(internal: Site) -> None:
     internet = Internet()
-    fetcher = _fetcher(EgressGuard(resolver=Dns([PUBLIC, "127.0.0.1"]), connector=internet))
-    try:
-        with pytest.raises(PermissionDenied) as info:
-            await fetcher.fetch(f"http://{NAME}:{internal.port}/data.csv")
-    finally:
-        await fetcher.aclose()
-    assert info.value.reason == "PRIVATE_ADDRESS" and "127.0.0.1" in info.value.message
+    refusal = await _refused(
+        EgressGuard(resolver=Dns([PUBLIC, "127.0.0.1"]), connector=internet),
+        f"http://{NAME}:{internal.port}/data.csv",
+    )
+    assert refusal.reason == "PRIVATE_ADDRESS" and "127.0.0.1" in refusal.message
     assert internet.connects == [] and internal.requests == []
 
 
@@ -196,29 +189,19 @@ async def test_h1_a_redirect_to_a_rebound_name_is_checked_again(internal: Site) 
     """The public site redirects to the attacker's name, which by then answers 127.0.0.1."""
     location = f"http://{NAME}:{internal.port}/data.csv"
 
-    class Redirect(http.server.BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
+    class Redirect(QuietHandler):
         def do_GET(self) -> None:
             self.send_response(302)
             self.send_header("Location", location)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    internet = Internet({PUBLIC: server.server_address[1]})
-    fetcher = _fetcher(EgressGuard(resolver=Dns(["127.0.0.1"]), connector=internet))
-    try:
-        with pytest.raises(PermissionDenied) as info:
-            await fetcher.fetch(f"http://{PUBLIC}/start")
-    finally:
-        await fetcher.aclose()
-        server.shutdown()
-        server.server_close()
-    assert info.value.reason == "PRIVATE_ADDRESS"
+    with serve_http(Redirect) as port:
+        internet = Internet({PUBLIC: port})
+        refusal = await _refused(
+            EgressGuard(resolver=Dns(["127.0.0.1"]), connector=internet), f"http://{PUBLIC}/start"
+        )
+    assert refusal.reason == "PRIVATE_ADDRESS"
     assert internet.connects == [PUBLIC] and internal.requests == []
 
 
@@ -355,13 +338,11 @@ ALLOWED = [
 async def test_m8_special_purpose_addresses_are_refused(address: str, internal: Site) -> None:
     assert denial(ipaddress.ip_address(address)) is not None
     internet = Internet()
-    fetcher = _fetcher(EgressGuard(resolver=Dns([address]), connector=internet))
-    try:
-        with pytest.raises(PermissionDenied) as info:
-            await fetcher.fetch(f"http://{NAME}:{internal.port}/latest/meta-data/")
-    finally:
-        await fetcher.aclose()
-    assert info.value.reason == "PRIVATE_ADDRESS"
+    refusal = await _refused(
+        EgressGuard(resolver=Dns([address]), connector=internet),
+        f"http://{NAME}:{internal.port}/latest/meta-data/",
+    )
+    assert refusal.reason == "PRIVATE_ADDRESS"
     assert internet.connects == []
 
 
@@ -387,13 +368,9 @@ async def test_m8_address_literals_in_urls_are_refused_without_a_connection(
     host: str, internal: Site
 ) -> None:
     internet = Internet()
-    fetcher = _fetcher(EgressGuard(connector=internet))  # the system resolver (2130706433 is 127.0.0.1)
-    try:
-        with pytest.raises(PermissionDenied) as info:
-            await fetcher.fetch(f"http://{host}:{internal.port}/data.csv")
-    finally:
-        await fetcher.aclose()
-    assert info.value.reason == "PRIVATE_ADDRESS"
+    # The system resolver (2130706433 is 127.0.0.1).
+    refusal = await _refused(EgressGuard(connector=internet), f"http://{host}:{internal.port}/data.csv")
+    assert refusal.reason == "PRIVATE_ADDRESS"
     assert internet.connects == [] and internal.requests == []
 
 

@@ -8,9 +8,7 @@ and as ../shared/reference/mission_anchors.md §3.2 records them.
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 from crawler_support import Internet, crawler_settings, start_crawler, stop_crawler
+from support.http_stand_in import QuietHandler, serve_http
 from zehanx.crawler.v1 import crawler_service_pb2 as pb
 from zehanx_crawler.app import fetch_policy
 from zehanx_crawler.builder import DatasetBuilder
@@ -94,10 +93,7 @@ class FakeFirecrawl:
 def firecrawl() -> Iterator[FakeFirecrawl]:
     fake = FakeFirecrawl("")
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
+    class Handler(QuietHandler):
         def _handle(self, method: str) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}") if length else {}
@@ -134,16 +130,9 @@ def firecrawl() -> Iterator[FakeFirecrawl]:
         def do_DELETE(self) -> None:
             self._handle("DELETE")
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    fake.base = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_http(Handler) as port:
+        fake.base = f"http://127.0.0.1:{port}"
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _dns(private: dict[str, str] | None = None) -> Any:
@@ -620,27 +609,14 @@ def data_host(shared_data: Path) -> Iterator[tuple[int, list[tuple[str, str]]]]:
     log: list[tuple[str, str]] = []
     csv = (shared_data / "palmer_penguins/penguins.csv").read_bytes()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             log.append((self.path, self.headers.get("Host", "")))
             status, data = (200, csv) if self.path == "/files/penguins.csv" else (404, b"not found")
-            self.send_response(status)
-            self.send_header("Content-Type", "text/csv")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.reply(status, data, "text/csv")
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1], log
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_http(Handler) as port:
+        yield port, log
 
 
 async def _build(builder: DatasetBuilder, prompt: str, url: str) -> BuiltDataset:
