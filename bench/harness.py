@@ -28,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ZXRT_DIR = REPO / "services" / "trainer" / "zehanx_trainer" / "zxrt_runtime"
 sys.path.insert(0, str(REPO / "services" / "codegen"))
+sys.path.insert(0, str(REPO / "tests"))  # the tests' support package: services and the sandbox as processes
 
 from zehanx_codegen.domain import (  # noqa: E402
     ClassCount,
@@ -236,40 +237,29 @@ def mape(truth: list[float], predicted: list[float]) -> float:
 @contextmanager
 def trainer_over_executor(work: Path, token: str, *, sandbox_dir: str, uid_base: int) -> Iterator[str]:
     """A real executor (local sandbox, two slots, its jobs under ``sandbox_dir``, uids from ``uid_base``) and
-    a real trainer on it, as processes (``tests/services/svc_harness.py``); the trainer reads datasets from
+    a real trainer on it, as processes (``tests/support``); the trainer reads datasets from
     ``work/datasets`` and writes artifacts to ``work/artifacts``. Yields the trainer's address; stops both
     and deletes ``work`` on exit."""
-    from svc_harness import start_service  # tests/services, on sys.path in the bench scripts that use this
+    from support.sandbox import local_executor
+    from support.services import start_service
 
-    executor = start_service(
-        "executor",
-        work,
-        token=token,
-        extra_env={
-            "ZX_EXECUTOR_BACKEND": "local",
-            "ZX_EXECUTOR_WORK_DIR": sandbox_dir,
-            "ZX_EXECUTOR_UID_BASE": str(uid_base),
-            "ZX_EXECUTOR_MAX_CONCURRENT": "2",
-        },
-    )
-    trainer = None
     try:
-        executor.wait_serving(120)
-        trainer = start_service(
-            "trainer",
-            work,
-            token=token,
-            extra_env={
-                "ZX_TRAINER_EXECUTOR_ADDRESS": executor.address,
-                "ZX_TRAINER_DATASET_ROOTS": json.dumps([str(work / "datasets")]),
-                "ZX_TRAINER_ARTIFACT_DIR": str(work / "artifacts"),
-                "ZX_TRAINER_GPUS": "0",
-            },
-        )
-        trainer.wait_serving(60)
-        yield trainer.address
+        with local_executor(work, token, sandbox_dir, uid_base, 2) as executor:
+            trainer = start_service(
+                "trainer",
+                work,
+                token=token,
+                extra_env={
+                    "ZX_TRAINER_EXECUTOR_ADDRESS": executor.address,
+                    "ZX_TRAINER_DATASET_ROOTS": json.dumps([str(work / "datasets")]),
+                    "ZX_TRAINER_ARTIFACT_DIR": str(work / "artifacts"),
+                    "ZX_TRAINER_GPUS": "0",
+                },
+            )
+            try:
+                trainer.wait_serving(60)
+                yield trainer.address
+            finally:
+                trainer.stop()
     finally:
-        if trainer is not None:
-            trainer.stop()
-        executor.stop()
         shutil.rmtree(work, ignore_errors=True)

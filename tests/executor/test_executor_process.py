@@ -16,13 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sandbox_helpers import CLI_UID_BASE
+from support.sandbox import local_executor
+from support.services import ServiceProcess, free_port, start_service
 from zehanx_executor.sandbox.probe import Capabilities
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "services"))
-
-from sandbox_helpers import CLI_UID_BASE  # noqa: E402
-from svc_harness import ServiceProcess, free_port, start_service  # noqa: E402
 
 ZX = str(Path(sys.executable).with_name("zx"))
 TOKEN = "cli-test-token"
@@ -32,22 +29,8 @@ WORK_DIR = "/var/tmp/zx-executor-cli-tests"
 
 @pytest.fixture(scope="module")
 def executor(caps: Capabilities, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    svc = start_service(
-        "executor",
-        tmp_path_factory.mktemp("executor-process"),
-        token=TOKEN,
-        extra_env={
-            "ZX_EXECUTOR_BACKEND": "local",
-            "ZX_EXECUTOR_WORK_DIR": WORK_DIR,
-            "ZX_EXECUTOR_UID_BASE": str(CLI_UID_BASE),
-            "ZX_EXECUTOR_MAX_CONCURRENT": "2",
-        },
-    )
-    try:
-        svc.wait_serving(90)
+    with local_executor(tmp_path_factory.mktemp("executor-process"), TOKEN, WORK_DIR, CLI_UID_BASE, 2) as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 def zx_sandbox(
