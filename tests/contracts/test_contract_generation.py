@@ -52,14 +52,19 @@ def _compile(
     return {f.name: f for f in descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file}
 
 
-def test_gen_python_is_up_to_date() -> None:
-    result = subprocess.run(
-        [sys.executable, "scripts/gen_protos.py", "--check"],
+def run_gen_protos(*args: str) -> subprocess.CompletedProcess[str]:
+    """``scripts/gen_protos.py`` with ``args``, run from the repository root; its output captured."""
+    return subprocess.run(
+        [sys.executable, "scripts/gen_protos.py", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def test_gen_python_is_up_to_date() -> None:
+    result = run_gen_protos("--check")
     assert result.returncode == 0, result.stderr
     assert "up to date" in result.stdout
 
@@ -70,13 +75,7 @@ def test_check_lists_changed_missing_and_extra_files(tmp_path: Path) -> None:
     (copy / "zehanx/gateway/v1/job_pb2.py").write_text("# edited by hand\n")
     (copy / "zehanx/common/v1/plan_pb2.pyi").unlink()
     (copy / "zehanx/common/v1/leftover_pb2.py").write_text("")
-    result = subprocess.run(
-        [sys.executable, "scripts/gen_protos.py", "--check", "--out", str(copy)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_gen_protos("--check", "--out", str(copy))
     assert result.returncode == 1
     assert "zehanx/gateway/v1/job_pb2.py (out of date)" in result.stderr
     assert "zehanx/common/v1/plan_pb2.pyi (missing)" in result.stderr
@@ -145,13 +144,7 @@ def test_rendered_contracts_compile_back_to_the_same_descriptors(tmp_path: Path)
 
 
 def test_deps_only_writes_the_imports_buf_and_node_need() -> None:
-    result = subprocess.run(
-        [sys.executable, "scripts/gen_protos.py", "--deps-only"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_gen_protos("--deps-only")
     assert result.returncode == 0, result.stderr
     build = ROOT / "protos" / "build"
     validate = (build / "buf/validate/validate.proto").read_text()

@@ -254,6 +254,13 @@ async def _user_jobs(served: Served, user: str) -> int:
     return int(row["n"])
 
 
+async def _create_and_cancel(served: Served, auth: tuple[tuple[str, str], ...], times: int) -> None:
+    """``times`` jobs of ``auth``'s user, each cancelled right after it was created."""
+    for _ in range(times):
+        job = await served.stub.CreateJob(_job(), metadata=auth)
+        await served.stub.CancelJob(pb.CancelJobRequest(job_id=job.id), metadata=auth)
+
+
 async def test_m7_create_and_cancel_in_a_loop_stops_at_the_per_user_rate(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -263,9 +270,7 @@ async def test_m7_create_and_cancel_in_a_loop_stops_at_the_per_user_rate(
     try:
         alice = bearer(await served.api_key("alice"))
         bob = bearer(await served.api_key("bob"))
-        for _ in range(3):
-            job = await served.stub.CreateJob(_job(), metadata=alice)
-            await served.stub.CancelJob(pb.CancelJobRequest(job_id=job.id), metadata=alice)
+        await _create_and_cancel(served, alice, 3)
         refused = await rpc_error(served.stub.CreateJob(_job(), metadata=alice))
         assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert reason_of(refused) == "JOB_CREATE_RATE_EXCEEDED"
@@ -291,9 +296,7 @@ async def test_m7_the_daily_job_limit_counts_cancelled_jobs(database_url: str, t
     )
     try:
         alice = bearer(await served.api_key("alice"))
-        for _ in range(4):
-            job = await served.stub.CreateJob(_job(), metadata=alice)
-            await served.stub.CancelJob(pb.CancelJobRequest(job_id=job.id), metadata=alice)
+        await _create_and_cancel(served, alice, 4)
         refused = await rpc_error(served.stub.CreateJob(_job(), metadata=alice))
         assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert error_info_of(refused).metadata["window"] == "day"
