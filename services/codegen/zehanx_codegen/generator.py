@@ -147,7 +147,13 @@ class TemplateGenerator:
             f" for: {safe_text(prompt, limit=120)}" if prompt else ""
         )
         summary = safe_text(plan.model_family.replace("_", " ") + f"; metric {plan.metric_name}", limit=200)
-        folder = resources.files("zehanx_codegen") / "templates" / family.folder
+        templates = resources.files("zehanx_codegen") / "templates"
+        folder = templates / family.folder
+        shared = {
+            part.name.removesuffix(".py"): part.read_text(encoding="utf-8")
+            for part in (templates / "_shared").iterdir()
+            if part.name.endswith(".py")
+        }
         files: dict[str, str] = {}
         for name in family.files:
             if name == "encoder.py" and not flags.get("use_encoder"):
@@ -159,6 +165,7 @@ class TemplateGenerator:
                     flags=flags,
                     config=entries if name == "train.py" else (),
                     text={"title": title, "summary": summary},
+                    parts=shared,
                 )
             except TemplateError as exc:  # a bug in a packaged template, not in the request
                 raise RuntimeError(f"template {family.folder}/{name}: {exc}") from exc

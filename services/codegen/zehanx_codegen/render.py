@@ -1,9 +1,11 @@
-"""Rendering a template file: a config block at the top and ``#% if flag`` blocks.
+"""Rendering a template file: a config block at the top, ``#% if flag`` blocks and shared parts.
 
-Templates are plain Python files so they can be read, linted and edited as code. Two markers:
+Templates are plain Python files so they can be read, linted and edited as code. Three markers:
 
 - ``# {{config}}`` on its own line becomes the config block: one ``name = value  # why`` per line.
 - ``#% if flag`` / ``#% if not flag`` / ``#% else`` / ``#% endif`` keep or drop the lines between.
+- ``#% include name`` on its own line becomes the lines of the shared part ``name`` (the files of
+  ``templates/_shared/``: what every family's program says the same way, written once).
 
 ``{{title}}`` and ``{{summary}}`` in the module docstring are replaced by sanitised text. Values in
 the config block are written with ``repr`` so user data (column names, labels) can never become code.
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 
 _MARK = re.compile(r"^\s*#%\s*(if not|if|else|endif)\b\s*(\w*)\s*$")
 _CONFIG = re.compile(r"^(\s*)# \{\{config\}\}\s*$")
+_INCLUDE = re.compile(r"^\s*#%\s*include\s+(\w+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -83,18 +86,33 @@ def config_block(entries: Sequence[ConfigEntry]) -> list[str]:
     return lines
 
 
+def _included(template: str, parts: Mapping[str, str]) -> list[tuple[int, str]]:
+    """The template's lines numbered as in its file, each ``#% include`` replaced by its part's lines."""
+    lines: list[tuple[int, str]] = []
+    for number, line in enumerate(template.splitlines(), start=1):
+        include = _INCLUDE.match(line)
+        if include is None:
+            lines.append((number, line))
+        elif include.group(1) in parts:
+            lines.extend((number, part_line) for part_line in parts[include.group(1)].splitlines())
+        else:
+            raise TemplateError(f"line {number}: unknown part {include.group(1)!r}")
+    return lines
+
+
 def render(
     template: str,
     *,
     flags: Mapping[str, bool],
     config: Sequence[ConfigEntry] = (),
     text: Mapping[str, str] | None = None,
+    parts: Mapping[str, str] | None = None,
 ) -> str:
-    """Render ``template`` (see the module docstring)."""
+    """Render ``template`` (see the module docstring); ``parts``: the shared parts by name."""
     out: list[str] = []
     stack: list[tuple[bool, bool]] = []  # (this block's condition, was the enclosing block active)
     active = True
-    for number, line in enumerate(template.splitlines(), start=1):
+    for number, line in _included(template, parts or {}):
         mark = _MARK.match(line)
         if mark:
             kind, name = mark.groups()
