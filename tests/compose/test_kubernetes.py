@@ -7,7 +7,9 @@ every rendered object is validated offline against the Kubernetes 1.32 OpenAPI s
 own CRD schema (vendored in schemas/, its pod templates against Kubernetes' PodTemplateSpec). Then the
 rendered objects are checked against the code they deploy: each service's port is the launcher's default
 and a real setting, its probes are native gRPC probes on that port, it has requests and limits, a volume
-where it keeps data, secrets only by reference, and only the callers it needs may reach it.
+where it keeps data, secrets only by reference, and only the callers it needs may reach it. And
+deploy/observability/prometheus-kubernetes.yml scrapes each service's metrics port, labelled as the
+alerts expect (its relabelling run over the rendered pods; promtool checks the file).
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ SCHEMAS = Path(__file__).resolve().parent / "schemas"
 KUBERNETES_VERSION = "1.32.0"
 SERVICES = ("gateway", "crawler", "codegen", "executor", "trainer")
 DEFAULT_PORTS = {name: LauncherSettings.model_fields[f"{name}_port"].default for name in SERVICES}
+METRICS_PORTS = {name: LauncherSettings.model_fields[f"{name}_metrics_port"].default for name in SERVICES}
+#: Where Prometheus runs, as the NetworkPolicies let it scrape.
+MONITORING = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
 KEEPS_DATA = ("gateway", "crawler", "trainer")
 SECRETISH = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|DATABASE_URL")
 #: Who calls whom (the gateway calls everyone; the trainer calls the executor and the crawler).
@@ -198,10 +203,17 @@ def test_each_service_listens_on_the_launchers_port_with_grpc_probes(base: dict[
     port = DEFAULT_PORTS[name]
     c = container(base["Deployment", f"zehanx-{name}"])
     assert c["image"] == f"zehanx-{name}:latest"
-    assert c["ports"] == [{"name": "grpc", "containerPort": port}]
+    metrics_port = METRICS_PORTS[name]
+    assert c["ports"] == [
+        {"name": "grpc", "containerPort": port},
+        {"name": "metrics", "containerPort": metrics_port},
+    ]
     env = env_of(c)
     assert env[f"ZX_{name.upper()}_PORT"]["value"] == str(port)
     assert env[f"ZX_{name.upper()}_HOST"]["value"] == "0.0.0.0"
+    # /metrics on the port zx up assigns, reachable from outside the pod (its default host is loopback).
+    assert env[f"ZX_{name.upper()}_METRICS_PORT"]["value"] == str(metrics_port)
+    assert env[f"ZX_{name.upper()}_METRICS_HOST"]["value"] == "0.0.0.0"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["grpc"] == {"port": port}, probe  # grpc.health.v1 on the whole server
     service = base["Service", f"zehanx-{name}"]
@@ -332,11 +344,19 @@ def test_internal_services_take_calls_only_from_their_callers(base: dict[Any, An
     for name, callers in CALLERS.items():
         policy = base["NetworkPolicy", f"zehanx-{name}"]["spec"]
         assert policy["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": f"zehanx-{name}"}}
-        (rule,) = policy["ingress"]
+        rule, scrape = policy["ingress"]
         allowed = {p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in rule["from"]}
         assert allowed == {f"zehanx-{c}" for c in callers}
         assert rule["ports"] == [{"port": DEFAULT_PORTS[name]}]
-    assert ("NetworkPolicy", "zehanx-gateway") not in base  # the public door
+        # Prometheus' namespace reaches the metrics port, and only it.
+        assert scrape == {"from": [MONITORING], "ports": [{"port": METRICS_PORTS[name]}]}
+    # The public door: every caller on its gRPC port; its metrics port as the others'.
+    door = base["NetworkPolicy", "zehanx-gateway"]["spec"]
+    assert door["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "zehanx-gateway"}}
+    assert door["ingress"] == [
+        {"ports": [{"port": DEFAULT_PORTS["gateway"]}]},
+        {"from": [MONITORING], "ports": [{"port": METRICS_PORTS["gateway"]}]},
+    ]
 
 
 def test_the_ray_overlay_runs_the_executor_as_a_token_authenticated_driver_of_a_raycluster(
@@ -384,3 +404,107 @@ def test_the_ray_overlay_runs_the_executor_as_a_token_authenticated_driver_of_a_
         }
     policies = {d["metadata"]["name"]: d for d in load(ray_dir / "networkpolicy-ray.yaml")}
     assert policies["zehanx-ray"]["spec"]["podSelector"] == {"matchLabels": {"ray.io/cluster": "zehanx-ray"}}
+
+
+def _relabel(rules: list[dict[str, Any]], labels: dict[str, str]) -> dict[str, str] | None:
+    """Prometheus' relabelling (the keep and replace actions, with their defaults): the target's labels,
+    or None where a rule drops it."""
+    labels = dict(labels)
+    for rule in rules:
+        value = rule.get("separator", ";").join(labels.get(n, "") for n in rule["source_labels"])
+        match = re.fullmatch(rule.get("regex", "(.*)"), value)  # Prometheus anchors the regex
+        action = rule.get("action", "replace")
+        if action == "keep":
+            if match is None:
+                return None
+        elif action == "replace":
+            if match is not None:
+                labels[rule["target_label"]] = match.expand(rule.get("replacement", "$1").replace("$", "\\"))
+        else:
+            raise AssertionError(f"relabel action {action} is not simulated here")
+    return labels
+
+
+def _discovered(doc: dict[str, Any], phase: str = "Running") -> list[dict[str, str]]:
+    """The targets Kubernetes service discovery's pod role makes of a workload's pod: one per container
+    port, with the pod's labels as __meta_kubernetes_pod_label_<name> (non-alphanumerics as _)."""
+    template = doc["spec"]["template"]
+    pod_labels = {
+        "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", k): v
+        for k, v in template["metadata"]["labels"].items()
+    }
+    return [
+        {
+            **pod_labels,
+            "__address__": f"10.0.0.7:{port['containerPort']}",
+            "__meta_kubernetes_namespace": doc["metadata"]["namespace"],
+            "__meta_kubernetes_pod_name": f"{doc['metadata']['name']}-5d9c7-x2x9q",
+            "__meta_kubernetes_pod_phase": phase,
+            "__meta_kubernetes_pod_container_port_name": port.get("name", ""),
+        }
+        for c in template["spec"]["containers"]
+        for port in c.get("ports", [])
+    ]
+
+
+def test_prometheus_on_kubernetes_scrapes_each_services_metrics_port_labelled_as_the_alerts_expect(
+    base: dict[Any, Any],
+) -> None:
+    observability = ROOT / "deploy" / "observability"
+    config = yaml.safe_load((observability / "prometheus-kubernetes.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["kubernetes_sd_configs"] == [{"role": "pod", "namespaces": {"names": ["zehanx"]}}]
+    assert {doc["metadata"].get("namespace") for doc in base.values() if doc["kind"] != "Namespace"} == {
+        "zehanx"
+    }
+    workloads = [doc for (kind, _), doc in base.items() if kind in ("Deployment", "StatefulSet")]
+    candidates = [target for doc in workloads for target in _discovered(doc)]
+    kept = [t for t in (_relabel(job["relabel_configs"], c) for c in candidates) if t is not None]
+    # One target per service, on its metrics port (not gRPC, not PostgreSQL), with the labels the
+    # alerts and the dashboard use: job as the local configuration names it, service as it labels it.
+    assert sorted((t["service"], t["__address__"]) for t in kept) == sorted(
+        (name, f"10.0.0.7:{METRICS_PORTS[name]}") for name in SERVICES
+    )
+    local = yaml.safe_load((observability / "prometheus.yml").read_text())
+    assert job["job_name"] == local["scrape_configs"][0]["job_name"] == "zehanx"
+    assert {t["service"] for t in kept} == {
+        group["labels"]["service"] for group in local["scrape_configs"][0]["static_configs"]
+    }
+    assert all(t["pod"].startswith(f"zehanx-{t['service']}-") and t["namespace"] == "zehanx" for t in kept)
+    assert len(candidates) > len(kept)  # gRPC ports and PostgreSQL were there to drop
+    # A pod that is not running is not scraped.
+    pending = _discovered(base["Deployment", "zehanx-gateway"], phase="Pending")
+    assert [_relabel(job["relabel_configs"], t) for t in pending] == [None, None]
+    assert config["rule_files"] == ["alerts.yml"]
+    promtool = shutil.which("promtool") or (
+        str(ROOT / ".venv/bin/promtool") if (ROOT / ".venv/bin/promtool").is_file() else None
+    )
+    if promtool is None:
+        pytest.skip(
+            "promtool is not installed (scripts/install_promtool.sh): the configuration was not checked"
+        )
+    done = _promtool_check(promtool, observability / "prometheus-kubernetes.yml")
+    if "field kubernetes_sd_configs not found" in done.stderr:
+        # Debian's promtool is built without Kubernetes discovery: the discovery block was checked
+        # above by its content; promtool checks everything else (relabelling, rule files) with the same
+        # targets given statically.
+        static = copy.deepcopy(config)
+        static["scrape_configs"][0].pop("kubernetes_sd_configs")
+        static["scrape_configs"][0]["static_configs"] = [{"targets": ["10.0.0.7:47121"]}]
+        stand_in = observability / ".zx-prometheus-kubernetes-static.yml"  # beside alerts.yml
+        stand_in.write_text(yaml.safe_dump(static))
+        try:
+            done = _promtool_check(promtool, stand_in)
+        finally:
+            stand_in.unlink()
+    assert done.returncode == 0, (done.stdout, done.stderr)
+
+
+def _promtool_check(promtool: str, config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [promtool, "check", "config", config.name],
+        cwd=config.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
