@@ -32,9 +32,12 @@ from e2e_support import (
 from google.protobuf import duration_pb2
 from programs import tiny_program
 from zehanx.common.v1 import resources_pb2
-from zehanx_gateway.domain import STATE_CHANGE, AuthMethod, JobEvent, JobState, Principal
+from zehanx.crawler.v1 import dataset_pb2 as crawler_dataset_pb2
+from zehanx_gateway.domain import STATE_CHANGE, AuthMethod, Job, JobEvent, JobState, Principal
 
 pytestmark = pytest.mark.slow
+
+PROMPT = "Tell positive from negative x"
 
 
 def _contiguous(events: list[JobEvent]) -> None:
@@ -61,6 +64,35 @@ async def _close(harness: Harness) -> None:
         await workers.close()
 
 
+async def _run_to_the_end(
+    harness: Harness, prompt: str = PROMPT, *, within: float = 240.0, **options: object
+) -> Job:
+    """Creates a job (``options``: its JobOptions), waits up to ``within`` s for its end, stops the workers."""
+    try:
+        created = await harness.create(prompt, **options)
+        return await harness.wait_terminal(created.id, within=within)
+    finally:
+        await _close(harness)
+
+
+def _threshold_codegen(dataset: crawler_dataset_pb2.Dataset, first: str, *repairs: str) -> ScriptedCodegen:
+    """Codegen that plans a threshold on ``x``, generates the tiny program ``first`` and repairs with the
+    tiny programs ``repairs`` in turn (none: a repair returns the program it was given)."""
+    return ScriptedCodegen(
+        plan_for(dataset, ["x"], "threshold"), tiny_program(first), [tiny_program(r) for r in repairs]
+    )
+
+
+async def _sleeping_job(harness: Harness) -> Job:
+    """A new job whose full run (the tiny "sleeper" program) is sleeping in the sandbox now."""
+    created = await harness.create(PROMPT)
+    await harness.wait(
+        created.id,
+        lambda job, events: any("sleeping" in e.payload.get("text", "") for e in _of(events, "log_line")),
+    )
+    return created
+
+
 async def test_a_job_trains_evaluates_publishes_and_its_model_downloads_and_predicts(
     open_gateway, sandbox: Sandbox
 ) -> None:
@@ -68,15 +100,12 @@ async def test_a_job_trains_evaluates_publishes_and_its_model_downloads_and_pred
     crawler = StaticCrawler(dataset)
     codegen = ScriptedCodegen(plan_for(dataset, ["image"], "small_cnn"), digits_program())
     harness = await harness_for(open_gateway, crawler, codegen)
-    try:
-        # A 45 s training budget (the program stops at 80% of it) keeps the test short on a busy host.
-        created = await harness.create(
-            "Classify handwritten digits",
-            resources=resources_pb2.Resources(max_training_duration=duration_pb2.Duration(seconds=45)),
-        )
-        job = await harness.wait_terminal(created.id)
-    finally:
-        await _close(harness)
+    # A 45 s training budget (the program stops at 80% of it) keeps the test short on a busy host.
+    job = await _run_to_the_end(
+        harness,
+        "Classify handwritten digits",
+        resources=resources_pb2.Resources(max_training_duration=duration_pb2.Duration(seconds=45)),
+    )
     events = await harness.events(job.id)
     assert job.state is JobState.SUCCEEDED, (job.error, [(e.kind, dict(e.payload)) for e in events[-5:]])
     _contiguous(events)
@@ -127,15 +156,9 @@ async def test_a_failed_smoke_run_is_repaired_and_the_error_is_an_event(
     open_gateway, sandbox: Sandbox
 ) -> None:
     dataset = tiny_dataset(sandbox.dataset_root)
-    codegen = ScriptedCodegen(
-        plan_for(dataset, ["x"], "threshold"), tiny_program("crash"), [tiny_program("honest")]
-    )
+    codegen = _threshold_codegen(dataset, "crash", "honest")
     harness = await harness_for(open_gateway, StaticCrawler(dataset), codegen)
-    try:
-        created = await harness.create("Tell positive from negative x")
-        job = await harness.wait_terminal(created.id)
-    finally:
-        await _close(harness)
+    job = await _run_to_the_end(harness)
     events = await harness.events(job.id)
     assert job.state is JobState.SUCCEEDED, job.error
     assert job.repair_count == 1
@@ -160,16 +183,10 @@ async def test_a_failed_smoke_run_is_repaired_and_the_error_is_an_event(
 
 async def test_a_program_that_stays_broken_fails_after_three_repairs(open_gateway, sandbox: Sandbox) -> None:
     dataset = tiny_dataset(sandbox.dataset_root)
-    codegen = ScriptedCodegen(
-        plan_for(dataset, ["x"], "threshold"), tiny_program("honest"), [tiny_program("honest")]
-    )
+    codegen = _threshold_codegen(dataset, "honest", "honest")
     # The test setting breaks the generated program and every repair: 4 programs, 3 repairs.
     harness = await harness_for(open_gateway, StaticCrawler(dataset), codegen, test_break_programs=4)
-    try:
-        created = await harness.create("Tell positive from negative x")
-        job = await harness.wait_terminal(created.id)
-    finally:
-        await _close(harness)
+    job = await _run_to_the_end(harness)
     events = await harness.events(job.id)
     assert job.state is JobState.FAILED
     assert job.error is not None and job.error.reason == "REPAIRS_EXHAUSTED"
@@ -188,15 +205,9 @@ async def test_a_sandbox_without_a_module_fails_the_job_as_its_environment_witho
     """A module the sandbox lacks (torch on a bare E2B template) is the operator's to fix: the job says
     so under its own reason, and no repair is asked of codegen (it would burn three on the data)."""
     dataset = tiny_dataset(sandbox.dataset_root)
-    codegen = ScriptedCodegen(
-        plan_for(dataset, ["x"], "threshold"), tiny_program("needs_missing_module"), [tiny_program("honest")]
-    )
+    codegen = _threshold_codegen(dataset, "needs_missing_module", "honest")
     harness = await harness_for(open_gateway, StaticCrawler(dataset), codegen)
-    try:
-        created = await harness.create("Tell positive from negative x")
-        job = await harness.wait_terminal(created.id)
-    finally:
-        await _close(harness)
+    job = await _run_to_the_end(harness)
     assert job.state is JobState.FAILED
     assert job.error is not None and job.error.reason == "SANDBOX_ENVIRONMENT", job.error
     assert "zx_module_the_sandbox_lacks" in job.error.message and "environment error" in job.error.message
@@ -207,14 +218,10 @@ async def test_cancel_during_training_ends_cancelled_and_the_sandbox_is_gone(
     open_gateway, sandbox: Sandbox
 ) -> None:
     dataset = tiny_dataset(sandbox.dataset_root)
-    codegen = ScriptedCodegen(plan_for(dataset, ["x"], "threshold"), tiny_program("sleeper"))
+    codegen = _threshold_codegen(dataset, "sleeper")
     harness = await harness_for(open_gateway, StaticCrawler(dataset), codegen)
     try:
-        created = await harness.create("Tell positive from negative x")
-        await harness.wait(
-            created.id,
-            lambda job, events: any("sleeping" in e.payload.get("text", "") for e in _of(events, "log_line")),
-        )
+        created = await _sleeping_job(harness)
         assert sandbox.sandbox_pids(), "the full run is sleeping inside the sandbox"
         principal = Principal(created.user_id, AuthMethod.API_KEY, "test")
         asked = time.monotonic()
@@ -252,9 +259,9 @@ async def test_a_dead_workers_job_is_resumed_after_its_lease_expires_from_its_la
 ) -> None:
     dataset = tiny_dataset(sandbox.dataset_root)
     crawler = StaticCrawler(dataset)
-    codegen = ScriptedCodegen(plan_for(dataset, ["x"], "threshold"), tiny_program("honest"))
+    codegen = _threshold_codegen(dataset, "honest")
     first = await harness_for(open_gateway, crawler, codegen, lease_seconds=3.0)
-    created = await first.create("Tell positive from negative x")
+    created = await first.create(PROMPT)
     await first.wait(created.id, lambda job, _events: job.stage is not None and job.stage.value == "TRAINING")
     # The worker "dies": it stops without writing anything more (no requeue, no heartbeat), as a
     # killed process would; its Train call is cancelled with it.
@@ -285,14 +292,10 @@ async def test_a_killed_trainer_is_reconnected_to_and_the_job_still_succeeds(
     open_gateway, sandbox: Sandbox
 ) -> None:
     dataset = tiny_dataset(sandbox.dataset_root)
-    codegen = ScriptedCodegen(plan_for(dataset, ["x"], "threshold"), tiny_program("sleeper"), [])
+    codegen = _threshold_codegen(dataset, "sleeper")
     harness = await harness_for(open_gateway, StaticCrawler(dataset), codegen)
     try:
-        created = await harness.create("Tell positive from negative x")
-        await harness.wait(
-            created.id,
-            lambda job, events: any("sleeping" in e.payload.get("text", "") for e in _of(events, "log_line")),
-        )
+        created = await _sleeping_job(harness)
         sandbox.trainer.stop()  # SIGKILL of the trainer's process group, mid-training
         await harness.wait(
             created.id,
@@ -332,7 +335,7 @@ async def test_a_worker_that_lost_its_lease_can_write_no_more_events(open_gatewa
     registry = open_gateway.registry
     harness = await harness_for(open_gateway, None, None, workers=0)
     try:
-        created = await harness.create("Tell positive from negative x")
+        created = await harness.create(PROMPT)
         first, _ = await registry.claim_next("dead-worker", timedelta(seconds=1))
         assert first.id == created.id and first.attempt == 1
         (ok,) = await registry.append_events(
@@ -406,7 +409,7 @@ async def _node_lost_harness(gateway, sandbox: Sandbox, lose: int, **settings: o
 
     dataset = tiny_dataset(sandbox.dataset_root)
     trainer = NodeLostTrainer(sandbox.trainer.address, lose)
-    codegen = ScriptedCodegen(plan_for(dataset, ["x"], "threshold"), tiny_program("honest"), [])
+    codegen = _threshold_codegen(dataset, "honest")
     workers = start_workers(
         gateway,
         e2e_support.worker_settings(**settings),
@@ -423,12 +426,10 @@ async def test_a_run_whose_node_is_lost_trains_again_from_its_start_with_one_mar
 ) -> None:
     harness, trainer = await _node_lost_harness(open_gateway, sandbox, lose=1)
     try:
-        created = await harness.create("Tell positive from negative x")
-        job = await harness.wait_terminal(created.id, within=120)
+        job = await _run_to_the_end(harness, within=120)
     finally:
-        await _close(harness)
         await trainer.real.close()
-    events = await harness.events(created.id)
+    events = await harness.events(job.id)
     assert job.state is JobState.SUCCEEDED, (job.error, [(e.kind, dict(e.payload)) for e in events[-5:]])
     assert trainer.calls == 2
     _contiguous(events)  # numbered 1..n: nothing lost, nothing written twice
@@ -452,12 +453,10 @@ async def test_a_node_lost_again_and_again_fails_the_job_with_node_lost(
 ) -> None:
     harness, trainer = await _node_lost_harness(open_gateway, sandbox, lose=99, node_lost_retries=1)
     try:
-        created = await harness.create("Tell positive from negative x")
-        job = await harness.wait_terminal(created.id, within=120)
+        job = await _run_to_the_end(harness, within=120)
     finally:
-        await _close(harness)
         await trainer.real.close()
-    events = await harness.events(created.id)
+    events = await harness.events(job.id)
     assert job.state is JobState.FAILED and job.error is not None
     assert job.error.reason == "NODE_LOST" and "lost 2 time(s)" in job.error.message
     assert trainer.calls == 2  # one run, then node_lost_retries=1 more
