@@ -114,18 +114,13 @@ def main() -> None:
             artifact = result.artifact_id
             assert artifact, events[-1]
 
-            def instances(rows: list[dict]) -> list[struct_pb2.Value]:
-                out = []
-                for r in rows:
-                    v = struct_pb2.Value()
-                    json_format.ParseDict(r, v)
-                    out.append(v)
-                return out
-
             def call(rows: list[dict]) -> tuple[float, pb.PredictResponse]:
                 started = time.perf_counter()
                 response = stub.Predict(
-                    pb.PredictRequest(artifact_id=artifact, instances=instances(rows)),
+                    pb.PredictRequest(
+                        artifact_id=artifact,
+                        instances=[json_format.ParseDict(r, struct_pb2.Value()) for r in rows],
+                    ),
                     metadata=METADATA,
                     timeout=120,
                 )
