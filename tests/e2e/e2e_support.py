@@ -16,6 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -366,6 +367,47 @@ def zx(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.Comp
     return subprocess.run([*ZX, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+def suite_env(home: Path, work_dir: str, uid_base: int, **more: str) -> dict[str, str]:
+    """The environment ``zx up`` runs a test suite with (the e2e and web suites): this process's without
+    its ZX_ settings; ``home`` as ZX_HOME; every part on a free port and each /metrics on any free port
+    (suites of other tests may be up at the same time); the local sandbox in ``work_dir`` with uids from
+    ``uid_base``; loopback allowed to the crawler; short leases; ``more`` on top."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZX_")}
+    env.update(
+        {
+            "ZX_HOME": str(home),
+            **{
+                f"ZX_{name.upper()}_PORT": str(free_port())
+                for name in ("gateway", "crawler", "codegen", "executor", "trainer", "postgres")
+            },
+            **{
+                f"ZX_{name.upper()}_METRICS_PORT": "0"
+                for name in ("gateway", "crawler", "codegen", "executor", "trainer")
+            },
+            "ZX_EXECUTOR_WORK_DIR": work_dir,
+            "ZX_EXECUTOR_UID_BASE": str(uid_base),
+            "ZX_EXECUTOR_MAX_CONCURRENT": str(EXECUTOR_SLOTS),
+            "ZX_CRAWLER_ALLOW_PRIVATE_NETWORKS": "true",
+            "ZX_GATEWAY_LEASE_SECONDS": str(SUITE_LEASE_SECONDS),
+            "ZX_GATEWAY_CLAIM_POLL_SECONDS": "0.5",
+            "COLUMNS": "160",
+            **more,
+        }
+    )
+    return env
+
+
+@contextmanager
+def suite_up(env: dict[str, str]) -> Iterator[None]:
+    """``zx up --detach`` with ``env`` (it must succeed); ``zx down --purge`` on exit."""
+    up = zx(env, "up", "--detach", timeout=240)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield
+    finally:
+        zx(env, "down", "--purge", timeout=120)
+
+
 class OtlpCollector:
     """A stand-in OpenTelemetry collector: the OTLP/gRPC TraceService (opentelemetry-proto's own
     generated service, as the SDK's OTLPSpanExporter calls it), recording every span it is sent."""
@@ -438,42 +480,21 @@ def suite(
     # Each service its own data folder, none inside another's or ZX_HOME: nothing is shared but
     # PostgreSQL (uploads, datasets and models cross as gRPC streams).
     own = {name: tmp_path_factory.mktemp(f"{name}-data") for name in ("gateway", "crawler", "trainer")}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZX_")}
-    env.update(
-        {
-            "ZX_HOME": str(home),
-            # Traces go to the stand-in collector, flushed every 200 ms (the standard OTEL_* variables).
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_collector[1]}",
-            "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            "OTEL_BSP_SCHEDULE_DELAY": "200",
-            "ZX_GATEWAY_ARTIFACT_DIR": str(own["gateway"] / "archives"),
-            "ZX_GATEWAY_UPLOAD_DIR": str(own["gateway"] / "uploads"),
-            "ZX_CRAWLER_DATA_DIR": str(own["crawler"] / "datasets"),
-            "ZX_TRAINER_HOME": str(own["trainer"]),
-            "ZX_TRAINER_ARTIFACT_DIR": str(own["trainer"] / "artifacts"),
-            **{
-                f"ZX_{name.upper()}_PORT": str(free_port())
-                for name in ("gateway", "crawler", "codegen", "executor", "trainer", "postgres")
-            },
-            # Each /metrics on any free port: suites of other tests may be up at the same time.
-            **{
-                f"ZX_{name.upper()}_METRICS_PORT": "0"
-                for name in ("gateway", "crawler", "codegen", "executor", "trainer")
-            },
-            "ZX_EXECUTOR_WORK_DIR": SUITE_WORK_DIR,
-            "ZX_EXECUTOR_UID_BASE": str(SUITE_UID_BASE),
-            "ZX_EXECUTOR_MAX_CONCURRENT": str(EXECUTOR_SLOTS),
-            "ZX_CRAWLER_ALLOW_PRIVATE_NETWORKS": "true",
-            "ZX_GATEWAY_LEASE_SECONDS": str(SUITE_LEASE_SECONDS),
-            "ZX_GATEWAY_CLAIM_POLL_SECONDS": "0.5",
-            "COLUMNS": "160",
-        }
+    env = suite_env(
+        home,
+        SUITE_WORK_DIR,
+        SUITE_UID_BASE,
+        # Traces go to the stand-in collector, flushed every 200 ms (the standard OTEL_* variables).
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{otlp_collector[1]}",
+        OTEL_EXPORTER_OTLP_INSECURE="true",
+        OTEL_BSP_SCHEDULE_DELAY="200",
+        ZX_GATEWAY_ARTIFACT_DIR=str(own["gateway"] / "archives"),
+        ZX_GATEWAY_UPLOAD_DIR=str(own["gateway"] / "uploads"),
+        ZX_CRAWLER_DATA_DIR=str(own["crawler"] / "datasets"),
+        ZX_TRAINER_HOME=str(own["trainer"]),
+        ZX_TRAINER_ARTIFACT_DIR=str(own["trainer"] / "artifacts"),
     )
-    up = zx(env, "up", "--detach", timeout=240)
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
+    with suite_up(env):
         key = home / "api-key"
         assert key.stat().st_mode & 0o777 == 0o600, "the API key zx up made is private"
         yield env
-    finally:
-        zx(env, "down", "--purge", timeout=120)

@@ -29,7 +29,7 @@ for extra in (REPO / "tests" / "e2e", REPO / "tests" / "services"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-from e2e_support import EXECUTOR_SLOTS, zx  # noqa: E402
+from e2e_support import EXECUTOR_SLOTS, suite_env, suite_up  # noqa: E402
 from support.sandbox import require_local_sandbox  # noqa: E402
 from svc_harness import free_port  # noqa: E402
 
@@ -43,9 +43,6 @@ UID_BASE = 59000 + (os.getpid() % 100) * (EXECUTOR_SLOTS + 1)
 WORK_DIR = f"/var/tmp/zx-web-suite-{UID_BASE}"
 MARKUP = '<img src=x onerror="window.__zxPwned=1">'
 PASSWORD = "correct horse battery staple"
-#: The suite's job leases are short (as the e2e suite's) so that a killed gateway's job is taken over
-#: within seconds of `zx up` bringing the gateway back.
-LEASE_SECONDS = 5
 
 
 @dataclass
@@ -111,38 +108,17 @@ def web_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebSuite]:
     require_local_sandbox(WORK_DIR, UID_BASE, EXECUTOR_SLOTS)
     home = tmp_path_factory.mktemp("zx-web-home")
     edge_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZX_")}
-    env.update(
-        {
-            "ZX_HOME": str(home),
-            **{
-                f"ZX_{name.upper()}_PORT": str(free_port())
-                for name in ("gateway", "crawler", "codegen", "executor", "trainer", "postgres")
-            },
-            # Each /metrics on any free port: suites of other tests may be up at the same time.
-            **{
-                f"ZX_{name.upper()}_METRICS_PORT": "0"
-                for name in ("gateway", "crawler", "codegen", "executor", "trainer")
-            },
-            "ZX_GATEWAY_EDGE_PORT": str(edge_port),
-            "ZX_EXECUTOR_WORK_DIR": WORK_DIR,
-            "ZX_EXECUTOR_UID_BASE": str(UID_BASE),
-            "ZX_EXECUTOR_MAX_CONCURRENT": str(EXECUTOR_SLOTS),
-            "ZX_CRAWLER_ALLOW_PRIVATE_NETWORKS": "true",
-            "ZX_GATEWAY_CLAIM_POLL_SECONDS": "0.5",
-            "ZX_GATEWAY_LEASE_SECONDS": str(LEASE_SECONDS),
-            # Every test signs up users of its own from 127.0.0.1: well over the default 10 per hour
-            # per address (that limit is tested in tests/edge/test_edge_sessions.py).
-            "ZX_GATEWAY_SIGN_UP_MAX_PER_CLIENT": "10000",
-            "COLUMNS": "160",
-        }
+    env = suite_env(
+        home,
+        WORK_DIR,
+        UID_BASE,
+        ZX_GATEWAY_EDGE_PORT=str(edge_port),
+        # Every test signs up users of its own from 127.0.0.1: well over the default 10 per hour
+        # per address (that limit is tested in tests/edge/test_edge_sessions.py).
+        ZX_GATEWAY_SIGN_UP_MAX_PER_CLIENT="10000",
     )
-    up = zx(env, "up", "--detach", timeout=240)
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
+    with suite_up(env):
         yield WebSuite(env, f"http://127.0.0.1:{edge_port}", home)
-    finally:
-        zx(env, "down", "--purge", timeout=120)
 
 
 def tabular_csv(rows: int = 480, seed: int = 7, first_column: str = "temperature") -> bytes:
