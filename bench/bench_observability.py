@@ -92,6 +92,23 @@ async def _scrape_every_second(url: str, stop: asyncio.Event) -> int:
     return scrapes
 
 
+def _thread_cpu(name: str) -> float:
+    """CPU seconds of this process's thread called ``name`` so far (0 where there is none, or no /proc)."""
+    for thread in threading.enumerate():
+        if thread.name == name and thread.native_id is not None:
+            try:
+                fields = (
+                    Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+                )
+            except OSError:
+                return 0.0
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+EXPORT_THREAD = "OtelBatchSpanRecordProcessor"  # the SDK's BatchSpanProcessor worker
+
+
 async def main(args: argparse.Namespace) -> None:
     configure_logging("warning", json=True)
     receiver, collector_port = _start_receiver()
@@ -100,6 +117,7 @@ async def main(args: argparse.Namespace) -> None:
     gets: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
     fans: dict[bool, list[float]] = {False: [], True: []}
+    export_cpu: list[float] = []
     try:
         with tempfile.TemporaryDirectory(prefix="zx-bench-observability-") as tmp:
             async with served_gateway(Path(tmp), max_active_jobs_per_user=10_000) as served:
@@ -122,10 +140,12 @@ async def main(args: argparse.Namespace) -> None:
                     stop = asyncio.Event()
                     url = f"http://127.0.0.1:{metrics_port}/metrics"
                     scraping = asyncio.create_task(_scrape_every_second(url, stop)) if on else None
-                    cpu_before = time.process_time()
+                    cpu_before, export_before = time.process_time(), _thread_cpu(EXPORT_THREAD)
                     gets[on].append(await gateway_getjob(port, auth, args.calls, args.concurrency))
                     # gateway_getjob makes each call twice: a warm-up pass, then the timed one.
                     cpu[on].append((time.process_time() - cpu_before) / (2 * args.calls))
+                    if on:
+                        export_cpu.append((_thread_cpu(EXPORT_THREAD) - export_before) / (2 * args.calls))
                     fans[on].append(
                         await gateway_fanout(served.gateway, port, auth, args.watchers, args.events)
                     )
@@ -167,6 +187,11 @@ async def main(args: argparse.Namespace) -> None:
         f"{cpu_off * 1e6:.0f} us, on {cpu_on * 1e6:.0f} us (+{(cpu_on - cpu_off) * 1e6:.0f} us), "
         f"off/on {cpu_off / cpu_on:.2f}"
     )
+    if any(export_cpu):
+        print(
+            f"  of which the span exporter's thread (encoding and sending, in batches): "
+            f"{statistics.median(export_cpu) * 1e6:.0f} us per GetJob (median of the rounds)"
+        )
     print(f"WatchJob fan-out ({args.watchers} watchers x {args.events} events), {args.rounds} rounds:")
     print(line("ev/s ", fans))
     print(f"  with traces on: {spans} spans received by the OTLP receiver, /metrics scraped {scrapes} times")

@@ -78,6 +78,64 @@ async def main() -> None:
         f"unary call p50: traces off (no-op) {p50_off * 1e6:7.0f} us, on (SDK spans) {p50_on * 1e6:7.0f} us, "
         f"ratio {p50_on / p50_off:.3f}x ({(p50_on - p50_off) * 1e6:+.0f} us per call, {args.calls} calls each)"
     )
+    _export_cost()
+
+
+def _export_cost(batch: int = 512, rounds: int = 7) -> None:
+    """What sending spans costs the thread that exports them (the batch processor's, under the GIL): batches
+    of server spans as the interceptor makes them, sent with OTLP/gRPC to a receiver on loopback (in this
+    process, its threads not counted), by OpenTelemetry's exporter and by the runtime's (the same
+    messages, zehanx_runtime.otlp); thread CPU per span, the best of alternating rounds."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from zehanx_runtime import otlp, tracing
+
+    class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    kept = InMemorySpanExporter()
+    # The resource as configure_tracing makes it (its hash cached, which spares the stock encoder a JSON dump a span).
+    provider = TracerProvider(resource=otlp.HashedOnce(Resource.create({"service.name": "zehanx-bench"})))
+    provider.add_span_processor(SimpleSpanProcessor(kept))
+    trace._TRACER_PROVIDER = provider  # type: ignore[attr-defined]
+    caller = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    for i in range(batch):
+        with tracing.server_span(f"/{NAME}/ListCatalog", caller if i % 2 else {}) as span:
+            tracing.end_status(span, "OK")
+    spans = list(kept.get_finished_spans())
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Receiver(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        exporters = {
+            "OpenTelemetry's OTLPSpanExporter": OTLPSpanExporter(endpoint=f"127.0.0.1:{port}", insecure=True),
+            "zehanx_runtime.otlp.SpanExporter": otlp.SpanExporter(
+                endpoint=f"127.0.0.1:{port}", insecure=True
+            ),
+        }
+        best = dict.fromkeys(exporters, float("inf"))
+        for _ in range(rounds):
+            for name, exporter in exporters.items():
+                started = time.thread_time()
+                for _ in range(4):
+                    exporter.export(spans)
+                best[name] = min(best[name], (time.thread_time() - started) / (4 * batch))
+    finally:
+        server.stop(None)
+    for name, cost in best.items():
+        print(
+            f"export, batches of {batch} server spans over OTLP/gRPC: {name:34} {cost * 1e6:5.1f} us per span"
+        )
 
 
 if __name__ == "__main__":
