@@ -21,7 +21,7 @@ setup: ## Create .venv (Python 3.11), install pinned deps, sandbox tools, Node t
 proto: setup ## Regenerate gen/python (and protos/build) from protos/
 	$(PY) scripts/gen_protos.py
 
-lint: setup ## ruff check, ruff format --check, mypy (strict on runtime/, default checks on the crawler), buf lint + format, generated code up to date
+lint: setup ## ruff check, ruff format --check, mypy (strict on runtime/, default checks on the crawler and codegen), buf lint + format, generated code up to date
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m mypy

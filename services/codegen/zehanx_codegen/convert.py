@@ -35,7 +35,7 @@ _GOALS = from_proto(_GOALS_PB)
 _PHASES = from_proto(proto_numbers(ProgramPhase, structured_error_pb2.ProgramPhase, "PROGRAM_PHASE_"))
 
 
-def family(value: int) -> TaskFamily | None:
+def family(value: task_family_pb2.TaskFamily.ValueType) -> TaskFamily | None:
     return FAMILIES.get(value)
 
 

@@ -34,7 +34,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import groq
 from zehanx_runtime.errors import FailedPrecondition, Unavailable
@@ -124,7 +124,8 @@ def parse_reply(content: str | None, base: Program | None = None) -> tuple[Progr
         if len(entry["content"].encode()) > 1024 * 1024:
             raise BadReply(f"{path!r} is larger than 1 MiB")
         files[path] = entry["content"]
-    summary = data.get("summary") if isinstance(data.get("summary"), str) else ""
+    summary = data.get("summary")
+    summary = summary if isinstance(summary, str) else ""
     if base is not None:
         files = {**base.files, **files}
     return Program(files=files), summary[:2000]
@@ -184,7 +185,7 @@ class GroqWriter:
         *,
         max_completion_tokens: int = 16_384,
         tokens_per_minute: int = 8_000,
-        reasoning_effort: str | None = "low",
+        reasoning_effort: Literal["low", "medium", "high"] | None = "low",
         temperature: float = 0.2,
         key_name: str = "ZX_CODEGEN_GROQ_API_KEY",
         fallback: str = "set ZX_CODEGEN_BACKEND=template to use the template writer",
@@ -301,18 +302,23 @@ class GroqWriter:
         bad_replies: list[str] = []
         max_completion_tokens = self.completion_tokens(messages)
         for model in self.models:
-            extra: dict[str, Any] = {}
-            if self.reasoning_effort and model in STRICT_SCHEMA_MODELS:
-                extra["reasoning_effort"] = self.reasoning_effort
+            # sent to the models that take it (gpt-oss), left out of the request for the others
+            effort = (
+                self.reasoning_effort
+                if self.reasoning_effort and model in STRICT_SCHEMA_MODELS
+                else groq.omit
+            )
             for _try in range(2):  # a malformed reply gets one more chance with the same model
                 try:
-                    response = self.client.chat.completions.create(
+                    # messages and response_format are the plain dicts the SDK sends; its overloads
+                    # want its TypedDicts
+                    response = self.client.chat.completions.create(  # type: ignore[call-overload]
                         model=model,
-                        messages=messages,  # type: ignore[arg-type]
-                        response_format=response_format(model),  # type: ignore[arg-type]
+                        messages=messages,
+                        response_format=response_format(model),
                         temperature=self.temperature,
                         max_completion_tokens=max_completion_tokens,
-                        **extra,
+                        reasoning_effort=effort,
                     )
                 except groq.NotFoundError as exc:
                     log.warning("groq model unavailable; trying the next", model=model, code=_error_code(exc))

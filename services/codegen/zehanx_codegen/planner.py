@@ -698,6 +698,7 @@ class Planner:
     ) -> Plan:
         roles = self._roles(profile)
         images = [c for c in roles.images if c.name != target.name]
+        inputs: tuple[str, ...]
         if images:
             column = images[0]
             if len(profile.image_shape) not in (2, 3):
