@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 
 from zehanx_runtime.errors import DomainError
 from zehanx_runtime.logging import get_logger
 
-from zehanx_executor.domain import ExitReason, Finished, JobFile, JobSpec, Limits, Output, Stream
+from zehanx_executor.domain import Limits
 from zehanx_executor.sandbox.e2b import (
     E2BConfig,
     E2BFactory,
@@ -23,17 +22,13 @@ from zehanx_executor.sandbox.e2b import (
     check_template,
 )
 from zehanx_executor.sandbox.local import LocalSandbox, LocalSandboxConfig
-from zehanx_executor.sandbox.probe import ISOLATION_PROBE, isolation_problems, probe
+from zehanx_executor.sandbox.probe import probe
+from zehanx_executor.sandbox.self_test import SandboxUnavailableError, self_test
 from zehanx_executor.sandbox.unsafe import WARNING, UnsafeDevRunner
 from zehanx_executor.service import EnvPolicy, Executor, LimitPolicy, SessionPolicy, SessionPool, SlotPool
 from zehanx_executor.settings import ExecutorSettings
 
 log = get_logger("zehanx.executor")
-
-
-class SandboxUnavailableError(RuntimeError):
-    """The host cannot run the local sandbox, or the E2B template cannot run the programs; the message
-    says what is missing."""
 
 
 def limit_policy(s: ExecutorSettings) -> LimitPolicy:
@@ -73,41 +68,6 @@ def local_config(s: ExecutorSettings) -> LocalSandboxConfig:
         runtime_dir=s.runtime_dir,
         extra_ro_binds=tuple(s.extra_ro_binds),
     )
-
-
-async def self_test(box: LocalSandbox, slot: int = 0) -> None:
-    """Run the isolation probe in the sandbox; raise SandboxUnavailableError unless it is isolated."""
-    spec = JobSpec(
-        execution_id=f"selftest-{uuid.uuid4().hex[:8]}",
-        command=("python", "-I", "probe.py"),
-        files=(JobFile("probe.py", ISOLATION_PROBE.encode()),),
-        limits=Limits(
-            wall_time_s=30, cpu_time_s=30, memory_bytes=256 << 20, max_processes=16, disk_bytes=1 << 20
-        ),
-    )
-    out = b""
-    finished: Finished | None = None
-    events = box.start(spec, slot).events()
-    try:
-        async for event in events:
-            if isinstance(event, Output) and event.stream is Stream.STDOUT:
-                out += event.data
-            elif isinstance(event, Output):
-                out += b"[stderr] " + event.data
-            elif isinstance(event, Finished):
-                finished = event
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
-    if finished is None or finished.reason is not ExitReason.COMPLETED:
-        raise SandboxUnavailableError(
-            f"the sandbox self-test did not run: {finished.message if finished else 'no result'}; "
-            f"output: {out.decode(errors='replace')[-400:]}"
-        )
-    problems = isolation_problems(out.decode(errors="replace"))
-    if problems:
-        raise SandboxUnavailableError(
-            "the sandbox self-test found it is not isolated: " + "; ".join(problems)
-        )
 
 
 async def _ray_executor(

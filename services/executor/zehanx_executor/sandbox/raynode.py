@@ -46,6 +46,7 @@ from zehanx_executor.domain import (
 )
 from zehanx_executor.sandbox.local import LocalSandbox, LocalSandboxConfig, become_subreaper
 from zehanx_executor.sandbox.probe import probe
+from zehanx_executor.sandbox.self_test import SandboxUnavailableError, self_test
 from zehanx_runtime.errors import DomainError
 
 #: Longest the task's thread waits before Python runs again (how fast a plain cancel lands).
@@ -113,8 +114,6 @@ def _python_roots(cfg: NodeConfig) -> tuple[Path, ...]:
 
 def node_sandbox(cfg: NodeConfig) -> LocalSandbox:
     """This worker process's sandbox: probed, built and self-tested on first use, then reused."""
-    from zehanx_executor.app import SandboxUnavailableError, self_test  # app imports this module
-
     with _boxes_lock:
         box = _boxes.get(cfg)
         if box is not None:
