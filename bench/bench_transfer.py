@@ -105,8 +105,8 @@ async def _datasets(tmp: Path, mb: int, reps: int) -> tuple[list[float], list[fl
 
 async def _archives(tmp: Path, mb: int, reps: int) -> tuple[list[float], list[float], int]:
     from zehanx.trainer.v1 import trainer_service_pb2_grpc as trainer_rpc
+    from zehanx_gateway.clients.pipeline import GrpcTrainer
     from zehanx_gateway.orchestrator.archive import receive_archive
-    from zehanx_gateway.orchestrator.clients import GrpcTrainer
     from zehanx_runtime.server import ServiceBinding, start_server
     from zehanx_trainer.app import build as build_trainer
     from zehanx_trainer.archive import build_archive

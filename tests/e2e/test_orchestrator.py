@@ -377,7 +377,7 @@ class NodeLostTrainer:
     second run and the model's archive, is the real trainer's."""
 
     def __init__(self, address: str, lose: int) -> None:
-        from zehanx_gateway.orchestrator.clients import GrpcTrainer
+        from zehanx_gateway.clients.pipeline import GrpcTrainer
 
         self.real = GrpcTrainer(address, e2e_support.TOKEN)
         self.lose = lose

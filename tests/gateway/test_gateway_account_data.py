@@ -26,8 +26,9 @@ from zehanx.common.v1 import dataset_pb2, task_family_pb2
 from zehanx.gateway.v1 import account_pb2, job_event_pb2, job_pb2
 from zehanx.gateway.v1 import gateway_service_pb2 as pb
 from zehanx_gateway import convert
+from zehanx_gateway.clients.pipeline import GrpcCodegen, GrpcCrawler, GrpcTrainer
 from zehanx_gateway.domain import PendingEvent, Provider
-from zehanx_gateway.orchestrator.clients import GrpcCodegen, GrpcCrawler, GrpcTrainer, caller_keys
+from zehanx_gateway.orchestrator.ports import caller_keys
 from zehanx_runtime import errors, provider_keys
 from zehanx_runtime.status import field_violations_of
 

@@ -1,3 +1,3 @@
-"""Adapters of the services the gateway calls outside a job: the trainer's Predict and ReleasePredictor
-(:mod:`zehanx_gateway.clients.trainer`). A job's calls to the crawler, codegen and trainer are the
-orchestrator's adapters, in ``orchestrator/clients.py``."""
+"""Adapters of the services the gateway calls: the trainer's Predict and ReleasePredictor
+(:mod:`zehanx_gateway.clients.trainer`), and a job's calls to the crawler, codegen and trainer, the
+adapters of the job pipeline's ports (:mod:`zehanx_gateway.clients.pipeline`)."""

@@ -49,8 +49,7 @@ from zehanx_gateway.domain import Job, JobError, JobEvent, JobStage, JobState, M
 from zehanx_gateway.jobs import JobService
 from zehanx_gateway.models import ModelService
 from zehanx_gateway.orchestrator.archive import receive_archive
-from zehanx_gateway.orchestrator.clients import caller_keys
-from zehanx_gateway.orchestrator.ports import DatasetBuilder, ProgramWriter, Registry, Trainer
+from zehanx_gateway.orchestrator.ports import DatasetBuilder, ProgramWriter, Registry, Trainer, caller_keys
 from zehanx_gateway.orchestrator.settings import OrchestratorSettings
 
 if TYPE_CHECKING:

@@ -9,8 +9,9 @@ cannot be reached), never grpc errors.
 
 from __future__ import annotations
 
+import contextvars
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +21,13 @@ from zehanx.crawler.v1 import crawler_service_pb2 as crawler_pb
 from zehanx.trainer.v1 import trainer_service_pb2 as trainer_pb
 
 from zehanx_gateway.domain import Job, JobEvent
+
+#: The job owner's own provider keys (metadata name -> key) for the calls made by the job being run:
+#: set by the pipeline in the job's task, read by the adapters (``zehanx_gateway.clients.pipeline``),
+#: so each call carries only its own job owner's keys.
+caller_keys: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "zx_caller_keys", default=None
+)
 
 
 class DatasetBuilder(Protocol):

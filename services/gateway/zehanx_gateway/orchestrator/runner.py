@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zehanx_gateway.orchestrator.clients import GrpcCodegen, GrpcCrawler, GrpcTrainer
+from zehanx_gateway.clients.pipeline import GrpcCodegen, GrpcCrawler, GrpcTrainer
 from zehanx_gateway.orchestrator.pipeline import Pipeline
 from zehanx_gateway.orchestrator.ports import DatasetBuilder, ProgramWriter, Trainer
 from zehanx_gateway.orchestrator.settings import OrchestratorSettings

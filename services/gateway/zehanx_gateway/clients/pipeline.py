@@ -1,4 +1,5 @@
-"""gRPC adapters of the ports in :mod:`.ports`: the internal services, called with the service token.
+"""gRPC adapters of the job pipeline's ports (:mod:`zehanx_gateway.orchestrator.ports`): the crawler,
+codegen and trainer, called with the service token and the job owner's own provider keys.
 
 Channels retry UNAVAILABLE for unary calls (``zehanx_runtime.client``) and reconnect by themselves after a
 service restarts; a stream cut mid-way surfaces as :class:`~zehanx_runtime.errors.Unavailable` and the
@@ -10,8 +11,7 @@ wording of their own.
 from __future__ import annotations
 
 import asyncio
-import contextvars
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,7 @@ from zehanx.trainer.v1 import trainer_service_pb2_grpc as trainer_rpc
 from zehanx_runtime import errors, provider_keys, transfer
 from zehanx_runtime.client import call_metadata, internal_channel, to_domain_error
 
-#: The job owner's own provider keys (metadata name -> key) for the calls made by the job being run:
-#: set by the pipeline in the job's task, so each call carries only its own job owner's keys.
-caller_keys: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
-    "zx_caller_keys", default=None
-)
+from zehanx_gateway.orchestrator.ports import caller_keys
 
 
 class _Client:
