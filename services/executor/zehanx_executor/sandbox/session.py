@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -45,6 +46,10 @@ MiB = 1024 * 1024
 REPLY_MAX_BYTES = 32 * MiB
 #: Calls written to the process and not answered yet, at most.
 MAX_PENDING_CALLS = 64
+#: Kernel buffer of the session's stdin and stdout pipes (64 KiB by default): a batch's call (100 KiB
+#: for 1000 rows of 4 columns) and its reply then pass in one write each, not in 64 KiB turns between
+#: the executor and the process (0.7 to 0.3 ms a round trip, measured; more on a busy machine).
+PIPE_BYTES = MiB
 
 
 class LocalSession(_LocalRun):
@@ -171,6 +176,7 @@ class LocalSession(_LocalRun):
                 yield Finished(self.reason, -1, 0, ResourceUsage(), self.reason_message)
                 return
             self.proc, status_r = await self._spawn(interactive=True, line_limit=REPLY_MAX_BYTES + 1)
+            _widen_pipes(self.proc)
             started_at, deadline_handle = self._arm_wall_clock(" (a session's whole life)")
             assert self.proc.stdin is not None and self.proc.stdout is not None
             assert self.proc.stderr is not None
@@ -225,3 +231,17 @@ class LocalSession(_LocalRun):
             ids = ", ".join(str(call_id) for call_id, _ in list(self.pending)[:8])
             message += f" ({len(self.pending)} call(s) unanswered: call_id {ids})"
         return dataclasses.replace(finished, message=message.strip())
+
+
+def _widen_pipes(proc: asyncio.subprocess.Process) -> None:
+    """Give the process's stdin and stdout pipes :data:`PIPE_BYTES` of buffer (best effort: a kernel
+    that refuses, beyond /proc/sys/fs/pipe-max-size, keeps its default; only the speed differs)."""
+    transport = getattr(proc, "_transport", None)  # asyncio keeps the pipes' transports there
+    if transport is None:
+        return
+    for fd in (0, 1):
+        pipe = transport.get_pipe_transport(fd)
+        handle = pipe.get_extra_info("pipe") if pipe is not None else None
+        if handle is not None:
+            with contextlib.suppress(OSError, ValueError):
+                fcntl.fcntl(handle.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
