@@ -3,13 +3,13 @@ encoder of the same messages.
 
 The stock encoder (``opentelemetry.exporter.otlp.proto.common``) builds every attribute of every span
 as new protobuf ``KeyValue``/``AnyValue`` messages through a chain of Python calls, and hashes each
-span's resource and scope to group them; with the sending, 40-52 us a server span on this 2-core
+span's resource and scope to group them; with the sending, 35-52 us a server span on this 2-core
 machine (``bench/bench_tracing.py``), in the batch processor's thread and under the GIL, so taken from
-the service's own calls. This exporter takes 18-23 us in the same runs. A service's spans repeat a few
+the service's own calls. This exporter takes 18-24 us in the same runs. A service's spans repeat a few
 attribute sets (a server span's are its method and status code), so :class:`SpanEncoder` encodes each
-distinct set once and reuses it, and groups spans by the identity of their resource and scope (one of
-each per process). Spans with events or links (the executor's sandbox events, a few a job) go through
-the stock encoder, unchanged. Imported only when traces are exported
+distinct set of string attributes once and reuses it, and groups spans by the identity of their
+resource and scope (one of each per process). Spans with events or links (the executor's sandbox
+events, a few a job) go through the stock encoder, unchanged. Imported only when traces are exported
 (:func:`zehanx_runtime.tracing.configure_tracing`).
 
 The messages are the same as the stock encoder's, built with its own helpers (private to
@@ -54,6 +54,7 @@ _KINDS = {
 _LOCAL = SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
 _REMOTE = _LOCAL | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 _UNSET = Status(code=StatusCode.UNSET.value)
+_STRINGS = {str}
 
 #: Distinct attribute sets kept encoded; past it the cache starts again (spans whose attributes carry
 #: ids, like a job's, would otherwise grow it without end).
@@ -65,7 +66,7 @@ class SpanEncoder:
     sets, resources and scopes seen before."""
 
     def __init__(self) -> None:
-        self._attributes: dict[tuple[tuple[str, Any], ...], list[KeyValue]] = {}
+        self._attributes: dict[tuple[tuple[str, str], ...], list[KeyValue]] = {}
         #: id -> (the object, kept so that its id is not reused, and its encoding).
         self._resources: dict[int, tuple[Resource, Any]] = {}
         self._scopes: dict[int, tuple[InstrumentationScope | None, Any]] = {}
@@ -131,11 +132,11 @@ class SpanEncoder:
     def _attribute_set(self, attributes: Any) -> list[KeyValue]:
         if not attributes:
             return []
-        try:
-            key = tuple(attributes.items())
-            encoded = self._attributes.get(key)
-        except TypeError:  # an unhashable value (a mapping): encoded each time
+        # Only sets of strings are kept: True == 1 == 1.0 as dictionary keys, yet they encode differently.
+        if _STRINGS != set(map(type, attributes.values())):
             return _encode_attributes(attributes)
+        key = tuple(attributes.items())
+        encoded = self._attributes.get(key)
         if encoded is None:
             if len(self._attributes) >= ATTRIBUTE_SETS:
                 self._attributes.clear()

@@ -43,6 +43,9 @@ def _spans(service: str) -> list[ReadableSpan]:
             execute.add_event("sandbox.end", {"reason": "completed", "exit_code": 0})
         tracer.start_span("linked", links=[Link(job.get_span_context(), {"why": "retry"})]).end()
         tracer.start_span("mapping", attributes={"m": {"a": 1}}).end()  # type: ignore[dict-item]
+        # Equal as keys, different on the wire: a bool, an int, a float, and in a list.
+        for value in (True, 1, 1.0, (True,), (1,)):
+            tracer.start_span("typed", attributes={"x": value}).end()
     tracer.start_span("stated", context=with_state).end()
     provider.get_tracer("other-scope").start_span("elsewhere", kind=SpanKind.CLIENT).end()
     return list(exporter.get_finished_spans())
@@ -56,7 +59,7 @@ def test_the_encoder_gives_the_messages_the_stock_encoder_gives() -> None:
     # Two resources, two scopes in each; every span is there once.
     assert len(ours.resource_spans) == 2
     assert [len(r.scope_spans) for r in ours.resource_spans] == [2, 2]
-    assert sum(len(s.spans) for r in ours.resource_spans for s in r.scope_spans) == len(batch) == 22
+    assert sum(len(s.spans) for r in ours.resource_spans for s in r.scope_spans) == len(batch) == 32
     # Encoded again from what it keeps: the same request.
     assert encoder.encode(batch) == encode_spans(batch)
     # The status code attribute varies, so a server span's attribute sets are two, not one per span.
