@@ -407,13 +407,10 @@ class Suite:
                         f"processes of an earlier suite in {self.home} still run (pids "
                         f"{', '.join(map(str, leftovers))}): run zx down first"
                     )
-                state = self._start(stop_requested)
+                state = self._start(stop_requested, foreground=not detach)
             if detach:
                 on_ready(self.health(state))
                 return 0
-            state.launcher_pid = os.getpid()
-            state.launcher_started = procs.start_time(os.getpid())
-            self._write_state(state)
             on_ready(self.health(state))
             assert watch is not None
             reason = watch(self, stop_requested.is_set)
@@ -425,7 +422,9 @@ class Suite:
             self._remove_state()
             return 1 if reason.startswith("exited") else 0
 
-    def _start(self, stop_requested: _StopFlag) -> State:
+    def _start(self, stop_requested: _StopFlag, *, foreground: bool) -> State:
+        """Start every part; a ``foreground`` launcher is in the state from its first write, so
+        ``zx status`` never sees the suite up without the process that watches it."""
         settings = self.settings
         external = settings.gateway_database_url is not None
         names = [*SERVICES] if external else [POSTGRES, *SERVICES]
@@ -445,8 +444,8 @@ class Suite:
         state = State(
             home=str(self.home),
             launched_at=datetime.now(UTC).isoformat(),
-            launcher_pid=None,
-            launcher_started=None,
+            launcher_pid=os.getpid() if foreground else None,
+            launcher_started=procs.start_time(os.getpid()) if foreground else None,
             external_database=external,
         )
         children: list[subprocess.Popen] = []
