@@ -8,6 +8,7 @@ Predict fails with UNAVAILABLE naming the trainer's address.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,16 @@ class RecordingTrainer(trpc.TrainerServiceServicer):
 
     async def Predict(self, request: tpb.PredictRequest, context: Any) -> tpb.PredictResponse:
         self.received.append((request, dict(context.invocation_metadata())))
+        if request.instances_jsonl:  # the trainer's JSON-lines answer: one line per instance line
+            lines = request.instances_jsonl.decode().splitlines()
+            return tpb.PredictResponse(
+                predictions_jsonl=b"".join(
+                    json.dumps({"prediction": "positive" if "great" in line else "negative"}).encode() + b"\n"
+                    for line in lines
+                ),
+                predict_duration=duration_pb2.Duration(nanos=5_000_000),
+                warm=True,
+            )
         if any(v.WhichOneof("kind") != "string_value" for v in request.instances):
             bad = error_details_pb2.BadRequest(
                 field_violations=[
@@ -99,6 +110,35 @@ async def test_predict_forwards_to_the_trainer_and_returns_its_predictions_in_or
     assert request.artifact_id == ARTIFACT_ID
     assert [v.string_value for v in request.instances] == ["a great movie", "dull"]
     assert metadata.get("x-zx-service-token") == TRAINER_TOKEN
+
+
+async def test_json_lines_go_to_the_trainer_as_they_came_and_one_form_is_required(
+    served_with_trainer: Served, trainer: tuple[RecordingTrainer, str]
+) -> None:
+    served = served_with_trainer
+    auth = bearer(await served.api_key("alice"))
+    model = await publish_model(served, "alice", b"weights", trainer_artifact_id=ARTIFACT_ID)
+    lines = b'"a great movie"\n"dull"'  # no final newline: the gateway adds it
+    answer = await served.stub.Predict(
+        pb.PredictRequest(model_id=model.id, instances_jsonl=lines), metadata=auth
+    )
+    assert [json.loads(line)["prediction"] for line in answer.predictions_jsonl.splitlines()] == [
+        "positive",
+        "negative",
+    ]
+    assert not answer.predictions and answer.warm
+    [(request, _)] = trainer[0].received
+    assert request.instances_jsonl == lines + b"\n" and not request.instances
+
+    # Both forms, or neither: INVALID_ARGUMENT naming the field to fix; nothing reaches the trainer.
+    both = pb.PredictRequest(model_id=model.id, instances=[text("fine")], instances_jsonl=b'"fine"\n')
+    neither = pb.PredictRequest(model_id=model.id)
+    for request, field_name in ((both, "instances_jsonl"), (neither, "instances")):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await served.stub.Predict(request, metadata=auth)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in field_violations_of(refused.value)] == [field_name]
+    assert len(trainer[0].received) == 1
 
 
 async def test_instances_the_model_refuses_are_invalid_argument_with_the_trainers_fields(

@@ -172,6 +172,10 @@ class GatewayServicer(rpc.GatewayServiceServicer):
     async def Predict(self, request: pb.PredictRequest, context: Any) -> pb.PredictResponse:
         model_id = convert.parse_id(request.model_id, "model_id")
         instances: Sequence[Any] | InstancesJsonl
+        if request.instances_jsonl and request.instances:
+            raise convert.invalid(
+                "instances_jsonl", "set together with instances: give one form", "predict_request.one_form"
+            )
         if request.instances_jsonl:
             instances = convert.instances_jsonl(request.instances_jsonl, self._predict_max_bytes)
         elif not request.instances:

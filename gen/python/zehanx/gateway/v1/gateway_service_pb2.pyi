@@ -499,7 +499,9 @@ class PredictRequest(_message.Message):
         together at most the gateway's ZX_GATEWAY_PREDICT_MAX_BYTES (1 MiB by default, binary
         encoding), each nested at most 32 levels deep (INVALID_ARGUMENT naming the field beyond; the
         gateway checks the values itself: protovalidate's rules cannot measure a Value). Either these
-        or `instances_jsonl`; with neither, INVALID_ARGUMENT names `instances`.
+        or `instances_jsonl`: with neither, INVALID_ARGUMENT names `instances`; with both, it names
+        `instances_jsonl` (the gateway checks this too: a message-level rule converts every Value for
+        CEL, 3.4 ms for 1000 rows of 4 numbers).
         """
 
     def __init__(
