@@ -23,6 +23,7 @@ from zehanx_gateway.app import Gateway
 from zehanx_gateway.domain import JobStage, JobState
 from zehanx_gateway.edge import EdgeSettings, RunningEdge, serve_edge
 from zehanx_gateway.settings import GatewaySettings
+from zehanx_runtime.server import settle_gc
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the tests' support package: the gateway as zx-gateway starts it
@@ -66,6 +67,7 @@ async def served_gateway(home: Path, *, edge: bool = False, **settings: Any) -> 
         )  # type: ignore[call-arg]
         gateway, server = await open_gateway(config)
         running = await serve_edge(gateway, EdgeSettings(edge_port=0)) if edge else None
+        settle_gc()  # what zehanx_runtime.server.serve does once a service is up
         try:
             yield Served(gateway, server, running)
         finally:

@@ -8,6 +8,7 @@ and the process exits.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -111,6 +112,29 @@ async def start_server(
     return RunningServer(server=server, port=port, health=health_servicer, service_names=names)
 
 
+#: The collector's young-generation threshold once a service is up (CPython's default is 700).
+GC_GEN0_THRESHOLD = 7000
+
+
+def settle_gc() -> None:
+    """Once a service is up: collect, move every object start-up left alive (modules, channels, pools:
+    about 117,000 in the gateway) out of the cyclic collector's view (``gc.freeze``), and collect the
+    young generation every 7000 net allocations instead of 700.
+
+    A call allocates objects that outlive it for a while (with traces on, a span and a dozen objects
+    of its own wait in the batch processor's queue), so with CPython's defaults the young generation
+    filled every ~25 GetJobs and each full collection walked every start-up object again: in
+    bench/bench_observability.py's GetJob (one process for client and server) 150-270 ms of collection
+    per 4000 calls with traces on, 23-30 ms after this, and the on/off ratio went from 0.87 to 0.91-0.92.
+    Garbage cycles are still collected, a little later; objects alive at start-up that become garbage
+    later are not, which is why the freeze comes after start-up, not before.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, older, oldest)
+
+
 async def serve(
     settings: ServiceSettings,
     services: Sequence[ServiceBinding | tuple[Any, Any, str]],
@@ -138,6 +162,7 @@ async def serve(
     if settings.metrics_port is not None:
         metrics_server, metrics_port = serve_metrics(settings.metrics_host, settings.metrics_port)
         metrics_address = f"{settings.metrics_host}:{metrics_port}"
+    settle_gc()
     log.info(
         "serving",
         address=f"{settings.host}:{running.port}",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -148,3 +151,25 @@ async def test_shutdown_cancels_stream_past_grace_and_handler_cleans_up() -> Non
 def test_internal_service_without_token_refuses_to_start() -> None:
     with pytest.raises(RuntimeError, match="SERVICE_TOKEN"):
         asyncio.run(start_server(ServiceSettings(port=0), [], service_name="crawler"))
+
+
+def test_settle_gc_freezes_start_up_objects_and_still_collects_new_cycles() -> None:
+    # In a child interpreter: the collector's state is process-wide and this one runs the other tests.
+    probe = """
+import gc, json
+from zehanx_runtime.server import GC_GEN0_THRESHOLD, settle_gc
+before = gc.get_threshold()
+settle_gc()
+class Node: pass
+for _ in range(100):  # garbage cycles made after start-up
+    a, b = Node(), Node(); a.other, b.other = b, a
+del a, b
+print(json.dumps({"before": before, "after": gc.get_threshold(), "frozen": gc.get_freeze_count(),
+                  "collected": gc.collect(), "expected": GC_GEN0_THRESHOLD}))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    found = json.loads(out.stdout)
+    assert found["before"][0] == 700  # CPython's default
+    assert found["after"] == [found["expected"], *found["before"][1:]]
+    assert found["frozen"] > 10_000  # the interpreter and the runtime's imports
+    assert found["collected"] >= 200  # every node of the 100 cycles (and their __dict__s)
