@@ -500,8 +500,8 @@ class PredictRequest(_message.Message):
         encoding), each nested at most 32 levels deep (INVALID_ARGUMENT naming the field beyond; the
         gateway checks the values itself: protovalidate's rules cannot measure a Value). Either these
         or `instances_jsonl`: with neither, INVALID_ARGUMENT names `instances`; with both, it names
-        `instances_jsonl` (the gateway checks this too: a message-level rule converts every Value for
-        CEL, 3.4 ms for 1000 rows of 4 numbers).
+        `instances_jsonl` (the servicer checks both cases: a message-level rule would convert every
+        Value for CEL, 3.4 ms for 1000 rows of 4 numbers).
         """
 
     def __init__(
